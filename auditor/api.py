@@ -1,0 +1,175 @@
+"""The public entry points: audit (scan), repair. Each stage lives in its own module."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from auditor import data, guard, model, rewrite, runtime, score, signals
+from auditor.capture import Capture, capture, run, scores_output
+from auditor.errors import ModelError
+from auditor.graph import GraphIndex
+from auditor.report import ChannelRecord, LayerRecord, Report
+from auditor.units import Unit, find_units
+from auditor.version import __version__
+
+DEFAULT_FLOOR = 0.95  # agreement with the original on the augmented clean samples
+DEFAULT_LAYER_CAP = 0.3  # at most this fraction of a layer's channels is zeroed
+
+
+@dataclass
+class _Analysis:
+    loaded: model.Model
+    index: GraphIndex
+    units: list[Unit]
+    samples: data.Samples
+    provider: runtime.Provider
+    capture: Capture
+    suspicion: dict[str, score.Suspicion]
+    report: Report
+
+
+def _analyse(model_path, data_path, limit, method, device, threshold, command) -> _Analysis:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if method not in score.METHODS:
+        raise ModelError(f"unknown method {method!r}: use one of {', '.join(score.METHODS)}")
+    provider = runtime.select_provider(device)
+    loaded = model.load(model_path)
+    index = GraphIndex(loaded.proto)
+    units = find_units(index)
+    prunable = [u for u in units if u.prunable]
+    if not prunable:
+        raise ModelError(
+            "no prunable unit found (needs Conv/Gemm/MatMul layers with constant float weights "
+            "before the classifier); quantized or weight-less graphs cannot be audited"
+        )
+    samples = data.load(data_path, data.input_specs(loaded.proto), limit)
+    timings["load"] = time.perf_counter() - start
+    captured = capture(loaded.proto, index, units, samples, provider)
+    timings["capture"] = captured.seconds
+    tick = time.perf_counter()
+    suspicion = {}
+    layers = []
+    for unit in units:
+        unit_signals = signals.compute(index, unit, captured.stats[unit.name])
+        found = score.suspicion(unit_signals, method)
+        suspicion[unit.name] = found
+        records = tuple(
+            ChannelRecord(
+                channel=c,
+                score=float(found.score[c]),
+                signals={k: float(v[c]) for k, v in unit_signals.values.items()},
+                z={k: float(v[c]) for k, v in found.z.items()},
+            )
+            for c in range(unit.channels)
+        )
+        layers.append(LayerRecord(unit.name, unit.op, unit.output, unit.channels, unit.prunable, unit.head,
+                                  unit.activation, unit.bn is not None, records))
+    threshold = score.DEFAULT_THRESHOLD[method] if threshold is None else float(threshold)
+    verdict = score.verdict({u.name: suspicion[u.name].score for u in prunable}, threshold)
+    timings["score"] = time.perf_counter() - tick
+    skipped = [{"unit": u.name, "reason": "classifier head: never pruned"} for u in units if u.head]
+    skipped += [{"unit": u.name, "reason": "single channel"} for u in units if not u.head and u.channels <= 1]
+    report = Report(
+        command=command, tool_version=__version__, method=method,
+        model={"path": str(model_path), "sha256": loaded.sha256, "ir_version": loaded.proto.ir_version,
+               "opset": loaded.opset, "notes": list(loaded.notes)},
+        data={"path": str(data_path), "samples": len(samples)},
+        provider={"name": provider.name, "reason": provider.reason},
+        verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer},
+        layers=layers, skipped=skipped, timings=timings,
+    )
+    timings["total"] = time.perf_counter() - start
+    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report)
+
+
+def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
+          device: str = "auto", threshold: float | None = None) -> Report:
+    """Score every channel of every hidden layer and decide whether the model looks backdoored."""
+    return _analyse(model_path, data_path, limit, method, device, threshold, "scan").report
+
+
+def ranking(units: list[Unit], suspicion: dict[str, score.Suspicion], threshold: float | None = None,
+            layer_cap: float = DEFAULT_LAYER_CAP, max_prune: int | float | None = None) -> list[tuple[str, int]]:
+    """Prunable channels, most suspicious first, bounded by threshold, per-layer cap and max count."""
+    candidates = []
+    for order, unit in enumerate(units):
+        if not unit.prunable:
+            continue
+        for channel, value in enumerate(suspicion[unit.name].score):
+            if threshold is None or value >= threshold:
+                candidates.append((-float(value), order, channel, unit))
+    candidates.sort(key=lambda item: item[:3])
+    taken: dict[str, int] = {}
+    ranked = []
+    for _, _, channel, unit in candidates:
+        cap = int(np.floor(layer_cap * unit.channels))
+        if taken.get(unit.name, 0) >= cap:
+            continue
+        taken[unit.name] = taken.get(unit.name, 0) + 1
+        ranked.append((unit.name, channel))
+    if max_prune is not None:
+        total = sum(u.channels for u in units if u.prunable)
+        limit = int(max_prune) if max_prune >= 1 else int(np.floor(max_prune * total))
+        ranked = ranked[:limit]
+    return ranked
+
+
+def repair(model_path: str | Path, data_path: str | Path, output: str | Path, limit: int | None = None,
+           method: str = "sus", device: str = "auto", threshold: float | None = None,
+           max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
+           layer_cap: float = DEFAULT_LAYER_CAP, force: bool = False) -> Report:
+    """Zero the most suspicious channels the fidelity guard allows and write the repaired model."""
+    output = model.check_output_path(output, force, (Path(model_path), Path(data_path)))
+    if not 0.0 < floor <= 1.0:
+        raise ModelError(f"--floor must be in (0, 1], got {floor}")
+    if not 0.0 < layer_cap <= 1.0:
+        raise ModelError(f"--layer-cap must be in (0, 1], got {layer_cap}")
+    if max_prune is not None and max_prune <= 0:
+        raise ModelError(f"--max-prune must be positive, got {max_prune}")
+    analysis = _analyse(model_path, data_path, limit, method, device, threshold, "repair")
+    report = analysis.report
+    tick = time.perf_counter()
+    prunable = [u for u in analysis.units if u.prunable]
+    ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
+    fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider)
+    walk = fidelity.walk(ranked, floor)
+    zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
+    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method)
+    result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta)
+    _verify(result.model, analysis, fidelity, zeroed)
+    payload = result.model.SerializeToString(deterministic=True)
+    model.write_atomic(output, payload)
+    report.timings["repair"] = time.perf_counter() - tick
+    report.timings["total"] += report.timings["repair"]
+    report.repair = {
+        "output": str(output), "sha256": hashlib.sha256(payload).hexdigest(), "zeroed": zeroed,
+        "count": walk.count, "how": dict(sorted(result.how.items())), "agreement": walk.agreement,
+        "floor": floor, "layer_cap": layer_cap, "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
+    }
+    return report
+
+
+def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]]) -> None:
+    """Postconditions: the checker passes, onnxruntime loads it, and it computes exactly what
+    the original computes with those channels masked."""
+    if repaired.ByteSize() < 2**31 - 1:
+        try:
+            onnx.checker.check_model(repaired)
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(f"internal check failed: the repaired model does not pass onnx.checker: {exc}") from exc
+    session = runtime.session(repaired, analysis.provider)
+    name = scores_output(analysis.index)
+    masks = rewrite.mask_feed(fidelity.units, zeroed)
+    for feed in analysis.samples.batches(64):
+        (got,) = run(session, [name], feed)
+        (want,) = run(fidelity.session, [name], {**feed, **masks})
+        scale = max(1.0, float(np.abs(want).max()))
+        if not np.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
+            raise ModelError("internal check failed: the repaired model differs from the masked original")

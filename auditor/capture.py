@@ -1,0 +1,197 @@
+"""Per-channel statistics of every unit, reduced inside the graph.
+
+We add reduction nodes to a copy of the model so that onnxruntime returns, per batch,
+sums, sums of squares, maxima and the channel Gram matrix of each unit's output:
+kilobytes instead of activations, and host memory independent of the sample count.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from auditor import runtime
+from auditor.data import Samples
+from auditor.errors import DataError, ModelError
+from auditor.graph import GraphIndex
+from auditor.model import default_opset
+from auditor.units import Unit
+
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Clean-data statistics of one unit's output over samples x positions.
+
+    count: rows reduced (samples x positions); sum, sumsq, max: [C]; gram: [C, C] = sum of
+    outer products; bn_count/bn_sum/bn_sumsq: the same for the BatchNormalization input
+    (zero-length when the unit has no BN).
+    """
+
+    count: int
+    sum: np.ndarray
+    sumsq: np.ndarray
+    max: np.ndarray
+    gram: np.ndarray
+    bn_count: int
+    bn_sum: np.ndarray
+    bn_sumsq: np.ndarray
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.maximum(self.sumsq / max(self.count, 1) - self.mean**2, 0.0)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Statistics per unit name, the model's class scores on the samples [N, K], and seconds."""
+
+    stats: dict[str, ChannelStats]
+    scores: np.ndarray
+    seconds: float
+
+
+def scores_output(index: GraphIndex) -> str:
+    """The graph output holding class scores (logits or probabilities): float, rank 2 if known."""
+    floats = [o for o in index.graph.output if o.type.tensor_type.elem_type in _FLOATS]
+    if not floats:
+        raise ModelError("the model has no float output with class scores (e.g. a ZipMap or label-only output); export logits or probabilities")
+    ranked = [o for o in floats if index.rank(o.name) == 2 or len(o.type.tensor_type.shape.dim) == 2]
+    return (ranked or floats)[0].name
+
+
+_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+def _reduce(op: str, source: str, out: str, opset: int, nodes: list, inits: list) -> None:
+    axes_inline = opset >= 18 or (op == "ReduceSum" and opset >= 13)
+    if axes_inline:
+        axes = f"{out}__axes"
+        inits.append(helper.make_tensor(axes, TensorProto.INT64, [1], [0]))
+        nodes.append(helper.make_node(op, [source, axes], [out], keepdims=0))
+    else:
+        nodes.append(helper.make_node(op, [source], [out], axes=[0], keepdims=0))
+
+
+def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str, nodes: list, inits: list) -> str:
+    """[.., C, ..] -> [rows, C] float32 with the channel last."""
+    positive = axis + rank
+    perm = [d for d in range(rank) if d != positive] + [positive]
+    current = tensor
+    if elem != TensorProto.FLOAT:
+        nodes.append(helper.make_node("Cast", [current], [f"{tag}__f32"], to=TensorProto.FLOAT))
+        current = f"{tag}__f32"
+    if perm != list(range(rank)):
+        nodes.append(helper.make_node("Transpose", [current], [f"{tag}__t"], perm=perm))
+        current = f"{tag}__t"
+    shape = f"{tag}__shape"
+    inits.append(helper.make_tensor(shape, TensorProto.INT64, [2], [-1, channels]))
+    nodes.append(helper.make_node("Reshape", [current, shape], [f"{tag}__rows"]))
+    return f"{tag}__rows"
+
+
+def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], ranks: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of `model` whose extra outputs are per-channel reductions of every unit."""
+    opset = default_opset(model)
+    nodes: list = []
+    inits: list = []
+    outputs: list[str] = []
+    for position, unit in enumerate(units):
+        tag = f"__auditor_u{position}"
+        rows = _rows(unit.output, ranks[unit.output], unit.axis, unit.channels, index.elem_type(unit.output), tag, nodes, inits)
+        _reduce("ReduceSum", rows, f"{tag}_sum", opset, nodes, inits)
+        _reduce("ReduceSumSquare", rows, f"{tag}_sumsq", opset, nodes, inits)
+        _reduce("ReduceMax", rows, f"{tag}_max", opset, nodes, inits)
+        nodes.append(helper.make_node("Transpose", [rows], [f"{tag}__rows_t"], perm=[1, 0]))
+        nodes.append(helper.make_node("MatMul", [f"{tag}__rows_t", rows], [f"{tag}_gram"]))
+        nodes.append(helper.make_node("Shape", [rows], [f"{tag}_count"]))
+        outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count"]
+        if unit.bn is not None:
+            bn_in = index.node(unit.bn).input[0]
+            bn_rows = _rows(bn_in, ranks[bn_in], 1 - ranks[bn_in], unit.channels, index.elem_type(bn_in), f"{tag}b", nodes, inits)
+            _reduce("ReduceSum", bn_rows, f"{tag}_bnsum", opset, nodes, inits)
+            _reduce("ReduceSumSquare", bn_rows, f"{tag}_bnsumsq", opset, nodes, inits)
+            nodes.append(helper.make_node("Shape", [bn_rows], [f"{tag}_bncount"]))
+            outputs += [f"{tag}_bnsum", f"{tag}_bnsumsq", f"{tag}_bncount"]
+    captured = onnx.ModelProto()
+    captured.CopyFrom(model)
+    captured.graph.node.extend(nodes)
+    captured.graph.initializer.extend(inits)
+    for name in outputs:
+        kind = TensorProto.INT64 if name.endswith("count") else TensorProto.FLOAT
+        captured.graph.output.append(helper.make_tensor_value_info(name, kind, None))
+    return captured, outputs
+
+
+def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider) -> dict[str, int]:
+    """Ranks of the tensors we reduce: from shape inference, else from one probe sample."""
+    wanted = {u.output for u in units} | {index.node(u.bn).input[0] for u in units if u.bn is not None}
+    ranks = {name: index.rank(name) for name in wanted}
+    unknown = sorted(name for name, rank in ranks.items() if rank is None)
+    if unknown:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        existing = {o.name for o in probe.graph.output}
+        for name in unknown:
+            if name not in existing:
+                probe.graph.output.append(helper.make_tensor_value_info(name, index.elem_type(name), None))
+        session = runtime.session(probe, provider)
+        feed = next(samples.batches(1))
+        values = run(session, unknown, feed)
+        ranks.update({name: value.ndim for name, value in zip(unknown, values)})
+    return ranks
+
+
+def run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """session.run with data problems reported as DataError (one line)."""
+    try:
+        return session.run(names, feed)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        raise DataError(f"onnxruntime rejected the samples: {runtime._first_line(exc)}") from exc
+
+
+def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = BATCH) -> Capture:
+    """Stream `samples` through the instrumented model and accumulate statistics in float64."""
+    start = time.perf_counter()
+    ranks = probe_ranks(model, index, units, samples, provider)
+    captured, outputs = build_capture_model(model, index, units, ranks)
+    scores_name = scores_output(index)
+    session = runtime.session(captured, provider)
+    totals: dict[str, np.ndarray] = {}
+    scores = []
+    for feed in samples.batches(batch):
+        values = run(session, [scores_name, *outputs], feed)
+        scores.append(np.asarray(values[0], dtype=np.float32))
+        for name, value in zip(outputs, values[1:]):
+            value = np.asarray(value, dtype=np.float64)
+            if name.endswith("_max"):
+                totals[name] = np.maximum(totals[name], value) if name in totals else value
+            elif name.endswith("count"):
+                totals[name] = totals.get(name, 0) + value[0]
+            else:
+                totals[name] = totals[name] + value if name in totals else value
+    stats = {}
+    for position, unit in enumerate(units):
+        tag = f"__auditor_u{position}"
+        has_bn = unit.bn is not None
+        empty = np.zeros(0)
+        stats[unit.name] = ChannelStats(
+            count=int(totals[f"{tag}_count"]),
+            sum=totals[f"{tag}_sum"],
+            sumsq=totals[f"{tag}_sumsq"],
+            max=totals[f"{tag}_max"],
+            gram=totals[f"{tag}_gram"],
+            bn_count=int(totals[f"{tag}_bncount"]) if has_bn else 0,
+            bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
+            bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
+        )
+    return Capture(stats=stats, scores=np.concatenate(scores), seconds=time.perf_counter() - start)

@@ -1,0 +1,96 @@
+"""Accuracy, attack success rate and agreement of a model on labelled / triggered samples."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from auditor import data, model, runtime
+from auditor.capture import run, scores_output
+from auditor.errors import DataError
+from auditor.graph import GraphIndex
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Fractions in [0, 1]; None where the inputs needed for one were not given."""
+
+    model: str
+    samples: int
+    accuracy: float | None
+    attack_success_rate: float | None
+    triggered_samples: int | None
+    target: int | None
+    agreement: float | None
+    reference: str | None
+    provider: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict(index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int = 256) -> tuple[np.ndarray, int]:
+    """Arg-max class of the model's class scores for every sample, and the number of classes."""
+    session = runtime.session(index.model, provider)
+    output = scores_output(index)
+    labels, classes = [], 0
+    for feed in samples.batches(batch):
+        (scores,) = run(session, [output], feed)
+        scores = np.asarray(scores)
+        scores = scores.reshape(scores.shape[0], -1)
+        classes = scores.shape[1]
+        labels.append(scores.argmax(axis=1))
+    return np.concatenate(labels), classes
+
+
+def evaluate(
+    model_path: str,
+    data_path: str,
+    triggered: str | None = None,
+    target: int | None = None,
+    reference: str | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+) -> Evaluation:
+    """Measure `model_path` on a labelled test set, a triggered set and against a reference model."""
+    if triggered is not None and target is None:
+        raise DataError("--triggered needs --target K, the class the attack aims for")
+    provider = runtime.select_provider(device)
+    loaded = model.load(model_path)
+    index = GraphIndex(loaded.proto)
+    specs = data.input_specs(loaded.proto)
+    test = data.load(data_path, specs, limit)
+    predicted, classes = predict(index, test, provider)
+    accuracy = None
+    if test.labels is not None:
+        _check_labels(test.labels, classes, data_path)
+        accuracy = float((predicted == test.labels).mean())
+    asr, triggered_count = None, None
+    if triggered is not None:
+        attacked = data.load(triggered, specs, limit)
+        if not 0 <= target < classes:
+            raise DataError(f"--target {target} is not a class of the model (0..{classes - 1})")
+        hit = predict(index, attacked, provider)[0] == target
+        if attacked.labels is not None:
+            keep = attacked.labels != target  # samples already of the target class prove nothing
+            hit = hit[keep]
+        if hit.size == 0:
+            raise DataError(f"{triggered}: no triggered samples whose label differs from the target {target}")
+        asr, triggered_count = float(hit.mean()), int(hit.size)
+    agreement = None
+    if reference is not None:
+        reference_model = model.load(reference)
+        reference_index = GraphIndex(reference_model.proto)
+        reference_test = data.load(data_path, data.input_specs(reference_model.proto), limit)
+        agreement = float((predict(reference_index, reference_test, provider)[0] == predicted).mean())
+    return Evaluation(
+        model=str(model_path), samples=len(test), accuracy=accuracy, attack_success_rate=asr,
+        triggered_samples=triggered_count, target=target, agreement=agreement,
+        reference=None if reference is None else str(reference), provider=provider.name,
+    )
+
+
+def _check_labels(labels: np.ndarray, classes: int, source: str) -> None:
+    if labels.max(initial=0) >= classes:
+        raise DataError(f"{source}: label {labels.max()} is out of range for a model with {classes} classes")

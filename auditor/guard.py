@@ -1,0 +1,112 @@
+"""The fidelity guard: how many of the ranked channels can be zeroed while the model still
+agrees with itself on the clean samples.
+
+Ten samples measure agreement in steps of 10%, so the guard measures it on augmented
+copies (small shifts, noise, mixup between samples): a finer, slightly pessimistic
+estimate of how much clean behaviour the pruning changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor import runtime
+from auditor.capture import run, scores_output
+from auditor.data import Samples
+from auditor.graph import GraphIndex
+from auditor.rewrite import mask_feed, with_mask_inputs
+from auditor.units import Unit
+
+AUGMENTED_PER_SAMPLE = 15
+MAX_GUARD_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Walk:
+    """Outcome of the guard's search: channels kept zeroed and the agreement they leave."""
+
+    zeroed: dict[str, list[int]]
+    count: int
+    agreement: float
+    floor: float
+    evaluations: int
+    guard_samples: int
+
+
+def augment(samples: Samples, seed: int = 0) -> Samples:
+    """Originals plus deterministic shifted / noisy / mixed copies of every float input."""
+    rng = np.random.default_rng(seed)
+    count = len(samples)
+    copies = max(0, min(AUGMENTED_PER_SAMPLE, MAX_GUARD_SAMPLES // max(count, 1) - 1))
+    if copies == 0:
+        return samples
+    partner = [rng.permutation(count) for _ in range(copies)]
+    out = {}
+    for name, array in samples.inputs.items():
+        if array.dtype.kind != "f":
+            out[name] = np.concatenate([array] + [array] * copies)
+            continue
+        scale = float(array.std()) or 1.0
+        spatial = [axis for axis in range(1, array.ndim) if array.shape[axis] >= 8]
+        pieces = [array]
+        for k in range(copies):
+            kind = k % 3
+            if kind == 0 and spatial:
+                shifted = array
+                for axis in spatial[-2:]:
+                    shifted = np.roll(shifted, int(rng.integers(-2, 3)), axis=axis)
+                pieces.append(shifted)
+            elif kind == 1 or not spatial:
+                noise = rng.normal(0.0, 0.05 * scale, size=array.shape).astype(array.dtype)
+                pieces.append(array + noise)
+            else:
+                weight = np.float32(rng.uniform(0.7, 0.9))
+                pieces.append((weight * array + (1 - weight) * array[partner[k]]).astype(array.dtype))
+        out[name] = np.concatenate(pieces)
+    return Samples(out, None, samples.source + " (augmented)")
+
+
+class Guard:
+    """Runs the model with any set of channels zeroed and measures agreement with the original."""
+
+    def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = 256) -> None:
+        self.units = units
+        self.samples = augment(samples)
+        self.batch = batch
+        self.session = runtime.session(with_mask_inputs(index.model, units), provider)
+        self.output = scores_output(index)
+        self.evaluations = 0
+        self.reference = self.predict({})
+
+    def predict(self, zeroed: dict[str, list[int]]) -> np.ndarray:
+        masks = mask_feed(self.units, zeroed)
+        labels = []
+        for feed in self.samples.batches(self.batch):
+            (scores,) = run(self.session, [self.output], {**feed, **masks})
+            labels.append(np.asarray(scores).reshape(len(next(iter(feed.values()))), -1).argmax(axis=1))
+        self.evaluations += 1
+        return np.concatenate(labels)
+
+    def agreement(self, zeroed: dict[str, list[int]]) -> float:
+        return float((self.predict(zeroed) == self.reference).mean())
+
+    def walk(self, ranking: list[tuple[str, int]], floor: float) -> Walk:
+        """Largest prefix of `ranking` whose zeroing keeps agreement >= floor (binary search)."""
+        def prefix(k: int) -> dict[str, list[int]]:
+            chosen: dict[str, list[int]] = {}
+            for unit, channel in ranking[:k]:
+                chosen.setdefault(unit, []).append(channel)
+            return chosen
+
+        low, high = 0, len(ranking)
+        best_agreement = 1.0
+        while low < high:
+            middle = (low + high + 1) // 2
+            value = self.agreement(prefix(middle))
+            if value >= floor:
+                low, best_agreement = middle, value
+            else:
+                high = middle - 1
+        return Walk(prefix(low), low, best_agreement, floor, self.evaluations, len(self.samples))

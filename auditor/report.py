@@ -1,0 +1,196 @@
+"""The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
+
+Schema `auditor.report/1` (JSON, keys sorted, floats rounded to 6 decimals):
+  schema, tool_version, command ("scan" | "repair"), method
+  model      {path, sha256, ir_version, opset, notes[]}
+  data       {path, samples}
+  provider   {name, reason}
+  verdict    {score, threshold, suspicious, layer}   score = the most suspicious layer's
+             mean of its top 5% channel scores; suspicious = score >= threshold
+  layers[]   {unit, op, output, channels, prunable, head, activation, batchnorm,
+              top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
+              channels_detail[] (every channel, same fields)}
+  skipped[]  {unit, reason}   units that exist but are never scored or pruned
+  repair     null | {output, sha256, zeroed{unit: [channels]}, count, how{unit: fold|mask},
+              agreement, floor, guard_samples, evaluations}
+  timings    {seconds per stage}: the only part that differs between identical runs
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCHEMA = "auditor.report/1"
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    channel: int
+    score: float
+    signals: dict[str, float]
+    z: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    unit: str
+    op: str
+    output: str
+    channels: int
+    prunable: bool
+    head: bool
+    activation: str | None
+    batchnorm: bool
+    records: tuple[ChannelRecord, ...]
+
+
+@dataclass
+class Report:
+    """Everything one scan or repair found and did."""
+
+    command: str
+    tool_version: str
+    method: str
+    model: dict
+    data: dict
+    provider: dict
+    verdict: dict
+    layers: list[LayerRecord]
+    skipped: list[dict]
+    repair: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def suspicious(self) -> bool:
+        return bool(self.verdict["suspicious"])
+
+    def to_dict(self, timings: bool = True) -> dict:
+        layers = []
+        for layer in self.layers:
+            detail = [_record(r) for r in layer.records]
+            top = sorted(detail, key=lambda r: (-r["score"], r["channel"]))[:10]
+            layers.append({
+                "unit": layer.unit, "op": layer.op, "output": layer.output, "channels": layer.channels,
+                "prunable": layer.prunable, "head": layer.head, "activation": layer.activation,
+                "batchnorm": layer.batchnorm, "top": top, "channels_detail": detail,
+            })
+        out = {
+            "schema": SCHEMA, "tool_version": self.tool_version, "command": self.command, "method": self.method,
+            "model": self.model, "data": self.data, "provider": self.provider, "verdict": _rounded(self.verdict),
+            "layers": layers, "skipped": self.skipped, "repair": _rounded(self.repair),
+        }
+        if timings:
+            out["timings"] = _rounded(self.timings)
+        return out
+
+    def to_json(self, timings: bool = True) -> str:
+        return json.dumps(self.to_dict(timings), indent=1, sort_keys=True) + "\n"
+
+    def to_sarif(self) -> str:
+        """SARIF 2.1.0: one result for the verdict, one note per top channel of the top layers."""
+        verdict = self.verdict
+        level = "error" if verdict["suspicious"] else "none"
+        results = [{
+            "ruleId": "AUD001",
+            "level": level,
+            "message": {"text": (
+                f"backdoor suspicion score {verdict['score']:.3f} "
+                f"{'>=' if verdict['suspicious'] else '<'} threshold {verdict['threshold']:.3f}"
+                f" (most suspicious layer: {verdict['layer']})"
+            )},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}}}],
+            "properties": {"score": round(verdict["score"], 6), "threshold": verdict["threshold"]},
+        }]
+        ranked = sorted(
+            ((r.score, layer.unit, r.channel) for layer in self.layers if layer.prunable for r in layer.records),
+            key=lambda item: (-item[0], item[1], item[2]),
+        )
+        for score, unit, channel in ranked[:20]:
+            results.append({
+                "ruleId": "AUD002", "level": "note",
+                "message": {"text": f"channel {channel} of {unit}: suspicion {score:.3f}"},
+                "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}},
+                               "logicalLocations": [{"name": f"{unit}[{channel}]", "kind": "member"}]}],
+                "properties": {"score": round(score, 6)},
+            })
+        sarif = {
+            "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+            "version": "2.1.0",
+            "runs": [{
+                "tool": {"driver": {"name": "auditor", "version": self.tool_version, "rules": [
+                    {"id": "AUD001", "name": "BackdoorSuspected", "shortDescription": {"text": "Model-level backdoor suspicion at or above threshold"}},
+                    {"id": "AUD002", "name": "SuspiciousChannel", "shortDescription": {"text": "A hidden channel ranked suspicious"}},
+                ]}},
+                "results": results,
+            }],
+        }
+        return json.dumps(sarif, indent=1, sort_keys=True) + "\n"
+
+    def to_html(self) -> str:
+        """A self-contained page: verdict, repair summary, and per-layer score strips (inline SVG)."""
+        v = self.verdict
+        state = "SUSPICIOUS" if v["suspicious"] else "clean"
+        rows = []
+        for layer in self.layers:
+            scores = [r.score for r in layer.records]
+            rows.append(
+                f"<tr><td>{html.escape(layer.unit)}</td><td>{layer.op}</td><td>{layer.channels}</td>"
+                f"<td>{'head (never pruned)' if layer.head else ''}</td><td>{_svg_strip(scores, v['threshold'])}</td>"
+                f"<td>{max(scores):.2f}</td></tr>"
+            )
+        repair = ""
+        if self.repair:
+            r = self.repair
+            repair = (f"<h2>Repair</h2><p>{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
+                      f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>auditor report</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
+            ".bad{color:#b00}.ok{color:#070}</style></head><body>"
+            f"<h1>auditor: <span class='{'bad' if v['suspicious'] else 'ok'}'>{state}</span></h1>"
+            f"<p>Model <code>{html.escape(self.model['path'])}</code> (sha256 {self.model['sha256'][:16]}…), "
+            f"method {self.method}, {self.data['samples']} clean samples, {html.escape(self.provider['name'])}.</p>"
+            f"<p>Score {v['score']:.3f}, threshold {v['threshold']:.3f}, most suspicious layer "
+            f"{html.escape(str(v['layer']))}.</p>{repair}"
+            "<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach the threshold.</p>"
+            "<table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th><th>max</th></tr>"
+            + "".join(rows) + "</table></body></html>\n"
+        )
+
+
+def _svg_strip(scores: list[float], threshold: float) -> str:
+    width, height = max(len(scores) * 3, 30), 40
+    top = max(max(scores, default=1.0), threshold, 1e-9)
+    bars = []
+    for i, s in enumerate(scores):
+        h = max(0.0, s) / top * (height - 2)
+        color = "#c33" if s >= threshold else "#69c"
+        bars.append(f"<rect x='{i * 3}' y='{height - h:.1f}' width='2' height='{h:.1f}' fill='{color}'/>")
+    return f"<svg width='{width}' height='{height}'>{''.join(bars)}</svg>"
+
+
+def _record(record: ChannelRecord) -> dict:
+    return {"channel": record.channel, "score": _round(record.score),
+            "signals": {k: _round(v) for k, v in sorted(record.signals.items())},
+            "z": {k: _round(v) for k, v in sorted(record.z.items())}}
+
+
+def _round(value: float) -> float:
+    value = float(value)
+    return 0.0 if not np.isfinite(value) else round(value, 6)
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return _round(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,78 @@
+"""Standardise signals within each layer, combine them per method, and reach a verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor.signals import Signals
+
+# Signal weights per method. `sus` combines; `clp` and `fp` are the baselines run through
+# the same stages (CLP: weight alone, data-free; Fine-Pruning: activation alone).
+METHODS: dict[str, dict[str, float]] = {
+    "sus": {"activation": 1.0, "weight": 1.0, "relationship": 1.0, "bn_drift": 1.0},
+    "clp": {"weight": 1.0},
+    "fp": {"activation": 1.0},
+}
+# Model-level score: mean of the top fraction of a layer's channel scores, max over layers.
+TOP_FRACTION = 0.05
+DEFAULT_THRESHOLD = {"sus": 3.0, "clp": 3.0, "fp": 3.0}
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """Per-channel scores of one unit [C] and each standardised signal [C]."""
+
+    score: np.ndarray
+    z: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Model-level suspiciousness compared with the threshold."""
+
+    score: float
+    threshold: float
+    suspicious: bool
+    layer: str | None  # the unit that gave the score
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 MAD), falling back to the mean absolute deviation, else 0."""
+    values = np.asarray(values, dtype=np.float64)
+    center = np.median(values)
+    spread = 1.4826 * np.median(np.abs(values - center))
+    if spread <= 1e-12 * max(1.0, abs(center)):
+        spread = 1.2533 * np.mean(np.abs(values - center))
+    if spread <= 1e-12 * max(1.0, abs(center)):
+        return np.zeros_like(values)
+    return (values - center) / spread
+
+
+def suspicion(signals: Signals, method: str) -> Suspicion:
+    """Weighted mean of the robust z-scores of the signals the method uses and the unit has."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    weights = {name: w for name, w in METHODS[method].items() if name in signals.values and w}
+    z = {name: robust_z(value) for name, value in signals.values.items()}
+    total = sum(weights.values())
+    score = sum(w * z[name] for name, w in weights.items()) / total
+    return Suspicion(score=np.asarray(score, dtype=np.float64), z=z)
+
+
+def layer_score(score: np.ndarray) -> float:
+    count = max(1, int(round(TOP_FRACTION * len(score))))
+    return float(np.sort(score)[::-1][:count].mean())
+
+
+def verdict(scores: dict[str, np.ndarray], threshold: float) -> Verdict:
+    """The model's score is its most suspicious layer's top-channel mean."""
+    best_layer, best = None, float("-inf")
+    for name, score in scores.items():
+        value = layer_score(score)
+        if value > best:
+            best_layer, best = name, value
+    if best_layer is None:
+        best = 0.0
+    return Verdict(score=best, threshold=threshold, suspicious=bool(best >= threshold), layer=best_layer)

@@ -1,0 +1,209 @@
+"""The `auditor` command: parse, call the library, render, map outcomes to exit codes.
+
+Exit codes: 0 clean verdict / output written, 1 the model looks backdoored (scan),
+2 bad usage or input (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import auditor
+from auditor import model as model_io
+from auditor.errors import AuditorError
+
+EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR = 0, 1, 2
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Audit ONNX classifiers for backdoors from a few clean samples, and repair them.")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+# Shared option groups (one definition, every command).
+ModelArg = Annotated[Path, typer.Argument(help="ONNX model to audit (never modified).", show_default=False)]
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help=".npz with array x (or arrays named after the model inputs) and optional labels y; uint8 images are scaled by 1/255.", show_default=False)]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Use only the first N samples.")]
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="sus (combined, default), clp (weights alone), fp (activations alone).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when usable, else CPU), cpu or cuda.")]
+ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", "-u", help="Suspicion score threshold (scan: verdict; repair: only channels at or above it).")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")]
+SarifOpt = Annotated[Optional[Path], typer.Option("--sarif", help="Write a SARIF 2.1.0 report here.")]
+HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report here.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _guarded(work):
+    """Run `work`, turning every failure into one line and exit code 2."""
+    try:
+        return work()
+    except typer.Exit:
+        raise
+    except AuditorError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written")
+        raise typer.Exit(130) from None
+    except MemoryError:
+        _fail("out of memory: try fewer samples (--limit)")
+    except Exception as exc:  # noqa: BLE001 - a release gate must never dump a traceback
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        _fail(f"unexpected failure ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+              "rerun with AUDITOR_DEBUG=1 for details and report it")
+
+
+def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...]) -> None:
+    seen = set()
+    for path in paths:
+        if path is None:
+            continue
+        model_io.check_output_path(path, force, inputs)
+        key = os.path.abspath(path)
+        if key in seen:
+            raise auditor.OutputError(f"{path} is given for two outputs")
+        seen.add(key)
+
+
+def _write_reports(report: auditor.Report, json_path, sarif_path, html_path) -> None:
+    for path, text in ((json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)):
+        if path is not None:
+            model_io.write_atomic(path, text().encode())
+
+
+def _say_provider(report: auditor.Report) -> None:
+    provider = report.provider
+    out.print(f"provider: {provider['name']} ({provider['reason']})")
+
+
+def _render(report: auditor.Report) -> None:
+    table = Table(title="most suspicious layers", show_lines=False)
+    for column in ("unit", "op", "channels", "layer score", "top channels (score)"):
+        table.add_column(column)
+    layers = [layer for layer in report.layers if layer.prunable]
+    ranked = sorted(layers, key=lambda layer: -max(r.score for r in layer.records))[:8]
+    for layer in ranked:
+        top = sorted(layer.records, key=lambda r: (-r.score, r.channel))[:4]
+        table.add_row(layer.unit, layer.op, str(layer.channels), f"{max(r.score for r in layer.records):.2f}",
+                      ", ".join(f"{r.channel} ({r.score:.2f})" for r in top))
+    out.print(table)
+    v = report.verdict
+    word = "[bold red]SUSPICIOUS[/]" if v["suspicious"] else "[bold green]clean[/]"
+    out.print(f"verdict: {word}  score {v['score']:.3f} vs threshold {v['threshold']:.3f} (layer {v['layer']})")
+
+
+@app.command()
+def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodOpt = "sus",
+         device: DeviceOpt = "auto", threshold: ThresholdOpt = None, json: JsonOpt = None,
+         sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False) -> None:
+    """Score every hidden channel; exit 1 when the model looks backdoored, 0 when clean."""
+    def work():
+        _outputs([json, sarif, html], force, (model, data))
+        report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold)
+        _say_provider(report)
+        _render(report)
+        _write_reports(report, json, sarif, html)
+        return report
+    report = _guarded(work)
+    raise typer.Exit(EXIT_SUSPICIOUS if report.suspicious else EXIT_CLEAN)
+
+
+@app.command(name="repair")
+def repair_command(
+    model: ModelArg, data: DataOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the repaired model.", show_default=False)],
+    limit: LimitOpt = None, method: MethodOpt = "sus", device: DeviceOpt = "auto", threshold: ThresholdOpt = None,
+    max_prune: Annotated[Optional[float], typer.Option("--max-prune", help="At most this many channels (>= 1) or this fraction of all (< 1).")] = None,
+    floor: Annotated[float, typer.Option("--floor", help="Least agreement with the original on augmented clean samples.")] = auditor.api.DEFAULT_FLOOR,
+    layer_cap: Annotated[float, typer.Option("--layer-cap", help="At most this fraction of one layer's channels.")] = auditor.api.DEFAULT_LAYER_CAP,
+    test: Annotated[Optional[Path], typer.Option("--test", help="Labelled test set: print accuracy before and after.")] = None,
+    triggered: Annotated[Optional[Path], typer.Option("--triggered", help="Triggered set: print attack success rate before and after (needs --target).")] = None,
+    target: Annotated[Optional[int], typer.Option("--target", help="Attack target class for --triggered.")] = None,
+    json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
+) -> None:
+    """Zero the suspicious channels the fidelity guard allows and write a repaired model."""
+    def work():
+        if triggered is not None and test is None:
+            raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
+        _outputs([output, json, sarif, html], force, (model, data))
+        report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
+                                max_prune=max_prune, floor=floor, layer_cap=layer_cap, force=force)
+        _say_provider(report)
+        _render(report)
+        r = report.repair
+        out.print(f"repair: zeroed {r['count']} channels in {len(r['zeroed'])} layers "
+                  f"(agreement {r['agreement']:.3f} >= floor {r['floor']}) -> {r['output']}")
+        if test is not None:
+            before = auditor.evaluate(model, test, triggered=triggered, target=target, device=device)
+            after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device)
+            report.repair["evaluation"] = {"before": before.to_dict(), "after": after.to_dict()}
+            _render_before_after(before, after)
+        _write_reports(report, json, sarif, html)
+        return report
+    _guarded(work)
+    raise typer.Exit(EXIT_CLEAN)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _render_before_after(before: auditor.Evaluation, after: auditor.Evaluation) -> None:
+    table = Table(title="before / after repair")
+    for column in ("", "accuracy (ACC)", "attack success (ASR)"):
+        table.add_column(column)
+    table.add_row("before", _pct(before.accuracy), _pct(before.attack_success_rate))
+    table.add_row("after", _pct(after.accuracy), _pct(after.attack_success_rate))
+    out.print(table)
+
+
+@app.command(name="evaluate")
+def evaluate_command(
+    model: ModelArg, data: DataOpt,
+    triggered: Annotated[Optional[Path], typer.Option("--triggered", help="Triggered samples (x, optional true labels y).")] = None,
+    target: Annotated[Optional[int], typer.Option("--target", help="Class the attack aims for.")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="Original model: report agreement with its predictions.")] = None,
+    limit: LimitOpt = None, device: DeviceOpt = "auto", json: JsonOpt = None, force: ForceOpt = False,
+) -> None:
+    """Accuracy on labelled data, attack success rate on triggered data, agreement with a reference."""
+    def work():
+        _outputs([json], force, (model, data))
+        result = auditor.evaluate(model, data, triggered=triggered, target=target, reference=reference,
+                                  limit=limit, device=device)
+        out.print(f"provider: {result.provider}")
+        out.print(f"accuracy: {_pct(result.accuracy)} on {result.samples} samples")
+        if result.attack_success_rate is not None:
+            out.print(f"attack success rate: {_pct(result.attack_success_rate)} "
+                      f"({result.triggered_samples} triggered samples, target {result.target})")
+        if result.agreement is not None:
+            out.print(f"agreement with reference: {_pct(result.agreement)}")
+        if json is not None:
+            import json as json_module
+            model_io.write_atomic(json, (json_module.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    _guarded(work)
+    raise typer.Exit(EXIT_CLEAN)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(auditor.__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
