@@ -127,6 +127,7 @@ def repair_command(
     max_prune: Annotated[Optional[float], typer.Option("--max-prune", help="At most this many channels (>= 1) or this fraction of all (< 1).")] = None,
     floor: Annotated[float, typer.Option("--floor", help="Least agreement with the original on augmented clean samples.")] = auditor.api.DEFAULT_FLOOR,
     layer_cap: Annotated[float, typer.Option("--layer-cap", help="At most this fraction of one layer's channels.")] = auditor.api.DEFAULT_LAYER_CAP,
+    max_divergence: Annotated[float, typer.Option("--max-divergence", help="Largest mean KL(original || repaired) on augmented clean samples, in nats.")] = auditor.api.DEFAULT_MAX_DIVERGENCE,
     test: Annotated[Optional[Path], typer.Option("--test", help="Labelled test set: print accuracy before and after.")] = None,
     triggered: Annotated[Optional[Path], typer.Option("--triggered", help="Triggered set: print attack success rate before and after (needs --target).")] = None,
     target: Annotated[Optional[int], typer.Option("--target", help="Attack target class for --triggered.")] = None,
@@ -138,12 +139,14 @@ def repair_command(
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
         _outputs([output, json, sarif, html], force, (model, data))
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
-                                max_prune=max_prune, floor=floor, layer_cap=layer_cap, force=force)
+                                max_prune=max_prune, floor=floor, layer_cap=layer_cap,
+                                max_divergence=max_divergence, force=force)
         _say_provider(report)
         _render(report)
         r = report.repair
         out.print(f"repair: zeroed {r['count']} channels in {len(r['zeroed'])} layers "
-                  f"(agreement {r['agreement']:.3f} >= floor {r['floor']}) -> {r['output']}")
+                  f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
+                  f"-> {r['output']}")
         if test is not None:
             before = auditor.evaluate(model, test, triggered=triggered, target=target, device=device)
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device)

@@ -20,6 +20,7 @@ from auditor.version import __version__
 
 DEFAULT_FLOOR = 0.95  # agreement with the original on the augmented clean samples
 DEFAULT_LAYER_CAP = 0.3  # at most this fraction of a layer's channels is zeroed
+DEFAULT_MAX_DIVERGENCE = 0.05  # mean KL(original || repaired) on the augmented clean samples, nats
 
 
 @dataclass
@@ -124,13 +125,16 @@ def ranking(units: list[Unit], suspicion: dict[str, score.Suspicion], threshold:
 def repair(model_path: str | Path, data_path: str | Path, output: str | Path, limit: int | None = None,
            method: str = "sus", device: str = "auto", threshold: float | None = None,
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
-           layer_cap: float = DEFAULT_LAYER_CAP, force: bool = False) -> Report:
+           layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
+           force: bool = False) -> Report:
     """Zero the most suspicious channels the fidelity guard allows and write the repaired model."""
     output = model.check_output_path(output, force, (Path(model_path), Path(data_path)))
     if not 0.0 < floor <= 1.0:
         raise ModelError(f"--floor must be in (0, 1], got {floor}")
     if not 0.0 < layer_cap <= 1.0:
         raise ModelError(f"--layer-cap must be in (0, 1], got {layer_cap}")
+    if max_divergence <= 0:
+        raise ModelError(f"--max-divergence must be positive, got {max_divergence}")
     if max_prune is not None and max_prune <= 0:
         raise ModelError(f"--max-prune must be positive, got {max_prune}")
     analysis = _analyse(model_path, data_path, limit, method, device, threshold, "repair")
@@ -139,7 +143,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     prunable = [u for u in analysis.units if u.prunable]
     ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
     fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider)
-    walk = fidelity.walk(ranked, floor)
+    walk = fidelity.walk(ranked, floor, max_divergence)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta)
@@ -151,7 +155,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     report.repair = {
         "output": str(output), "sha256": hashlib.sha256(payload).hexdigest(), "zeroed": zeroed,
         "count": walk.count, "how": dict(sorted(result.how.items())), "agreement": walk.agreement,
-        "floor": floor, "layer_cap": layer_cap, "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
+        "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap, "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
     }
     return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -73,8 +74,12 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
         raise DataError(f"data file not found: {path}")
     if path.is_dir():
         raise DataError(f"data path is a directory; give an .npz or .npy file: {path}")
+    if not path.is_file():
+        raise DataError(f"data path is not a regular file (device, pipe or socket): {path}")
     if path.stat().st_size == 0:
         raise DataError(f"data file is empty (0 bytes): {path}")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1, got {limit}")
     arrays = _read_arrays(path)
     labels = arrays.pop("y", None)
     names = [s.name for s in specs]
@@ -98,8 +103,6 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
     if labels is not None:
         labels = _labels(labels, count, path.name)
     if limit is not None:
-        if limit < 1:
-            raise DataError(f"--limit must be at least 1, got {limit}")
         if limit > count:
             raise DataError(f"{path.name} holds {count} samples, fewer than --limit {limit}")
         inputs = {k: v[:limit] for k, v in inputs.items()}
@@ -107,20 +110,78 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
     return Samples(inputs, labels, str(path))
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a member, or the end record of an empty archive
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Arrays by name, read by our own small reader: headers checked before any data, never unpickled."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(_NPY_MAGIC):
+        with open(path, "rb") as handle:
+            return {"x": _read_npy(handle, path.stat().st_size, path.name, "x")}
+    if head.startswith(_ZIP_MAGICS):
+        return _read_npz(path)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise DataError(f"{path.name} is a Python pickle; auditor never unpickles data: save plain numeric arrays (.npz)")
+    raise DataError(f"{path.name} is not an .npz or .npy file (no numpy or zip header)")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
     try:
-        if path.suffix == ".npy":
-            return {"x": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                return {"x": np.asarray(archive)}
-            return {name: archive[name] for name in archive.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise DataError(f"{path.name} holds Python objects (pickle); auditor never unpickles data: save plain numeric arrays") from exc
-        raise DataError(f"cannot read {path.name} as .npz/.npy: {exc}") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {path.name} as .npz/.npy (corrupt or not numpy data)") from exc
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                if not info.filename.endswith(".npy"):
+                    raise DataError(f"{path.name}: member {info.filename!r} is not a .npy array")
+                name = info.filename[: -len(".npy")]
+                if name in arrays:
+                    raise DataError(f"{path.name}: array {name!r} appears twice")
+                with archive.open(info) as member:
+                    arrays[name] = _read_npy(member, info.file_size, path.name, name)
+    except DataError:
+        raise
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise DataError(f"cannot read {path.name} as .npz (corrupt or truncated archive: {_reason(exc)})") from exc
+    return arrays
+
+
+def _read_npy(handle, size: int, source: str, name: str) -> np.ndarray:
+    """One .npy: its header must describe a plain array of exactly the bytes that follow."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise DataError(f"{source}: array {name!r} uses .npy format {version}, expected 1.0 or 2.0")
+    except DataError:
+        raise
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        raise DataError(f"{source}: array {name!r} has a corrupt .npy header ({_reason(exc)})") from exc
+    if dtype.hasobject:
+        raise DataError(f"{source}: array {name!r} holds Python objects (pickle); auditor never unpickles data: "
+                        "save plain numeric arrays")
+    if any(d < 0 for d in shape):
+        raise DataError(f"{source}: array {name!r} declares a negative shape {shape}")
+    needed = math.prod(shape) * dtype.itemsize
+    available = size - handle.tell()
+    if needed != available:
+        raise DataError(f"{source}: array {name!r} declares shape {shape} ({needed} bytes) but holds {available} bytes "
+                        "(truncated or corrupt)")
+    payload = handle.read(needed)
+    if len(payload) != needed:
+        raise DataError(f"{source}: array {name!r} is truncated ({len(payload)} of {needed} bytes)")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:200]
 
 
 def _conform(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:

@@ -24,15 +24,34 @@ MAX_GUARD_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """How close the pruned model stays to the original on the guard samples."""
+
+    agreement: float  # share of samples with the same predicted class
+    divergence: float  # mean KL(original || pruned) of the class distributions, in nats
+
+
+@dataclass(frozen=True)
 class Walk:
-    """Outcome of the guard's search: channels kept zeroed and the agreement they leave."""
+    """Outcome of the guard's search: channels kept zeroed and the fidelity they leave."""
 
     zeroed: dict[str, list[int]]
     count: int
     agreement: float
+    divergence: float
     floor: float
+    max_divergence: float
     evaluations: int
     guard_samples: int
+
+
+def _distribution(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits, or the scores themselves when they already are."""
+    scores = scores.astype(np.float64)
+    if (scores >= 0).all() and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        return np.clip(scores, 1e-9, 1.0)
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return np.clip(shifted / shifted.sum(axis=1, keepdims=True), 1e-9, 1.0)
 
 
 def augment(samples: Samples, seed: int = 0) -> Samples:
@@ -78,22 +97,28 @@ class Guard:
         self.session = runtime.session(with_mask_inputs(index.model, units), provider)
         self.output = scores_output(index)
         self.evaluations = 0
-        self.reference = self.predict({})
+        self.reference = _distribution(self.scores({}))
+        self.reference_label = self.reference.argmax(axis=1)
 
-    def predict(self, zeroed: dict[str, list[int]]) -> np.ndarray:
+    def scores(self, zeroed: dict[str, list[int]]) -> np.ndarray:
+        """Class scores [guard samples, classes] with the given channels zeroed."""
         masks = mask_feed(self.units, zeroed)
-        labels = []
+        out = []
         for feed in self.samples.batches(self.batch):
             (scores,) = run(self.session, [self.output], {**feed, **masks})
-            labels.append(np.asarray(scores).reshape(len(next(iter(feed.values()))), -1).argmax(axis=1))
+            out.append(np.asarray(scores).reshape(len(next(iter(feed.values()))), -1))
         self.evaluations += 1
-        return np.concatenate(labels)
+        return np.concatenate(out)
 
-    def agreement(self, zeroed: dict[str, list[int]]) -> float:
-        return float((self.predict(zeroed) == self.reference).mean())
+    def fidelity(self, zeroed: dict[str, list[int]]) -> Fidelity:
+        pruned = _distribution(self.scores(zeroed))
+        agreement = float((pruned.argmax(axis=1) == self.reference_label).mean())
+        divergence = float(np.mean(np.sum(self.reference * (np.log(self.reference) - np.log(pruned)), axis=1)))
+        return Fidelity(agreement, max(divergence, 0.0))
 
-    def walk(self, ranking: list[tuple[str, int]], floor: float) -> Walk:
-        """Largest prefix of `ranking` whose zeroing keeps agreement >= floor (binary search)."""
+    def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float) -> Walk:
+        """Largest prefix of `ranking` whose zeroing keeps agreement >= floor and the mean
+        divergence <= max_divergence (binary search: fidelity falls as more is zeroed)."""
         def prefix(k: int) -> dict[str, list[int]]:
             chosen: dict[str, list[int]] = {}
             for unit, channel in ranking[:k]:
@@ -101,12 +126,13 @@ class Guard:
             return chosen
 
         low, high = 0, len(ranking)
-        best_agreement = 1.0
+        best = Fidelity(1.0, 0.0)
         while low < high:
             middle = (low + high + 1) // 2
-            value = self.agreement(prefix(middle))
-            if value >= floor:
-                low, best_agreement = middle, value
+            value = self.fidelity(prefix(middle))
+            if value.agreement >= floor and value.divergence <= max_divergence:
+                low, best = middle, value
             else:
                 high = middle - 1
-        return Walk(prefix(low), low, best_agreement, floor, self.evaluations, len(self.samples))
+        return Walk(prefix(low), low, best.agreement, best.divergence, floor, max_divergence,
+                    self.evaluations, len(self.samples))

@@ -1,22 +1,40 @@
-"""Load an ONNX model safely, make it runnable by the installed onnxruntime, save atomically."""
+"""Load an ONNX model safely, make it runnable by the installed onnxruntime, save atomically.
+
+A release gate reads models nobody trusts, so `load` checks everything it can before any
+stage sees the graph: file kind, protobuf, external data paths and sizes, operator domains
+and opsets, control flow, the ONNX checker, outputs. Every refusal is a ModelError.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
+import re
+import secrets
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, version_converter
+from onnx import TensorProto, external_data_helper, helper, version_converter
 
 from auditor import runtime
 from auditor.errors import ModelError, OutputError
 
 _UNSUPPORTED_OPS = {"If", "Loop", "Scan"}
+_ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}
+_RUNTIME_DOMAINS = _ONNX_DOMAINS | {"com.microsoft"}  # onnxruntime's contrib ops are runnable too
+_WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_CHECKER_LIMIT = 2**31 - 1  # onnx.checker takes an in-memory model only below protobuf's 2 GiB
+_EXTERNAL_THRESHOLD = 1024  # bytes; larger initializers go to the external data file (onnx's default)
+_MIN_RUNTIME_OPSET = 7  # onnxruntime has no kernels for older ai.onnx opsets
+_UPGRADE_OPSET = 13
 
 
 @dataclass(frozen=True)
@@ -49,24 +67,101 @@ def file_sha256(path: Path) -> str:
 
 
 def load(path: str | os.PathLike[str]) -> Model:
-    """Read `path` (external data only from inside its folder) and normalise it for the runtime."""
+    """Read `path` (external data only from inside its folder), validate it, normalise it for the runtime."""
     path = Path(path)
+    _check_file(path)
+    proto = _parse(path)
+    check_graph(proto)
+    sha = file_sha256(path)
+    _load_external_data(proto, path.parent)
+    _validate(proto, path)
+    _check_weights(proto)
+    notes = normalise(proto)
+    return Model(proto=proto, path=path, sha256=sha, notes=tuple(notes))
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelError(f"model path is a directory, not an .onnx file: {path}")
+    if not path.is_file():
+        raise ModelError(f"model path is not a regular file (device, pipe or socket): {path}")
     if path.stat().st_size == 0:
         raise ModelError(f"model file is empty (0 bytes): {path}")
+
+
+def _parse(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"not a readable ONNX model (corrupt or truncated protobuf): {path}") from exc
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelError(f"not an ONNX model with a graph (no nodes found): {path}")
-    _load_external_data(proto, path.parent)
-    sha = file_sha256(path)
-    notes = normalise(proto)
-    return Model(proto=proto, path=path, sha256=sha, notes=tuple(notes))
+    return proto
+
+
+def check_graph(proto: onnx.ModelProto) -> None:
+    """Refuse, with a message naming the culprit, what onnxruntime or auditor cannot run."""
+    local = {(f.domain, f.name) for f in proto.functions}
+    imported = {entry.domain or "": entry.version for entry in proto.opset_import}
+    _check_opsets(imported)
+    for node in _all_nodes(proto):
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if node.op_type in _UNSUPPORTED_OPS and domain == "":
+            raise ModelError(f"control flow ({node.op_type}) is not supported: auditor needs a static graph")
+        if (node.domain, node.op_type) in local:
+            continue
+        if domain not in _RUNTIME_DOMAINS:
+            raise ModelError(f"custom operator {node.op_type!r} from domain {node.domain!r} is not a standard ONNX "
+                             "operator and onnxruntime has no kernel for it; auditor runs standard ONNX graphs only")
+        if domain in _ONNX_DOMAINS and domain in imported:
+            _check_operator(node.op_type, domain, imported[domain])
+    _check_outputs(proto)
+
+
+def _check_opsets(imported: dict[str, int]) -> None:
+    if "" not in imported and "ai.onnx" not in imported:
+        raise ModelError("the model imports no ai.onnx opset (opset_import is missing or corrupt)")
+    for domain, version in imported.items():
+        known = runtime.max_domain_opset(domain) if domain in _ONNX_DOMAINS - {"", "ai.onnx"} else None
+        if known is not None and version > known:
+            raise ModelError(f"opset {version} of domain {domain!r} is newer than onnxruntime runs ({known})")
+        if version < 1:
+            raise ModelError(f"opset {version} of domain {domain or 'ai.onnx'!r} is not a valid opset version")
+    newest = onnx.defs.onnx_opset_version()
+    version = imported.get("", imported.get("ai.onnx", 0))
+    if version > newest:
+        raise ModelError(f"opset {version} is newer than onnxruntime runs ({runtime.max_opset()}) and cannot be converted")
+
+
+def _check_operator(op_type: str, domain: str, version: int) -> None:
+    label = domain or "ai.onnx"
+    if not onnx.defs.has(op_type, domain):
+        raise ModelError(f"unknown operator {op_type!r}: not in ONNX's {label!r} domain (corrupt or custom model)")
+    try:
+        onnx.defs.get_schema(op_type, version, domain)
+    except onnx.defs.SchemaError as exc:
+        since = onnx.defs.get_schema(op_type, domain).since_version
+        raise ModelError(f"operator {op_type!r} does not exist at {label} opset {version} (added in opset {since})") from exc
+
+
+def _check_outputs(proto: onnx.ModelProto) -> None:
+    """auditor reads class scores from a float tensor output; a ZipMap or a label alone has none."""
+    outputs = list(proto.graph.output)
+    if not outputs:
+        raise ModelError("the model declares no outputs")
+    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    if any(o.type.HasField("tensor_type") and o.type.tensor_type.elem_type in floats for o in outputs):
+        return
+    producers = {name: node.op_type for node in proto.graph.node for name in node.output}
+    zipmaps = [o.name for o in outputs if producers.get(o.name) == "ZipMap"]
+    if zipmaps:
+        raise ModelError(f"output {zipmaps[0]!r} is a ZipMap (a list of class->probability maps), not a tensor of class scores; "
+                         "re-export without ZipMap (skl2onnx: options={'zipmap': False})")
+    names = ", ".join(repr(o.name) for o in outputs)
+    raise ModelError(f"the model has no float output with class scores (outputs {names} are labels or non-tensors); "
+                     "export logits or probabilities")
 
 
 def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
@@ -75,96 +170,341 @@ def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
         return
     root = folder.resolve()
     for tensor in tensors:
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        location = info.get("location", "")
-        if not location or os.path.isabs(location) or Path(location).drive:
-            raise ModelError(f"external data location {location!r} of {tensor.name!r} is not a relative path; refusing to read it")
-        target = (root / location).resolve()
-        if not target.is_relative_to(root):
-            raise ModelError(f"external data location {location!r} of {tensor.name!r} escapes the model's folder; refusing to read it")
-        if not target.is_file():
-            raise ModelError(f"external data file {location!r} for {tensor.name!r} is missing next to the model")
-        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
-        if end > target.stat().st_size:
-            raise ModelError(f"external data file {location!r} is shorter than {tensor.name!r} needs (truncated?)")
+        _check_external(tensor, root)
     try:
         external_data_helper.load_external_data_for_model(proto, str(root))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read external data: {exc}") from exc
+        raise ModelError(f"cannot read external data: {_one_line(exc)}") from exc
+
+
+def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a model's external data names (best effort, for output-path checks; never raises)."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return []
+        proto = onnx.load_model(str(path), load_external_data=False)
+        files = []
+        for tensor in external_data_helper._get_all_tensors(proto):
+            if external_data_helper.uses_external_data(tensor):
+                location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+                if location and "\0" not in location:
+                    files.append(path.parent / location)
+        return files
+    except Exception:  # load() reports the real problem with a proper message
+        return []
+
+
+def _check_external(tensor: onnx.TensorProto, root: Path) -> None:
+    """The location must be a regular file inside the model's folder, big enough for the tensor."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    name = tensor.name
+    if not location or "\0" in location or os.path.isabs(location) or Path(location).drive:
+        raise ModelError(f"external data location {location!r} of {name!r} is not a relative path; refusing to read it")
+    target = (root / location).resolve()
+    if not target.is_relative_to(root):
+        raise ModelError(f"external data location {location!r} of {name!r} escapes the model's folder; refusing to read it")
+    if not target.exists():
+        raise ModelError(f"external data file {location!r} for {name!r} is missing next to the model")
+    if not target.is_file():
+        raise ModelError(f"external data location {location!r} of {name!r} is not a regular file")
+    offset, length = _int_field(info, "offset", name), _int_field(info, "length", name)
+    size = target.stat().st_size
+    needed = tensor_nbytes(tensor)
+    if length is None:
+        length = size - (offset or 0)
+    if (offset or 0) + length > size:
+        raise ModelError(f"external data file {location!r} is shorter than {name!r} needs (truncated?)")
+    if needed is not None and length != needed:
+        raise ModelError(f"external data of {name!r} is {length} bytes, its shape {tuple(tensor.dims)} needs {needed}")
+
+
+def _int_field(info: dict[str, str], key: str, tensor: str) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = int(info[key])
+    except ValueError:
+        raise ModelError(f"external data {key} {info[key]!r} of {tensor!r} is not an integer") from None
+    if value < 0:
+        raise ModelError(f"external data {key} {value} of {tensor!r} is negative")
+    return value
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of the tensor's raw data from its shape and type; None for strings and packed sub-byte types."""
+    if any(d < 0 for d in tensor.dims):
+        raise ModelError(f"tensor {tensor.name!r} has a negative dimension {tuple(tensor.dims)}")
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or _packed(tensor.data_type):
+        return None
+    return math.prod(tensor.dims) * itemsize
+
+
+def _packed(data_type: int) -> bool:
+    names = ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    return data_type in {getattr(TensorProto, n) for n in names if hasattr(TensorProto, n)}
+
+
+def _validate(proto: onnx.ModelProto, path: Path) -> None:
+    """onnx.checker: dangling inputs, unsorted nodes, wrong attribute types, tensor sizes."""
+    saved = proto.ir_version
+    try:
+        if proto.ByteSize() < _CHECKER_LIMIT:
+            proto.ir_version = min(saved, onnx.IR_VERSION)  # normalise lowers it for the runtime anyway
+            onnx.checker.check_model(proto)
+        elif saved <= onnx.IR_VERSION:
+            onnx.checker.check_model(str(path))  # > 2 GiB: the checker reads the file, data stays external
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"not a valid ONNX model: {_one_line(exc)}") from exc
+    finally:
+        proto.ir_version = saved
+
+
+def _check_weights(proto: onnx.ModelProto) -> None:
+    """NaN or Inf in a layer's weights would turn every score into NaN: refuse them by name."""
+    initializers = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type not in _WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        for name in node.input[1:3]:
+            tensor = initializers.get(name)
+            if tensor is None or tensor.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+                continue
+            values = onnx.numpy_helper.to_array(tensor)
+            if not np.isfinite(values).all():
+                raise ModelError(f"weights {name!r} of node {node.name or node.op_type!r} contain NaN or Inf")
 
 
 def normalise(proto: onnx.ModelProto) -> list[str]:
-    """Lower IR version / opset in place to what onnxruntime runs; returns what changed."""
+    """Lower IR version / convert the opset in place to what onnxruntime runs; returns what changed."""
     notes: list[str] = []
-    for node in _all_nodes(proto.graph):
-        if node.op_type in _UNSUPPORTED_OPS and node.domain in ("", "ai.onnx"):
-            raise ModelError(f"control flow ({node.op_type}) is not supported: auditor needs a static graph")
     max_ir = runtime.max_ir_version()
     if proto.ir_version > max_ir:
         notes.append(f"IR version {proto.ir_version} lowered to {max_ir} for onnxruntime")
         proto.ir_version = max_ir
     opset, max_op = default_opset(proto), runtime.max_opset()
     if opset > max_op:
-        try:
-            converted = version_converter.convert_version(proto, max_op)
-        except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError/IndexError/...
-            raise ModelError(f"opset {opset} is newer than onnxruntime runs ({max_op}) and cannot be converted") from exc
-        converted.ir_version = min(converted.ir_version, max_ir)
-        proto.CopyFrom(converted)
+        _convert(proto, max_op, f"opset {opset} is newer than onnxruntime runs ({max_op}) and cannot be converted")
         notes.append(f"opset {opset} converted to {max_op} for onnxruntime")
+    elif opset < _MIN_RUNTIME_OPSET:
+        _convert(proto, _UPGRADE_OPSET, f"opset {opset} is older than onnxruntime runs ({_MIN_RUNTIME_OPSET}+) and cannot be converted")
+        notes.append(f"opset {opset} converted to {_UPGRADE_OPSET} for onnxruntime")
     return notes
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def _convert(proto: onnx.ModelProto, target: int, failure: str) -> None:
+    try:
+        converted = version_converter.convert_version(proto, target)
+    except Exception as exc:  # the converter raises RuntimeError/IndexError/...
+        raise ModelError(failure) from exc
+    converted.ir_version = min(converted.ir_version, runtime.max_ir_version())
+    proto.CopyFrom(converted)
+
+
+def _all_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    yield from _graph_nodes(proto.graph)
+    for function in proto.functions:
+        for node in function.node:
+            yield node
+            yield from _subgraph_nodes(node)
+
+
+def _graph_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _all_nodes(sub)
+        yield from _subgraph_nodes(node)
 
 
-def check_output_path(path: str | os.PathLike[str], force: bool, inputs: tuple[Path, ...] = ()) -> Path:
-    """Refuse an output that exists (unless forced), is an input, or sits in a missing folder."""
+def _subgraph_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield from _graph_nodes(attr.g)
+        for sub in attr.graphs:
+            yield from _graph_nodes(sub)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return (text or type(exc).__name__)[:300]
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+def check_output_path(path: str | os.PathLike[str], force: bool, inputs: tuple[Path | None, ...] = ()) -> Path:
+    """Refuse an output that exists (unless forced), is an input, is not a regular file, or sits in a missing folder."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"output path is a directory: {path}")
     for source in inputs:
-        if path.exists() and source.exists() and path.resolve() == source.resolve():
+        if source is not None and path.exists() and Path(source).exists() and _same_file(path, Path(source)):
             raise OutputError(f"output {path} would overwrite an input; choose another path")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"output {path} exists and is not a regular file; refusing to replace it")
     if path.exists() and not force:
         raise OutputError(f"output {path} already exists; pass --force to replace it")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise OutputError(f"output folder does not exist: {path.parent}")
     if not os.access(path.parent, os.W_OK):
         raise OutputError(f"output folder is not writable: {path.parent}")
     return path
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to a temp file beside `path`, fsync, then rename: complete or absent."""
-    path = Path(path)
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write to {path.parent}: {exc.strerror}") from exc
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+Writer = Callable[[BinaryIO], None]
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | Writer) -> None:
+    """Write `data` (bytes, or a function writing to a binary file) so that `path` ends up complete or absent.
+
+    The bytes go to an unnamed file in the target folder (O_TMPFILE: a crash or SIGKILL leaves
+    nothing behind), are fsynced, then linked into place; elsewhere a hidden temp file is renamed.
+    """
+    path = Path(path)
+    with _atomic_file(path.parent, lambda: path) as handle:
+        if callable(data):
+            data(handle)
+        else:
+            handle.write(data)
+
+
+@contextlib.contextmanager
+def _atomic_file(folder: Path, target: Callable[[], Path]) -> Iterator[BinaryIO]:
+    """A file in `folder` that becomes `target()` (asked only once the writing succeeded), or nothing."""
+    fd, temp = _open_temp(folder)
+    path = folder
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            path = target()
+            if temp is None:
+                _link_into_place(handle.fileno(), path)
+        if temp is not None:
+            os.replace(temp, path)
+        _fsync_folder(folder)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
 
 
+def _open_temp(folder: Path) -> tuple[int, str | None]:
+    """An unnamed file in `folder` (temp None) where the filesystem allows, else a hidden named one."""
+    try:
+        if hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                return os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666), None
+        fd, temp = tempfile.mkstemp(prefix=".auditor-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    return fd, temp
+
+
+def _link_into_place(fd: int, path: Path) -> None:
+    """Give the unnamed file its name: directly when the name is free, else via a hidden name and rename."""
+    source = f"/proc/self/fd/{fd}"
+    try:
+        os.link(source, path, follow_symlinks=True)
+        return
+    except FileExistsError:
+        pass
+    temp = path.parent / f".auditor-{secrets.token_hex(8)}.tmp"
+    os.link(source, temp, follow_symlinks=True)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def save_atomic(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Serialize a model (< 2 GiB) atomically."""
-    if proto.ByteSize() >= 2**31 - 1:
-        raise OutputError("the repaired model exceeds 2 GiB; saving with external data is not supported yet")
-    write_atomic(path, proto.SerializeToString(deterministic=True))
+    """Serialize a model atomically (external data beside it above 2 GiB)."""
+    save_model(proto, path)
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> str:
+    """Write `proto` to `path` atomically and return the sha256 of the .onnx file.
+
+    Below 2 GiB it is one file. Above, large initializers go to `<name>.<hash16>.data` beside it,
+    complete before the .onnx that names it appears: an interruption leaves the old output or
+    the new one, never a model whose data is partial. Data files that earlier --force runs left
+    for this output are removed once the new model is in place.
+    """
+    path = Path(path)
+    if proto.ByteSize() < _CHECKER_LIMIT:
+        payload = proto.SerializeToString(deterministic=True)
+        write_atomic(path, payload)
+        return hashlib.sha256(payload).hexdigest()
+    big = [t for t in proto.graph.initializer if t.HasField("raw_data") and len(t.raw_data) > _EXTERNAL_THRESHOLD]
+    data_path, placed, existed = _write_external_data(path, big)
+    try:
+        light = runtime.externalised_copy(proto, placed)
+        if light.ByteSize() >= _CHECKER_LIMIT:
+            raise OutputError(f"cannot write {path}: the model exceeds 2 GiB even without its initializers")
+        payload = light.SerializeToString(deterministic=True)
+        write_atomic(path, payload)
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                data_path.unlink()
+        raise
+    _remove_stale_data(path, data_path.name)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _write_external_data(path: Path, tensors: list[onnx.TensorProto]) -> tuple[Path, dict[str, tuple[str, int, int]], bool]:
+    """Stream the tensors' bytes into one data file named after their hash; where each one sits."""
+    digest = hashlib.sha256()
+    offsets: dict[str, tuple[int, int]] = {}
+    name: list[str] = []
+
+    def target() -> Path:
+        name.append(f"{path.name}.{digest.hexdigest()[:16]}.data")
+        return path.parent / name[0]
+
+    existed = False
+    with _atomic_file(path.parent, target) as handle:
+        for tensor in tensors:
+            raw = tensor.raw_data
+            offsets[tensor.name] = (handle.tell(), len(raw))
+            handle.write(raw)
+            digest.update(raw)
+            del raw
+        existed = (path.parent / f"{path.name}.{digest.hexdigest()[:16]}.data").exists()
+    return path.parent / name[0], {k: (name[0], o, n) for k, (o, n) in offsets.items()}, existed
+
+
+def _remove_stale_data(path: Path, keep: str) -> None:
+    pattern = re.compile(re.escape(path.name) + r"\.[0-9a-f]{16}\.data")
+    for sibling in path.parent.iterdir():
+        if sibling.name != keep and pattern.fullmatch(sibling.name) and sibling.is_file():
+            with contextlib.suppress(OSError):
+                sibling.unlink()

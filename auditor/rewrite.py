@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from auditor.graph import GraphIndex
 from auditor.units import Unit
 
 MASK_PREFIX = "__auditor_mask_"
+SHIFT_PREFIX = "__auditor_shift_"
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,29 @@ def mask_shape(unit: Unit) -> list[int]:
     return [unit.channels] + [1] * (-unit.axis - 1)
 
 
-def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name) -> onnx.ModelProto:
-    """Copy of `model` with Mul(unit.output, factor) inserted after each unit's output."""
+def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_name=None) -> onnx.ModelProto:
+    """Copy of `model` with Mul(unit.output, factor) (then Add(shift), if given) after each unit's output."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    renamed = {u.output: f"{u.output}__auditor_masked" for u in units}
-    muls = {u.output: helper.make_node("Mul", [u.output, factor_name(u)], [renamed[u.output]], name=f"__auditor_mask_mul_{i}") for i, u in enumerate(units)}
+    taken = {name for node in model.graph.node for name in (*node.input, *node.output)}
+    taken |= {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
+    renamed: dict[str, str] = {}
+    for u in units:  # fresh names: a repaired model already holds "<output>__auditor_masked"
+        renamed[u.output] = _fresh(f"{u.output}__auditor_masked", taken)
+        taken.add(renamed[u.output])
+    node_names = {node.name for node in model.graph.node}  # onnxruntime refuses duplicate node names
+    muls: dict[str, list[onnx.NodeProto]] = {}
+    for i, u in enumerate(units):
+        mul_name = _fresh(f"__auditor_mask_mul_{i}", node_names)
+        node_names.add(mul_name)
+        if shift_name is None:
+            muls[u.output] = [helper.make_node("Mul", [u.output, factor_name(u)], [renamed[u.output]], name=mul_name)]
+        else:
+            scaled = f"{u.output}__auditor_scaled"
+            muls[u.output] = [
+                helper.make_node("Mul", [u.output, factor_name(u)], [scaled], name=mul_name),
+                helper.make_node("Add", [scaled, shift_name(u)], [renamed[u.output]], name=f"__auditor_shift_add_{i}"),
+            ]
     nodes = []
     for node in out.graph.node:
         replaced = onnx.NodeProto()
@@ -51,7 +70,7 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name) -> onnx.M
         nodes.append(replaced)
         for name in node.output:
             if name in muls:
-                nodes.append(muls[name])
+                nodes.extend(muls[name])
     for unit in units:
         if unit.output in {i.name for i in out.graph.input}:
             raise ValueError(f"unit output {unit.output} is a graph input")
@@ -63,20 +82,54 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name) -> onnx.M
     return out
 
 
-def with_mask_inputs(model: onnx.ModelProto, units: list[Unit]) -> onnx.ModelProto:
-    """The model with a float mask input per unit (feed ones to reproduce the original)."""
-    out = _with_muls(model, units, lambda u: MASK_PREFIX + str(units.index(u)))
-    for position, unit in enumerate(units):
-        out.graph.input.append(helper.make_tensor_value_info(MASK_PREFIX + str(position), TensorProto.FLOAT, mask_shape(unit)))
+def _weight_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every constant. A unit's output has its weight's type: Conv, Gemm and
+    MatMul bind input, weight and output to one type, and the ops after them keep it."""
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value":
+                types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = False) -> onnx.ModelProto:
+    """The model with a float mask input per unit (feed ones to reproduce the original) and,
+    with `shift`, an added per-channel input after it (to stimulate channels)."""
+    position = {u.name: i for i, u in enumerate(units)}
+    types = _weight_types(model)
+    casts: list[onnx.NodeProto] = []
+
+    def read(prefix: str, u: Unit) -> str:
+        """The input's name, or its Cast when the unit is not float32 (Mul needs one type; feeds stay float32)."""
+        name, elem = prefix + str(position[u.name]), types.get(u.weight, TensorProto.FLOAT)
+        if elem == TensorProto.FLOAT:
+            return name
+        casts.append(helper.make_node("Cast", [name], [f"{name}__auditor_cast"], to=elem, name=f"{name}__auditor_cast"))
+        return f"{name}__auditor_cast"
+
+    shift_name = (lambda u: read(SHIFT_PREFIX, u)) if shift else None
+    out = _with_muls(model, units, lambda u: read(MASK_PREFIX, u), shift_name)
+    if casts:  # graph inputs exist from the start: the casts go first, in topological order
+        rest = [copy.deepcopy(node) for node in out.graph.node]
+        del out.graph.node[:]
+        out.graph.node.extend([*casts, *rest])
+    for i, unit in enumerate(units):
+        out.graph.input.append(helper.make_tensor_value_info(MASK_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
+        if shift:
+            out.graph.input.append(helper.make_tensor_value_info(SHIFT_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
     return out
 
 
-def mask_feed(units: list[Unit], zeroed: dict[str, list[int]]) -> dict[str, np.ndarray]:
+def mask_feed(units: list[Unit], zeroed: dict[str, list[int]], shift: bool = False) -> dict[str, np.ndarray]:
+    """Feeds for `with_mask_inputs`: zeros at the listed channels, ones elsewhere, no shift."""
     feed = {}
     for position, unit in enumerate(units):
         mask = np.ones(unit.channels, dtype=np.float32)
         mask[zeroed.get(unit.name, [])] = 0.0
         feed[MASK_PREFIX + str(position)] = mask.reshape(mask_shape(unit))
+        if shift:
+            feed[SHIFT_PREFIX + str(position)] = np.zeros(mask_shape(unit), dtype=np.float32)
     return feed
 
 
@@ -96,7 +149,9 @@ def _foldable(index: GraphIndex, unit: Unit) -> bool:
     return all(name in index.initializers for name in names)
 
 
-def zero_channels(model: onnx.ModelProto, units: list[Unit], zeroed: dict[str, list[int]], provenance: dict[str, str]) -> RewriteResult:
+def zero_channels(
+    model: onnx.ModelProto, units: list[Unit], zeroed: dict[str, list[int]], provenance: dict[str, str]
+) -> RewriteResult:
     """A copy of `model` whose listed channels output exactly zero, with provenance metadata."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -138,7 +193,9 @@ def zero_channels(model: onnx.ModelProto, units: list[Unit], zeroed: dict[str, l
             else:
                 np.moveaxis(array, axis, 0)[channels] = 0
             if uses.get(name, 0) > 1:  # shared: give this node its own copy
+                uses[name] -= 1  # the last user left edits the original in place: none goes unused
                 name = _fresh(f"{name}__auditor_{unit.name}", inits)
+                uses[name] = 1
                 node.input[slot] = name
                 tensor = numpy_helper.from_array(array, name)
                 out.graph.initializer.append(tensor)
@@ -146,17 +203,19 @@ def zero_channels(model: onnx.ModelProto, units: list[Unit], zeroed: dict[str, l
             else:
                 inits[name].CopyFrom(numpy_helper.from_array(array, name))
     if masked:
+        types = _weight_types(out)
         constants = []
-        for position, unit in enumerate(masked):
-            mask = np.ones(unit.channels, dtype=np.float32)
+        for position, unit in enumerate(masked):  # in the unit's own type: Mul binds both inputs to one
+            mask = np.ones(unit.channels, dtype=helper.tensor_dtype_to_np_dtype(types.get(unit.weight, TensorProto.FLOAT)))
             mask[sorted(set(zeroed[unit.name]))] = 0.0
             name = _fresh(f"__auditor_mask_const_{position}", inits)
             constants.append(numpy_helper.from_array(mask.reshape(mask_shape(unit)), name))
-        names = {u.name: c.name for u, c in zip(masked, constants)}
+        names = {u.name: c.name for u, c in zip(masked, constants, strict=True)}
         out = _with_muls(out, masked, lambda u: names[u.name])
         out.graph.initializer.extend(constants)
-    for key, value in sorted(provenance.items()):
-        entry = out.metadata_props.add()
+    existing = {entry.key: entry for entry in out.metadata_props}
+    for key, value in sorted(provenance.items()):  # overwrite on a second repair: onnx.checker rejects duplicate keys
+        entry = existing[key] if key in existing else out.metadata_props.add()
         entry.key, entry.value = key, value
     return RewriteResult(model=out, how=how)
 

@@ -8,10 +8,9 @@ in one line which provider runs.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
@@ -22,6 +21,8 @@ from auditor.errors import DeviceError, ModelError
 ort.set_default_logger_severity(4)
 
 _PROTOBUF_LIMIT = 1_900_000_000  # bytes; a single serialized ModelProto must stay below 2 GiB
+_SPLIT_THRESHOLD = 1 << 20  # initializers above this size bypass the protobuf for big models
+_NOT_NUMPY = {TensorProto.STRING, TensorProto.BFLOAT16, TensorProto.UNDEFINED}
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,12 @@ class Provider:
         return "cuda" if self.name == "CUDAExecutionProvider" else "cpu"
 
 
-def _tiny_model(ir_version: int, opset: int) -> bytes:
+def _tiny_model(ir_version: int, opset: int, extra: tuple[tuple[str, int], ...] = ()) -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, v) for d, v in extra)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = ir_version
     return model.SerializeToString()
 
@@ -53,7 +55,7 @@ def _cuda_works() -> bool:
         session = ort.InferenceSession(
             _tiny_model(8, 13), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
         )
-    except Exception:  # noqa: BLE001 - any failure means "no usable CUDA"
+    except Exception:  # any failure means "no usable CUDA"
         return False
     return session.get_providers()[0] == "CUDAExecutionProvider"
 
@@ -81,7 +83,7 @@ def max_ir_version() -> int:
         try:
             ort.InferenceSession(_tiny_model(ir, 13), providers=["CPUExecutionProvider"])
             return ir
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
     return 7
 
@@ -93,13 +95,30 @@ def max_opset() -> int:
         try:
             ort.InferenceSession(_tiny_model(8, opset), providers=["CPUExecutionProvider"])
             return opset
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
     return 7
 
 
+@functools.cache
+def max_domain_opset(domain: str) -> int:
+    """Highest opset of a non-default ONNX domain (ai.onnx.ml, ...) the installed onnxruntime accepts."""
+    newest = max((s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.domain == domain), default=1)
+    for version in range(newest, 0, -1):
+        try:
+            ort.InferenceSession(_tiny_model(8, 13, ((domain, version),)), providers=["CPUExecutionProvider"])
+            return version
+        except Exception:
+            continue
+    return 1
+
+
 def session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
-    """An inference session for an in-memory model, large models through a temp folder."""
+    """An inference session for an in-memory model; never modifies `model`.
+
+    Above protobuf's 2 GiB the large initializers reach onnxruntime as in-memory external
+    initializers, so nothing is written to disk and the proto keeps its weights.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 4
     providers = [provider.name]
@@ -108,12 +127,66 @@ def session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
     try:
         if model.ByteSize() < _PROTOBUF_LIMIT:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        with tempfile.TemporaryDirectory(prefix="auditor-") as folder:
-            path = os.path.join(folder, "model.onnx")
-            onnx.save_model(model, path, save_as_external_data=True, location="weights.bin")
-            return ort.InferenceSession(path, options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many unrelated types
+        light, values = _split_large(model)
+        options.add_external_initializers(list(values), [ort.OrtValue.ortvalue_from_numpy(v) for v in values.values()])
+        created = ort.InferenceSession(light.SerializeToString(), options, providers=providers)
+        created._auditor_initializers = values  # onnxruntime reads them in place: keep them alive with the session
+        return created
+    except ModelError:
+        raise
+    except Exception as exc:  # onnxruntime raises many unrelated types
         raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from exc
+
+
+def _split_large(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose large initializers are external stubs, and their values as arrays."""
+    values: dict[str, np.ndarray] = {}
+    placed: dict[str, tuple[str, int, int]] = {}
+    for tensor in model.graph.initializer:
+        if not tensor.HasField("raw_data") or tensor.data_type in _NOT_NUMPY:
+            continue
+        size = len(tensor.raw_data) if tensor.ByteSize() > _SPLIT_THRESHOLD else 0
+        if size:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+            values[tensor.name] = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
+            placed[tensor.name] = ("in-memory", 0, size)
+    light = externalised_copy(model, placed)
+    if light.ByteSize() >= _PROTOBUF_LIMIT:
+        raise ModelError("the model exceeds 2 GiB even without its large initializers; auditor cannot run it")
+    return light, values
+
+
+def externalised_copy(model: onnx.ModelProto, placed: dict[str, tuple[str, int, int]]) -> onnx.ModelProto:
+    """A copy of `model` in which each initializer named in `placed` is an external-data reference
+    (location, offset, length) instead of holding its bytes; copies no large payload."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if tensor.name not in placed:
+            light.graph.initializer.add().CopyFrom(tensor)
+            continue
+        stub = light.graph.initializer.add()
+        _copy_fields(tensor, stub, skip="raw_data")
+        del stub.external_data[:]
+        stub.data_location = TensorProto.EXTERNAL
+        location, offset, length = placed[tensor.name]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = stub.external_data.add()
+            entry.key, entry.value = key, value
+    return light
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if field.label == field.LABEL_REPEATED:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ in that tensor, counted from the end so that unknown ranks still broadcast.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,12 +134,13 @@ def _follow(index: GraphIndex, tensor: str, axis: int, rank: int | None, channel
             region = _activation_region(index, tensor)
             if region is None:
                 break
-            state.update(activation=region[0], zero_preserving=True, output=region[1], axis=axis)
+            state.update(activation=region[0], zero_preserving=region[2], output=region[1], axis=axis)
             break
         position = users[0]
         node = index.node(position)
         op = node.op_type
-        if op == "BatchNormalization" and node.input[0] == tensor and state["bn"] is None and rank is not None and axis + rank == 1 and state["activation"] is None and len(node.output) >= 1:
+        channel_first = rank is not None and axis + rank == 1
+        if op == "BatchNormalization" and node.input[0] == tensor and state["bn"] is None and channel_first:
             state["bn"] = position
         elif op in ("Add", "Sub", "Mul", "Div") and state["activation"] is None:
             affine = _affine(index, position, node, tensor, axis, channels)
@@ -198,9 +200,10 @@ def _maps_zero_to_zero(index: GraphIndex, node: onnx.NodeProto) -> bool:
     return (low is None or low <= 0) and (high is None or high >= 0)
 
 
-def _activation_region(index: GraphIndex, tensor: str) -> tuple[str, str] | None:
+def _activation_region(index: GraphIndex, tensor: str) -> tuple[str, str, bool] | None:
     """Match x*sigmoid(x), Gelu's erf/tanh forms and similar: a small elementwise region
-    that reads `tensor` (and constants) and leaves through one tensor."""
+    that reads `tensor` (and constants), takes every use of it, and leaves through one tensor.
+    Returns (label, exit tensor, whether the region maps 0 to 0)."""
     region: list[int] = []
     inside = {tensor}
     frontier = [tensor]
@@ -210,15 +213,17 @@ def _activation_region(index: GraphIndex, tensor: str) -> tuple[str, str] | None
             if position in region:
                 continue
             node = index.node(position)
-            if node.op_type not in _REGION_OPS or len(region) >= 10:
-                return None
+            if node.op_type not in _REGION_OPS:
+                continue  # the next layer (pool, conv, ...): the region ends before it
             if not all(n in inside or index.is_constant(n) for n in node.input if n):
                 continue  # reached later once its other input is inside
+            if len(region) >= 10:
+                return None
             region.append(position)
             inside.update(node.output)
             frontier.extend(node.output)
-    if not region:
-        return None
+    if not region or any(p not in region for p in index.consumers.get(tensor, [])):
+        return None  # `tensor` also flows elsewhere: masking the region's exit would not cover it
     kinds = {index.node(p).op_type for p in region}
     nonlinear = [label for op, label in _REGION_NONLINEAR.items() if op in kinds]
     if not nonlinear:
@@ -231,13 +236,35 @@ def _activation_region(index: GraphIndex, tensor: str) -> tuple[str, str] | None
                 exits.add(name)
             if not users and name not in index.outputs:
                 return None
-    for position in region:  # every region input must come from inside the region
-        for name in index.node(position).input:
-            if name and name not in inside and not index.is_constant(name):
-                return None
     if len(exits) != 1:
         return None
-    return nonlinear[0], exits.pop()
+    leaves = exits.pop()
+    return nonlinear[0], leaves, _region_at_zero(index, region, tensor, leaves)
+
+
+def _region_at_zero(index: GraphIndex, region: list[int], tensor: str, leaves: str) -> bool:
+    """Evaluate the region on x = 0: the match is by shape, so whether it maps 0 to 0 (and
+    folding is exact) is checked on the values, e.g. x*sigmoid(x) + 1 does not."""
+    values: dict[str, np.ndarray] = {tensor: np.zeros(1)}
+    with np.errstate(all="ignore"):
+        for position in sorted(region):  # node order is topological
+            node = index.node(position)
+            args = [values[n] if n in values else np.asarray(index.constant(n), dtype=np.float64) for n in node.input if n]
+            values[node.output[0]] = _ELEMENTWISE[node.op_type](node, *args)
+    return bool(np.all(values[leaves] == 0))
+
+
+_ELEMENTWISE = {
+    "Mul": lambda node, a, b: a * b,
+    "Add": lambda node, a, b: a + b,
+    "Sub": lambda node, a, b: a - b,
+    "Div": lambda node, a, b: a / b,
+    "Pow": lambda node, a, b: np.power(a, b),
+    "Erf": lambda node, a: np.vectorize(math.erf)(a),
+    "Tanh": lambda node, a: np.tanh(a),
+    "Sigmoid": lambda node, a: 1.0 / (1.0 + np.exp(-a)),
+    "HardSigmoid": lambda node, a: np.clip(attribute(node, "alpha", 0.2) * a + attribute(node, "beta", 0.5), 0.0, 1.0),
+}
 
 
 def _mark_head(index: GraphIndex, unit: Unit, weighted: set[int]) -> Unit:

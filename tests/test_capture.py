@@ -1,0 +1,84 @@
+"""In-graph statistics against numpy on the full activations, over several batches."""
+
+from __future__ import annotations
+
+import graphs
+import numpy as np
+import pytest
+
+from auditor import runtime
+from auditor.capture import build_capture_model, capture, probe_ranks
+from auditor.data import Samples
+from auditor.graph import GraphIndex
+from auditor.units import find_units
+
+CPU = runtime.Provider("CPUExecutionProvider", "test")
+SAMPLES, BATCH = 7, 3  # three batches, the last one short: accumulation across batches is tested
+
+
+def _rows(value: np.ndarray, axis: int) -> np.ndarray:
+    """[.., C, ..] -> [samples x positions, C] float64."""
+    moved = np.moveaxis(value.astype(np.float64), axis, -1)
+    return moved.reshape(-1, moved.shape[-1])
+
+
+@pytest.mark.parametrize("name", ["conv2d", "nhwc_tf2onnx", "matmul_tokens", "conv_bn_relu", "conv_gelu_erf", "conv1d"])
+def test_statistics_equal_numpy_on_full_activations(name: str) -> None:
+    pattern = graphs.pattern(name)
+    model = pattern.build()
+    index = GraphIndex(model)
+    units = find_units(index)
+    x = graphs.samples(pattern, count=SAMPLES, seed=3)
+    captured = capture(model, index, units, Samples({"x": x}, None, "test"), CPU, batch=BATCH)
+
+    bn_inputs = {u.name: index.node(u.bn).input[0] for u in units if u.bn is not None}
+    names = [u.output for u in units] + list(bn_inputs.values())
+    values = dict(zip(names, graphs.run(model, x, names), strict=True))
+    (logits,) = graphs.run(model, x, ["logits"])
+    np.testing.assert_allclose(captured.scores, logits, rtol=1e-5, atol=1e-5)
+    assert captured.scores.shape == (SAMPLES, graphs.CLASSES)
+
+    for unit in units:
+        stats = captured.stats[unit.name]
+        rows = _rows(values[unit.output], unit.axis)
+        assert rows.shape[1] == unit.channels
+        assert stats.count == rows.shape[0]
+        np.testing.assert_allclose(stats.sum, rows.sum(0), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(stats.sumsq, (rows**2).sum(0), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(stats.max, rows.max(0), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(stats.var, rows.var(0), rtol=1e-4, atol=1e-5)
+        if unit.bn is None:
+            assert stats.bn_count == 0 and stats.bn_sum.size == 0
+        else:
+            bn_rows = _rows(values[bn_inputs[unit.name]], 1 - values[bn_inputs[unit.name]].ndim)
+            assert stats.bn_count == bn_rows.shape[0]
+            np.testing.assert_allclose(stats.bn_sum, bn_rows.sum(0), rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(stats.bn_sumsq, (bn_rows**2).sum(0), rtol=1e-5, atol=1e-4)
+
+
+def test_batch_size_does_not_change_the_statistics() -> None:
+    model = graphs.conv2d()
+    index = GraphIndex(model)
+    units = find_units(index)
+    samples = Samples({"x": graphs.samples(graphs.pattern("conv2d"), count=SAMPLES, seed=4)}, None, "test")
+    one = capture(model, index, units, samples, CPU, batch=1).stats["unit"]
+    whole = capture(model, index, units, samples, CPU, batch=SAMPLES).stats["unit"]
+    assert one.count == whole.count == SAMPLES * 6 * 5
+    np.testing.assert_allclose(one.sum, whole.sum, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(one.gram, whole.gram, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(one.max, whole.max)
+
+
+def test_capture_leaves_the_model_alone() -> None:
+    model = graphs.nhwc_tf2onnx()
+    before = model.SerializeToString()
+    index = GraphIndex(model)
+    units = find_units(index)
+    x = graphs.samples(graphs.pattern("nhwc_tf2onnx"), count=2)
+    ranks = probe_ranks(model, index, units, Samples({"x": x}, None, "test"), CPU)
+    assert ranks == {"unit_out": 4, "logits": 2}
+    captured, outputs = build_capture_model(model, index, units, ranks)
+    assert model.SerializeToString() == before
+    assert len(outputs) == 5 * len(units)
+    assert [o.name for o in captured.graph.output] == ["logits", *outputs]

@@ -1,0 +1,86 @@
+"""End to end on the bundled backdoored example: scan, repair from 10 clean samples, evaluate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+import auditor
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "models" / "example"
+MODEL, CLEAN, TEST, TRIGGERED = (EXAMPLE / n for n in ("model.onnx", "clean.npz", "test.npz", "triggered.npz"))
+TARGET = json.loads((EXAMPLE / "model.json").read_text())["target"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def repaired(tmp_path_factory) -> tuple[Path, auditor.Report]:
+    out = tmp_path_factory.mktemp("repair") / "repaired.onnx"
+    before = _sha(MODEL)
+    report = auditor.repair(MODEL, CLEAN, out, limit=10)
+    assert _sha(MODEL) == before, "the input model must never be modified"
+    return out, report
+
+
+def test_repair_halves_attack_success_and_keeps_accuracy(repaired):
+    out, report = repaired
+    before = auditor.evaluate(str(MODEL), str(TEST), triggered=str(TRIGGERED), target=TARGET)
+    after = auditor.evaluate(str(out), str(TEST), triggered=str(TRIGGERED), target=TARGET, reference=str(MODEL))
+    assert before.attack_success_rate > 0.9  # the example really is backdoored
+    assert after.attack_success_rate <= 0.5 * before.attack_success_rate
+    assert before.accuracy - after.accuracy <= 0.03
+    assert report.repair["count"] > 0
+    assert after.agreement is not None and after.agreement > 0.9
+
+
+def test_repaired_model_is_valid_and_carries_provenance(repaired):
+    out, report = repaired
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["auditor.version"] == auditor.__version__
+    assert meta["auditor.source_sha256"] == _sha(MODEL)
+    zeroed = json.loads(meta["auditor.zeroed_channels"])
+    assert zeroed == report.repair["zeroed"]
+    assert sum(len(v) for v in zeroed.values()) == report.repair["count"]
+    assert report.repair["sha256"] == _sha(out)
+
+
+def test_repair_is_byte_identical_across_runs(repaired, tmp_path):
+    out, report = repaired
+    again = tmp_path / "again.onnx"
+    second = auditor.repair(MODEL, CLEAN, again, limit=10)
+    assert again.read_bytes() == out.read_bytes()
+    first_dict, second_dict = report.to_dict(timings=False), second.to_dict(timings=False)
+    assert first_dict["repair"].pop("output") != second_dict["repair"].pop("output")
+    assert json.dumps(first_dict, sort_keys=True) == json.dumps(second_dict, sort_keys=True)
+
+
+def test_scan_flags_the_backdoored_example():
+    report = auditor.audit(MODEL, CLEAN, limit=10)
+    data = json.loads(report.to_json())
+    assert data["schema"] == "auditor.report/1"
+    assert data["verdict"]["suspicious"] is True
+    assert data["verdict"]["score"] >= data["verdict"]["threshold"]
+    assert data["provider"]["name"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert data["data"]["samples"] == 10
+    heads = [layer for layer in data["layers"] if layer["head"]]
+    assert len(heads) == 1 and not heads[0]["prunable"]
+    for layer in data["layers"]:
+        assert len(layer["channels_detail"]) == layer["channels"]
+        for record in layer["top"]:
+            assert set(record["signals"]) >= {"activation", "weight", "relationship"}
+
+
+@pytest.mark.parametrize("method", ["clp", "fp"])
+def test_baseline_methods_run_through_the_same_stages(method):
+    report = auditor.audit(MODEL, CLEAN, limit=10, method=method)
+    assert report.method == method
+    assert all(len(layer.records) == layer.channels for layer in report.layers)
