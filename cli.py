@@ -6,8 +6,11 @@ Exit codes: 0 clean verdict / output written, 1 the model looks backdoored (scan
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,29 +42,45 @@ HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Write an HTML r
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
 
 
+def _one_line(text: str) -> str:
+    """Messages from onnx / onnxruntime may span lines; a release log wants exactly one."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def _fail(message: str) -> None:
-    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    err.print(f"error: {_one_line(message)}", markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
 
 
 def _guarded(work):
-    """Run `work`, turning every failure into one line and exit code 2."""
+    """Run `work`, turning every failure into one line and exit code 2 (library warnings silenced:
+    stderr carries the one line only)."""
     try:
-        return work()
+        with warnings.catch_warnings():
+            if not os.environ.get("AUDITOR_DEBUG"):
+                warnings.simplefilter("ignore")
+            return work()
     except typer.Exit:
         raise
     except AuditorError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        err.print("interrupted: nothing was written")
+        err.print("interrupted: no partial output was left behind", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except MemoryError:
         _fail("out of memory: try fewer samples (--limit)")
-    except Exception as exc:  # noqa: BLE001 - a release gate must never dump a traceback
+    except RecursionError:
+        _fail("the model is nested too deeply to analyse (recursion limit)")
+    except Exception as exc:  # a release gate must never dump a traceback
         if os.environ.get("AUDITOR_DEBUG"):
             raise
-        _fail(f"unexpected failure ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+        _fail(f"unexpected failure ({type(exc).__name__}: {_one_line(str(exc))[:200]}); "
               "rerun with AUDITOR_DEBUG=1 for details and report it")
+
+
+def _inputs(model: Path, *others: Optional[Path]) -> tuple[Path, ...]:
+    """Every file a command reads, the model's external data included: outputs may replace none of them."""
+    return (model, *model_io.external_data_files(model), *(p for p in others if p is not None))
 
 
 def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...]) -> None:
@@ -103,14 +122,21 @@ def _render(report: auditor.Report) -> None:
     out.print(f"verdict: {word}  score {v['score']:.3f} vs threshold {v['threshold']:.3f} (layer {v['layer']})")
 
 
+def _check_verdict(report: auditor.Report) -> None:
+    """A NaN score compares as 'not suspicious': never let it pass the gate as clean."""
+    if not math.isfinite(report.verdict["score"]):
+        raise auditor.ModelError("the audit produced no finite score: the model computes NaN or Inf on the clean samples")
+
+
 @app.command()
 def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodOpt = "sus",
          device: DeviceOpt = "auto", threshold: ThresholdOpt = None, json: JsonOpt = None,
          sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False) -> None:
     """Score every hidden channel; exit 1 when the model looks backdoored, 0 when clean."""
     def work():
-        _outputs([json, sarif, html], force, (model, data))
+        _outputs([json, sarif, html], force, _inputs(model, data))
         report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold)
+        _check_verdict(report)
         _say_provider(report)
         _render(report)
         _write_reports(report, json, sarif, html)
@@ -137,7 +163,7 @@ def repair_command(
     def work():
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
-        _outputs([output, json, sarif, html], force, (model, data))
+        _outputs([output, json, sarif, html], force, _inputs(model, data, test, triggered))
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
                                 max_prune=max_prune, floor=floor, layer_cap=layer_cap,
                                 max_divergence=max_divergence, force=force)
@@ -181,7 +207,7 @@ def evaluate_command(
 ) -> None:
     """Accuracy on labelled data, attack success rate on triggered data, agreement with a reference."""
     def work():
-        _outputs([json], force, (model, data))
+        _outputs([json], force, _inputs(model, data, triggered, reference))
         result = auditor.evaluate(model, data, triggered=triggered, target=target, reference=reference,
                                   limit=limit, device=device)
         out.print(f"provider: {result.provider}")
@@ -204,7 +230,13 @@ def version() -> None:
     out.print(auditor.__version__)
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so partial outputs are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,12 +147,11 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta)
     _verify(result.model, analysis, fidelity, zeroed)
-    payload = result.model.SerializeToString(deterministic=True)
-    model.write_atomic(output, payload)
+    sha256 = model.save_model(result.model, output)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
     report.repair = {
-        "output": str(output), "sha256": hashlib.sha256(payload).hexdigest(), "zeroed": zeroed,
+        "output": str(output), "sha256": sha256, "zeroed": zeroed,
         "count": walk.count, "how": dict(sorted(result.how.items())), "agreement": walk.agreement,
         "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap, "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
     }

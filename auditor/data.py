@@ -110,6 +110,7 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
     return Samples(inputs, labels, str(path))
 
 
+_MAX_LABEL = 2**31 - 1
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a member, or the end record of an empty archive
 
@@ -192,22 +193,30 @@ def _conform(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     if spec.shape is not None:
         expected = spec.shape[1:]
         got = array.shape[1:]
-        if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
+        if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got, strict=True)):
             shown = tuple("?" if e is None else e for e in expected)
             raise DataError(
                 f"{source}: samples for {spec.name!r} have shape {got}, the model expects {shown} per sample "
                 "(check layout: NCHW vs NHWC, flattening)"
             )
     if spec.dtype.kind == "f":
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DataError(f"{source}: samples for {spec.name!r} contain NaN or Inf")
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / np.float32(255.0)  # images stored as bytes
-        array = array.astype(spec.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = array.astype(spec.dtype)
         if not np.isfinite(array).all():
-            raise DataError(f"{source}: samples for {spec.name!r} contain NaN or Inf")
+            raise DataError(f"{source}: samples for {spec.name!r} hold values too large for the model's {spec.dtype} input")
     elif spec.dtype.kind in "iub":
         if array.dtype.kind == "f":
             raise DataError(f"{source}: model input {spec.name!r} is {spec.dtype}, data is {array.dtype}")
+        info = np.iinfo(spec.dtype) if spec.dtype.kind in "iu" else None
+        if info is not None and array.size and array.dtype.kind in "iu" and (array.min() < info.min or array.max() > info.max):
+            raise DataError(f"{source}: samples for {spec.name!r} hold values outside the model's {spec.dtype} input range")
         array = array.astype(spec.dtype)
+    else:
+        raise DataError(f"{source}: model input {spec.name!r} has type {spec.dtype}; auditor feeds numeric inputs only")
     return np.ascontiguousarray(array)
 
 
@@ -218,4 +227,6 @@ def _labels(labels: np.ndarray, count: int, source: str) -> np.ndarray:
         raise DataError(f"{source}: {len(labels)} labels for {count} samples")
     if (labels < 0).any():
         raise DataError(f"{source}: labels 'y' must be non-negative class indices")
+    if labels.size and labels.max() > _MAX_LABEL:
+        raise DataError(f"{source}: label {labels.max()} is not a plausible class index")
     return labels.astype(np.int64)

@@ -20,6 +20,8 @@ from auditor.rewrite import mask_feed, with_mask_inputs
 from auditor.units import Unit
 
 AUGMENTED_PER_SAMPLE = 15
+BLOCK = 8  # candidates tried together by the walk
+PATIENCE = 4  # consecutive fully rejected blocks that end the walk
 MAX_GUARD_SAMPLES = 2000
 
 
@@ -117,22 +119,45 @@ class Guard:
         return Fidelity(agreement, max(divergence, 0.0))
 
     def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float) -> Walk:
-        """Largest prefix of `ranking` whose zeroing keeps agreement >= floor and the mean
-        divergence <= max_divergence (binary search: fidelity falls as more is zeroed)."""
-        def prefix(k: int) -> dict[str, list[int]]:
-            chosen: dict[str, list[int]] = {}
-            for unit, channel in ranking[:k]:
-                chosen.setdefault(unit, []).append(channel)
-            return chosen
+        """Zero channels in ranking order, skipping any whose zeroing would break the fidelity
+        bounds (agreement >= floor, mean divergence <= max_divergence).
 
-        low, high = 0, len(ranking)
+        Suspicion ranks clean-important channels high too; skipping them, instead of stopping
+        at the first one, lets the walk reach the backdoor channels further down. Channels go
+        in blocks that are split only when they fail, so a passing stretch costs one run.
+        """
+        chosen: list[tuple[str, int]] = []
         best = Fidelity(1.0, 0.0)
-        while low < high:
-            middle = (low + high + 1) // 2
-            value = self.fidelity(prefix(middle))
-            if value.agreement >= floor and value.divergence <= max_divergence:
-                low, best = middle, value
-            else:
-                high = middle - 1
-        return Walk(prefix(low), low, best.agreement, best.divergence, floor, max_divergence,
+        rejected_blocks = 0
+        for start in range(0, len(ranking), BLOCK):
+            block = ranking[start : start + BLOCK]
+            accepted, fidelity = self._admit(chosen, block, floor, max_divergence)
+            if accepted:
+                chosen += accepted
+                best = fidelity
+            rejected_blocks = 0 if accepted else rejected_blocks + 1
+            if rejected_blocks >= PATIENCE:
+                break  # the budget is spent: further candidates only cost runs
+        zeroed: dict[str, list[int]] = {}
+        for unit, channel in chosen:
+            zeroed.setdefault(unit, []).append(channel)
+        return Walk(zeroed, len(chosen), best.agreement, best.divergence, floor, max_divergence,
                     self.evaluations, len(self.samples))
+
+    def _admit(self, chosen, block, floor, max_divergence) -> tuple[list[tuple[str, int]], Fidelity]:
+        """The part of `block` that can join `chosen` within the bounds (recursive halving)."""
+        trial = chosen + block
+        zeroed: dict[str, list[int]] = {}
+        for unit, channel in trial:
+            zeroed.setdefault(unit, []).append(channel)
+        fidelity = self.fidelity(zeroed)
+        if fidelity.agreement >= floor and fidelity.divergence <= max_divergence:
+            return list(block), fidelity
+        if len(block) == 1:
+            return [], fidelity
+        half = len(block) // 2
+        first, fidelity_first = self._admit(chosen, block[:half], floor, max_divergence)
+        second, fidelity_second = self._admit(chosen + first, block[half:], floor, max_divergence)
+        if second:
+            return first + second, fidelity_second
+        return first, fidelity_first

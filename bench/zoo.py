@@ -1,0 +1,124 @@
+"""The model zoo as the bench sees it: manifest entries with absolute paths, and the data
+files rewritten in each model's input layout under bench/work/."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "models" / "zoo"
+EXAMPLE = ROOT / "models" / "example"
+WORK = ROOT / "bench" / "work"
+RESULTS = ROOT / "bench" / "results"
+
+
+def manifest_sources(zoo: Path = ZOO) -> list[Path]:
+    """manifest.json when it exists, else every manifest-*.json."""
+    merged = zoo / "manifest.json"
+    if merged.exists():
+        return [merged]
+    return sorted(zoo.glob("manifest-*.json"))
+
+
+def _read_json(path: Path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None  # being rewritten by the zoo builder right now: try again later
+
+
+def example_entry() -> dict | None:
+    meta = _read_json(EXAMPLE / "model.json")
+    if meta is None or not (EXAMPLE / "model.onnx").exists():
+        return None
+    backdoored = meta.get("attack", "clean") != "clean"
+    return {
+        "name": "example", "file": str(EXAMPLE / "model.onnx"), "framework": meta.get("framework", "pytorch"),
+        "architecture": meta.get("architecture", "example"), "dataset": meta.get("dataset"),
+        "attack": meta.get("attack", "clean"), "target": meta.get("target") if backdoored else None,
+        "seed": meta.get("seed", 0), "layout": meta.get("layout", "nchw"), "input": meta.get("input", "x"),
+        "clean_accuracy": meta.get("clean_accuracy"), "attack_success_rate": meta.get("attack_success_rate"),
+        "test": str(EXAMPLE / "test.npz"), "triggered": str(EXAMPLE / "triggered.npz") if backdoored else None,
+        "clean_pool": str(EXAMPLE / "clean.npz"), "source": "models/example/model.json",
+    }
+
+
+def load_entries(zoo: Path = ZOO, include_example: bool = True) -> list[dict]:
+    """Every model whose .onnx exists, paths made absolute, sorted by name."""
+    entries: dict[str, dict] = {}
+    for source in manifest_sources(zoo):
+        listed = _read_json(source) or []
+        if isinstance(listed, dict):
+            listed = listed.get("models", [])
+        for entry in listed:
+            entry = dict(entry)
+            for key in ("file", "test", "triggered", "clean_pool"):
+                if entry.get(key):
+                    entry[key] = str(zoo / entry[key])
+            entry["source"] = str(source.relative_to(ROOT))
+            if Path(entry["file"]).exists():
+                entries[entry["name"]] = entry
+    if include_example:
+        example = example_entry()
+        if example is not None and example["name"] not in entries:
+            entries[example["name"]] = example
+    return [entries[name] for name in sorted(entries)]
+
+
+def select(entries: list[dict], patterns: str | None) -> list[dict]:
+    if not patterns:
+        return entries
+    globs = [p.strip() for p in patterns.split(",") if p.strip()]
+    return [e for e in entries if any(fnmatch.fnmatchcase(e["name"], g) for g in globs)]
+
+
+def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """[N, 1, 28, 28] images (as stored) to the model's layout."""
+    if layout == "nchw":
+        return x
+    if layout == "nhwc":
+        return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+    if layout == "flat":
+        return x.reshape(len(x), -1)
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def pool_size(path: str) -> int:
+    with np.load(path) as archive:
+        return int(archive["x"].shape[0])
+
+
+def _save_atomic(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)
+
+
+def materialise(source: str, layout: str, first: int | None = None) -> Path:
+    """`source` rewritten in `layout` (first `first` samples only when given), cached in bench/work/data."""
+    stem = Path(source).stem
+    if Path(source).parent == EXAMPLE:
+        stem = f"example-{stem}"
+    name = f"{stem}-{layout}" + ("" if first is None else f"-n{first}") + ".npz"
+    target = WORK / "data" / name
+    if target.exists() and target.stat().st_mtime >= Path(source).stat().st_mtime:
+        return target
+    with np.load(source) as archive:
+        x, y = archive["x"], archive["y"] if "y" in archive.files else None
+    if first is not None:
+        if len(x) < first:
+            raise ValueError(f"{source} holds {len(x)} samples, fewer than {first}")
+        x = x[:first]
+        y = None if y is None else y[:first]
+    arrays = {"x": to_layout(x, layout)}
+    if y is not None:
+        arrays["y"] = y
+    _save_atomic(target, **arrays)
+    return target
