@@ -125,8 +125,9 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            method: str = "sus", device: str = "auto", threshold: float | None = None,
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
-           force: bool = False) -> Report:
-    """Zero the most suspicious channels the fidelity guard allows and write the repaired model."""
+           force: bool = False, bound: bool = True) -> Report:
+    """Cap every hidden channel near its clean range and zero the most suspicious channels,
+    as far as the fidelity guard allows, and write the repaired model."""
     output = model.check_output_path(output, force, (Path(model_path), Path(data_path)))
     if not 0.0 < floor <= 1.0:
         raise ModelError(f"--floor must be in (0, 1], got {floor}")
@@ -142,23 +143,28 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     prunable = [u for u in analysis.units if u.prunable]
     ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
     fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider)
-    walk = fidelity.walk(ranked, floor, max_divergence)
+    capped = guard.Bound(None, {}, guard.Fidelity(1.0, 0.0))
+    if bound:
+        capped = fidelity.bound({u.name: analysis.capture.stats[u.name].max for u in prunable}, floor, max_divergence)
+    walk = fidelity.walk(ranked, floor, max_divergence, capped.values or None)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
-    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method)
-    result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta)
-    _verify(result.model, analysis, fidelity, zeroed)
+    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor)
+    result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values or None)
+    _verify(result.model, analysis, fidelity, zeroed, capped.values)
     sha256 = model.save_model(result.model, output)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
     report.repair = {
         "output": str(output), "sha256": sha256, "zeroed": zeroed,
-        "count": walk.count, "how": dict(sorted(result.how.items())), "agreement": walk.agreement,
+        "count": walk.count, "how": dict(sorted(result.how.items())),
+        "bound": {"factor": capped.factor, "units": len(capped.values)}, "agreement": walk.agreement,
         "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap, "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
     }
     return report
 
 
-def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]]) -> None:
+def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]],
+            bounds: dict[str, np.ndarray]) -> None:
     """Postconditions: the checker passes, onnxruntime loads it, and it computes exactly what
     the original computes with those channels masked."""
     if repaired.ByteSize() < 2**31 - 1:
@@ -168,7 +174,7 @@ def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guar
             raise ModelError(f"internal check failed: the repaired model does not pass onnx.checker: {exc}") from exc
     session = runtime.session(repaired, analysis.provider)
     name = scores_output(analysis.index)
-    masks = rewrite.mask_feed(fidelity.units, zeroed)
+    masks = rewrite.mask_feed(fidelity.units, zeroed, bounds=bounds)
     for feed in analysis.samples.batches(64):
         (got,) = run(session, [name], feed)
         (want,) = run(fidelity.session, [name], {**feed, **masks})

@@ -23,6 +23,8 @@ AUGMENTED_PER_SAMPLE = 15
 BLOCK = 8  # candidates tried together by the walk
 PATIENCE = 4  # consecutive fully rejected blocks that end the walk
 MAX_GUARD_SAMPLES = 2000
+# Activation bounds tried, tightest first, as multiples of each channel's clean maximum.
+BOUND_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,20 @@ class Fidelity:
 
     agreement: float  # share of samples with the same predicted class
     divergence: float  # mean KL(original || pruned) of the class distributions, in nats
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Per-unit upper bounds [C] on channel activations: `factor` x the clean maximum."""
+
+    factor: float | None  # None: no factor kept the fidelity bounds, nothing is capped
+    values: dict[str, np.ndarray]
+    fidelity: Fidelity
+
+
+def bounds_for(maxima: dict[str, np.ndarray], factor: float) -> dict[str, np.ndarray]:
+    """`factor` x each channel's clean maximum; a channel whose maximum is not positive keeps it."""
+    return {name: np.where(peak > 0, factor * peak, peak).astype(np.float32) for name, peak in maxima.items()}
 
 
 @dataclass(frozen=True)
@@ -96,15 +112,15 @@ class Guard:
         self.units = units
         self.samples = augment(samples)
         self.batch = batch
-        self.session = runtime.session(with_mask_inputs(index.model, units), provider)
+        self.session = runtime.session(with_mask_inputs(index.model, units, bound=True), provider)
         self.output = scores_output(index)
         self.evaluations = 0
         self.reference = _distribution(self.scores({}))
         self.reference_label = self.reference.argmax(axis=1)
 
-    def scores(self, zeroed: dict[str, list[int]]) -> np.ndarray:
-        """Class scores [guard samples, classes] with the given channels zeroed."""
-        masks = mask_feed(self.units, zeroed)
+    def scores(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Class scores [guard samples, classes] with the given channels zeroed and activations capped."""
+        masks = mask_feed(self.units, zeroed, bounds=bounds or {})
         out = []
         for feed in self.samples.batches(self.batch):
             (scores,) = run(self.session, [self.output], {**feed, **masks})
@@ -112,13 +128,27 @@ class Guard:
         self.evaluations += 1
         return np.concatenate(out)
 
-    def fidelity(self, zeroed: dict[str, list[int]]) -> Fidelity:
-        pruned = _distribution(self.scores(zeroed))
+    def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> Fidelity:
+        pruned = _distribution(self.scores(zeroed, bounds))
         agreement = float((pruned.argmax(axis=1) == self.reference_label).mean())
         divergence = float(np.mean(np.sum(self.reference * (np.log(self.reference) - np.log(pruned)), axis=1)))
         return Fidelity(agreement, max(divergence, 0.0))
 
-    def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float) -> Walk:
+    def bound(self, maxima: dict[str, np.ndarray], floor: float, max_divergence: float) -> Bound:
+        """The tightest activation bound that keeps the fidelity bounds.
+
+        A trigger drives the channels that detect it far past anything clean inputs do, and
+        dormant channels (clean maximum 0) are capped at 0: one cap per channel removes much
+        of a backdoor's path without ranking channels at all (activation clipping)."""
+        for factor in BOUND_FACTORS:
+            values = bounds_for(maxima, factor)
+            fidelity = self.fidelity({}, values)
+            if fidelity.agreement >= floor and fidelity.divergence <= max_divergence:
+                return Bound(factor, values, fidelity)
+        return Bound(None, {}, Fidelity(1.0, 0.0))
+
+    def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float,
+             bounds: dict[str, np.ndarray] | None = None) -> Walk:
         """Zero channels in ranking order, skipping any whose zeroing would break the fidelity
         bounds (agreement >= floor, mean divergence <= max_divergence).
 
@@ -127,11 +157,11 @@ class Guard:
         in blocks that are split only when they fail, so a passing stretch costs one run.
         """
         chosen: list[tuple[str, int]] = []
-        best = Fidelity(1.0, 0.0)
+        best = self.fidelity({}, bounds) if bounds else Fidelity(1.0, 0.0)
         rejected_blocks = 0
         for start in range(0, len(ranking), BLOCK):
             block = ranking[start : start + BLOCK]
-            accepted, fidelity = self._admit(chosen, block, floor, max_divergence)
+            accepted, fidelity = self._admit(chosen, block, floor, max_divergence, bounds)
             if accepted:
                 chosen += accepted
                 best = fidelity
@@ -144,20 +174,20 @@ class Guard:
         return Walk(zeroed, len(chosen), best.agreement, best.divergence, floor, max_divergence,
                     self.evaluations, len(self.samples))
 
-    def _admit(self, chosen, block, floor, max_divergence) -> tuple[list[tuple[str, int]], Fidelity]:
+    def _admit(self, chosen, block, floor, max_divergence, bounds) -> tuple[list[tuple[str, int]], Fidelity]:
         """The part of `block` that can join `chosen` within the bounds (recursive halving)."""
         trial = chosen + block
         zeroed: dict[str, list[int]] = {}
         for unit, channel in trial:
             zeroed.setdefault(unit, []).append(channel)
-        fidelity = self.fidelity(zeroed)
+        fidelity = self.fidelity(zeroed, bounds)
         if fidelity.agreement >= floor and fidelity.divergence <= max_divergence:
             return list(block), fidelity
         if len(block) == 1:
             return [], fidelity
         half = len(block) // 2
-        first, fidelity_first = self._admit(chosen, block[:half], floor, max_divergence)
-        second, fidelity_second = self._admit(chosen + first, block[half:], floor, max_divergence)
+        first, fidelity_first = self._admit(chosen, block[:half], floor, max_divergence, bounds)
+        second, fidelity_second = self._admit(chosen + first, block[half:], floor, max_divergence, bounds)
         if second:
             return first + second, fidelity_second
         return first, fidelity_first

@@ -22,6 +22,7 @@ from auditor.units import Unit
 
 MASK_PREFIX = "__auditor_mask_"
 SHIFT_PREFIX = "__auditor_shift_"
+BOUND_PREFIX = "__auditor_bound_"
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ def mask_shape(unit: Unit) -> list[int]:
     return [unit.channels] + [1] * (-unit.axis - 1)
 
 
-def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_name=None) -> onnx.ModelProto:
-    """Copy of `model` with Mul(unit.output, factor) (then Add(shift), if given) after each unit's output."""
+def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_name=None, bound_name=None) -> onnx.ModelProto:
+    """Copy of `model` with Mul(unit.output, factor), then Add(shift) and Min(bound) when given,
+    after each unit's output. A name function returning None skips that op for the unit."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     taken = {name for node in model.graph.node for name in (*node.input, *node.output)}
@@ -48,18 +50,20 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_nam
         renamed[u.output] = _fresh(f"{u.output}__auditor_masked", taken)
         taken.add(renamed[u.output])
     node_names = {node.name for node in model.graph.node}  # onnxruntime refuses duplicate node names
-    muls: dict[str, list[onnx.NodeProto]] = {}
+    inserted: dict[str, list[onnx.NodeProto]] = {}
     for i, u in enumerate(units):
-        mul_name = _fresh(f"__auditor_mask_mul_{i}", node_names)
-        node_names.add(mul_name)
-        if shift_name is None:
-            muls[u.output] = [helper.make_node("Mul", [u.output, factor_name(u)], [renamed[u.output]], name=mul_name)]
-        else:
-            scaled = f"{u.output}__auditor_scaled"
-            muls[u.output] = [
-                helper.make_node("Mul", [u.output, factor_name(u)], [scaled], name=mul_name),
-                helper.make_node("Add", [scaled, shift_name(u)], [renamed[u.output]], name=f"__auditor_shift_add_{i}"),
-            ]
+        steps = [("Mul", factor_name(u), "mul"), ("Add", shift_name(u) if shift_name else None, "shift_add"),
+                 ("Min", bound_name(u) if bound_name else None, "bound_min")]
+        steps = [step for step in steps if step[1] is not None]
+        chain, current = [], u.output
+        for k, (op, operand, tag) in enumerate(steps):
+            name = _fresh(f"__auditor_{tag}_{i}", node_names)
+            node_names.add(name)
+            result = renamed[u.output] if k == len(steps) - 1 else _fresh(f"{u.output}__auditor_{tag}", taken)
+            taken.add(result)
+            chain.append(helper.make_node(op, [current, operand], [result], name=name))
+            current = result
+        inserted[u.output] = chain
     nodes = []
     for node in out.graph.node:
         replaced = onnx.NodeProto()
@@ -69,8 +73,8 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_nam
                 replaced.input[i] = renamed[name]
         nodes.append(replaced)
         for name in node.output:
-            if name in muls:
-                nodes.extend(muls[name])
+            if name in inserted:
+                nodes.extend(inserted[name])
     for unit in units:
         if unit.output in {i.name for i in out.graph.input}:
             raise ValueError(f"unit output {unit.output} is a graph input")
@@ -93,9 +97,10 @@ def _weight_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = False) -> onnx.ModelProto:
-    """The model with a float mask input per unit (feed ones to reproduce the original) and,
-    with `shift`, an added per-channel input after it (to stimulate channels)."""
+def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = False, bound: bool = False) -> onnx.ModelProto:
+    """The model with a float mask input per unit (feed ones to reproduce the original);
+    with `shift`, an added per-channel input after it (to stimulate channels); with `bound`,
+    a per-channel upper bound after that (feed +inf to reproduce the original)."""
     position = {u.name: i for i, u in enumerate(units)}
     types = _weight_types(model)
     casts: list[onnx.NodeProto] = []
@@ -109,7 +114,8 @@ def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = Fa
         return f"{name}__auditor_cast"
 
     shift_name = (lambda u: read(SHIFT_PREFIX, u)) if shift else None
-    out = _with_muls(model, units, lambda u: read(MASK_PREFIX, u), shift_name)
+    bound_name = (lambda u: read(BOUND_PREFIX, u)) if bound else None
+    out = _with_muls(model, units, lambda u: read(MASK_PREFIX, u), shift_name, bound_name)
     if casts:  # graph inputs exist from the start: the casts go first, in topological order
         rest = [copy.deepcopy(node) for node in out.graph.node]
         del out.graph.node[:]
@@ -118,11 +124,15 @@ def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = Fa
         out.graph.input.append(helper.make_tensor_value_info(MASK_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
         if shift:
             out.graph.input.append(helper.make_tensor_value_info(SHIFT_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
+        if bound:
+            out.graph.input.append(helper.make_tensor_value_info(BOUND_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
     return out
 
 
-def mask_feed(units: list[Unit], zeroed: dict[str, list[int]], shift: bool = False) -> dict[str, np.ndarray]:
-    """Feeds for `with_mask_inputs`: zeros at the listed channels, ones elsewhere, no shift."""
+def mask_feed(units: list[Unit], zeroed: dict[str, list[int]], shift: bool = False,
+              bounds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Feeds for `with_mask_inputs`: zeros at the listed channels, ones elsewhere, no shift;
+    with `bounds` (a dict, possibly empty), each unit's bound [C] or +inf where none is given."""
     feed = {}
     for position, unit in enumerate(units):
         mask = np.ones(unit.channels, dtype=np.float32)
@@ -130,6 +140,10 @@ def mask_feed(units: list[Unit], zeroed: dict[str, list[int]], shift: bool = Fal
         feed[MASK_PREFIX + str(position)] = mask.reshape(mask_shape(unit))
         if shift:
             feed[SHIFT_PREFIX + str(position)] = np.zeros(mask_shape(unit), dtype=np.float32)
+        if bounds is not None:
+            bound = bounds.get(unit.name)
+            bound = np.full(unit.channels, np.inf, np.float32) if bound is None else np.asarray(bound, np.float32)
+            feed[BOUND_PREFIX + str(position)] = bound.reshape(mask_shape(unit))
     return feed
 
 
@@ -150,9 +164,11 @@ def _foldable(index: GraphIndex, unit: Unit) -> bool:
 
 
 def zero_channels(
-    model: onnx.ModelProto, units: list[Unit], zeroed: dict[str, list[int]], provenance: dict[str, str]
+    model: onnx.ModelProto, units: list[Unit], zeroed: dict[str, list[int]], provenance: dict[str, str],
+    bounds: dict[str, np.ndarray] | None = None,
 ) -> RewriteResult:
-    """A copy of `model` whose listed channels output exactly zero, with provenance metadata."""
+    """A copy of `model` whose listed channels output exactly zero and, with `bounds`, whose
+    units' outputs are capped per channel (a Min after them), with provenance metadata."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     index = GraphIndex(out)
@@ -202,16 +218,31 @@ def zero_channels(
                 inits[name] = tensor
             else:
                 inits[name].CopyFrom(numpy_helper.from_array(array, name))
-    if masked:
-        types = _weight_types(out)
-        constants = []
-        for position, unit in enumerate(masked):  # in the unit's own type: Mul binds both inputs to one
-            mask = np.ones(unit.channels, dtype=helper.tensor_dtype_to_np_dtype(types.get(unit.weight, TensorProto.FLOAT)))
-            mask[sorted(set(zeroed[unit.name]))] = 0.0
-            name = _fresh(f"__auditor_mask_const_{position}", inits)
-            constants.append(numpy_helper.from_array(mask.reshape(mask_shape(unit)), name))
-        names = {u.name: c.name for u, c in zip(masked, constants, strict=True)}
-        out = _with_muls(out, masked, lambda u: names[u.name])
+    types = _weight_types(out)
+    constants: list[onnx.TensorProto] = []
+    factors: dict[str, str] = {}
+    caps: dict[str, str] = {}
+
+    def constant(prefix: str, unit: Unit, values: np.ndarray) -> str:
+        """A [C] constant in the unit's own type (Mul and Min bind both inputs to one type)."""
+        dtype = helper.tensor_dtype_to_np_dtype(types.get(unit.weight, TensorProto.FLOAT))
+        name = _fresh(f"{prefix}{len(constants)}", inits)
+        tensor = numpy_helper.from_array(np.asarray(values, dtype=dtype).reshape(mask_shape(unit)), name)
+        constants.append(tensor)
+        inits[name] = tensor
+        return name
+
+    for unit in masked:
+        mask = np.ones(unit.channels)
+        mask[sorted(set(zeroed[unit.name]))] = 0.0
+        factors[unit.name] = constant("__auditor_mask_const_", unit, mask)
+    for unit in units:
+        if bounds and unit.name in bounds:
+            caps[unit.name] = constant("__auditor_bound_const_", unit, bounds[unit.name])
+            how[unit.name] = how[unit.name] + "+bound" if unit.name in how else "bound"
+    touched = [u for u in units if u.name in factors or u.name in caps]
+    if touched:  # mask first, then bound: the order the guard measured
+        out = _with_muls(out, touched, lambda u: factors.get(u.name), None, lambda u: caps.get(u.name))
         out.graph.initializer.extend(constants)
     existing = {entry.key: entry for entry in out.metadata_props}
     for key, value in sorted(provenance.items()):  # overwrite on a second repair: onnx.checker rejects duplicate keys
@@ -227,11 +258,15 @@ def _fresh(name: str, taken) -> str:
     return candidate
 
 
-def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str) -> dict[str, str]:
+def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
+               bound_factor: float | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
-    return {
+    meta = {
         "auditor.version": version,
         "auditor.source_sha256": source_sha256,
         "auditor.method": method,
         "auditor.zeroed_channels": json.dumps({k: sorted(v) for k, v in sorted(zeroed.items()) if v}, sort_keys=True),
     }
+    if bound_factor is not None:
+        meta["auditor.activation_bound"] = f"{bound_factor:g} x clean maximum per channel"
+    return meta
