@@ -1,7 +1,7 @@
 """The `auditor` command: parse, call the library, render, map outcomes to exit codes.
 
 Exit codes: 0 clean verdict / output written, 1 the model looks backdoored (scan),
-2 bad usage or input (one line on stderr, nothing written).
+2 bad usage or input (one line on stderr, nothing written), 130 interrupted (SIGINT or SIGTERM; no partial output).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import auditor
 from auditor import model as model_io
 from auditor.errors import AuditorError
 
-EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR = 0, 1, 2
+EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Audit ONNX classifiers for backdoors from a few clean samples, and repair them.")
@@ -31,11 +31,15 @@ err = Console(stderr=True, highlight=False)
 
 # Shared option groups (one definition, every command).
 ModelArg = Annotated[Path, typer.Argument(help="ONNX model to audit (never modified).", show_default=False)]
-DataOpt = Annotated[Path, typer.Option("--data", "-d", help=".npz with array x (or arrays named after the model inputs) and optional labels y; uint8 images are scaled by 1/255.", show_default=False)]
+DataOpt = Annotated[Path, typer.Option(
+    "--data", "-d", show_default=False,
+    help=".npz with array x (or arrays named after the model inputs) and optional labels y; uint8 images are scaled by 1/255.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Use only the first N samples.")]
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="sus (combined, default), clp (weights alone), fp (activations alone).")]
+MethodOpt = Annotated[str, typer.Option(
+    "--method", "-m", help="sus (combined, default), clp (weights alone), fp (activations alone).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when usable, else CPU), cpu or cuda.")]
-ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", "-u", help="Suspicion score threshold (scan: verdict; repair: only channels at or above it).")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(
+    "--threshold", "-u", help="Suspicion score threshold (scan: verdict; repair: only channels at or above it).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")]
 SarifOpt = Annotated[Optional[Path], typer.Option("--sarif", help="Write a SARIF 2.1.0 report here.")]
 HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report here.")]
@@ -52,6 +56,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_ERROR)
 
 
+_interruption_said = []
+
+
+def _say_interrupted() -> None:
+    if not _interruption_said:
+        _interruption_said.append(True)
+        err.print("interrupted: no partial output was left behind", markup=False, soft_wrap=True)
+
+
 def _guarded(work):
     """Run `work`, turning every failure into one line and exit code 2 (library warnings silenced:
     stderr carries the one line only)."""
@@ -65,8 +78,8 @@ def _guarded(work):
     except AuditorError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        err.print("interrupted: no partial output was left behind", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        _say_interrupted()
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except MemoryError:
         _fail("out of memory: try fewer samples (--limit)")
     except RecursionError:
@@ -150,12 +163,18 @@ def repair_command(
     model: ModelArg, data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the repaired model.", show_default=False)],
     limit: LimitOpt = None, method: MethodOpt = "sus", device: DeviceOpt = "auto", threshold: ThresholdOpt = None,
-    max_prune: Annotated[Optional[float], typer.Option("--max-prune", help="At most this many channels (>= 1) or this fraction of all (< 1).")] = None,
-    floor: Annotated[float, typer.Option("--floor", help="Least agreement with the original on augmented clean samples.")] = auditor.api.DEFAULT_FLOOR,
-    layer_cap: Annotated[float, typer.Option("--layer-cap", help="At most this fraction of one layer's channels.")] = auditor.api.DEFAULT_LAYER_CAP,
-    max_divergence: Annotated[float, typer.Option("--max-divergence", help="Largest mean KL(original || repaired) on augmented clean samples, in nats.")] = auditor.api.DEFAULT_MAX_DIVERGENCE,
+    max_prune: Annotated[Optional[float], typer.Option(
+        "--max-prune", help="At most this many channels (>= 1) or this fraction of all (< 1).")] = None,
+    floor: Annotated[float, typer.Option(
+        "--floor", help="Least agreement with the original on augmented clean samples.")] = auditor.api.DEFAULT_FLOOR,
+    layer_cap: Annotated[float, typer.Option(
+        "--layer-cap", help="At most this fraction of one layer's channels.")] = auditor.api.DEFAULT_LAYER_CAP,
+    max_divergence: Annotated[float, typer.Option(
+        "--max-divergence", help="Largest mean KL(original || repaired) on augmented clean samples, in nats.",
+    )] = auditor.api.DEFAULT_MAX_DIVERGENCE,
     test: Annotated[Optional[Path], typer.Option("--test", help="Labelled test set: print accuracy before and after.")] = None,
-    triggered: Annotated[Optional[Path], typer.Option("--triggered", help="Triggered set: print attack success rate before and after (needs --target).")] = None,
+    triggered: Annotated[Optional[Path], typer.Option(
+        "--triggered", help="Triggered set: print attack success rate before and after (needs --target).")] = None,
     target: Annotated[Optional[int], typer.Option("--target", help="Attack target class for --triggered.")] = None,
     json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
 ) -> None:
@@ -164,6 +183,9 @@ def repair_command(
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
         _outputs([output, json, sarif, html], force, _inputs(model, data, test, triggered))
+        # The test and triggered sets are measured on the original first: a bad one is refused
+        # before the repaired model is written, not after.
+        before = None if test is None else auditor.evaluate(model, test, triggered=triggered, target=target, device=device)
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
                                 max_prune=max_prune, floor=floor, layer_cap=layer_cap,
                                 max_divergence=max_divergence, force=force)
@@ -173,8 +195,7 @@ def repair_command(
         out.print(f"repair: zeroed {r['count']} channels in {len(r['zeroed'])} layers "
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
                   f"-> {r['output']}")
-        if test is not None:
-            before = auditor.evaluate(model, test, triggered=triggered, target=target, device=device)
+        if before is not None:
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device)
             report.repair["evaluation"] = {"before": before.to_dict(), "after": after.to_dict()}
             _render_before_after(before, after)
@@ -200,9 +221,11 @@ def _render_before_after(before: auditor.Evaluation, after: auditor.Evaluation) 
 @app.command(name="evaluate")
 def evaluate_command(
     model: ModelArg, data: DataOpt,
-    triggered: Annotated[Optional[Path], typer.Option("--triggered", help="Triggered samples (x, optional true labels y).")] = None,
+    triggered: Annotated[Optional[Path], typer.Option(
+        "--triggered", help="Triggered samples (x, optional true labels y).")] = None,
     target: Annotated[Optional[int], typer.Option("--target", help="Class the attack aims for.")] = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", help="Original model: report agreement with its predictions.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", help="Original model: report agreement with its predictions.")] = None,
     limit: LimitOpt = None, device: DeviceOpt = "auto", json: JsonOpt = None, force: ForceOpt = False,
 ) -> None:
     """Accuracy on labelled data, attack success rate on triggered data, agreement with a reference."""
@@ -231,13 +254,23 @@ def version() -> None:
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so partial outputs are removed."""
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so partial outputs are removed; a second
+    SIGTERM is ignored so that the clean-up it started is not itself interrupted."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # came before typer's own handling began (building the command)
+        _say_interrupted()
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # typer turned it into a silent exit while parsing the options
+            _say_interrupted()
+        raise
 
 
 if __name__ == "__main__":

@@ -266,6 +266,35 @@ def _validate(proto: onnx.ModelProto, path: Path) -> None:
         raise ModelError(f"not a valid ONNX model: {_one_line(exc)}") from exc
     finally:
         proto.ir_version = saved
+    _check_declared_shapes(proto)
+
+
+def _check_declared_shapes(proto: onnx.ModelProto) -> None:
+    """Declared input/output/value_info shapes must agree with what the operators compute: a graph
+    that lies about a channel count would mislead every stage that trusts a declaration."""
+    if proto.ByteSize() >= _CHECKER_LIMIT:
+        return  # the in-memory inference cannot take it; onnxruntime still checks what it runs
+    saved = proto.ir_version
+    try:
+        proto.ir_version = min(saved, onnx.IR_VERSION)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise ModelError(f"the model's declared shapes contradict its operators ({_first_inference_error(exc)}); "
+                         "re-export the model") from exc
+    except (ValueError, RuntimeError):
+        pass  # inference itself gave up (not a contradiction): onnxruntime decides when it runs the graph
+    finally:
+        proto.ir_version = saved
+
+
+def _first_inference_error(exc: BaseException) -> str:
+    """'(op_type:Gemm, node name: fc1): [ShapeInferenceError] ... ' -> 'node fc1 (Gemm): ...'."""
+    for line in str(exc).splitlines():
+        found = re.search(r"\(op_type:([^,]*), node name: ([^)]*)\): \[\w+\] (.*)", line)
+        if found:
+            op, name, message = found.groups()
+            return f"node {name or op!r} ({op}): {message.strip()}"[:300]
+    return _one_line(exc)
 
 
 def _check_weights(proto: onnx.ModelProto) -> None:
