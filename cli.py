@@ -176,9 +176,15 @@ def repair_command(
     triggered: Annotated[Optional[Path], typer.Option(
         "--triggered", help="Triggered set: print attack success rate before and after (needs --target).")] = None,
     target: Annotated[Optional[int], typer.Option("--target", help="Attack target class for --triggered.")] = None,
+    bound: Annotated[Optional[bool], typer.Option(
+        "--bound/--no-bound", help="Cap each hidden channel at a guard-calibrated multiple of its clean maximum "
+        "(default: on for sus, off for clp/fp).", show_default=False)] = None,
+    zero: Annotated[Optional[bool], typer.Option(
+        "--zero/--no-zero", help="Zero ranked channels (default: on for clp/fp, or when --threshold/--max-prune is given).",
+        show_default=False)] = None,
     json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
 ) -> None:
-    """Zero the suspicious channels the fidelity guard allows and write a repaired model."""
+    """Bound activations and zero suspicious channels as far as the fidelity guard allows; write the repaired model."""
     def work():
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
@@ -188,11 +194,13 @@ def repair_command(
         before = None if test is None else auditor.evaluate(model, test, triggered=triggered, target=target, device=device)
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
                                 max_prune=max_prune, floor=floor, layer_cap=layer_cap,
-                                max_divergence=max_divergence, force=force)
+                                max_divergence=max_divergence, force=force, bound=bound, zero=zero)
         _say_provider(report)
         _render(report)
         r = report.repair
-        out.print(f"repair: zeroed {r['count']} channels in {len(r['zeroed'])} layers "
+        factor = r["bound"]["factor"]
+        capped = f"capped {r['bound']['units']} layers at {factor:g}x their clean maxima, " if factor is not None else ""
+        out.print(f"repair: {capped}zeroed {r['count']} channels in {len(r['zeroed'])} layers "
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
                   f"-> {r['output']}")
         if before is not None:

@@ -125,9 +125,14 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            method: str = "sus", device: str = "auto", threshold: float | None = None,
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
-           force: bool = False, bound: bool = True) -> Report:
-    """Cap every hidden channel near its clean range and zero the most suspicious channels,
-    as far as the fidelity guard allows, and write the repaired model."""
+           force: bool = False, bound: bool | None = None, zero: bool | None = None) -> Report:
+    """Repair the model as far as the fidelity guard allows and write it.
+
+    `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
+    (activation bounds); it zeroes ranked channels only when asked (`zero`, or a `threshold`
+    or `max_prune`), because on the zoo at N=10 zeroing by ranking cost more accuracy than
+    it removed attack success (BENCHMARKS.md). The baselines `clp` and `fp` zero ranked
+    channels and never bound, as published."""
     output = model.check_output_path(output, force, (Path(model_path), Path(data_path)))
     if not 0.0 < floor <= 1.0:
         raise ModelError(f"--floor must be in (0, 1], got {floor}")
@@ -143,9 +148,15 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     prunable = [u for u in analysis.units if u.prunable]
     ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
     fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider)
+    if bound is None:
+        bound = method == "sus"
+    if zero is None:
+        zero = method != "sus" or threshold is not None or max_prune is not None
+    if not zero:
+        ranked = []
     capped = guard.Bound(None, {}, guard.Fidelity(1.0, 0.0))
     if bound:
-        capped = fidelity.bound({u.name: analysis.capture.stats[u.name].max for u in prunable}, floor, max_divergence)
+        capped = fidelity.bound({u.name: analysis.capture.stats[u.name].sample_max for u in prunable}, floor, max_divergence)
     walk = fidelity.walk(ranked, floor, max_divergence, capped.values or None)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor)

@@ -29,7 +29,7 @@ class ChannelStats:
     """Clean-data statistics of one unit's output over samples x positions.
 
     count: rows reduced (samples x positions); sum, sumsq, max: [C]; gram: [C, C] = sum of
-    outer products; bn_count/bn_sum/bn_sumsq: the same for the BatchNormalization input
+    outer products; sample_max: [N, C]; bn_count/bn_sum/bn_sumsq: the same for the BatchNormalization input
     (zero-length when the unit has no BN).
     """
 
@@ -38,6 +38,7 @@ class ChannelStats:
     sumsq: np.ndarray
     max: np.ndarray
     gram: np.ndarray
+    sample_max: np.ndarray  # [N, C]: each sample's maximum over positions (activation bounds are fit on it)
     bn_count: int
     bn_sum: np.ndarray
     bn_sumsq: np.ndarray
@@ -72,18 +73,19 @@ def scores_output(index: GraphIndex) -> str:
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
-def _reduce(op: str, source: str, out: str, opset: int, nodes: list, inits: list) -> None:
+def _reduce(op: str, source: str, out: str, opset: int, nodes: list, inits: list, axis: int = 0) -> None:
     axes_inline = opset >= 18 or (op == "ReduceSum" and opset >= 13)
     if axes_inline:
         axes = f"{out}__axes"
-        inits.append(helper.make_tensor(axes, TensorProto.INT64, [1], [0]))
+        inits.append(helper.make_tensor(axes, TensorProto.INT64, [1], [axis]))
         nodes.append(helper.make_node(op, [source, axes], [out], keepdims=0))
     else:
-        nodes.append(helper.make_node(op, [source], [out], axes=[0], keepdims=0))
+        nodes.append(helper.make_node(op, [source], [out], axes=[axis], keepdims=0))
 
 
-def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str, nodes: list, inits: list) -> str:
-    """[.., C, ..] -> [rows, C] float32 with the channel last."""
+def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str, nodes: list, inits: list,
+          per_sample: bool = False) -> str:
+    """[.., C, ..] -> [rows, C] float32 with the channel last ([N, rows, C] with `per_sample`)."""
     positive = axis + rank
     perm = [d for d in range(rank) if d != positive] + [positive]
     current = tensor
@@ -94,7 +96,10 @@ def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str,
         nodes.append(helper.make_node("Transpose", [current], [f"{tag}__t"], perm=perm))
         current = f"{tag}__t"
     shape = f"{tag}__shape"
-    inits.append(helper.make_tensor(shape, TensorProto.INT64, [2], [-1, channels]))
+    if per_sample:  # the batch axis stays first: the channel axis is never axis 0
+        inits.append(helper.make_tensor(shape, TensorProto.INT64, [3], [0, -1, channels]))
+    else:
+        inits.append(helper.make_tensor(shape, TensorProto.INT64, [2], [-1, channels]))
     nodes.append(helper.make_node("Reshape", [current, shape], [f"{tag}__rows"]))
     return f"{tag}__rows"
 
@@ -114,7 +119,10 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
         nodes.append(helper.make_node("Transpose", [rows], [f"{tag}__rows_t"], perm=[1, 0]))
         nodes.append(helper.make_node("MatMul", [f"{tag}__rows_t", rows], [f"{tag}_gram"]))
         nodes.append(helper.make_node("Shape", [rows], [f"{tag}_count"]))
-        outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count"]
+        per_sample = _rows(unit.output, ranks[unit.output], unit.axis, unit.channels, index.elem_type(unit.output),
+                           f"{tag}s", nodes, inits, per_sample=True)
+        _reduce("ReduceMax", per_sample, f"{tag}_smax", opset, nodes, inits, axis=1)
+        outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count", f"{tag}_smax"]
         if unit.bn is not None:
             bn_in = index.node(unit.bn).input[0]
             bn_rows = _rows(bn_in, ranks[bn_in], 1 - ranks[bn_in], unit.channels, index.elem_type(bn_in), f"{tag}b", nodes, inits)
@@ -175,6 +183,8 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             value = np.asarray(value, dtype=np.float64)
             if name.endswith("_max"):
                 totals[name] = np.maximum(totals[name], value) if name in totals else value
+            elif name.endswith("_smax"):
+                totals.setdefault(name, []).append(value.reshape(len(value), -1))
             elif name.endswith("count"):
                 totals[name] = totals.get(name, 0) + value[0]
             else:
@@ -190,6 +200,7 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             sumsq=totals[f"{tag}_sumsq"],
             max=totals[f"{tag}_max"],
             gram=totals[f"{tag}_gram"],
+            sample_max=np.concatenate(totals[f"{tag}_smax"]),
             bn_count=int(totals[f"{tag}_bncount"]) if has_bn else 0,
             bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,

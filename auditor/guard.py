@@ -25,6 +25,7 @@ PATIENCE = 4  # consecutive fully rejected blocks that end the walk
 MAX_GUARD_SAMPLES = 2000
 # Activation bounds tried, tightest first, as multiples of each channel's clean maximum.
 BOUND_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
+HALF_SLACK = 2.0  # fidelity slack of a cross-fit half relative to the whole (see Guard.bound)
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,14 @@ class Bound:
     fidelity: Fidelity
 
 
-def bounds_for(maxima: dict[str, np.ndarray], factor: float) -> dict[str, np.ndarray]:
-    """`factor` x each channel's clean maximum; a channel whose maximum is not positive keeps it."""
-    return {name: np.where(peak > 0, factor * peak, peak).astype(np.float32) for name, peak in maxima.items()}
+def bounds_for(sample_max: dict[str, np.ndarray], factor: float, fit: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`factor` x each channel's maximum over the samples `fit` (default all) of `sample_max`
+    [N, C]; a channel whose maximum is not positive keeps it."""
+    out = {}
+    for name, per_sample in sample_max.items():
+        peak = (per_sample if fit is None else per_sample[fit]).max(axis=0)
+        out[name] = np.where(peak > 0, factor * peak, peak).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,13 @@ class Walk:
     max_divergence: float
     evaluations: int
     guard_samples: int
+
+
+def _grouped(chosen: list[tuple[str, int]]) -> dict[str, list[int]]:
+    zeroed: dict[str, list[int]] = {}
+    for unit, channel in chosen:
+        zeroed.setdefault(unit, []).append(channel)
+    return zeroed
 
 
 def _distribution(scores: np.ndarray) -> np.ndarray:
@@ -110,6 +123,7 @@ class Guard:
 
     def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = 256) -> None:
         self.units = units
+        self.originals = len(samples)
         self.samples = augment(samples)
         self.batch = batch
         self.session = runtime.session(with_mask_inputs(index.model, units, bound=True), provider)
@@ -128,66 +142,100 @@ class Guard:
         self.evaluations += 1
         return np.concatenate(out)
 
-    def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> Fidelity:
+    def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None,
+                 rows: np.ndarray | None = None) -> Fidelity:
+        """Agreement and divergence on the guard samples, or on the boolean selection `rows` of them."""
         pruned = _distribution(self.scores(zeroed, bounds))
-        agreement = float((pruned.argmax(axis=1) == self.reference_label).mean())
-        divergence = float(np.mean(np.sum(self.reference * (np.log(self.reference) - np.log(pruned)), axis=1)))
+        reference, label = self.reference, self.reference_label
+        if rows is not None:
+            pruned, reference, label = pruned[rows], reference[rows], label[rows]
+        agreement = float((pruned.argmax(axis=1) == label).mean())
+        divergence = float(np.mean(np.sum(reference * (np.log(reference) - np.log(pruned)), axis=1)))
         return Fidelity(agreement, max(divergence, 0.0))
 
-    def bound(self, maxima: dict[str, np.ndarray], floor: float, max_divergence: float) -> Bound:
+    def bound(self, sample_max: dict[str, np.ndarray], floor: float, max_divergence: float) -> Bound:
         """The tightest activation bound that keeps the fidelity bounds.
 
         A trigger drives the channels that detect it far past anything clean inputs do, and
         dormant channels (clean maximum 0) are capped at 0: one cap per channel removes much
-        of a backdoor's path without ranking channels at all (activation clipping)."""
+        of a backdoor's path without ranking channels at all (activation clipping).
+
+        Maxima fit on ten samples are themselves measured on those samples, so the guard
+        cross-fits: bounds from one half of the samples must also hold on the other half's
+        guard copies, which tells a bound that generalises from one that only fits."""
+        count = len(next(iter(sample_max.values()))) if sample_max else 0
+        origin = np.arange(len(self.samples)) % max(count, 1)  # guard row -> original sample
+        halves = [np.arange(count) % 2 == k for k in (0, 1)] if count >= 4 else []
         for factor in BOUND_FACTORS:
-            values = bounds_for(maxima, factor)
-            fidelity = self.fidelity({}, values)
-            if fidelity.agreement >= floor and fidelity.divergence <= max_divergence:
+            # a half holds half the samples, so its maxima miss about twice as much: it gets twice the slack
+            trials = [(bounds_for(sample_max, factor, fit), ~fit[origin], HALF_SLACK) for fit in halves]
+            values = bounds_for(sample_max, factor)
+            trials.append((values, None, 1.0))
+            passed = True
+            for trial, rows, slack in trials:
+                fidelity = self.fidelity({}, trial, rows)
+                if fidelity.agreement < 1.0 - slack * (1.0 - floor) or fidelity.divergence > slack * max_divergence:
+                    passed = False
+                    break
+            if passed:
                 return Bound(factor, values, fidelity)
         return Bound(None, {}, Fidelity(1.0, 0.0))
 
     def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float,
              bounds: dict[str, np.ndarray] | None = None) -> Walk:
         """Zero channels in ranking order, skipping any whose zeroing would break the fidelity
-        bounds (agreement >= floor, mean divergence <= max_divergence).
+        bounds (agreement >= floor, mean divergence <= max_divergence), then keep only the
+        prefix of that choice that also holds on samples the walk never looked at.
 
         Suspicion ranks clean-important channels high too; skipping them, instead of stopping
         at the first one, lets the walk reach the backdoor channels further down. Channels go
         in blocks that are split only when they fail, so a passing stretch costs one run.
+        Skipping is a search over many candidates, and a search fits the samples it is judged
+        on: so the walk is judged on half of the samples (with their copies) and its choice is
+        cut back, in order, until the other half agrees too.
         """
+        count = self.originals
+        origin = np.arange(len(self.samples)) % max(count, 1)
+        search = (np.arange(count) % 2 == 0)[origin] if count >= 4 else None
         chosen: list[tuple[str, int]] = []
-        best = self.fidelity({}, bounds) if bounds else Fidelity(1.0, 0.0)
         rejected_blocks = 0
         for start in range(0, len(ranking), BLOCK):
             block = ranking[start : start + BLOCK]
-            accepted, fidelity = self._admit(chosen, block, floor, max_divergence, bounds)
-            if accepted:
-                chosen += accepted
-                best = fidelity
+            accepted, _ = self._admit(chosen, block, floor, max_divergence, bounds, search)
+            chosen += accepted
             rejected_blocks = 0 if accepted else rejected_blocks + 1
             if rejected_blocks >= PATIENCE:
                 break  # the budget is spent: further candidates only cost runs
-        zeroed: dict[str, list[int]] = {}
-        for unit, channel in chosen:
-            zeroed.setdefault(unit, []).append(channel)
-        return Walk(zeroed, len(chosen), best.agreement, best.divergence, floor, max_divergence,
+        if search is not None:
+            chosen = self._trim(chosen, floor, max_divergence, bounds)
+        best = self.fidelity(_grouped(chosen), bounds)
+        return Walk(_grouped(chosen), len(chosen), best.agreement, best.divergence, floor, max_divergence,
                     self.evaluations, len(self.samples))
 
-    def _admit(self, chosen, block, floor, max_divergence, bounds) -> tuple[list[tuple[str, int]], Fidelity]:
-        """The part of `block` that can join `chosen` within the bounds (recursive halving)."""
-        trial = chosen + block
-        zeroed: dict[str, list[int]] = {}
-        for unit, channel in trial:
-            zeroed.setdefault(unit, []).append(channel)
-        fidelity = self.fidelity(zeroed, bounds)
+    def _trim(self, chosen, floor, max_divergence, bounds) -> list[tuple[str, int]]:
+        """The longest prefix of `chosen` within the fidelity bounds on all guard samples (bisection)."""
+        def holds(length: int) -> bool:
+            fidelity = self.fidelity(_grouped(chosen[:length]), bounds)
+            return fidelity.agreement >= floor and fidelity.divergence <= max_divergence
+
+        if holds(len(chosen)):
+            return chosen
+        low, high = 0, len(chosen)  # holds(low) is assumed: the bound alone passed the guard
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if holds(middle) else (low, middle)
+        return chosen[:low]
+
+    def _admit(self, chosen, block, floor, max_divergence, bounds, rows) -> tuple[list[tuple[str, int]], Fidelity]:
+        """The part of `block` that can join `chosen` within the bounds on `rows` (recursive halving)."""
+        fidelity = self.fidelity(_grouped(chosen + block), bounds, rows)
         if fidelity.agreement >= floor and fidelity.divergence <= max_divergence:
             return list(block), fidelity
         if len(block) == 1:
             return [], fidelity
         half = len(block) // 2
-        first, fidelity_first = self._admit(chosen, block[:half], floor, max_divergence, bounds)
-        second, fidelity_second = self._admit(chosen + first, block[half:], floor, max_divergence, bounds)
+        first, fidelity_first = self._admit(chosen, block[:half], floor, max_divergence, bounds, rows)
+        second, fidelity_second = self._admit(chosen + first, block[half:], floor, max_divergence, bounds, rows)
         if second:
             return first + second, fidelity_second
         return first, fidelity_first

@@ -36,7 +36,8 @@ def test_repair_halves_attack_success_and_keeps_accuracy(repaired):
     assert before.attack_success_rate > 0.9  # the example really is backdoored
     assert after.attack_success_rate <= 0.5 * before.attack_success_rate
     assert before.accuracy - after.accuracy <= 0.03
-    assert report.repair["count"] > 0
+    assert report.repair["bound"]["factor"] is not None  # the activation bounds did the work
+    assert report.repair["bound"]["units"] == sum(1 for layer in report.layers if layer.prunable)
     assert after.agreement is not None and after.agreement > 0.9
 
 
