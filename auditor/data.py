@@ -162,7 +162,7 @@ def _read_npy(handle, size: int, source: str, name: str) -> np.ndarray:
             raise DataError(f"{source}: array {name!r} uses .npy format {version}, expected 1.0 or 2.0")
     except DataError:
         raise
-    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+    except Exception as exc:  # numpy parses the header with tokenize and ast: TokenError, MemoryError, ...
         raise DataError(f"{source}: array {name!r} has a corrupt .npy header ({_reason(exc)})") from exc
     if dtype.hasobject:
         raise DataError(f"{source}: array {name!r} holds Python objects (pickle); auditor never unpickles data: "

@@ -106,6 +106,7 @@ def _parse(path: Path) -> onnx.ModelProto:
 
 def check_graph(proto: onnx.ModelProto) -> None:
     """Refuse, with a message naming the culprit, what onnxruntime or auditor cannot run."""
+    _check_names(proto)
     local = {(f.domain, f.name) for f in proto.functions}
     imported = {entry.domain or "": entry.version for entry in proto.opset_import}
     _check_opsets(imported)
@@ -121,6 +122,28 @@ def check_graph(proto: onnx.ModelProto) -> None:
         if domain in _ONNX_DOMAINS and domain in imported:
             _check_operator(node.op_type, domain, imported[domain])
     _check_outputs(proto)
+
+
+def _check_names(proto: onnx.ModelProto) -> None:
+    """protobuf hands invalid UTF-8 through as bytes or surrogates, which onnx's and onnxruntime's C++
+    refuse with a TypeError far from the cause: name the corrupt string here."""
+    def names() -> Iterator[tuple[str, str | bytes]]:
+        for entry in proto.opset_import:
+            yield "opset domain", entry.domain
+        for node in _all_nodes(proto):
+            yield from (("operator", node.op_type), ("domain", node.domain), ("node name", node.name))
+            yield from (("tensor name", name) for name in (*node.input, *node.output))
+        for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info, *proto.graph.initializer):
+            yield "tensor name", value.name
+
+    for kind, text in names():
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+                continue
+            except UnicodeEncodeError:
+                text = text.encode("utf-8", "replace")
+        raise ModelError(f"the model is corrupt: {kind} {text[:60]!r} is not valid UTF-8; re-export it")
 
 
 def _check_opsets(imported: dict[str, int]) -> None:

@@ -190,6 +190,14 @@ def _data_for(model_builder: Callable[[Path], Path], features: int = builders.FE
     return build
 
 
+def _invalid_utf8(tmp: Path) -> Path:
+    """The operator name 'Relu' with one byte replaced: not UTF-8, which onnx's C++ cannot take."""
+    raw = builders.mlp(tmp / "model.onnx").read_bytes()
+    at = raw.index(b"Relu")
+    (tmp / "model.onnx").write_bytes(raw[:at] + b"R\xfflu" + raw[at + 4 :])
+    return tmp / "model.onnx"
+
+
 def _directory(tmp: Path) -> Path:
     path = tmp / "model.onnx"
     path.mkdir()
@@ -229,6 +237,7 @@ FILE_CASES = {
     "external-bad-offset": (lambda t: builders.external(t, "w1.bin", offset="-4"), r"negative"),
     "external-huge-length": (lambda t: builders.external(t, "w1.bin", length=str(2**62)), r"shorter than|truncated"),
     "lying-initializer": (_lying_initializer, r"W1"),
+    "invalid-utf8-operator": (_invalid_utf8, r"operator b'R\\xfflu' is not valid UTF-8"),
 }
 
 
