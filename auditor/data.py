@@ -85,7 +85,9 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
     names = [s.name for s in specs]
     if len(specs) == 1 and names[0] not in arrays:
         if "x" not in arrays:
-            raise DataError(f"{path.name} has no array 'x' nor {names[0]!r} (found: {', '.join(sorted(arrays)) or 'none'})")
+            wanted = "'x'" if names[0] == "x" else f"'x' nor {names[0]!r}"
+            raise DataError(f"{path.name} has no array {wanted} (found: {', '.join(sorted(arrays)) or 'none'}); "
+                            "save the samples under that name")
         arrays = {names[0]: arrays["x"]}
     missing = [n for n in names if n not in arrays]
     if missing:

@@ -98,7 +98,8 @@ def _parse(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"not a readable ONNX model (corrupt or truncated protobuf): {path}") from exc
+        raise ModelError(f"not a readable ONNX model (corrupt or truncated protobuf): {path}; "
+                         "re-export or re-download it") from exc
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelError(f"not an ONNX model with a graph (no nodes found): {path}")
     return proto
@@ -403,6 +404,8 @@ def check_output_path(path: str | os.PathLike[str], force: bool, inputs: tuple[P
         raise OutputError(f"output {path} exists and is not a regular file; refusing to replace it")
     if path.exists() and not force:
         raise OutputError(f"output {path} already exists; pass --force to replace it")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"output folder {path.parent} is a file, not a folder")
     if not path.parent.is_dir():
         raise OutputError(f"output folder does not exist: {path.parent}")
     if not os.access(path.parent, os.W_OK):
@@ -467,7 +470,7 @@ def _open_temp(folder: Path) -> tuple[int, str | None]:
                 return os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666), None
         fd, temp = tempfile.mkstemp(prefix=".auditor-", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}; choose a writable output folder") from exc
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
