@@ -169,7 +169,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         "output": str(output), "sha256": sha256, "zeroed": zeroed,
         "count": walk.count, "how": dict(sorted(result.how.items())),
         "bound": {"factor": capped.factor, "units": len(capped.values)}, "agreement": walk.agreement,
-        "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap, "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
+        "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
+        "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
     }
     return report
 

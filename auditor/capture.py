@@ -163,11 +163,12 @@ def run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarr
     """session.run with data problems reported as DataError (one line)."""
     try:
         return session.run(names, feed)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+    except Exception as exc:
         raise DataError(f"onnxruntime rejected the samples: {runtime._first_line(exc)}") from exc
 
 
-def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = BATCH) -> Capture:
+def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider,
+            batch: int = BATCH) -> Capture:
     """Stream `samples` through the instrumented model and accumulate statistics in float64."""
     start = time.perf_counter()
     ranks = probe_ranks(model, index, units, samples, provider)

@@ -53,7 +53,7 @@ class GraphIndex:
     def _inferred(self) -> dict[str, onnx.TypeProto]:
         try:
             inferred = shape_inference.infer_shapes(self.model, strict_mode=False)
-        except Exception:  # noqa: BLE001 - inference is a hint only
+        except Exception:
             return {}
         values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
         return {value.name: value.type for value in values}

@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/1` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/2` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples}
@@ -11,8 +11,11 @@ Schema `auditor.report/1` (JSON, keys sorted, floats rounded to 6 decimals):
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
               channels_detail[] (every channel, same fields)}
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
-  repair     null | {output, sha256, zeroed{unit: [channels]}, count, how{unit: fold|mask},
-              agreement, floor, guard_samples, evaluations}
+  repair     null | {output, sha256, zeroed{unit: [channels]}, count,
+              how{unit: fold|mask|bound|fold+bound|mask+bound},
+              bound{factor (multiple of each channel's clean maximum, null: none), units},
+              agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
+              evaluation{before, after} (CLI only, with --test)}
   timings    {seconds per stage}: the only part that differs between identical runs
 """
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEMA = "auditor.report/1"
+SCHEMA = "auditor.report/2"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,8 @@ class Report:
             "version": "2.1.0",
             "runs": [{
                 "tool": {"driver": {"name": "auditor", "version": self.tool_version, "rules": [
-                    {"id": "AUD001", "name": "BackdoorSuspected", "shortDescription": {"text": "Model-level backdoor suspicion at or above threshold"}},
+                    {"id": "AUD001", "name": "BackdoorSuspected",
+                     "shortDescription": {"text": "Model-level backdoor suspicion at or above threshold"}},
                     {"id": "AUD002", "name": "SuspiciousChannel", "shortDescription": {"text": "A hidden channel ranked suspicious"}},
                 ]}},
                 "results": results,

@@ -62,7 +62,7 @@ def suspicion(signals: Signals, method: str) -> Suspicion:
 
 
 def layer_score(score: np.ndarray) -> float:
-    count = max(1, int(round(TOP_FRACTION * len(score))))
+    count = max(1, round(TOP_FRACTION * len(score)))
     return float(np.sort(score)[::-1][:count].mean())
 
 

@@ -131,7 +131,7 @@ def convert_model(proto: onnx.ModelProto, scores: str, notes: list[str]):
         notes.append(f"converted the sub-graph that computes {scores!r} only")
     try:
         return convert(proto, attach_onnx_mapping=True)
-    except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError, KeyError, ...
+    except Exception as exc:
         raise Unavailable(f"onnx2torch cannot convert the graph: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 

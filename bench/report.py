@@ -10,11 +10,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from bench import zoo
 

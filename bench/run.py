@@ -132,7 +132,7 @@ def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered
     report = auditor.repair(entry["file"], str(clean), str(out_path), method=method, device="cpu", force=True)
     wall = time.perf_counter() - start
     record = {"status": "ok", "wall_s": wall, "count": report.repair["count"], "zeroed": report.repair["zeroed"],
-              "agreement": report.repair["agreement"], "how": report.repair["how"],
+              "agreement": report.repair["agreement"], "how": report.repair["how"], "bound": report.repair.get("bound"),
               "repair_timings": {k: round(v, 4) for k, v in report.timings.items()}}
     record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))
     start = time.perf_counter()
@@ -223,7 +223,7 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
                     record = run_anp_method(entry, clean, out_path, baseline, test, triggered)
                 else:
                     record = run_auditor_method(entry, method, clean, out_path, baseline, test, triggered)
-            except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
+            except Exception as exc:
                 record = {"status": "error", "reason": _reason(exc), "traceback": traceback.format_exc()[-2000:]}
             record["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             record["jobs"] = jobs
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     status = future.result()
                     print(f"  {status['name']}: {status['cells']} new cells in {status['seconds']:.1f} s", flush=True)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     print(f"  {futures[future]['name']}: FAILED {_reason(exc)}", flush=True)
     elapsed = time.perf_counter() - start
     print(f"bench: done in {elapsed:.1f} s", flush=True)
