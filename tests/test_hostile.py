@@ -617,8 +617,9 @@ def test_sigterm_during_repair(delay: float, tmp_path: Path) -> None:
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert "Traceback" not in stdout + stderr
-    assert process.returncode in (0, 130), stderr
-    if process.returncode == 130:
+    # Python may end an interrupted run by re-raising SIGINT on itself: a shell reports that as 130 too.
+    assert process.returncode in (0, 130, -signal.SIGINT), f"exit {process.returncode}: {stderr!r} {stdout[-300:]!r}"
+    if process.returncode != 0:
         assert stderr.strip().splitlines() == ["interrupted: no partial output was left behind"]
         assert not out.exists()
         before.unchanged()
