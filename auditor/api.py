@@ -11,12 +11,13 @@ import onnx
 
 from auditor import data, guard, model, rewrite, runtime, score, signals
 from auditor.capture import Capture, capture, run, scores_output
-from auditor.errors import ModelError
+from auditor.errors import DataError, ModelError
 from auditor.graph import GraphIndex
 from auditor.report import ChannelRecord, LayerRecord, Report
 from auditor.units import Unit, find_units
 from auditor.version import __version__
 
+_QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QuantizeLinear", "DequantizeLinear"}
 DEFAULT_FLOOR = 0.95  # agreement with the original on the augmented clean samples
 DEFAULT_LAYER_CAP = 0.3  # at most this fraction of a layer's channels is zeroed
 DEFAULT_MAX_DIVERGENCE = 0.05  # mean KL(original || repaired) on the augmented clean samples, nats
@@ -45,6 +46,10 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
     units = find_units(index)
     prunable = [u for u in units if u.prunable]
     if not prunable:
+        quantized = sorted({n.op_type for n in index.graph.node if n.op_type in _QUANTIZED})
+        if quantized:
+            raise ModelError(f"the model is quantized ({', '.join(quantized)}): auditor needs float weights; "
+                             "audit the float model before quantization")
         raise ModelError(
             "no prunable unit found (needs Conv/Gemm/MatMul layers with constant float weights "
             "before the classifier); quantized or weight-less graphs cannot be audited"
@@ -53,6 +58,11 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
     timings["load"] = time.perf_counter() - start
     captured = capture(loaded.proto, index, units, samples, provider)
     timings["capture"] = captured.seconds
+    if samples.labels is not None and samples.labels.size:
+        classes = int(np.asarray(captured.scores).reshape(len(samples), -1).shape[1])
+        if int(samples.labels.max()) >= classes:
+            raise DataError(f"{Path(data_path).name}: label {int(samples.labels.max())} is out of range "
+                            f"for a model with {classes} classes; fix the labels 'y' or drop them")
     tick = time.perf_counter()
     suspicion = {}
     layers = []

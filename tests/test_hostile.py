@@ -491,6 +491,8 @@ def test_labels_out_of_range(tmp_path: Path) -> None:
     refuse("evaluate", model, data, r"label 7 is out of range for a model with 3 classes")
     test = builders.data(tmp_path / "test.npz", y=np.full(20, 7, np.int64))
     refuse("repair", model, builders.data(tmp_path / "ok.npz"), r"label 7 is out of range", "--test", test)
+    refuse("scan", model, data, r"clean.npz: label 7 is out of range for a model with 3 classes")
+    refuse("repair", model, data, r"clean.npz: label 7 is out of range for a model with 3 classes")
 
 
 @pytest.mark.parametrize("target, triggered, pattern", [
