@@ -149,7 +149,10 @@ class Report:
         repair = ""
         if self.repair:
             r = self.repair
-            repair = (f"<h2>Repair</h2><p>{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
+            bound = r.get("bound") or {}
+            capped = (f"activations capped at {bound['factor']:g}x their clean maxima in {bound['units']} layers, "
+                      if bound.get("factor") is not None else "")
+            repair = (f"<h2>Repair</h2><p>{capped}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
                       f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>auditor report</title>"
