@@ -164,12 +164,12 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         zero = method != "sus" or threshold is not None or max_prune is not None
     if not zero:
         ranked = []
-    capped = guard.Bound(None, {}, guard.Fidelity(1.0, 0.0))
+    capped = guard.Bound(None, None, {}, guard.Fidelity(1.0, 0.0))
     if bound:
-        capped = fidelity.bound({u.name: analysis.capture.stats[u.name].sample_max for u in prunable}, floor, max_divergence)
+        capped = fidelity.bound(analysis.capture.stats, floor, max_divergence, positions=_static_inputs(analysis.loaded.proto))
     walk = fidelity.walk(ranked, floor, max_divergence, capped.values or None)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
-    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor)
+    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position_factor)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values or None)
     _verify(result.model, analysis, fidelity, zeroed, capped.values)
     sha256 = model.save_model(result.model, output)
@@ -178,11 +178,19 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     report.repair = {
         "output": str(output), "sha256": sha256, "zeroed": zeroed,
         "count": walk.count, "how": dict(sorted(result.how.items())),
-        "bound": {"factor": capped.factor, "units": len(capped.values)}, "agreement": walk.agreement,
+        "bound": {"factor": capped.factor, "position_factor": capped.position_factor, "units": len(capped.values)}, "agreement": walk.agreement,
         "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
         "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
     }
     return report
+
+
+def _static_inputs(proto: onnx.ModelProto) -> bool:
+    """Every input dimension but the batch is fixed: only then may a bound be shaped per position."""
+    for spec in data.input_specs(proto):
+        if spec.shape is None or any(d is None or d <= 0 for d in spec.shape[1:]):
+            return False
+    return True
 
 
 def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]],

@@ -29,7 +29,9 @@ class ChannelStats:
     """Clean-data statistics of one unit's output over samples x positions.
 
     count: rows reduced (samples x positions); sum, sumsq, max: [C]; gram: [C, C] = sum of
-    outer products; sample_max: [N, C]; bn_count/bn_sum/bn_sumsq: the same for the BatchNormalization input
+    outer products; half_position_max: [halves, ...]: the elementwise maximum over the even-indexed
+    samples, then over the odd-indexed ones, in the tensor's own layout without the batch axis
+    (activation bounds are fit on one half and checked on the other); bn_count/bn_sum/bn_sumsq: the same for the BatchNormalization input
     (zero-length when the unit has no BN).
     """
 
@@ -38,7 +40,7 @@ class ChannelStats:
     sumsq: np.ndarray
     max: np.ndarray
     gram: np.ndarray
-    sample_max: np.ndarray  # [N, C]: each sample's maximum over positions (activation bounds are fit on it)
+    half_position_max: np.ndarray  # [halves, *one sample's shape]: see `capture`
     bn_count: int
     bn_sum: np.ndarray
     bn_sumsq: np.ndarray
@@ -46,6 +48,11 @@ class ChannelStats:
     @property
     def mean(self) -> np.ndarray:
         return self.sum / max(self.count, 1)
+
+    def half_max(self, axis: int) -> np.ndarray:
+        """[halves, C]: each half's maximum per channel (`axis`: the unit's negative channel axis)."""
+        per = np.moveaxis(self.half_position_max, axis, -1)
+        return per.reshape(len(per), -1, per.shape[-1]).max(axis=1)
 
     @property
     def var(self) -> np.ndarray:
@@ -83,9 +90,8 @@ def _reduce(op: str, source: str, out: str, opset: int, nodes: list, inits: list
         nodes.append(helper.make_node(op, [source], [out], axes=[axis], keepdims=0))
 
 
-def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str, nodes: list, inits: list,
-          per_sample: bool = False) -> str:
-    """[.., C, ..] -> [rows, C] float32 with the channel last ([N, rows, C] with `per_sample`)."""
+def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str, nodes: list, inits: list) -> str:
+    """[.., C, ..] -> [rows, C] float32 with the channel last."""
     positive = axis + rank
     perm = [d for d in range(rank) if d != positive] + [positive]
     current = tensor
@@ -96,10 +102,7 @@ def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str,
         nodes.append(helper.make_node("Transpose", [current], [f"{tag}__t"], perm=perm))
         current = f"{tag}__t"
     shape = f"{tag}__shape"
-    if per_sample:  # the batch axis stays first: the channel axis is never axis 0
-        inits.append(helper.make_tensor(shape, TensorProto.INT64, [3], [0, -1, channels]))
-    else:
-        inits.append(helper.make_tensor(shape, TensorProto.INT64, [2], [-1, channels]))
+    inits.append(helper.make_tensor(shape, TensorProto.INT64, [2], [-1, channels]))
     nodes.append(helper.make_node("Reshape", [current, shape], [f"{tag}__rows"]))
     return f"{tag}__rows"
 
@@ -119,10 +122,12 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
         nodes.append(helper.make_node("Transpose", [rows], [f"{tag}__rows_t"], perm=[1, 0]))
         nodes.append(helper.make_node("MatMul", [f"{tag}__rows_t", rows], [f"{tag}_gram"]))
         nodes.append(helper.make_node("Shape", [rows], [f"{tag}_count"]))
-        per_sample = _rows(unit.output, ranks[unit.output], unit.axis, unit.channels, index.elem_type(unit.output),
-                           f"{tag}s", nodes, inits, per_sample=True)
-        _reduce("ReduceMax", per_sample, f"{tag}_smax", opset, nodes, inits, axis=1)
-        outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count", f"{tag}_smax"]
+        source = unit.output
+        if index.elem_type(unit.output) != TensorProto.FLOAT:
+            source = f"{tag}p__f32"
+            nodes.append(helper.make_node("Cast", [unit.output], [source], to=TensorProto.FLOAT))
+        _reduce("ReduceMax", source, f"{tag}_pmax", opset, nodes, inits)  # over the batch axis only
+        outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count", f"{tag}_pmax"]
         if unit.bn is not None:
             bn_in = index.node(unit.bn).input[0]
             bn_rows = _rows(bn_in, ranks[bn_in], 1 - ranks[bn_in], unit.channels, index.elem_type(bn_in), f"{tag}b", nodes, inits)
@@ -176,20 +181,32 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
     scores_name = scores_output(index)
     session = runtime.session(captured, provider)
     totals: dict[str, np.ndarray] = {}
-    scores = []
-    for feed in samples.batches(batch):
-        values = run(session, [scores_name, *outputs], feed)
-        scores.append(np.asarray(values[0], dtype=np.float32))
-        for name, value in zip(outputs, values[1:]):
-            value = np.asarray(value, dtype=np.float64)
-            if name.endswith("_max"):
-                totals[name] = np.maximum(totals[name], value) if name in totals else value
-            elif name.endswith("_smax"):
-                totals.setdefault(name, []).append(value.reshape(len(value), -1))
-            elif name.endswith("count"):
-                totals[name] = totals.get(name, 0) + value[0]
-            else:
-                totals[name] = totals[name] + value if name in totals else value
+    halves: dict[str, list[np.ndarray]] = {}
+    scores: list[np.ndarray | None] = [None] * len(samples)
+    order = np.arange(len(samples))
+    for half in (0, 1):  # each batch holds one half only, so per-half maxima come from in-graph reductions
+        chosen = order[order % 2 == half]
+        if not len(chosen):
+            continue
+        for name in outputs:
+            if name.endswith("_pmax"):
+                halves.setdefault(name, []).append(None)
+        for start in range(0, len(chosen), batch):
+            rows = chosen[start : start + batch]
+            values = run(session, [scores_name, *outputs], {k: v[rows] for k, v in samples.inputs.items()})
+            for row, value in zip(rows, np.asarray(values[0], dtype=np.float32)):
+                scores[row] = value
+            for name, value in zip(outputs, values[1:]):
+                value = np.asarray(value, dtype=np.float64)
+                if name.endswith("_pmax"):
+                    seen = halves[name][-1]
+                    halves[name][-1] = value if seen is None else np.maximum(seen, value)
+                elif name.endswith("_max"):
+                    totals[name] = np.maximum(totals[name], value) if name in totals else value
+                elif name.endswith("count"):
+                    totals[name] = totals.get(name, 0) + value[0]
+                else:
+                    totals[name] = totals[name] + value if name in totals else value
     stats = {}
     for position, unit in enumerate(units):
         tag = f"__auditor_u{position}"
@@ -201,9 +218,9 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             sumsq=totals[f"{tag}_sumsq"],
             max=totals[f"{tag}_max"],
             gram=totals[f"{tag}_gram"],
-            sample_max=np.concatenate(totals[f"{tag}_smax"]),
+            half_position_max=np.stack(halves[f"{tag}_pmax"]),
             bn_count=int(totals[f"{tag}_bncount"]) if has_bn else 0,
             bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
         )
-    return Capture(stats=stats, scores=np.concatenate(scores), seconds=time.perf_counter() - start)
+    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor import runtime
-from auditor.capture import run, scores_output
+from auditor.capture import ChannelStats, run, scores_output
 from auditor.data import Samples
 from auditor.graph import GraphIndex
-from auditor.rewrite import mask_feed, with_mask_inputs
+from auditor.rewrite import mask_feed, mask_shape, with_mask_inputs
 from auditor.units import Unit
 
 AUGMENTED_PER_SAMPLE = 15
@@ -25,6 +25,9 @@ PATIENCE = 4  # consecutive fully rejected blocks that end the walk
 MAX_GUARD_SAMPLES = 2000
 # Activation bounds tried, tightest first, as multiples of each channel's clean maximum.
 BOUND_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
+# Then, per position (channel x spatial or token position): the position's clean maximum, but never
+# below this share of the channel's bound (ten samples leave many positions unseen), tightest first.
+POSITION_FLOORS = (0.1, 0.25, 0.5, 0.75)
 HALF_SLACK = 2.0  # fidelity slack of a cross-fit half relative to the whole (see Guard.bound)
 
 
@@ -38,20 +41,35 @@ class Fidelity:
 
 @dataclass(frozen=True)
 class Bound:
-    """Per-unit upper bounds [C] on channel activations: `factor` x the clean maximum."""
+    """Per-unit upper bounds on activations, each shaped to broadcast against one sample of the
+    unit's output: `factor` x each channel's clean maximum, tightened to each position's clean
+    maximum, but to no less than `position_factor` x the channel's bound, where that held too."""
 
     factor: float | None  # None: no factor kept the fidelity bounds, nothing is capped
+    position_factor: float | None
     values: dict[str, np.ndarray]
     fidelity: Fidelity
 
 
-def bounds_for(sample_max: dict[str, np.ndarray], factor: float, fit: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """`factor` x each channel's maximum over the samples `fit` (default all) of `sample_max`
-    [N, C]; a channel whose maximum is not positive keeps it."""
+def _scaled(peak: np.ndarray, factor: float) -> np.ndarray:
+    """`factor` x a positive maximum; a maximum that is not positive is kept as it is."""
+    return np.where(peak > 0, factor * peak, peak)
+
+
+def bounds_for(stats: dict[str, ChannelStats], units: list[Unit], factor: float | None,
+               position_factor: float | None = None, fit: int | None = None) -> dict[str, np.ndarray]:
+    """Bounds from the clean maxima of half `fit` (0 or 1) of the samples, or of all of them."""
     out = {}
-    for name, per_sample in sample_max.items():
-        peak = (per_sample if fit is None else per_sample[fit]).max(axis=0)
-        out[name] = np.where(peak > 0, factor * peak, peak).astype(np.float32)
+    for unit in units:
+        per_half = stats[unit.name].half_position_max
+        position_max = (per_half if fit is None else per_half[fit : fit + 1]).max(axis=0)
+        bound = np.full(mask_shape(unit), np.inf)
+        if factor is not None:
+            channel_max = np.moveaxis(position_max, unit.axis, -1).reshape(-1, unit.channels).max(axis=0)
+            bound = _scaled(channel_max, factor).reshape(mask_shape(unit))
+        if position_factor is not None:
+            bound = np.minimum(bound, np.maximum(position_max, position_factor * bound))
+        out[unit.name] = bound.astype(np.float32)
     return out
 
 
@@ -153,33 +171,47 @@ class Guard:
         divergence = float(np.mean(np.sum(reference * (np.log(reference) - np.log(pruned)), axis=1)))
         return Fidelity(agreement, max(divergence, 0.0))
 
-    def bound(self, sample_max: dict[str, np.ndarray], floor: float, max_divergence: float) -> Bound:
-        """The tightest activation bound that keeps the fidelity bounds.
+    def bound(self, stats: dict[str, ChannelStats], floor: float, max_divergence: float, positions: bool = True) -> Bound:
+        """The tightest activation bounds that keep the fidelity bounds.
 
         A trigger drives the channels that detect it far past anything clean inputs do, and
         dormant channels (clean maximum 0) are capped at 0: one cap per channel removes much
-        of a backdoor's path without ranking channels at all (activation clipping).
+        of a backdoor's path without ranking channels at all (activation clipping). A patch
+        trigger lights its channels where clean inputs leave them quiet, so a second cap per
+        position (with `positions`: the model's input shape is fixed) reaches further.
 
         Maxima fit on ten samples are themselves measured on those samples, so the guard
         cross-fits: bounds from one half of the samples must also hold on the other half's
         guard copies, which tells a bound that generalises from one that only fits."""
-        count = len(next(iter(sample_max.values()))) if sample_max else 0
-        origin = np.arange(len(self.samples)) % max(count, 1)  # guard row -> original sample
-        halves = [np.arange(count) % 2 == k for k in (0, 1)] if count >= 4 else []
-        for factor in BOUND_FACTORS:
+        halves = min(len(stats[u.name].half_position_max) for u in self.units) if self.units else 0
+        origin = np.arange(len(self.samples)) % max(self.originals, 1)  # guard row -> original sample
+
+        def holds(factor: float | None, position_factor: float | None) -> Fidelity | None:
             # a half holds half the samples, so its maxima miss about twice as much: it gets twice the slack
-            trials = [(bounds_for(sample_max, factor, fit), ~fit[origin], HALF_SLACK) for fit in halves]
-            values = bounds_for(sample_max, factor)
-            trials.append((values, None, 1.0))
-            passed = True
+            trials = [(bounds_for(stats, self.units, factor, position_factor, fit), origin % 2 != fit, HALF_SLACK)
+                      for fit in range(halves if self.originals >= 4 else 0)]
+            trials.append((bounds_for(stats, self.units, factor, position_factor), None, 1.0))
             for trial, rows, slack in trials:
                 fidelity = self.fidelity({}, trial, rows)
                 if fidelity.agreement < 1.0 - slack * (1.0 - floor) or fidelity.divergence > slack * max_divergence:
-                    passed = False
-                    break
-            if passed:
-                return Bound(factor, values, fidelity)
-        return Bound(None, {}, Fidelity(1.0, 0.0))
+                    return None
+            return fidelity
+
+        chosen, kept = None, Fidelity(1.0, 0.0)
+        for factor in BOUND_FACTORS:
+            fidelity = holds(factor, None)
+            if fidelity is not None:
+                chosen, kept = factor, fidelity
+                break
+        position = None
+        for position_factor in POSITION_FLOORS if positions and chosen is not None else ():
+            fidelity = holds(chosen, position_factor)
+            if fidelity is not None:
+                position, kept = position_factor, fidelity
+                break
+        if chosen is None and position is None:
+            return Bound(None, None, {}, Fidelity(1.0, 0.0))
+        return Bound(chosen, position, bounds_for(stats, self.units, chosen, position), kept)
 
     def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float,
              bounds: dict[str, np.ndarray] | None = None) -> Walk:

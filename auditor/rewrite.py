@@ -124,8 +124,8 @@ def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = Fa
         out.graph.input.append(helper.make_tensor_value_info(MASK_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
         if shift:
             out.graph.input.append(helper.make_tensor_value_info(SHIFT_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
-        if bound:
-            out.graph.input.append(helper.make_tensor_value_info(BOUND_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
+        if bound:  # any shape that broadcasts: per channel [C, 1, ..] or per position (one sample's shape)
+            out.graph.input.append(helper.make_tensor_value_info(BOUND_PREFIX + str(i), TensorProto.FLOAT, None))
     return out
 
 
@@ -142,8 +142,8 @@ def mask_feed(units: list[Unit], zeroed: dict[str, list[int]], shift: bool = Fal
             feed[SHIFT_PREFIX + str(position)] = np.zeros(mask_shape(unit), dtype=np.float32)
         if bounds is not None:
             bound = bounds.get(unit.name)
-            bound = np.full(unit.channels, np.inf, np.float32) if bound is None else np.asarray(bound, np.float32)
-            feed[BOUND_PREFIX + str(position)] = bound.reshape(mask_shape(unit))
+            bound = np.full(mask_shape(unit), np.inf, np.float32) if bound is None else np.asarray(bound, np.float32)
+            feed[BOUND_PREFIX + str(position)] = bound.reshape(mask_shape(unit)) if bound.size == unit.channels else bound
     return feed
 
 
@@ -227,7 +227,8 @@ def zero_channels(
         """A [C] constant in the unit's own type (Mul and Min bind both inputs to one type)."""
         dtype = helper.tensor_dtype_to_np_dtype(types.get(unit.weight, TensorProto.FLOAT))
         name = _fresh(f"{prefix}{len(constants)}", inits)
-        tensor = numpy_helper.from_array(np.asarray(values, dtype=dtype).reshape(mask_shape(unit)), name)
+        values = np.asarray(values, dtype=dtype)
+        tensor = numpy_helper.from_array(values.reshape(mask_shape(unit)) if values.size == unit.channels else values, name)
         constants.append(tensor)
         inits[name] = tensor
         return name
@@ -259,7 +260,7 @@ def _fresh(name: str, taken) -> str:
 
 
 def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
-               bound_factor: float | None = None) -> dict[str, str]:
+               bound_factor: float | None = None, position_factor: float | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -267,6 +268,11 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
         "auditor.method": method,
         "auditor.zeroed_channels": json.dumps({k: sorted(v) for k, v in sorted(zeroed.items()) if v}, sort_keys=True),
     }
+    caps = []
     if bound_factor is not None:
-        meta["auditor.activation_bound"] = f"{bound_factor:g} x clean maximum per channel"
+        caps.append(f"{bound_factor:g} x clean maximum per channel")
+    if position_factor is not None:
+        caps.append(f"{position_factor:g} x clean maximum per position")
+    if caps:
+        meta["auditor.activation_bound"] = ", ".join(caps)
     return meta

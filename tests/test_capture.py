@@ -68,8 +68,9 @@ def test_batch_size_does_not_change_the_statistics() -> None:
     np.testing.assert_allclose(one.sum, whole.sum, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(one.gram, whole.gram, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(one.max, whole.max)
-    np.testing.assert_array_equal(one.sample_max, whole.sample_max)
-    np.testing.assert_array_equal(one.sample_max.max(axis=0), one.max)
+    np.testing.assert_array_equal(one.half_position_max, whole.half_position_max)
+    assert one.half_position_max.shape[0] == 2  # even- and odd-indexed samples
+    np.testing.assert_array_equal(one.half_max(units[0].axis).max(axis=0), one.max)
 
 
 def test_capture_leaves_the_model_alone() -> None:
@@ -82,5 +83,5 @@ def test_capture_leaves_the_model_alone() -> None:
     assert ranks == {"unit_out": 4, "logits": 2}
     captured, outputs = build_capture_model(model, index, units, ranks)
     assert model.SerializeToString() == before
-    assert len(outputs) == 6 * len(units)  # sum, sumsq, max, gram, count, per-sample max
+    assert len(outputs) == 6 * len(units)  # sum, sumsq, max, gram, count, per-position max
     assert [o.name for o in captured.graph.output] == ["logits", *outputs]

@@ -232,3 +232,42 @@ def test_float16_model_is_repaired_and_masked_in_its_own_type(build) -> None:
     np.testing.assert_array_equal(ones, plain)
     np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-3, atol=2e-3)
     assert not np.allclose(got.astype(np.float32), plain.astype(np.float32), atol=1e-3)
+
+
+def _bounds_at_half_the_clean_max(case: Case, per_position: bool) -> dict[str, np.ndarray]:
+    """Bounds at half of each channel's (or each position's) maximum on the case's samples."""
+    (activation,) = graphs.run(case.model, case.x, [case.unit.output])
+    peak = activation.max(axis=0)  # one sample's shape
+    if not per_position:
+        peak = np.moveaxis(peak, case.unit.axis, -1).reshape(-1, case.unit.channels).max(axis=0)
+        peak = peak.reshape(rewrite.mask_shape(case.unit))
+    return {"unit": (0.5 * peak).astype(np.float32)}
+
+
+@pytest.mark.parametrize("per_position", [False, True], ids=["per-channel", "per-position"])
+def test_bounds_cap_the_unit_and_match_the_guard_graph(case: Case, per_position: bool) -> None:
+    bounds = _bounds_at_half_the_clean_max(case, per_position)
+    meta = rewrite.provenance(__version__, SOURCE_SHA, case.zeroed, "sus", 0.5, 1.0 if per_position else None)
+    result = rewrite.zero_channels(case.model, case.units, case.zeroed, meta, bounds)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert result.how == {"unit": ("fold" if case.pattern.fold else "mask") + "+bound"}
+    # the repaired graph computes what the guard measured: mask, then bound, as graph inputs
+    guarded = rewrite.with_mask_inputs(case.model, case.units, bound=True)
+    (want,) = graphs.run(guarded, case.x, ["logits"], rewrite.mask_feed(case.units, case.zeroed, bounds=bounds))
+    (got,) = graphs.run(result.model, case.x, ["logits"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    (unbounded,) = graphs.run(case.result.model, case.x, ["logits"])
+    assert not np.allclose(got, unbounded, atol=1e-4), "a bound at half the clean maximum must change the logits"
+    # the unit's output, as the next layer reads it, never exceeds the bound
+    (capped,) = graphs.run(result.model, case.x, [downstream(result.model, case.model, case.unit.output)])
+    assert (capped <= bounds["unit"] + 1e-6).all()
+    meta = {p.key: p.value for p in result.model.metadata_props}
+    assert "0.5 x clean maximum per channel" in meta["auditor.activation_bound"]
+    assert case.model.SerializeToString() == case.before
+
+
+def test_bounds_of_infinity_reproduce_the_original(case: Case) -> None:
+    guarded = rewrite.with_mask_inputs(case.model, case.units, bound=True)
+    (got,) = graphs.run(guarded, case.x, ["logits"], rewrite.mask_feed(case.units, {}, bounds={}))
+    (plain,) = graphs.run(case.model, case.x, ["logits"])
+    np.testing.assert_array_equal(got, plain)
