@@ -39,7 +39,7 @@ MethodOpt = Annotated[str, typer.Option(
     "--method", "-m", help="sus (combined, default), clp (weights alone), fp (activations alone).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when usable, else CPU), cpu or cuda.")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(
-    "--threshold", "-u", help="Suspicion score threshold (scan: verdict; repair: only channels at or above it).")]
+    "--threshold", "-u", help="scan: verdict threshold (on the verdict's score); repair: zero only channels scoring at or above it.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")]
 SarifOpt = Annotated[Optional[Path], typer.Option("--sarif", help="Write a SARIF 2.1.0 report here.")]
 HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report here.")]
@@ -132,7 +132,11 @@ def _render(report: auditor.Report) -> None:
     out.print(table)
     v = report.verdict
     word = "[bold red]SUSPICIOUS[/]" if v["suspicious"] else "[bold green]clean[/]"
-    out.print(f"verdict: {word}  score {v['score']:.3f} vs threshold {v['threshold']:.3f} (layer {v['layer']})")
+    if v.get("basis") == "margin":
+        out.print(f"verdict: {word}  head margin z-score {v['score']:.3f} vs threshold {v['threshold']:.3f} "
+                  f"(class {v['target']} reachable most; head {v['layer']})")
+    else:
+        out.print(f"verdict: {word}  score {v['score']:.3f} vs threshold {v['threshold']:.3f} (layer {v['layer']})")
 
 
 def _check_verdict(report: auditor.Report) -> None:

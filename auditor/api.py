@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from auditor import data, guard, model, rewrite, runtime, score, signals
+from auditor import data, guard, margin, model, rewrite, runtime, score, signals
 from auditor.capture import Capture, capture, run, scores_output
 from auditor.errors import DataError, ModelError
 from auditor.graph import GraphIndex
@@ -81,8 +81,19 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
         )
         layers.append(LayerRecord(unit.name, unit.op, unit.output, unit.channels, unit.prunable, unit.head,
                                   unit.activation, unit.bn is not None, records))
-    threshold = score.DEFAULT_THRESHOLD[method] if threshold is None else float(threshold)
-    verdict = score.verdict({u.name: suspicion[u.name].score for u in prunable}, threshold)
+    found = None
+    if method == "sus":  # the last dense head whose input range was captured
+        for unit in reversed([u for u in units if u.head]):
+            stats = captured.stats[unit.name]
+            found = margin.margin(index, unit, stats.input_low, stats.input_high) if stats.input_high.size else None
+            if found is not None:
+                head = unit.name
+                break
+    if found is not None:
+        verdict = score.margin_verdict(found, head, score.MARGIN_THRESHOLD if threshold is None else float(threshold))
+    else:
+        threshold = score.DEFAULT_THRESHOLD[method] if threshold is None else float(threshold)
+        verdict = score.verdict({u.name: suspicion[u.name].score for u in prunable}, threshold)
     timings["score"] = time.perf_counter() - tick
     skipped = [{"unit": u.name, "reason": "classifier head: never pruned"} for u in units if u.head]
     skipped += [{"unit": u.name, "reason": "single channel"} for u in units if not u.head and u.channels <= 1]
@@ -92,7 +103,9 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
                "opset": loaded.opset, "notes": list(loaded.notes)},
         data={"path": str(data_path), "samples": len(samples)},
         provider={"name": provider.name, "reason": provider.reason},
-        verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer},
+        verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer,
+                 "basis": verdict.basis, "target": verdict.target,
+                 "margins": None if found is None else [float(v) for v in found.margins]},
         layers=layers, skipped=skipped, timings=timings,
     )
     timings["total"] = time.perf_counter() - start

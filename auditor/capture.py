@@ -41,6 +41,8 @@ class ChannelStats:
     max: np.ndarray
     gram: np.ndarray
     half_position_max: np.ndarray  # [halves, *one sample's shape]: see `capture`
+    input_low: np.ndarray  # [F]: a dense classifier head's input features, clean minimum (else empty)
+    input_high: np.ndarray  # [F]: and clean maximum
     bn_count: int
     bn_sum: np.ndarray
     bn_sumsq: np.ndarray
@@ -107,6 +109,14 @@ def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str,
     return f"{tag}__rows"
 
 
+def head_features(index: GraphIndex, unit: Unit) -> int:
+    """Input features of a dense classifier head (Gemm / MatMul), else 0."""
+    if not unit.head or unit.op not in ("Gemm", "MatMul"):
+        return 0
+    weight = index.constant(unit.weight)
+    return int(weight.shape[1 - unit.weight_axis]) if weight is not None and weight.ndim == 2 else 0
+
+
 def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], ranks: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of `model` whose extra outputs are per-channel reductions of every unit."""
     opset = default_opset(model)
@@ -128,6 +138,13 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
             nodes.append(helper.make_node("Cast", [unit.output], [source], to=TensorProto.FLOAT))
         _reduce("ReduceMax", source, f"{tag}_pmax", opset, nodes, inits)  # over the batch axis only
         outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count", f"{tag}_pmax"]
+        features = head_features(index, unit)
+        if features:  # the range the clean samples give the classifier head's inputs (auditor.margin)
+            source = index.node(unit.node).input[0]
+            rows = _rows(source, ranks[source], -1, features, index.elem_type(source), f"{tag}i", nodes, inits)
+            _reduce("ReduceMax", rows, f"{tag}_inmax", opset, nodes, inits)
+            _reduce("ReduceMin", rows, f"{tag}_inmin", opset, nodes, inits)
+            outputs += [f"{tag}_inmax", f"{tag}_inmin"]
         if unit.bn is not None:
             bn_in = index.node(unit.bn).input[0]
             bn_rows = _rows(bn_in, ranks[bn_in], 1 - ranks[bn_in], unit.channels, index.elem_type(bn_in), f"{tag}b", nodes, inits)
@@ -148,6 +165,7 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
 def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider) -> dict[str, int]:
     """Ranks of the tensors we reduce: from shape inference, else from one probe sample."""
     wanted = {u.output for u in units} | {index.node(u.bn).input[0] for u in units if u.bn is not None}
+    wanted |= {index.node(u.node).input[0] for u in units if head_features(index, u)}
     ranks = {name: index.rank(name) for name in wanted}
     unknown = sorted(name for name, rank in ranks.items() if rank is None)
     if unknown:
@@ -201,8 +219,10 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
                 if name.endswith("_pmax"):
                     seen = halves[name][-1]
                     halves[name][-1] = value if seen is None else np.maximum(seen, value)
-                elif name.endswith("_max"):
+                elif name.endswith(("_max", "_inmax")):
                     totals[name] = np.maximum(totals[name], value) if name in totals else value
+                elif name.endswith("_inmin"):
+                    totals[name] = np.minimum(totals[name], value) if name in totals else value
                 elif name.endswith("count"):
                     totals[name] = totals.get(name, 0) + value[0]
                 else:
@@ -219,6 +239,8 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             max=totals[f"{tag}_max"],
             gram=totals[f"{tag}_gram"],
             half_position_max=np.stack(halves[f"{tag}_pmax"]),
+            input_low=totals.get(f"{tag}_inmin", empty),
+            input_high=totals.get(f"{tag}_inmax", empty),
             bn_count=int(totals[f"{tag}_bncount"]) if has_bn else 0,
             bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,

@@ -5,8 +5,13 @@ Schema `auditor.report/2` (JSON, keys sorted, floats rounded to 6 decimals):
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples}
   provider   {name, reason}
-  verdict    {score, threshold, suspicious, layer}   score = the most suspicious layer's
-             mean of its top 5% channel scores; suspicious = score >= threshold
+  verdict    {score, threshold, suspicious, layer, basis, target, margins}
+             basis "margin" (sus with a dense classifier head): score = robust z-score of the
+             largest reachable class margin of the head over the clean input range
+             (auditor/margin.py), target = that class, margins[K] = every class's margin;
+             basis "channels" (clp, fp, or no dense head): score = the most suspicious layer's
+             mean of its top 5% channel scores, target and margins null;
+             suspicious = score >= threshold
   layers[]   {unit, op, output, channels, prunable, head, activation, batchnorm,
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
               channels_detail[] (every channel, same fields)}

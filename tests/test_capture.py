@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from auditor import runtime
-from auditor.capture import build_capture_model, capture, probe_ranks
+from auditor.capture import build_capture_model, capture, head_features, probe_ranks
 from auditor.data import Samples
 from auditor.graph import GraphIndex
 from auditor.units import find_units
@@ -80,8 +80,10 @@ def test_capture_leaves_the_model_alone() -> None:
     units = find_units(index)
     x = graphs.samples(graphs.pattern("nhwc_tf2onnx"), count=2)
     ranks = probe_ranks(model, index, units, Samples({"x": x}, None, "test"), CPU)
-    assert ranks == {"unit_out": 4, "logits": 2}
+    assert ranks == {"unit_out": 4, "logits": 2, "hw_mean": 2}  # hw_mean: the dense head's input
     captured, outputs = build_capture_model(model, index, units, ranks)
     assert model.SerializeToString() == before
-    assert len(outputs) == 6 * len(units)  # sum, sumsq, max, gram, count, per-position max
+    heads = sum(1 for u in units if head_features(index, u))
+    assert heads == 1  # the dense classifier head's input range is captured too (auditor.margin)
+    assert len(outputs) == 6 * len(units) + 2 * heads  # sum, sumsq, max, gram, count, per-position max; head min, max
     assert [o.name for o in captured.graph.output] == ["logits", *outputs]
