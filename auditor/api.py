@@ -182,7 +182,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         capped = fidelity.bound(analysis.capture.stats, floor, max_divergence, positions=_static_inputs(analysis.loaded.proto))
     walk = fidelity.walk(ranked, floor, max_divergence, capped.values or None)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
-    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position_factor)
+    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values or None)
     _verify(result.model, analysis, fidelity, zeroed, capped.values)
     sha256 = model.save_model(result.model, output)
@@ -191,7 +191,9 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     report.repair = {
         "output": str(output), "sha256": sha256, "zeroed": zeroed,
         "count": walk.count, "how": dict(sorted(result.how.items())),
-        "bound": {"factor": capped.factor, "position_factor": capped.position_factor, "units": len(capped.values)}, "agreement": walk.agreement,
+        "bound": {"factor": capped.factor, "units": len(capped.values),
+                  "position": None if capped.position is None else {"radius": capped.position[0], "floor": capped.position[1]}},
+        "agreement": walk.agreement,
         "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
         "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
     }

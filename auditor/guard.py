@@ -25,9 +25,10 @@ PATIENCE = 4  # consecutive fully rejected blocks that end the walk
 MAX_GUARD_SAMPLES = 2000
 # Activation bounds tried, tightest first, as multiples of each channel's clean maximum.
 BOUND_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
-# Then, per position (channel x spatial or token position): the position's clean maximum, but never
-# below this share of the channel's bound (ten samples leave many positions unseen), tightest first.
-POSITION_FLOORS = (0.1, 0.25, 0.5, 0.75)
+# Then, per position (channel x spatial or token position), tightest first: (radius, floor): the
+# largest clean value within `radius` positions (clean content moves by a few pixels; a patch
+# trigger sits where no clean input reaches), but never below `floor` x the channel's bound.
+POSITION_STEPS = ((1, 0.25), (2, 0.25), (3, 0.25), (1, 0.5), (2, 0.5), (3, 0.5))
 HALF_SLACK = 2.0  # fidelity slack of a cross-fit half relative to the whole (see Guard.bound)
 
 
@@ -42,11 +43,11 @@ class Fidelity:
 @dataclass(frozen=True)
 class Bound:
     """Per-unit upper bounds on activations, each shaped to broadcast against one sample of the
-    unit's output: `factor` x each channel's clean maximum, tightened to each position's clean
-    maximum, but to no less than `position_factor` x the channel's bound, where that held too."""
+    unit's output: `factor` x each channel's clean maximum, tightened where that held too to the
+    largest clean value near each position, but never below a floor share of the channel's bound."""
 
     factor: float | None  # None: no factor kept the fidelity bounds, nothing is capped
-    position_factor: float | None
+    position: tuple[int, float] | None  # (radius, floor) of the per-position bound, if one held
     values: dict[str, np.ndarray]
     fidelity: Fidelity
 
@@ -56,8 +57,20 @@ def _scaled(peak: np.ndarray, factor: float) -> np.ndarray:
     return np.where(peak > 0, factor * peak, peak)
 
 
+def dilate(values: np.ndarray, radius: int, channel_axis: int) -> np.ndarray:
+    """Maximum over a window of +-`radius` along every axis but `channel_axis` (edges repeated)."""
+    out = values
+    for axis in range(values.ndim):
+        if axis == channel_axis % values.ndim or values.shape[axis] == 1:
+            continue
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(values.ndim)], mode="edge")
+        length = values.shape[axis]
+        out = np.max([np.take(padded, np.arange(shift, shift + length), axis=axis) for shift in range(2 * radius + 1)], axis=0)
+    return out
+
+
 def bounds_for(stats: dict[str, ChannelStats], units: list[Unit], factor: float | None,
-               position_factor: float | None = None, fit: int | None = None) -> dict[str, np.ndarray]:
+               position: tuple[int, float] | None = None, fit: int | None = None) -> dict[str, np.ndarray]:
     """Bounds from the clean maxima of half `fit` (0 or 1) of the samples, or of all of them."""
     out = {}
     for unit in units:
@@ -67,8 +80,10 @@ def bounds_for(stats: dict[str, ChannelStats], units: list[Unit], factor: float 
         if factor is not None:
             channel_max = np.moveaxis(position_max, unit.axis, -1).reshape(-1, unit.channels).max(axis=0)
             bound = _scaled(channel_max, factor).reshape(mask_shape(unit))
-        if position_factor is not None:
-            bound = np.minimum(bound, np.maximum(position_max, position_factor * bound))
+        if position is not None and position_max.ndim > 1:
+            radius, floor = position
+            nearby = dilate(position_max, radius, unit.axis)
+            bound = np.minimum(bound, np.maximum(nearby, floor * bound))
         out[unit.name] = bound.astype(np.float32)
     return out
 
@@ -186,11 +201,11 @@ class Guard:
         halves = min(len(stats[u.name].half_position_max) for u in self.units) if self.units else 0
         origin = np.arange(len(self.samples)) % max(self.originals, 1)  # guard row -> original sample
 
-        def holds(factor: float | None, position_factor: float | None) -> Fidelity | None:
+        def holds(factor: float | None, position: tuple[int, float] | None) -> Fidelity | None:
             # a half holds half the samples, so its maxima miss about twice as much: it gets twice the slack
-            trials = [(bounds_for(stats, self.units, factor, position_factor, fit), origin % 2 != fit, HALF_SLACK)
+            trials = [(bounds_for(stats, self.units, factor, position, fit), origin % 2 != fit, HALF_SLACK)
                       for fit in range(halves if self.originals >= 4 else 0)]
-            trials.append((bounds_for(stats, self.units, factor, position_factor), None, 1.0))
+            trials.append((bounds_for(stats, self.units, factor, position), None, 1.0))
             for trial, rows, slack in trials:
                 fidelity = self.fidelity({}, trial, rows)
                 if fidelity.agreement < 1.0 - slack * (1.0 - floor) or fidelity.divergence > slack * max_divergence:
@@ -204,10 +219,11 @@ class Guard:
                 chosen, kept = factor, fidelity
                 break
         position = None
-        for position_factor in POSITION_FLOORS if positions and chosen is not None else ():
-            fidelity = holds(chosen, position_factor)
+        spatial = any(stats[u.name].half_position_max.ndim > 2 for u in self.units)
+        for step in POSITION_STEPS if positions and spatial and chosen is not None else ():
+            fidelity = holds(chosen, step)
             if fidelity is not None:
-                position, kept = position_factor, fidelity
+                position, kept = step, fidelity
                 break
         if chosen is None and position is None:
             return Bound(None, None, {}, Fidelity(1.0, 0.0))

@@ -260,7 +260,7 @@ def _fresh(name: str, taken) -> str:
 
 
 def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
-               bound_factor: float | None = None, position_factor: float | None = None) -> dict[str, str]:
+               bound_factor: float | None = None, position: tuple[int, float] | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -271,8 +271,8 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
     caps = []
     if bound_factor is not None:
         caps.append(f"{bound_factor:g} x clean maximum per channel")
-    if position_factor is not None:
-        caps.append(f"{position_factor:g} x clean maximum per position")
+    if position is not None:
+        caps.append(f"per position: the clean maximum within {position[0]} positions, at least {position[1]:g} x the channel's cap")
     if caps:
         meta["auditor.activation_bound"] = ", ".join(caps)
     return meta

@@ -247,7 +247,7 @@ def _bounds_at_half_the_clean_max(case: Case, per_position: bool) -> dict[str, n
 @pytest.mark.parametrize("per_position", [False, True], ids=["per-channel", "per-position"])
 def test_bounds_cap_the_unit_and_match_the_guard_graph(case: Case, per_position: bool) -> None:
     bounds = _bounds_at_half_the_clean_max(case, per_position)
-    meta = rewrite.provenance(__version__, SOURCE_SHA, case.zeroed, "sus", 0.5, 1.0 if per_position else None)
+    meta = rewrite.provenance(__version__, SOURCE_SHA, case.zeroed, "sus", 0.5, (1, 0.25) if per_position else None)
     result = rewrite.zero_channels(case.model, case.units, case.zeroed, meta, bounds)
     onnx.checker.check_model(result.model, full_check=True)
     assert result.how == {"unit": ("fold" if case.pattern.fold else "mask") + "+bound"}
@@ -271,3 +271,15 @@ def test_bounds_of_infinity_reproduce_the_original(case: Case) -> None:
     (got,) = graphs.run(guarded, case.x, ["logits"], rewrite.mask_feed(case.units, {}, bounds={}))
     (plain,) = graphs.run(case.model, case.x, ["logits"])
     np.testing.assert_array_equal(got, plain)
+
+
+def test_dilate_takes_the_largest_value_nearby_but_never_across_channels() -> None:
+    from auditor.guard import dilate
+
+    values = np.zeros((2, 5, 5))
+    values[0, 2, 2] = 1.0
+    values[1, 0, 0] = 2.0
+    near = dilate(values, 1, channel_axis=0)
+    assert near[0, 1:4, 1:4].min() == 1.0 and near[0, 0, 0] == 0.0 and near[0, 4, 4] == 0.0
+    assert near[1, :2, :2].min() == 2.0 and near[1, 2, 2] == 0.0  # channel 1 never sees channel 0
+    np.testing.assert_array_equal(dilate(values, 0, channel_axis=0), values)
