@@ -203,7 +203,10 @@ def repair_command(
         _render(report)
         r = report.repair
         factor = r["bound"]["factor"]
-        capped = f"capped {r['bound']['units']} layers at {factor:g}x their clean maxima, " if factor is not None else ""
+        capped = f"capped {r['bound']['units']} layers at {factor:g}x their clean maxima" if factor is not None else ""
+        if capped and r["bound"]["position"]:
+            capped += f" and per position (radius {r['bound']['position']['radius']})"
+        capped += ", " if capped else ""
         out.print(f"repair: {capped}zeroed {r['count']} channels in {len(r['zeroed'])} layers "
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
                   f"-> {r['output']}")
