@@ -212,7 +212,7 @@ def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guar
             bounds: dict[str, np.ndarray]) -> None:
     """Postconditions: the checker passes, onnxruntime loads it, and it computes exactly what
     the original computes with those channels masked."""
-    if repaired.ByteSize() < 2**31 - 1:
+    if runtime.proto_size(repaired) < 2**31 - 1:
         try:
             onnx.checker.check_model(repaired)
         except onnx.checker.ValidationError as exc:

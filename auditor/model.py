@@ -281,7 +281,7 @@ def _validate(proto: onnx.ModelProto, path: Path) -> None:
     """onnx.checker: dangling inputs, unsorted nodes, wrong attribute types, tensor sizes."""
     saved = proto.ir_version
     try:
-        if proto.ByteSize() < _CHECKER_LIMIT:
+        if runtime.proto_size(proto) < _CHECKER_LIMIT:
             proto.ir_version = min(saved, onnx.IR_VERSION)  # normalise lowers it for the runtime anyway
             onnx.checker.check_model(proto)
         elif saved <= onnx.IR_VERSION:
@@ -296,7 +296,7 @@ def _validate(proto: onnx.ModelProto, path: Path) -> None:
 def _check_declared_shapes(proto: onnx.ModelProto) -> None:
     """Declared input/output/value_info shapes must agree with what the operators compute: a graph
     that lies about a channel count would mislead every stage that trusts a declaration."""
-    if proto.ByteSize() >= _CHECKER_LIMIT:
+    if runtime.proto_size(proto) >= _CHECKER_LIMIT:
         return  # the in-memory inference cannot take it; onnxruntime still checks what it runs
     saved = proto.ir_version
     try:
@@ -548,7 +548,7 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> str:
     for this output are removed once the new model is in place.
     """
     path = Path(path)
-    if proto.ByteSize() < _CHECKER_LIMIT:
+    if runtime.proto_size(proto) < _CHECKER_LIMIT:
         payload = proto.SerializeToString(deterministic=True)
         write_atomic(path, payload)
         return hashlib.sha256(payload).hexdigest()
@@ -556,7 +556,7 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> str:
     data_path, placed, existed = _write_external_data(path, big)
     try:
         light = runtime.externalised_copy(proto, placed)
-        if light.ByteSize() >= _CHECKER_LIMIT:
+        if runtime.proto_size(light) >= _CHECKER_LIMIT:
             raise OutputError(f"cannot write {path}: the model exceeds 2 GiB even without its initializers")
         payload = light.SerializeToString(deterministic=True)
         write_atomic(path, payload)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import EncodeError
 from onnx import TensorProto, helper
 
 from auditor.errors import DeviceError, ModelError
@@ -36,6 +37,14 @@ class Provider:
     def device(self) -> str:
         return "cuda" if self.name == "CUDAExecutionProvider" else "cpu"
 
+
+
+def proto_size(message) -> int:
+    """Serialized size of a protobuf message; past 2 GiB protobuf refuses to count: report 2 GiB."""
+    try:
+        return message.ByteSize()
+    except EncodeError:
+        return 2**31
 
 def _tiny_model(ir_version: int, opset: int, extra: tuple[tuple[str, int], ...] = ()) -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
@@ -125,7 +134,7 @@ def session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
     if provider.name != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")
     try:
-        if model.ByteSize() < _PROTOBUF_LIMIT:
+        if proto_size(model) < _PROTOBUF_LIMIT:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         light, values = _split_large(model)
         options.add_external_initializers(list(values), [ort.OrtValue.ortvalue_from_numpy(v) for v in values.values()])
@@ -145,13 +154,13 @@ def _split_large(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.
     for tensor in model.graph.initializer:
         if not tensor.HasField("raw_data") or tensor.data_type in _NOT_NUMPY:
             continue
-        size = len(tensor.raw_data) if tensor.ByteSize() > _SPLIT_THRESHOLD else 0
+        size = len(tensor.raw_data) if proto_size(tensor) > _SPLIT_THRESHOLD else 0
         if size:
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
             values[tensor.name] = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
             placed[tensor.name] = ("in-memory", 0, size)
     light = externalised_copy(model, placed)
-    if light.ByteSize() >= _PROTOBUF_LIMIT:
+    if proto_size(light) >= _PROTOBUF_LIMIT:
         raise ModelError("the model exceeds 2 GiB even without its large initializers; auditor cannot run it")
     return light, values
 
@@ -181,7 +190,8 @@ def _copy_fields(source, target, skip: str) -> None:
     for field, value in source.ListFields():
         if field.name == skip:
             continue
-        if field.label == field.LABEL_REPEATED:
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED  # protobuf 7 / older
+        if repeated:
             getattr(target, field.name).extend(value)
         elif field.type == field.TYPE_MESSAGE:
             getattr(target, field.name).CopyFrom(value)

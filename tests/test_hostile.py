@@ -3,6 +3,7 @@ nothing written, the inputs unchanged. Every model is a real ONNX file run by on
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -629,3 +630,21 @@ def test_sigterm_during_repair(delay: float, tmp_path: Path) -> None:
         onnx.checker.check_model(onnx.load(str(out)))
         assert tree(tmp_path) == before.files | {out.name}
     assert {p: sha256(Path(p)) for p in before.hashes} == before.hashes
+
+
+def test_a_model_over_2_gib_with_external_data_is_audited_not_refused(tmp_path: Path) -> None:
+    """A real 2.1 GiB embedding table in external data (sparse on disk). Protobuf cannot hold the
+    whole model in one message, so every size check and the session take the large-model path.
+    About a minute and 9 GB of memory on a 2-core machine."""
+    model = builders.big_external(tmp_path)
+    data = builders.big_data(tmp_path / "clean.npz")
+    report_path = tmp_path / "out" / "report.json"
+    report_path.parent.mkdir()
+    before = {p.name: sha256(p) for p in (model, tmp_path / "embedding.bin")}
+    result = invoke("scan", model, "--data", data, "--json", report_path)
+    assert_clean_exit(result)
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(report_path.read_text())
+    assert report["verdict"]["basis"] == "margin" and report["data"]["samples"] == 20
+    assert {layer["unit"] for layer in report["layers"]} == {"fc1", "fc2"}
+    assert {p.name: sha256(p) for p in (model, tmp_path / "embedding.bin")} == before
