@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from auditor.model import file_sha256
 from bench import zoo
 
 AUDITOR_METHODS = ("sus", "clp", "fp")
@@ -48,14 +48,6 @@ def _limit_threads() -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reason(exc: BaseException) -> str:
@@ -173,7 +165,7 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
     _limit_threads()
     name = entry["name"]
     path = zoo.RESULTS / f"{name}.json"
-    sha = _sha256(entry["file"])
+    sha = file_sha256(entry["file"])
     result = None
     if path.exists() and not force:
         try:

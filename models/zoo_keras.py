@@ -250,13 +250,7 @@ def main() -> int:
         print(f"{name}: acc={metrics['clean_accuracy']:.4f} asr={metrics['attack_success_rate']:.4f}"
               f" {'trained' if trained else 'skipped (exists)'} {time.time() - t0:.1f}s", flush=True)
 
-    if args.only and manifest_path.exists():  # keep entries of the models not rebuilt
-        import json
-        old = [e for e in json.loads(manifest_path.read_text()) if e["name"] not in args.only]
-        order = [m[0] for m in MODELS]
-        entries = sorted(old + entries, key=lambda e: order.index(e["name"])
-                         if e["name"] in order else len(order))
-    zc.write_manifest(manifest_path, entries)
+    zc.write_manifest(manifest_path, entries, rebuilt=args.only, order=[m[0] for m in MODELS])
     print(f"wrote {manifest_path}")
     return 0
 

@@ -242,6 +242,12 @@ def finalize_onnx(model) -> None:
     model.ir_version = min(model.ir_version, 10)
 
 
-def write_manifest(path: Path, entries: list[dict]) -> None:
+def write_manifest(path: Path, entries: list[dict], rebuilt: list[str] | None = None,
+                   order: list[str] | None = None) -> None:
+    """Write the manifest; with `rebuilt` (--only), keep the entries of the models not rebuilt."""
+    if rebuilt and path.exists():
+        old = [e for e in json.loads(path.read_text()) if e["name"] not in rebuilt]
+        order = order or []
+        entries = sorted(old + entries, key=lambda e: order.index(e["name"]) if e["name"] in order else len(order))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(entries, indent=2) + "\n")
