@@ -203,9 +203,12 @@ def repair_command(
         _render(report)
         r = report.repair
         factor = r["bound"]["factor"]
+        clamped = r["bound"].get("input_radius")
         capped = f"capped {r['bound']['units']} layers at {factor:g}x their clean maxima" if factor is not None else ""
         if capped and r["bound"]["position"]:
             capped += f" and per position (radius {r['bound']['position']['radius']})"
+        if clamped is not None:
+            capped = f"clamped inputs to their clean range (radius {clamped})" + (f", {capped}" if capped else "")
         capped += ", " if capped else ""
         out.print(f"repair: {capped}zeroed {r['count']} channels in {len(r['zeroed'])} layers "
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "

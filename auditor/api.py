@@ -182,7 +182,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         capped = fidelity.bound(analysis.capture.stats, floor, max_divergence, positions=_static_inputs(analysis.loaded.proto))
     walk = fidelity.walk(ranked, floor, max_divergence, capped.values or None)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
-    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position)
+    meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position,
+                              capped.input_radius)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values or None)
     _verify(result.model, analysis, fidelity, zeroed, capped.values)
     sha256 = model.save_model(result.model, output)
@@ -191,7 +192,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     report.repair = {
         "output": str(output), "sha256": sha256, "zeroed": zeroed,
         "count": walk.count, "how": dict(sorted(result.how.items())),
-        "bound": {"factor": capped.factor, "units": len(capped.values),
+        "bound": {"factor": capped.factor, "units": sum(1 for u in prunable if u.name in capped.values),
+                  "input_radius": capped.input_radius,
                   "position": None if capped.position is None else {"radius": capped.position[0], "floor": capped.position[1]}},
         "agreement": walk.agreement,
         "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
@@ -219,7 +221,7 @@ def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guar
             raise ModelError(f"internal check failed: the repaired model does not pass onnx.checker: {exc}") from exc
     session = runtime.session(repaired, analysis.provider)
     name = scores_output(analysis.index)
-    masks = rewrite.mask_feed(fidelity.units, zeroed, bounds=bounds)
+    masks = {**rewrite.mask_feed(fidelity.units, zeroed, bounds=bounds), **rewrite.clamp_feed(fidelity.clamp, bounds)}
     for feed in analysis.samples.batches(64):
         (got,) = run(session, [name], feed)
         (want,) = run(fidelity.session, [name], {**feed, **masks})

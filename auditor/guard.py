@@ -16,7 +16,7 @@ from auditor import runtime
 from auditor.capture import ChannelStats, run, scores_output
 from auditor.data import Samples
 from auditor.graph import GraphIndex
-from auditor.rewrite import mask_feed, mask_shape, with_mask_inputs
+from auditor.rewrite import clamp_feed, input_key, mask_feed, mask_shape, with_mask_inputs
 from auditor.units import Unit
 
 AUGMENTED_PER_SAMPLE = 15
@@ -29,6 +29,9 @@ BOUND_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
 # largest clean value within `radius` positions (clean content moves by a few pixels; a patch
 # trigger sits where no clean input reaches), but never below `floor` x the channel's bound.
 POSITION_STEPS = ((1, 0.25), (2, 0.25), (3, 0.25), (1, 0.5), (2, 0.5), (3, 0.5))
+# First of all, graph inputs: clamped to the clean range within this radius (positions), tightest first.
+INPUT_RADII = (0, 1, 2)
+INPUT_BUDGET = 1.0  # share of the fidelity slack (1 - floor, max divergence) the input clamp may use
 HALF_SLACK = 2.0  # fidelity slack of a cross-fit half relative to the whole (see Guard.bound)
 
 
@@ -50,6 +53,7 @@ class Bound:
     position: tuple[int, float] | None  # (radius, floor) of the per-position bound, if one held
     values: dict[str, np.ndarray]
     fidelity: Fidelity
+    input_radius: int | None = None  # graph inputs clamped to their clean range within this radius
 
 
 def _scaled(peak: np.ndarray, factor: float) -> np.ndarray:
@@ -57,15 +61,34 @@ def _scaled(peak: np.ndarray, factor: float) -> np.ndarray:
     return np.where(peak > 0, factor * peak, peak)
 
 
-def dilate(values: np.ndarray, radius: int, channel_axis: int) -> np.ndarray:
+def dilate(values: np.ndarray, radius: int, channel_axis: int | None) -> np.ndarray:
     """Maximum over a window of +-`radius` along every axis but `channel_axis` (edges repeated)."""
     out = values
     for axis in range(values.ndim):
-        if axis == channel_axis % values.ndim or values.shape[axis] == 1:
+        if (channel_axis is not None and axis == channel_axis % values.ndim) or values.shape[axis] == 1:
             continue
         padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(values.ndim)], mode="edge")
         length = values.shape[axis]
         out = np.max([np.take(padded, np.arange(shift, shift + length), axis=axis) for shift in range(2 * radius + 1)], axis=0)
+    return out
+
+
+def clampable(samples: Samples) -> tuple[str, ...]:
+    """The float32 inputs whose range the guard may clamp."""
+    return tuple(sorted(name for name, array in samples.inputs.items() if array.dtype == np.float32 and array.ndim > 1))
+
+
+def input_clamps(samples: Samples, names: tuple[str, ...], radius: int, fit: int | None = None) -> dict[str, np.ndarray]:
+    """Per input value, the [low, high] range of half `fit` (0: even-indexed, 1: odd) of the samples,
+    or all of them, widened to the range found within `radius` positions."""
+    out = {}
+    for name in names:
+        array = samples.inputs[name]
+        chosen = array if fit is None else array[fit::2]
+        high, low = chosen.max(axis=0), chosen.min(axis=0)
+        if radius:
+            high, low = dilate(high, radius, None), -dilate(-low, radius, None)
+        out[input_key(name)] = np.stack([low, high]).astype(np.float32)
     return out
 
 
@@ -157,9 +180,11 @@ class Guard:
     def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = 256) -> None:
         self.units = units
         self.originals = len(samples)
+        self.original = samples
+        self.clamp = clampable(samples)
         self.samples = augment(samples)
         self.batch = batch
-        self.session = runtime.session(with_mask_inputs(index.model, units, bound=True), provider)
+        self.session = runtime.session(with_mask_inputs(index.model, units, bound=True, clamp=self.clamp), provider)
         self.output = scores_output(index)
         self.evaluations = 0
         self.reference = _distribution(self.scores({}))
@@ -167,7 +192,7 @@ class Guard:
 
     def scores(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Class scores [guard samples, classes] with the given channels zeroed and activations capped."""
-        masks = mask_feed(self.units, zeroed, bounds=bounds or {})
+        masks = {**mask_feed(self.units, zeroed, bounds=bounds or {}), **clamp_feed(self.clamp, bounds)}
         out = []
         for feed in self.samples.batches(self.batch):
             (scores,) = run(self.session, [self.output], {**feed, **masks})
@@ -187,47 +212,59 @@ class Guard:
         return Fidelity(agreement, max(divergence, 0.0))
 
     def bound(self, stats: dict[str, ChannelStats], floor: float, max_divergence: float, positions: bool = True) -> Bound:
-        """The tightest activation bounds that keep the fidelity bounds.
+        """The tightest bounds that keep the fidelity bounds, in three stages.
 
-        A trigger drives the channels that detect it far past anything clean inputs do, and
-        dormant channels (clean maximum 0) are capped at 0: one cap per channel removes much
-        of a backdoor's path without ranking channels at all (activation clipping). A patch
-        trigger lights its channels where clean inputs leave them quiet, so a second cap per
-        position (with `positions`: the model's input shape is fixed) reaches further.
+        1. Inputs (with `positions`: the input shape is fixed): each input value clamped to the
+           range clean samples give it within a small radius. A patch trigger sits where no
+           clean input reaches; on digits that is most of the frame.
+        2. Channels: a trigger drives the channels that detect it far past anything clean
+           inputs do, and dormant channels (clean maximum 0) are capped at 0, so one cap per
+           channel removes much of a backdoor's path without ranking channels at all.
+        3. Positions (with `positions`): a patch trigger lights its channels where clean inputs
+           leave them quiet, so a second cap per position reaches further.
 
         Maxima fit on ten samples are themselves measured on those samples, so the guard
         cross-fits: bounds from one half of the samples must also hold on the other half's
         guard copies, which tells a bound that generalises from one that only fits."""
         halves = min(len(stats[u.name].half_position_max) for u in self.units) if self.units else 0
+        halves = halves if self.originals >= 4 else 0
         origin = np.arange(len(self.samples)) % max(self.originals, 1)  # guard row -> original sample
+        plan: dict = {"radius": None, "factor": None, "position": None}
 
-        def holds(factor: float | None, position: tuple[int, float] | None) -> Fidelity | None:
+        def make(fit: int | None, **change) -> dict[str, np.ndarray]:
+            step = {**plan, **change}
+            made = bounds_for(stats, self.units, step["factor"], step["position"], fit)
+            if step["radius"] is not None:
+                made.update(input_clamps(self.original, self.clamp, step["radius"], fit))
+            return made
+
+        def holds(budget: float, **change) -> Fidelity | None:
             # a half holds half the samples, so its maxima miss about twice as much: it gets twice the slack
-            trials = [(bounds_for(stats, self.units, factor, position, fit), origin % 2 != fit, HALF_SLACK)
-                      for fit in range(halves if self.originals >= 4 else 0)]
-            trials.append((bounds_for(stats, self.units, factor, position), None, 1.0))
+            trials = [(make(fit, **change), origin % 2 != fit, budget * HALF_SLACK) for fit in range(halves)]
+            trials.append((make(None, **change), None, budget))
             for trial, rows, slack in trials:
                 fidelity = self.fidelity({}, trial, rows)
                 if fidelity.agreement < 1.0 - slack * (1.0 - floor) or fidelity.divergence > slack * max_divergence:
                     return None
             return fidelity
 
-        chosen, kept = None, Fidelity(1.0, 0.0)
-        for factor in BOUND_FACTORS:
-            fidelity = holds(factor, None)
-            if fidelity is not None:
-                chosen, kept = factor, fidelity
-                break
-        position = None
+        kept = Fidelity(1.0, 0.0)
         spatial = any(stats[u.name].half_position_max.ndim > 2 for u in self.units)
-        for step in POSITION_STEPS if positions and spatial and chosen is not None else ():
-            fidelity = holds(chosen, step)
-            if fidelity is not None:
-                position, kept = step, fidelity
-                break
-        if chosen is None and position is None:
+        # inputs first: on the zoo's tuning half, clamping first and capping with what budget was left
+        # halved more attacks (5 of 13) than capping first (4 of 13); a smaller input budget did worse
+        stages = [("radius", INPUT_RADII if positions and self.clamp else (), INPUT_BUDGET), ("factor", BOUND_FACTORS, 1.0),
+                  ("position", POSITION_STEPS if positions and spatial else (), 1.0)]
+        for key, ladder, budget in stages:
+            if key == "position" and plan["factor"] is None:
+                continue
+            for value in ladder:
+                fidelity = holds(budget, **{key: value})
+                if fidelity is not None:
+                    plan[key], kept = value, fidelity
+                    break
+        if all(value is None for value in plan.values()):
             return Bound(None, None, {}, Fidelity(1.0, 0.0))
-        return Bound(chosen, position, bounds_for(stats, self.units, chosen, position), kept)
+        return Bound(plan["factor"], plan["position"], make(None), kept, plan["radius"])
 
     def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float,
              bounds: dict[str, np.ndarray] | None = None) -> Walk:

@@ -23,6 +23,41 @@ from auditor.units import Unit
 MASK_PREFIX = "__auditor_mask_"
 SHIFT_PREFIX = "__auditor_shift_"
 BOUND_PREFIX = "__auditor_bound_"
+CLAMP_PREFIX = "__auditor_clamp_"
+INPUT_KEY = "@input:"  # a bounds entry under INPUT_KEY + graph input name: [2, ...] = (low, high) of that input
+
+
+def input_key(name: str) -> str:
+    return INPUT_KEY + name
+
+
+def _with_input_clamps(model: onnx.ModelProto, names: list[str], operands) -> onnx.ModelProto:
+    """Copy of `model` in which each listed graph input is clamped, Max(Min(x, high), low), before
+    anything reads it; `operands(k)` gives the (low, high) tensor names for the k-th input."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {n for node in model.graph.node for n in (*node.input, *node.output)} | {v.name for v in model.graph.input}
+    clamped, front = {}, []
+    for k, name in enumerate(names):
+        low, high = operands(k)
+        capped, result = _fresh(f"{name}__auditor_capped", taken), _fresh(f"{name}__auditor_clamped", taken)
+        taken |= {capped, result}
+        front += [helper.make_node("Min", [name, high], [capped], name=f"__auditor_clamp_min_{k}"),
+                  helper.make_node("Max", [capped, low], [result], name=f"__auditor_clamp_max_{k}")]
+        clamped[name] = result
+    rest = []
+    for node in out.graph.node:
+        replaced = copy.deepcopy(node)
+        for i, value in enumerate(replaced.input):
+            if value in clamped:
+                replaced.input[i] = clamped[value]
+        rest.append(replaced)
+    for output in out.graph.output:
+        if output.name in clamped:
+            raise ValueError(f"graph input {output.name} is also an output")
+    del out.graph.node[:]
+    out.graph.node.extend([*front, *rest])
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,10 +132,12 @@ def _weight_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = False, bound: bool = False) -> onnx.ModelProto:
+def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = False, bound: bool = False,
+                     clamp: tuple[str, ...] = ()) -> onnx.ModelProto:
     """The model with a float mask input per unit (feed ones to reproduce the original);
     with `shift`, an added per-channel input after it (to stimulate channels); with `bound`,
-    a per-channel upper bound after that (feed +inf to reproduce the original)."""
+    a per-channel upper bound after that (feed +inf to reproduce the original); with `clamp`,
+    low and high inputs that clamp those float32 graph inputs first (feed -inf and +inf)."""
     position = {u.name: i for i, u in enumerate(units)}
     types = _weight_types(model)
     casts: list[onnx.NodeProto] = []
@@ -126,7 +163,23 @@ def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = Fa
             out.graph.input.append(helper.make_tensor_value_info(SHIFT_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
         if bound:  # any shape that broadcasts: per channel [C, 1, ..] or per position (one sample's shape)
             out.graph.input.append(helper.make_tensor_value_info(BOUND_PREFIX + str(i), TensorProto.FLOAT, None))
+    if clamp:
+        out = _with_input_clamps(out, list(clamp), lambda k: (f"{CLAMP_PREFIX}low_{k}", f"{CLAMP_PREFIX}high_{k}"))
+        for k in range(len(clamp)):
+            for side in ("low", "high"):
+                out.graph.input.append(helper.make_tensor_value_info(f"{CLAMP_PREFIX}{side}_{k}", TensorProto.FLOAT, None))
     return out
+
+
+def clamp_feed(clamp: tuple[str, ...], bounds: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Feeds for the clamp inputs of `with_mask_inputs`: each input's (low, high), else (-inf, +inf)."""
+    feed = {}
+    for k, name in enumerate(clamp):
+        pair = (bounds or {}).get(input_key(name))
+        low, high = (np.float32(-np.inf), np.float32(np.inf)) if pair is None else pair
+        feed[f"{CLAMP_PREFIX}low_{k}"] = np.asarray(low, np.float32).reshape(np.shape(low) or (1,))
+        feed[f"{CLAMP_PREFIX}high_{k}"] = np.asarray(high, np.float32).reshape(np.shape(high) or (1,))
+    return feed
 
 
 def mask_feed(units: list[Unit], zeroed: dict[str, list[int]], shift: bool = False,
@@ -238,12 +291,26 @@ def zero_channels(
         mask[sorted(set(zeroed[unit.name]))] = 0.0
         factors[unit.name] = constant("__auditor_mask_const_", unit, mask)
     for unit in units:
-        if bounds and unit.name in bounds:
+        if bounds and unit.name in bounds and not unit.name.startswith(INPUT_KEY):
             caps[unit.name] = constant("__auditor_bound_const_", unit, bounds[unit.name])
             how[unit.name] = how[unit.name] + "+bound" if unit.name in how else "bound"
     touched = [u for u in units if u.name in factors or u.name in caps]
     if touched:  # mask first, then bound: the order the guard measured
         out = _with_muls(out, touched, lambda u: factors.get(u.name), None, lambda u: caps.get(u.name))
+    clamped = sorted(key[len(INPUT_KEY):] for key in (bounds or {}) if key.startswith(INPUT_KEY))
+    if clamped:
+        pairs = []
+        for k, name in enumerate(clamped):
+            low, high = np.asarray(bounds[input_key(name)], dtype=np.float32)
+            names = tuple(_fresh(f"__auditor_clamp_{side}_const_{k}", inits) for side in ("low", "high"))
+            for tensor_name, values in zip(names, (low, high)):
+                tensor = numpy_helper.from_array(values, tensor_name)
+                constants.append(tensor)
+                inits[tensor_name] = tensor
+            pairs.append(names)
+        out = _with_input_clamps(out, clamped, lambda k: pairs[k])
+        how.update({input_key(name): "clamp" for name in clamped})
+    if constants:
         out.graph.initializer.extend(constants)
     existing = {entry.key: entry for entry in out.metadata_props}
     for key, value in sorted(provenance.items()):  # overwrite on a second repair: onnx.checker rejects duplicate keys
@@ -260,7 +327,8 @@ def _fresh(name: str, taken) -> str:
 
 
 def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
-               bound_factor: float | None = None, position: tuple[int, float] | None = None) -> dict[str, str]:
+               bound_factor: float | None = None, position: tuple[int, float] | None = None,
+               input_radius: int | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -269,6 +337,8 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
         "auditor.zeroed_channels": json.dumps({k: sorted(v) for k, v in sorted(zeroed.items()) if v}, sort_keys=True),
     }
     caps = []
+    if input_radius is not None:
+        caps.append(f"inputs clamped to their clean range within {input_radius} positions")
     if bound_factor is not None:
         caps.append(f"{bound_factor:g} x clean maximum per channel")
     if position is not None:

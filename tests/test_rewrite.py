@@ -283,3 +283,27 @@ def test_dilate_takes_the_largest_value_nearby_but_never_across_channels() -> No
     assert near[0, 1:4, 1:4].min() == 1.0 and near[0, 0, 0] == 0.0 and near[0, 4, 4] == 0.0
     assert near[1, :2, :2].min() == 2.0 and near[1, 2, 2] == 0.0  # channel 1 never sees channel 0
     np.testing.assert_array_equal(dilate(values, 0, channel_axis=0), values)
+
+
+def test_input_clamp_is_applied_first_and_matches_the_guard_graph(case: Case) -> None:
+    (name,) = [i.name for i in case.model.graph.input if i.name not in {t.name for t in case.model.graph.initializer}]
+    x = case.x.astype(np.float32)
+    low, high = np.quantile(x, 0.2, axis=0), np.quantile(x, 0.8, axis=0)  # tighter than the samples: must bite
+    bounds = {rewrite.input_key(name): np.stack([low, high]).astype(np.float32)}
+    meta = rewrite.provenance(__version__, SOURCE_SHA, {}, "sus", input_radius=0)
+    result = rewrite.zero_channels(case.model, case.units, {}, meta, bounds)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [n.op_type for n in result.model.graph.node[:2]] == ["Min", "Max"]
+    (got,) = graphs.run(result.model, x, ["logits"])
+    (want,) = graphs.run(case.model, np.clip(x, low, high).astype(np.float32), ["logits"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    guarded = rewrite.with_mask_inputs(case.model, case.units, bound=True, clamp=(name,))
+    feed = {**rewrite.mask_feed(case.units, {}, bounds={}), **rewrite.clamp_feed((name,), bounds)}
+    (guard_view,) = graphs.run(guarded, x, ["logits"], feed)
+    np.testing.assert_allclose(got, guard_view, rtol=1e-5, atol=1e-5)
+    open_feed = {**rewrite.mask_feed(case.units, {}, bounds={}), **rewrite.clamp_feed((name,), {})}
+    (unclamped,) = graphs.run(guarded, x, ["logits"], open_feed)
+    (plain,) = graphs.run(case.model, x, ["logits"])
+    np.testing.assert_array_equal(unclamped, plain)
+    assert "inputs clamped" in {p.key: p.value for p in result.model.metadata_props}["auditor.activation_bound"]
+    assert case.model.SerializeToString() == case.before
