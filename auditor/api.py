@@ -68,29 +68,22 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
     layers = []
     for unit in units:
         unit_signals = signals.compute(index, unit, captured.stats[unit.name])
-        found = score.suspicion(unit_signals, method)
-        suspicion[unit.name] = found
+        scored = score.suspicion(unit_signals, method)
+        suspicion[unit.name] = scored
         records = tuple(
             ChannelRecord(
                 channel=c,
-                score=float(found.score[c]),
+                score=float(scored.score[c]),
                 signals={k: float(v[c]) for k, v in unit_signals.values.items()},
-                z={k: float(v[c]) for k, v in found.z.items()},
+                z={k: float(v[c]) for k, v in scored.z.items()},
             )
             for c in range(unit.channels)
         )
         layers.append(LayerRecord(unit.name, unit.op, unit.output, unit.channels, unit.prunable, unit.head,
                                   unit.activation, unit.bn is not None, records))
-    found = None
-    if method == "sus":  # the last dense head whose input range was captured
-        for unit in reversed([u for u in units if u.head]):
-            stats = captured.stats[unit.name]
-            found = margin.margin(index, unit, stats.input_low, stats.input_high) if stats.input_high.size else None
-            if found is not None:
-                head = unit.name
-                break
-    if found is not None:
-        verdict = score.margin_verdict(found, head, score.MARGIN_THRESHOLD if threshold is None else float(threshold))
+    head = _head_margin(index, units, captured) if method == "sus" else None
+    if head is not None:
+        verdict = score.margin_verdict(head[1], head[0], score.MARGIN_THRESHOLD if threshold is None else float(threshold))
     else:
         threshold = score.DEFAULT_THRESHOLD[method] if threshold is None else float(threshold)
         verdict = score.verdict({u.name: suspicion[u.name].score for u in prunable}, threshold)
@@ -105,11 +98,21 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
         provider={"name": provider.name, "reason": provider.reason},
         verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer,
                  "basis": verdict.basis, "target": verdict.target,
-                 "margins": None if found is None else [float(v) for v in found.margins]},
+                 "margins": None if head is None else [float(v) for v in head[1].margins]},
         layers=layers, skipped=skipped, timings=timings,
     )
     timings["total"] = time.perf_counter() - start
     return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report)
+
+
+def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture) -> tuple[str, margin.Margin] | None:
+    """The reachable-margin statistic of the last dense classifier head whose input range was captured."""
+    for unit in reversed([u for u in units if u.head]):
+        stats = captured.stats[unit.name]
+        found = margin.margin(index, unit, stats.input_low, stats.input_high) if stats.input_high.size else None
+        if found is not None:
+            return unit.name, found
+    return None
 
 
 def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
