@@ -648,3 +648,49 @@ def test_a_model_over_2_gib_with_external_data_is_audited_not_refused(tmp_path: 
     assert report["verdict"]["basis"] == "margin" and report["data"]["samples"] == 20
     assert {layer["unit"] for layer in report["layers"]} == {"fc1", "fc2"}
     assert {p.name: sha256(p) for p in (model, tmp_path / "embedding.bin")} == before
+
+
+def _full_disk_run(out_dir: Path, preexec=None) -> subprocess.CompletedProcess:
+    model, clean = EXAMPLE / "model.onnx", EXAMPLE / "clean.npz"
+    return subprocess.run([sys.executable, "-m", "cli", "repair", str(model), "--data", str(clean), "--limit", "10",
+                           "-o", str(out_dir / "repaired.onnx"), "--json", str(out_dir / "report.json")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, preexec_fn=preexec,
+                          env={**os.environ, "AUDITOR_DEBUG": ""})
+
+
+def _assert_refused_cleanly(result: subprocess.CompletedProcess, out_dir: Path, before: dict[str, str]) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, lines
+    assert list(out_dir.iterdir()) == []  # no partial model, no temporary file
+    assert {name: sha256(EXAMPLE / name) for name in before} == before
+
+
+def test_the_disk_filling_up_leaves_no_output(tmp_path: Path) -> None:
+    """A real 64 KiB tmpfs: the repaired model (about 250 KB) cannot fit."""
+    out_dir = tmp_path / "tiny"
+    out_dir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out_dir)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here; the file-size-limit test covers the same path")
+    try:
+        before = {name: sha256(EXAMPLE / name) for name in ("model.onnx", "clean.npz")}
+        result = _full_disk_run(out_dir)
+        _assert_refused_cleanly(result, out_dir, before)
+        assert re.search(r"no space left on device", result.stderr, re.IGNORECASE)
+    finally:
+        subprocess.run(["umount", str(out_dir)], capture_output=True)
+
+
+def test_a_file_size_limit_mid_write_leaves_no_output(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes the write fail part-way (EFBIG), as a full disk does, on any machine."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    before = {name: sha256(EXAMPLE / name) for name in ("model.onnx", "clean.npz")}
+    result = _full_disk_run(tmp_path, preexec=limit)
+    _assert_refused_cleanly(result, tmp_path, before)
