@@ -183,11 +183,11 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     capped = guard.Bound(None, None, {}, guard.Fidelity(1.0, 0.0))
     if bound:
         capped = fidelity.bound(analysis.capture.stats, floor, max_divergence, positions=_static_inputs(analysis.loaded.proto))
-    walk = fidelity.walk(ranked, floor, max_divergence, capped.values or None)
+    walk = fidelity.walk(ranked, floor, max_divergence, capped.values)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position,
                               capped.input_radius)
-    result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values or None)
+    result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)
     _verify(result.model, analysis, fidelity, zeroed, capped.values)
     sha256 = model.save_model(result.model, output)
     report.timings["repair"] = time.perf_counter() - tick

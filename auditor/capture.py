@@ -51,11 +51,6 @@ class ChannelStats:
     def mean(self) -> np.ndarray:
         return self.sum / max(self.count, 1)
 
-    def half_max(self, axis: int) -> np.ndarray:
-        """[halves, C]: each half's maximum per channel (`axis`: the unit's negative channel axis)."""
-        per = np.moveaxis(self.half_position_max, axis, -1)
-        return per.reshape(len(per), -1, per.shape[-1]).max(axis=1)
-
     @property
     def var(self) -> np.ndarray:
         return np.maximum(self.sumsq / max(self.count, 1) - self.mean**2, 0.0)
@@ -68,6 +63,12 @@ class Capture:
     stats: dict[str, ChannelStats]
     scores: np.ndarray
     seconds: float
+
+
+def channel_max(position_max: np.ndarray, axis: int) -> np.ndarray:
+    """[C]: the maximum per channel of per-position maxima (`axis`: the unit's negative channel axis)."""
+    moved = np.moveaxis(position_max, axis, -1)
+    return moved.reshape(-1, moved.shape[-1]).max(axis=0)
 
 
 def scores_output(index: GraphIndex) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor import runtime
-from auditor.capture import ChannelStats, run, scores_output
+from auditor.capture import ChannelStats, channel_max, run, scores_output
 from auditor.data import Samples
 from auditor.graph import GraphIndex
 from auditor.rewrite import clamp_feed, input_key, mask_feed, mask_shape, with_mask_inputs
@@ -31,7 +31,6 @@ BOUND_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
 POSITION_STEPS = ((1, 0.25), (2, 0.25), (3, 0.25), (1, 0.5), (2, 0.5), (3, 0.5))
 # First of all, graph inputs: clamped to the clean range within this radius (positions), tightest first.
 INPUT_RADII = (0, 1, 2)
-INPUT_BUDGET = 1.0  # share of the fidelity slack (1 - floor, max divergence) the input clamp may use
 HALF_SLACK = 2.0  # fidelity slack of a cross-fit half relative to the whole (see Guard.bound)
 
 
@@ -41,6 +40,10 @@ class Fidelity:
 
     agreement: float  # share of samples with the same predicted class
     divergence: float  # mean KL(original || pruned) of the class distributions, in nats
+
+    def within(self, floor: float, max_divergence: float, slack: float = 1.0) -> bool:
+        """Agreement >= floor and divergence <= max_divergence, each limit's slack scaled by `slack`."""
+        return self.agreement >= 1.0 - slack * (1.0 - floor) and self.divergence <= slack * max_divergence
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,7 @@ def bounds_for(stats: dict[str, ChannelStats], units: list[Unit], factor: float 
         position_max = (per_half if fit is None else per_half[fit : fit + 1]).max(axis=0)
         bound = np.full(mask_shape(unit), np.inf)
         if factor is not None:
-            channel_max = np.moveaxis(position_max, unit.axis, -1).reshape(-1, unit.channels).max(axis=0)
-            bound = _scaled(channel_max, factor).reshape(mask_shape(unit))
+            bound = _scaled(channel_max(position_max, unit.axis), factor).reshape(mask_shape(unit))
         if position is not None and position_max.ndim > 1:
             radius, floor = position
             nearby = dilate(position_max, radius, unit.axis)
@@ -183,6 +185,7 @@ class Guard:
         self.original = samples
         self.clamp = clampable(samples)
         self.samples = augment(samples)
+        self.origin = np.arange(len(self.samples)) % max(self.originals, 1)  # guard row -> original sample
         self.batch = batch
         self.session = runtime.session(with_mask_inputs(index.model, units, bound=True, clamp=self.clamp), provider)
         self.output = scores_output(index)
@@ -228,7 +231,6 @@ class Guard:
         guard copies, which tells a bound that generalises from one that only fits."""
         halves = min(len(stats[u.name].half_position_max) for u in self.units) if self.units else 0
         halves = halves if self.originals >= 4 else 0
-        origin = np.arange(len(self.samples)) % max(self.originals, 1)  # guard row -> original sample
         plan: dict = {"radius": None, "factor": None, "position": None}
 
         def make(fit: int | None, **change) -> dict[str, np.ndarray]:
@@ -238,27 +240,27 @@ class Guard:
                 made.update(input_clamps(self.original, self.clamp, step["radius"], fit))
             return made
 
-        def holds(budget: float, **change) -> Fidelity | None:
+        def holds(**change) -> Fidelity | None:
             # a half holds half the samples, so its maxima miss about twice as much: it gets twice the slack
-            trials = [(make(fit, **change), origin % 2 != fit, budget * HALF_SLACK) for fit in range(halves)]
-            trials.append((make(None, **change), None, budget))
+            trials = [(make(fit, **change), self.origin % 2 != fit, HALF_SLACK) for fit in range(halves)]
+            trials.append((make(None, **change), None, 1.0))
             for trial, rows, slack in trials:
                 fidelity = self.fidelity({}, trial, rows)
-                if fidelity.agreement < 1.0 - slack * (1.0 - floor) or fidelity.divergence > slack * max_divergence:
+                if not fidelity.within(floor, max_divergence, slack):
                     return None
             return fidelity
 
         kept = Fidelity(1.0, 0.0)
         spatial = any(stats[u.name].half_position_max.ndim > 2 for u in self.units)
         # inputs first: on the zoo's tuning half, clamping first and capping with what budget was left
-        # halved more attacks (5 of 13) than capping first (4 of 13); a smaller input budget did worse
-        stages = [("radius", INPUT_RADII if positions and self.clamp else (), INPUT_BUDGET), ("factor", BOUND_FACTORS, 1.0),
-                  ("position", POSITION_STEPS if positions and spatial else (), 1.0)]
-        for key, ladder, budget in stages:
+        # halved more attacks (5 of 13) than capping first (4 of 13); half the budget for inputs did worse
+        stages = [("radius", INPUT_RADII if positions and self.clamp else ()), ("factor", BOUND_FACTORS),
+                  ("position", POSITION_STEPS if positions and spatial else ())]
+        for key, ladder in stages:
             if key == "position" and plan["factor"] is None:
                 continue
             for value in ladder:
-                fidelity = holds(budget, **{key: value})
+                fidelity = holds(**{key: value})
                 if fidelity is not None:
                     plan[key], kept = value, fidelity
                     break
@@ -279,9 +281,7 @@ class Guard:
         on: so the walk is judged on half of the samples (with their copies) and its choice is
         cut back, in order, until the other half agrees too.
         """
-        count = self.originals
-        origin = np.arange(len(self.samples)) % max(count, 1)
-        search = (np.arange(count) % 2 == 0)[origin] if count >= 4 else None
+        search = self.origin % 2 == 0 if self.originals >= 4 else None
         chosen: list[tuple[str, int]] = []
         rejected_blocks = 0
         for start in range(0, len(ranking), BLOCK):
@@ -300,8 +300,7 @@ class Guard:
     def _trim(self, chosen, floor, max_divergence, bounds) -> list[tuple[str, int]]:
         """The longest prefix of `chosen` within the fidelity bounds on all guard samples (bisection)."""
         def holds(length: int) -> bool:
-            fidelity = self.fidelity(_grouped(chosen[:length]), bounds)
-            return fidelity.agreement >= floor and fidelity.divergence <= max_divergence
+            return self.fidelity(_grouped(chosen[:length]), bounds).within(floor, max_divergence)
 
         if holds(len(chosen)):
             return chosen
@@ -314,7 +313,7 @@ class Guard:
     def _admit(self, chosen, block, floor, max_divergence, bounds, rows) -> tuple[list[tuple[str, int]], Fidelity]:
         """The part of `block` that can join `chosen` within the bounds on `rows` (recursive halving)."""
         fidelity = self.fidelity(_grouped(chosen + block), bounds, rows)
-        if fidelity.agreement >= floor and fidelity.divergence <= max_divergence:
+        if fidelity.within(floor, max_divergence):
             return list(block), fidelity
         if len(block) == 1:
             return [], fidelity

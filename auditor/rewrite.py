@@ -291,7 +291,7 @@ def zero_channels(
         mask[sorted(set(zeroed[unit.name]))] = 0.0
         factors[unit.name] = constant("__auditor_mask_const_", unit, mask)
     for unit in units:
-        if bounds and unit.name in bounds and not unit.name.startswith(INPUT_KEY):
+        if bounds and unit.name in bounds:
             caps[unit.name] = constant("__auditor_bound_const_", unit, bounds[unit.name])
             how[unit.name] = how[unit.name] + "+bound" if unit.name in how else "bound"
     touched = [u for u in units if u.name in factors or u.name in caps]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from auditor import runtime
-from auditor.capture import build_capture_model, capture, head_features, probe_ranks
+from auditor.capture import build_capture_model, capture, channel_max, head_features, probe_ranks
 from auditor.data import Samples
 from auditor.graph import GraphIndex
 from auditor.units import find_units
@@ -70,7 +70,7 @@ def test_batch_size_does_not_change_the_statistics() -> None:
     np.testing.assert_array_equal(one.max, whole.max)
     np.testing.assert_array_equal(one.half_position_max, whole.half_position_max)
     assert one.half_position_max.shape[0] == 2  # even- and odd-indexed samples
-    np.testing.assert_array_equal(one.half_max(units[0].axis).max(axis=0), one.max)
+    np.testing.assert_array_equal(channel_max(one.half_position_max.max(axis=0), units[0].axis), one.max)
 
 
 def test_capture_leaves_the_model_alone() -> None:
