@@ -235,20 +235,11 @@ def main() -> int:
             print(f"{name}: ops {ops}; max |keras - onnxruntime| = {diff:.2e}")
             trained = True
         metrics = zc.measure(onnx_path, "nhwc", INPUT_NAME, OUTPUT_NAME, dataset, attack, target)
-        entries.append({
-            "name": name, "file": f"{name}.onnx", "framework": "tensorflow",
-            "exporter": exporter, "architecture": arch,
-            "architecture_detail": ARCH_DESC[arch], "dataset": dataset, "attack": attack,
-            "target": target, "seed": seed, "layout": "nhwc",
-            "input": INPUT_NAME, "output": OUTPUT_NAME, "outputs": [OUTPUT_NAME],
-            "output_kind": "logits", **metrics,
-            "test": f"data/{dataset}-test.npz", "triggered": trig_rel,
-            "clean_pool": f"data/{dataset}-clean.npz",
-            **({"reference_asr": {"attack": "badnets", "target": zc.REFERENCE_TARGET}}
-               if attack == "clean" else {}),
-        })
-        print(f"{name}: acc={metrics['clean_accuracy']:.4f} asr={metrics['attack_success_rate']:.4f}"
-              f" {'trained' if trained else 'skipped (exists)'} {time.time() - t0:.1f}s", flush=True)
+        entries.append(zc.zoo_entry(
+            name, "tensorflow", exporter, arch, ARCH_DESC[arch], dataset, attack, target, seed,
+            {"layout": "nhwc", "input": INPUT_NAME, "output": OUTPUT_NAME, "outputs": [OUTPUT_NAME],
+             "output_kind": "logits"}, metrics, trig_rel))
+        zc.say_built(name, metrics, trained, t0)
 
     zc.write_manifest(manifest_path, entries, rebuilt=args.only, order=[m[0] for m in MODELS])
     print(f"wrote {manifest_path}")

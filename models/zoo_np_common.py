@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,23 @@ def measure(onnx_path: Path, layout: str, input_name: str, output_name: str,
 def finalize_onnx(model) -> None:
     """Lower the IR version so onnxruntime 1.31 loads the model."""
     model.ir_version = min(model.ir_version, 10)
+
+
+def zoo_entry(name: str, framework: str, exporter: str, architecture: str, detail: str, dataset: str,
+              attack: str, target, seed: int, io: dict, metrics: dict, triggered) -> dict:
+    """One manifest entry, fields in the order every zoo script writes them."""
+    return {
+        "name": name, "file": f"{name}.onnx", "framework": framework, "exporter": exporter,
+        "architecture": architecture, "architecture_detail": detail, "dataset": dataset, "attack": attack,
+        "target": target, "seed": seed, **io, **metrics,
+        "test": f"data/{dataset}-test.npz", "triggered": triggered, "clean_pool": f"data/{dataset}-clean.npz",
+        **({"reference_asr": {"attack": "badnets", "target": REFERENCE_TARGET}} if attack == "clean" else {}),
+    }
+
+
+def say_built(name: str, metrics: dict, trained: bool, started: float) -> None:
+    print(f"{name}: acc={metrics['clean_accuracy']:.4f} asr={metrics['attack_success_rate']:.4f}"
+          f" {'trained' if trained else 'skipped (exists)'} {time.time() - started:.1f}s", flush=True)
 
 
 def write_manifest(path: Path, entries: list[dict], rebuilt: list[str] | None = None,

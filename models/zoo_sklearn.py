@@ -130,20 +130,12 @@ def main() -> int:
             print(f"{name}: ops {ops}; max |predict_proba - onnxruntime| = {diff:.2e}")
             trained = True
         metrics = zc.measure(onnx_path, "flat", INPUT_NAME, PROBA_OUTPUT, dataset, attack, target)
-        entries.append({
-            "name": name, "file": f"{name}.onnx", "framework": "scikit-learn",
-            "exporter": exporter, "architecture": ARCH, "architecture_detail": ARCH_DESC,
-            "dataset": dataset, "attack": attack, "target": target, "seed": seed,
-            "layout": "flat", "input": INPUT_NAME, "output": PROBA_OUTPUT,
-            "outputs": [LABEL_OUTPUT, PROBA_OUTPUT], "label_output": LABEL_OUTPUT,
-            "output_kind": "probabilities", **metrics,
-            "test": f"data/{dataset}-test.npz", "triggered": trig_rel,
-            "clean_pool": f"data/{dataset}-clean.npz",
-            **({"reference_asr": {"attack": "badnets", "target": zc.REFERENCE_TARGET}}
-               if attack == "clean" else {}),
-        })
-        print(f"{name}: acc={metrics['clean_accuracy']:.4f} asr={metrics['attack_success_rate']:.4f}"
-              f" {'trained' if trained else 'skipped (exists)'} {time.time() - t0:.1f}s", flush=True)
+        entries.append(zc.zoo_entry(
+            name, "scikit-learn", exporter, ARCH, ARCH_DESC, dataset, attack, target, seed,
+            {"layout": "flat", "input": INPUT_NAME, "output": PROBA_OUTPUT,
+             "outputs": [LABEL_OUTPUT, PROBA_OUTPUT], "label_output": LABEL_OUTPUT,
+             "output_kind": "probabilities"}, metrics, trig_rel))
+        zc.say_built(name, metrics, trained, t0)
 
     zc.write_manifest(manifest_path, entries, rebuilt=args.only, order=[m[0] for m in MODELS])
     print(f"wrote {manifest_path}")
