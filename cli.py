@@ -21,6 +21,7 @@ from rich.table import Table
 import auditor
 from auditor import model as model_io
 from auditor.errors import AuditorError
+from auditor.report import basis_text
 
 EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -132,11 +133,7 @@ def _render(report: auditor.Report) -> None:
     out.print(table)
     v = report.verdict
     word = "[bold red]SUSPICIOUS[/]" if v["suspicious"] else "[bold green]clean[/]"
-    if v.get("basis") == "margin":
-        out.print(f"verdict: {word}  head margin z-score {v['score']:.3f} vs threshold {v['threshold']:.3f} "
-                  f"(class {v['target']} reachable most; head {v['layer']})")
-    else:
-        out.print(f"verdict: {word}  score {v['score']:.3f} vs threshold {v['threshold']:.3f} (layer {v['layer']})")
+    out.print(f"verdict: {word}  score {v['score']:.3f} vs threshold {v['threshold']:.3f} ({basis_text(v)})")
 
 
 def _check_verdict(report: auditor.Report) -> None:
@@ -213,6 +210,11 @@ def repair_command(
         out.print(f"repair: {capped}zeroed {r['count']} channels in {len(r['zeroed'])} layers "
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
                   f"-> {r['output']}")
+        left = r.get("probe")
+        if left is not None:
+            side = ">=" if left["above_threshold"] else "<"
+            out.print(f"after repair: corruption probe {left['score']:.3f} {side} threshold {report.verdict['threshold']:.3f} "
+                      f"(class {left['target']} under {left['corruption']})")
         if before is not None:
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device)
             report.repair["evaluation"] = {"before": before.to_dict(), "after": after.to_dict()}

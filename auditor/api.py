@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from auditor import data, guard, margin, model, rewrite, runtime, score, signals
+from auditor import data, guard, margin, model, probe, rewrite, runtime, score, signals
 from auditor.capture import Capture, capture, run, scores_output
 from auditor.errors import DataError, ModelError
 from auditor.graph import GraphIndex
@@ -82,7 +82,11 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
         layers.append(LayerRecord(unit.name, unit.op, unit.output, unit.channels, unit.prunable, unit.head,
                                   unit.activation, unit.bn is not None, records))
     head = _head_margin(index, units, captured) if method == "sus" else None
-    if head is not None:
+    probed = probe.probe(samples, captured.scores, captured.classify) if method == "sus" else None
+    timings["probe"] = 0.0 if probed is None else probed.seconds
+    if probed is not None and probed.shares:
+        verdict = score.probe_verdict(probed, score.PROBE_THRESHOLD if threshold is None else float(threshold))
+    elif head is not None:
         verdict = score.margin_verdict(head[1], head[0], score.MARGIN_THRESHOLD if threshold is None else float(threshold))
     else:
         threshold = score.DEFAULT_THRESHOLD[method] if threshold is None else float(threshold)
@@ -98,6 +102,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
         provider={"name": provider.name, "reason": provider.reason},
         verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer,
                  "basis": verdict.basis, "target": verdict.target,
+                 "probe": None if probed is None else {"corruption": probed.corruption, "shares": probed.shares},
                  "margins": None if head is None else [float(v) for v in head[1].margins]},
         layers=layers, skipped=skipped, timings=timings,
     )
@@ -189,6 +194,11 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
                               capped.input_radius)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)
     _verify(result.model, analysis, fidelity, zeroed, capped.values)
+    residual = None
+    if method == "sus" and report.verdict.get("basis") == "corruption":
+        # the same probe on the repaired model: a shortcut the repair left in place still shows
+        residual = probe.probe(analysis.samples, analysis.capture.scores,
+                               lambda more: fidelity.classify(more, zeroed, capped.values))
     sha256 = model.save_model(result.model, output)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
@@ -201,6 +211,9 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         "agreement": walk.agreement,
         "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
         "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
+        "probe": None if residual is None else {"score": residual.score, "target": residual.target,
+                                                "corruption": residual.corruption,
+                                                "above_threshold": bool(residual.score >= report.verdict["threshold"])},
     }
     return report
 

@@ -8,6 +8,7 @@ kilobytes instead of activations, and host memory independent of the sample coun
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,11 +59,13 @@ class ChannelStats:
 
 @dataclass(frozen=True)
 class Capture:
-    """Statistics per unit name, the model's class scores on the samples [N, K], and seconds."""
+    """Statistics per unit name, the model's class scores on the samples [N, K], and seconds;
+    `classify` gives class scores of more samples through the same session (the corruption probe)."""
 
     stats: dict[str, ChannelStats]
     scores: np.ndarray
     seconds: float
+    classify: Callable[[Samples], np.ndarray]
 
 
 def channel_max(position_max: np.ndarray, axis: int) -> np.ndarray:
@@ -246,4 +249,9 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
         )
-    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start)
+
+    def classify(more: Samples) -> np.ndarray:
+        out = [np.asarray(run(session, [scores_name], feed)[0], dtype=np.float32) for feed in more.batches(batch)]
+        return np.concatenate(out).reshape(len(more), -1)
+
+    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start, classify=classify)

@@ -195,12 +195,16 @@ class Guard:
 
     def scores(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Class scores [guard samples, classes] with the given channels zeroed and activations capped."""
+        self.evaluations += 1
+        return self.classify(self.samples, zeroed, bounds)
+
+    def classify(self, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Class scores [samples, classes] of any samples through the model as repaired by `zeroed` and `bounds`."""
         masks = {**mask_feed(self.units, zeroed, bounds=bounds or {}), **clamp_feed(self.clamp, bounds)}
         out = []
-        for feed in self.samples.batches(self.batch):
+        for feed in samples.batches(self.batch):
             (scores,) = run(self.session, [self.output], {**feed, **masks})
             out.append(np.asarray(scores).reshape(len(next(iter(feed.values()))), -1))
-        self.evaluations += 1
         return np.concatenate(out)
 
     def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None,

@@ -1,16 +1,21 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/2` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples}
   provider   {name, reason}
-  verdict    {score, threshold, suspicious, layer, basis, target, margins}
-             basis "margin" (sus with a dense classifier head): score = robust z-score of the
-             largest reachable class margin of the head over the clean input range
-             (auditor/margin.py), target = that class, margins[K] = every class's margin;
-             basis "channels" (clp, fp, or no dense head): score = the most suspicious layer's
-             mean of its top 5% channel scores, target and margins null;
+  verdict    {score, threshold, suspicious, layer, basis, target, probe, margins}
+             basis "corruption" (sus with a float input): score = the largest share of noisy or
+             blurred clean samples that one class takes from samples the model put elsewhere
+             (auditor/probe.py), target = that class, layer null,
+             probe = {corruption (the one that gave the score), shares{corruption: its largest share}};
+             basis "margin" (sus without a float input, with a dense classifier head): score =
+             robust z-score of the largest reachable class margin of the head over the clean
+             input range (auditor/margin.py), target = that class;
+             basis "channels" (clp, fp, or neither of the above): score = the most suspicious
+             layer's mean of its top 5% channel scores, target null;
+             margins[K] = every class's reachable head margin (sus with a dense head, else null);
              suspicious = score >= threshold
   layers[]   {unit, op, output, channels, prunable, head, activation, batchnorm,
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
@@ -20,6 +25,8 @@ Schema `auditor.report/2` (JSON, keys sorted, floats rounded to 6 decimals):
               how{unit: fold|mask|bound|fold+bound|mask+bound},
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
+              probe (basis "corruption" only, else null): {score, target, corruption, above_threshold},
+              the same probe run on the repaired model,
               evaluation{before, after} (CLI only, with --test)}
   timings    {seconds per stage}: the only part that differs between identical runs
 """
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEMA = "auditor.report/2"
+SCHEMA = "auditor.report/3"
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ class Report:
             "message": {"text": (
                 f"backdoor suspicion score {verdict['score']:.3f} "
                 f"{'>=' if verdict['suspicious'] else '<'} threshold {verdict['threshold']:.3f}"
-                f" (most suspicious layer: {verdict['layer']})"
+                f" ({basis_text(verdict)})"
             )},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}}}],
             "properties": {"score": round(verdict["score"], 6), "threshold": verdict["threshold"]},
@@ -166,12 +173,21 @@ class Report:
             f"<h1>auditor: <span class='{'bad' if v['suspicious'] else 'ok'}'>{state}</span></h1>"
             f"<p>Model <code>{html.escape(self.model['path'])}</code> (sha256 {self.model['sha256'][:16]}…), "
             f"method {self.method}, {self.data['samples']} clean samples, {html.escape(self.provider['name'])}.</p>"
-            f"<p>Score {v['score']:.3f}, threshold {v['threshold']:.3f}, most suspicious layer "
-            f"{html.escape(str(v['layer']))}.</p>{repair}"
+            f"<p>Score {v['score']:.3f}, threshold {v['threshold']:.3f}: {html.escape(basis_text(v))}.</p>{repair}"
             "<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach the threshold.</p>"
             "<table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th><th>max</th></tr>"
             + "".join(rows) + "</table></body></html>\n"
         )
+
+
+def basis_text(verdict: dict) -> str:
+    """What the verdict's score measured, in one phrase."""
+    if verdict.get("basis") == "corruption":
+        corruption = (verdict.get("probe") or {}).get("corruption")
+        return f"corruption probe: class {verdict['target']} takes that share of clean samples under {corruption}"
+    if verdict.get("basis") == "margin":
+        return f"head margin z-score: class {verdict['target']} reachable most at {verdict['layer']}"
+    return f"most suspicious layer: {verdict['layer']}"
 
 
 def _svg_strip(scores: list[float], threshold: float) -> str:

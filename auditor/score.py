@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor.margin import Margin
+from auditor.probe import Probe
 from auditor.signals import Signals
 
 # Signal weights per method. `sus` combines; `clp` and `fp` are the baselines run through
@@ -19,8 +20,11 @@ METHODS: dict[str, dict[str, float]] = {
 # Model-level score: mean of the top fraction of a layer's channel scores, max over layers.
 TOP_FRACTION = 0.05
 DEFAULT_THRESHOLD = {"sus": 3.0, "clp": 3.0, "fp": 3.0}
-# `sus` judges the model by the classifier head's reachable margins (auditor.margin) when the
-# head is dense; this threshold on that robust z-score was chosen on the zoo's tuning half.
+# `sus` judges the model by the corruption probe (auditor.probe): the largest share of corrupted
+# clean samples one class takes. The threshold was chosen on the zoo's tuning half.
+PROBE_THRESHOLD = 0.4
+# Without a float input to corrupt, by the classifier head's reachable margins (auditor.margin),
+# a robust z-score; also chosen on the tuning half.
 MARGIN_THRESHOLD = 2.9
 
 
@@ -40,8 +44,8 @@ class Verdict:
     threshold: float
     suspicious: bool
     layer: str | None  # the unit that gave the score
-    basis: str = "channels"  # "channels": top channel scores; "margin": the head's reachable margins
-    target: int | None = None  # with "margin": the class the head can be pushed to most (suspected target)
+    basis: str = "channels"  # "channels": top channel scores; "margin": the head's reachable margins; "corruption": the probe
+    target: int | None = None  # with "margin" or "corruption": the suspected target class
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -70,6 +74,12 @@ def suspicion(signals: Signals, method: str) -> Suspicion:
 def layer_score(score: np.ndarray) -> float:
     count = max(1, round(TOP_FRACTION * len(score)))
     return float(np.sort(score)[::-1][:count].mean())
+
+
+def probe_verdict(found: Probe, threshold: float) -> Verdict:
+    """The model's score is the largest share of corrupted clean samples that one class takes."""
+    return Verdict(score=found.score, threshold=threshold, suspicious=bool(found.score >= threshold), layer=None,
+                   basis="corruption", target=found.target)
 
 
 def margin_verdict(found: Margin, head: str, threshold: float) -> Verdict:

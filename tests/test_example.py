@@ -67,7 +67,7 @@ def test_repair_is_byte_identical_across_runs(repaired, tmp_path):
 def test_scan_flags_the_backdoored_example():
     report = auditor.audit(MODEL, CLEAN, limit=10)
     data = json.loads(report.to_json())
-    assert data["schema"] == "auditor.report/2"
+    assert data["schema"] == "auditor.report/3"
     assert data["verdict"]["suspicious"] is True
     assert data["verdict"]["score"] >= data["verdict"]["threshold"]
     assert data["provider"]["name"] in ("CPUExecutionProvider", "CUDAExecutionProvider")

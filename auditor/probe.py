@@ -1,0 +1,145 @@
+"""The corruption probe: where does the model send clean inputs that have been corrupted?
+
+A backdoor is a shortcut to its target class. A clean model meets noisy or blurred inputs
+with scattered mistakes; a backdoored one sends many of them down the shortcut, to one
+class they do not belong to. On the zoo this holds for whole-image triggers (blended and
+SIG triggers collapse under additive noise, WaNet's warps under blur), the attacks whose
+channels no activation bound separates from clean ones; patch triggers (BadNets, Trojan)
+mostly do not show it. Forward passes only, no trigger, no gradients.
+
+The score is the largest share of the corrupted samples, over corruptions and classes,
+that a class takes from samples the model put elsewhere when clean; that class is the
+suspected target.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor.data import Samples
+
+NOISE_LEVELS = (0.1, 0.2, 0.3)  # uniform noise amplitude, as a share of the clean value range
+NOISE_DRAWS = 5  # noisy copies per sample and level
+BLUR_SIGMAS = (0.5, 1.0, 1.5, 2.0, 3.0)  # Gaussian blur over the spatial axes, in positions
+MIN_OTHERS = 3  # a class's share is measured on at least this many samples predicted elsewhere
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The largest share of corrupted samples one class takes, which class, under which corruption."""
+
+    score: float  # in [0, 1]
+    target: int | None
+    corruption: str | None
+    shares: dict[str, float]  # per corruption: its largest share (rounded for the report)
+    seconds: float
+
+
+def spatial_axes(array: np.ndarray) -> tuple[int, ...] | None:
+    """The two image axes of a batch [N, ...] of float inputs, or None when it does not look like images.
+
+    NCHW and NHWC (channels <= 4), [N, H, W], and flat [N, S*S] vectors of a square image (as a
+    scikit-learn MLP takes them: the axes are then those of the [N, S, S] reshape)."""
+    shape = array.shape
+    if array.ndim == 4:
+        if shape[1] <= 4 and min(shape[2:]) >= 8:
+            return (2, 3)
+        if shape[3] <= 4 and min(shape[1:3]) >= 8:
+            return (1, 2)
+        return None
+    if array.ndim == 3 and min(shape[1:]) >= 8:
+        return (1, 2)
+    if array.ndim == 2:
+        side = math.isqrt(shape[1])
+        return (1, 2) if side >= 8 and side * side == shape[1] else None
+    return None
+
+
+def blur(array: np.ndarray, sigma: float) -> np.ndarray | None:
+    """Gaussian blur over the image axes (edges repeated), or None when `array` is not images."""
+    axes = spatial_axes(array)
+    if axes is None:
+        return None
+    images = array
+    if array.ndim == 2:
+        side = math.isqrt(array.shape[1])
+        images = array.reshape(len(array), side, side)
+    radius = int(np.ceil(3 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = images.astype(np.float64)
+    for axis in axes:
+        pad = [(radius, radius) if a == axis else (0, 0) for a in range(out.ndim)]
+        padded = np.pad(out, pad, mode="edge")
+        length = out.shape[axis]
+        out = sum(kernel[i] * np.take(padded, np.arange(i, i + length), axis=axis) for i in range(2 * radius + 1))
+    return out.reshape(array.shape).astype(array.dtype)
+
+
+def corruptions(samples: Samples, seed: int = SEED) -> list[tuple[str, Samples, np.ndarray]]:
+    """(name, corrupted samples, row -> original sample) for every corruption that applies.
+
+    Only float inputs are corrupted; others are repeated. Noise is clipped to the clean range."""
+    rng = np.random.default_rng(seed)
+    floats = {k: v for k, v in samples.inputs.items() if v.dtype.kind == "f" and v.size}
+    count = len(samples)
+    out = []
+    if not floats:
+        return out
+    for level in NOISE_LEVELS:
+        inputs = {}
+        for name, array in samples.inputs.items():
+            if name not in floats:
+                inputs[name] = np.concatenate([array] * NOISE_DRAWS)
+                continue
+            low, high = float(array.min()), float(array.max())
+            span = (high - low) or 1.0
+            copies = [np.clip(array + rng.uniform(-level * span, level * span, array.shape), low, high) for _ in range(NOISE_DRAWS)]
+            inputs[name] = np.concatenate(copies).astype(array.dtype)
+        out.append((f"noise {level:g}", Samples(inputs, None, samples.source), np.tile(np.arange(count), NOISE_DRAWS)))
+    for sigma in BLUR_SIGMAS:
+        inputs, blurred = {}, False
+        for name, array in samples.inputs.items():
+            smooth = blur(array, sigma) if name in floats else None
+            blurred |= smooth is not None
+            inputs[name] = array if smooth is None else smooth
+        if blurred:
+            out.append((f"blur {sigma:g}", Samples(inputs, None, samples.source), np.arange(count)))
+    return out
+
+
+def largest_share(predicted: np.ndarray, clean: np.ndarray, classes: int) -> tuple[float, int | None]:
+    """max over classes c of: the share of samples not predicted c when clean that are predicted c now."""
+    best, target = 0.0, None
+    for c in range(classes):
+        others = clean != c
+        if others.sum() < MIN_OTHERS:
+            continue
+        share = float((predicted[others] == c).mean())
+        if share > best:
+            best, target = share, c
+    return best, target
+
+
+def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], seed: int = SEED) -> Probe:
+    """Run every corruption of `samples` through `classify` (samples -> class scores [N, K]) and
+    compare with the classes of the clean samples (`clean_scores` [N, K])."""
+    start = time.perf_counter()
+    clean_scores = np.asarray(clean_scores).reshape(len(samples), -1)
+    clean = clean_scores.argmax(axis=1)
+    classes = clean_scores.shape[1]
+    best, target, where = 0.0, None, None
+    shares = {}
+    for name, corrupted, origin in corruptions(samples, seed):
+        predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
+        share, cls = largest_share(predicted, clean[origin], classes)
+        shares[name] = round(share, 6)
+        if share > best:
+            best, target, where = share, cls, name
+    return Probe(best, target, where, shares, time.perf_counter() - start)
