@@ -1,0 +1,109 @@
+"""The corruption probe on real zoo models under onnxruntime, and its parts on plain arrays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import auditor
+from auditor import probe
+from auditor.data import Samples
+from auditor.score import PROBE_THRESHOLD
+
+ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
+MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
+
+
+def _clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
+    """The first `count` samples of the model's clean pool, in its input layout."""
+    with np.load(ZOO / entry["clean_pool"]) as archive:
+        x = archive["x"][:count]
+    if entry["layout"] == "flat":
+        x = x.reshape(len(x), -1)
+    path = tmp_path / f"{entry['name']}-clean.npz"
+    np.savez(path, x=x)
+    return path
+
+
+@pytest.mark.parametrize(("name", "corruption"), [
+    ("cnn_bn-fmnist-blended-s0", "noise"),  # a blended noise trigger: noisy inputs fall to the target
+    ("cnn-mnist-sig-s1", "noise"),  # a sinusoidal signal
+    ("resnet-fmnist-wanet-s0", "blur"),  # a warping trigger: blurred inputs fall to the target
+    ("mlp-mnist-blended-s0", "noise"),  # flat inputs of a square image
+])
+def test_whole_image_backdoors_are_flagged_with_their_target(name: str, corruption: str, tmp_path: Path) -> None:
+    entry = MANIFEST[name]
+    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    verdict = report.verdict
+    assert verdict["basis"] == "corruption" and verdict["suspicious"]
+    assert verdict["target"] == entry["target"]
+    assert verdict["probe"]["corruption"].startswith(corruption)
+
+
+@pytest.mark.parametrize("name", ["cnn-mnist-clean-s1", "cnn_bn_folded-fmnist-clean-s1", "mlp-mnist-clean-s0"])
+def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> None:
+    entry = MANIFEST[name]
+    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    assert report.verdict["basis"] == "corruption" and not report.verdict["suspicious"]
+    assert report.verdict["score"] < PROBE_THRESHOLD
+
+
+def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
+    """The bounds remove this blended backdoor from ten samples and the probe sees it gone;
+    they do not remove WaNet's, and the probe on the repaired model says so."""
+    removed = MANIFEST["mlp-mnist-blended-s0"]
+    report = auditor.repair(ZOO / removed["file"], _clean(removed, tmp_path), tmp_path / "mlp.onnx", limit=10, device="cpu")
+    assert report.verdict["suspicious"] and not report.repair["probe"]["above_threshold"]
+    kept = MANIFEST["resnet-fmnist-wanet-s0"]
+    report = auditor.repair(ZOO / kept["file"], _clean(kept, tmp_path), tmp_path / "resnet.onnx", limit=10, device="cpu")
+    assert report.repair["probe"]["above_threshold"] and report.repair["probe"]["target"] == kept["target"]
+
+
+def test_the_probe_is_deterministic(tmp_path: Path) -> None:
+    entry = MANIFEST["cnn-mnist-sig-s1"]
+    first = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    second = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    assert first.verdict == second.verdict
+
+
+def test_blur_is_the_same_image_operation_in_every_layout() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (3, 12, 12)).astype(np.float32)
+    reference = probe.blur(images, 1.0)
+    assert reference is not None and reference.shape == images.shape
+    assert np.allclose(probe.blur(images[:, None], 1.0)[:, 0], reference)  # NCHW
+    assert np.allclose(probe.blur(images[..., None], 1.0)[..., 0], reference)  # NHWC
+    assert np.allclose(probe.blur(images.reshape(3, -1), 1.0).reshape(3, 12, 12), reference)  # flat square
+    assert np.allclose(probe.blur(np.full((2, 1, 9, 9), 0.3, np.float32), 2.0), 0.3)  # constants stay
+    assert abs(float(reference.mean()) - float(images.mean())) < 0.02  # smoothing, not darkening
+    assert float(reference.std()) < float(images.std())
+
+
+@pytest.mark.parametrize("shape", [(4, 10), (4, 50), (4, 6, 6), (4, 16, 3, 5), (4, 2, 3, 4, 5)])
+def test_inputs_that_are_not_images_get_no_blur(shape: tuple[int, ...]) -> None:
+    assert probe.spatial_axes(np.zeros(shape, np.float32)) is None
+    samples = Samples({"x": np.zeros(shape, np.float32)}, None, "test")
+    names = [name for name, _, _ in probe.corruptions(samples)]
+    assert names == [f"noise {level:g}" for level in probe.NOISE_LEVELS]
+
+
+def test_noise_stays_in_the_clean_range_and_leaves_integer_inputs_alone() -> None:
+    rng = np.random.default_rng(1)
+    samples = Samples({"x": rng.uniform(-2, 3, (5, 1, 8, 8)).astype(np.float32), "k": np.arange(5, dtype=np.int64)}, None, "t")
+    for name, corrupted, origin in probe.corruptions(samples):
+        x = corrupted.inputs["x"]
+        assert x.dtype == np.float32 and x.min() >= samples.inputs["x"].min() and x.max() <= samples.inputs["x"].max()
+        assert np.array_equal(corrupted.inputs["k"], samples.inputs["k"][origin]), name
+
+
+def test_largest_share_counts_only_samples_taken_from_other_classes() -> None:
+    clean = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    # class 3 takes 4 of the 6 samples that were not 3; its own two staying 3 do not count
+    predicted = np.array([3, 3, 3, 1, 3, 2, 3, 3])
+    assert probe.largest_share(predicted, clean, 4) == (pytest.approx(4 / 6), 3)
+    assert probe.largest_share(clean, clean, 4) == (0.0, None)
+    # a class needs MIN_OTHERS samples from elsewhere to be measured at all
+    assert probe.largest_share(np.array([1, 1]), np.array([0, 0]), 2) == (0.0, None)
