@@ -21,8 +21,10 @@ METHODS: dict[str, dict[str, float]] = {
 TOP_FRACTION = 0.05
 DEFAULT_THRESHOLD = {"sus": 3.0, "clp": 3.0, "fp": 3.0}
 # `sus` judges the model by the corruption probe (auditor.probe): the largest share of corrupted
-# clean samples one class takes. The threshold was chosen on the zoo's tuning half.
-PROBE_THRESHOLD = 0.4
+# clean samples one class takes. Chosen on the zoo's tuning half over five disjoint sets of ten
+# clean samples (bench/verdict.py): at 0.6 it flagged 52% of the backdoored models and 7% of the
+# clean ones; at 0.4, 68% and 30% (clean models have natural sink classes too).
+PROBE_THRESHOLD = 0.6
 # Without a float input to corrupt, by the classifier head's reachable margins (auditor.margin),
 # a robust z-score; also chosen on the tuning half.
 MARGIN_THRESHOLD = 2.9

@@ -26,6 +26,8 @@ MIN_SPEEDUP = 3.0
 CRITERION_N = 10
 SPLITS = ("tuning", "held-back")
 BENCHMARKS = zoo.ROOT / "BENCHMARKS.md"
+REGENERATE = (".venv/bin/python -m bench.verdict && "
+              ".venv/bin/python -m bench.run --n 10,50,100,500 --methods sus,clp,fp,anp --force")
 
 
 def default_method() -> str:
@@ -41,7 +43,7 @@ def load_results() -> tuple[list[dict], list[str]]:
     entries = {e["name"]: e for e in zoo.load_entries()}
     results, stale = [], []
     for path in sorted(zoo.RESULTS.glob("*.json")):
-        if path.name == "summary.json":
+        if path.name in ("summary.json", "verdict_sets.json"):
             continue
         try:
             with open(path) as handle:
@@ -409,8 +411,7 @@ def main(command: str | None = None, grid_seconds: float | None = None) -> int:
     results, stale = load_results()
     zoo.RESULTS.mkdir(parents=True, exist_ok=True)
     default = default_method()
-    if command is None:
-        command = ".venv/bin/python -m bench.report"
+    command = REGENERATE  # what rebuilds everything, whichever command wrote this report
     ns, methods = _grid(results)
     seed_of = {r["name"]: seed_split(r["entry"]) for r in results}
     arch_half = architecture_halves(results)
@@ -475,6 +476,45 @@ def main(command: str | None = None, grid_seconds: float | None = None) -> int:
     return 0
 
 
+def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
+    """The verdict over disjoint sets of clean samples (bench/verdict.py), when its file exists."""
+    path = zoo.RESULTS / "verdict_sets.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    models = [m for m in data["models"] if m["name"] in seed_of]
+    lines = ["", f"## Verdict over {data['sets']} disjoint sets of {data['n']} clean samples", "",
+             f"`{data['command']}` audits every model on clean-pool samples [k*{data['n']}, (k+1)*{data['n']}) for "
+             f"k < {data['sets']}; the grid above uses the first set only. AUC: one per set, mean [min-max] over the sets. "
+             "TPR / FPR at the shipped threshold, pooled over the sets. Target right: flagged backdoored (model, set) "
+             "pairs whose suspected class is the attack's target.", ""]
+    rows = []
+    for label in ("held-back", "tuning", "all"):
+        chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
+        aucs = []
+        for k in range(data["sets"]):
+            positives = [m["sets"][k]["score"] for m in chosen if m["kind"] == "backdoored"]
+            negatives = [m["sets"][k]["score"] for m in chosen if m["kind"] == "clean"]
+            auc = roc_auc(positives, negatives)
+            if auc is not None:
+                aucs.append(auc)
+        flagged = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"] if s["suspicious"]]
+        backdoored = [s for m in chosen if m["kind"] == "backdoored" for s in m["sets"]]
+        clean = [s for m in chosen if m["kind"] == "clean" for s in m["sets"]]
+        rows.append([label, f"{len(chosen)}",
+                     "–" if not aucs else f"{statistics.mean(aucs):.3f} [{min(aucs):.2f}-{max(aucs):.2f}]",
+                     f"{pct(len(flagged) / len(backdoored)) if backdoored else '–'} / "
+                     f"{pct(sum(s['suspicious'] for s in clean) / len(clean)) if clean else '–'}",
+                     f"{sum(s['target'] == m['target'] for m, s in flagged)}/{len(flagged)}"])
+    lines += table(["half (by seed)", "models", "verdict AUC", "TPR / FPR", "target right"], rows)
+    attacks: dict[str, list] = {}
+    for m in models:
+        attacks.setdefault(m["attack"] or "clean", []).extend(s["suspicious"] for s in m["sets"])
+    lines += ["", "Share of (model, set) pairs flagged, by attack: "
+              + ", ".join(f"{a} {pct(sum(v) / len(v))}" for a, v in sorted(attacks.items())) + "."]
+    return lines
+
+
 def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_method, thresholds, made) -> str:
     env = next((r.get("environment") for r in results if r.get("environment")), {})
     jobs = sorted({c.get("jobs", 1) for r in results for run in r.get("runs", {}).values()
@@ -486,7 +526,8 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
         f"(`.venv/bin/python -m bench.report` rebuilds this file and the plots from the existing results only.) "
         f"Generated {summary['generated']}.", "",
     ]
-    measured_by = sorted({r.get("command") for r in results if r.get("command")})
+    measured_by = sorted({c.get("command") or r.get("command") for r in results for run in r.get("runs", {}).values()
+                          for c in run.get("methods", {}).values() if isinstance(c, dict) and (c.get("command") or r.get("command"))})
     if measured_by and measured_by != [summary["command"]]:
         lines += ["The result files were measured by: " + "; ".join(f"`{c}`" for c in measured_by) + ".", ""]
     # ---------------------------------------------------------------- headline criteria
@@ -567,6 +608,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += ["", "### Split by architecture"]
     lines += _md_method_tables(results, arch_of, ns, methods, default)
     # ---------------------------------------------------------------- per architecture
+    lines += verdict_sets_section(seed_of)
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
     rows = []
     for arch, per in summary["per_architecture"].items():

@@ -167,7 +167,7 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
     path = zoo.RESULTS / f"{name}.json"
     sha = file_sha256(entry["file"])
     result = None
-    if path.exists() and not force:
+    if path.exists():  # --force recomputes the requested cells; it never drops the others
         try:
             with open(path) as handle:
                 result = json.load(handle)
@@ -218,6 +218,7 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
             except Exception as exc:
                 record = {"status": "error", "reason": _reason(exc), "traceback": traceback.format_exc()[-2000:]}
             record["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            record["command"] = command
             record["jobs"] = jobs
             cell["methods"][method] = record
             done += 1

@@ -1,0 +1,70 @@
+"""The verdict over several disjoint sets of clean samples: how much it depends on which ten.
+
+    .venv/bin/python -m bench.verdict [--sets 5] [--n 10]
+
+For every zoo model, `auditor.audit` runs on clean-pool samples [k*n, (k+1)*n) for k < sets.
+Writes bench/results/verdict_sets.json; `bench.report` puts its summary in BENCHMARKS.md.
+The bench's main grid uses only the first set, so this is the check on luck of the draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import zoo
+
+OUTPUT = zoo.RESULTS / "verdict_sets.json"
+
+
+def audit_set(entry: dict, start: int, count: int, folder: Path) -> dict:
+    import auditor
+
+    with np.load(entry["clean_pool"]) as archive:
+        x = archive["x"][start : start + count]
+    path = folder / f"{entry['name']}-{start}.npz"
+    np.savez(path, x=zoo.to_layout(x, entry.get("layout", "nchw")))
+    verdict = auditor.audit(entry["file"], str(path), limit=count, device="cpu").verdict
+    return {"start": start, "score": verdict["score"], "threshold": verdict["threshold"], "suspicious": verdict["suspicious"],
+            "basis": verdict["basis"], "target": verdict["target"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.verdict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", type=int, default=5, help="disjoint sample sets per model (default 5)")
+    parser.add_argument("--n", type=int, default=10, help="clean samples per set (default 10)")
+    args = parser.parse_args(argv)
+    if args.sets < 1 or args.n < 1:
+        parser.error("--sets and --n must be positive")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    started = time.perf_counter()
+    models = []
+    with tempfile.TemporaryDirectory() as folder:
+        for entry in zoo.load_entries():
+            if zoo.pool_size(entry["clean_pool"]) < args.sets * args.n:
+                continue
+            sets = [audit_set(entry, k * args.n, args.n, Path(folder)) for k in range(args.sets)]
+            kind = "clean" if entry.get("attack", "clean") == "clean" or entry.get("target") is None else "backdoored"
+            models.append({"name": entry["name"], "kind": kind, "attack": entry.get("attack"), "target": entry.get("target"),
+                           "seed": entry.get("seed"), "architecture": entry.get("architecture"), "sets": sets})
+            print(f"  {entry['name']}: " + " ".join(f"{s['score']:.2f}" for s in sets), flush=True)
+    result = {"command": " ".join([".venv/bin/python -m bench.verdict", *(sys.argv[1:] if argv is None else argv)]).strip(),
+              "sets": args.sets, "n": args.n, "seconds": time.perf_counter() - started, "models": models}
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    temporary = OUTPUT.with_name(f".{OUTPUT.name}.tmp")
+    temporary.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(temporary, OUTPUT)
+    print(f"verdict: {len(models)} models x {args.sets} sets -> {OUTPUT.relative_to(zoo.ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
