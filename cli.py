@@ -183,6 +183,9 @@ def repair_command(
     zero: Annotated[Optional[bool], typer.Option(
         "--zero/--no-zero", help="Zero ranked channels (default: on for clp/fp, or when --threshold/--max-prune is given).",
         show_default=False)] = None,
+    unlearn: Annotated[Optional[bool], typer.Option(
+        "--unlearn/--no-unlearn", help="sus: when the corruption probe finds a shortcut, refit the head's row for that class "
+        "so corrupted clean inputs leave it (default: on).", show_default=False)] = None,
     json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
 ) -> None:
     """Bound activations and zero suspicious channels as far as the fidelity guard allows; write the repaired model."""
@@ -195,7 +198,7 @@ def repair_command(
         before = None if test is None else auditor.evaluate(model, test, triggered=triggered, target=target, device=device)
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
                                 max_prune=max_prune, floor=floor, layer_cap=layer_cap,
-                                max_divergence=max_divergence, force=force, bound=bound, zero=zero)
+                                max_divergence=max_divergence, force=force, bound=bound, zero=zero, unlearning=unlearn)
         _say_provider(report)
         _render(report)
         r = report.repair
@@ -210,6 +213,12 @@ def repair_command(
         out.print(f"repair: {capped}zeroed {r['count']} channels in {len(r['zeroed'])} layers "
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
                   f"-> {r['output']}")
+        unlearned = r.get("unlearning")
+        if unlearned is not None and unlearned["applied"]:
+            out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} corrupted "
+                      f"samples it took and {unlearned['anchors']} clean samples of that class (penalty {unlearned['strength']:g})")
+        elif unlearned is not None and unlearned["target"] is not None and "no shortcut" not in (unlearned["reason"] or ""):
+            out.print(f"unlearning: not applied: {unlearned['reason']}")
         left = r.get("probe")
         if left is not None:
             side = ">=" if left["above_threshold"] else "<"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from auditor import data, guard, margin, model, probe, rewrite, runtime, score, signals
+from auditor import data, guard, margin, model, probe, rewrite, runtime, score, signals, unlearn
 from auditor.capture import Capture, capture, run, scores_output
 from auditor.errors import DataError, ModelError
 from auditor.graph import GraphIndex
@@ -110,6 +110,55 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
     return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report)
 
 
+def _dense_head(index: GraphIndex, units: list[Unit]) -> Unit | None:
+    """The last classifier head whose map from its input to the scores is affine (Gemm / MatMul)."""
+    for unit in reversed([u for u in units if u.head]):
+        if margin.head_affine(index, unit) is not None:
+            return unit
+    return None
+
+
+def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
+             floor: float, max_divergence: float) -> dict:
+    """Head unlearning after the bounds, when the probe found a shortcut (auditor/unlearn.py);
+    installs the correction in `fidelity` when it keeps the fidelity bounds. Returns the report entry."""
+    verdict = analysis.report.verdict
+    target = verdict.get("target")
+    entry: dict = {"applied": False, "target": target, "reason": None, "surrogates": 0, "anchors": 0, "strength": None}
+    if verdict.get("basis") != "corruption" or not verdict["suspicious"] or target is None:
+        entry["reason"] = "the corruption probe found no shortcut"
+        return entry
+    if fidelity.head is None:
+        entry["reason"] = "the classifier head is not a dense affine layer"
+        return entry
+    clean = guard.distribution(np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1))
+    labels = clean.argmax(axis=1)
+    entry["anchors"] = anchors = int((labels == target).sum())
+    if anchors == 0:
+        entry["reason"] = f"no clean sample is classified as class {target}: add some, or its accuracy is not protected"
+        return entry
+    kept, sources = unlearn.surrogates(analysis.samples, labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
+    entry["surrogates"] = int(sources.size)
+    if not kept:
+        entry["reason"] = "the bounds alone removed the shortcut"
+        return entry
+    features = np.concatenate([fidelity.features(corrupted.take(rows), zeroed, bounds) for corrupted, rows in kept])
+    matrix, bias = margin.head_affine(analysis.index, fidelity.head)
+    clean_features = fidelity.features(fidelity.samples, zeroed, bounds)
+    for strength in unlearn.STRENGTHS:  # the weakest penalty (largest change) that keeps the fidelity bounds
+        fitted = unlearn.correction(matrix, bias, target, clean_features, fidelity.reference, features, clean[sources],
+                                    anchors, strength)
+        fidelity.correct(fitted.matrix, fitted.bias)
+        kept_fidelity = fidelity.fidelity(zeroed, bounds)
+        if kept_fidelity.within(floor, max_divergence):
+            entry.update(applied=True, correction=fitted, strength=strength)
+            return entry
+    fidelity.correct(None)
+    entry["reason"] = (f"every correction broke the fidelity bounds (at the strongest penalty: agreement "
+                       f"{kept_fidelity.agreement:.3f}, divergence {kept_fidelity.divergence:.4f})")
+    return entry
+
+
 def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture) -> tuple[str, margin.Margin] | None:
     """The reachable-margin statistic of the last dense classifier head whose input range was captured."""
     for unit in reversed([u for u in units if u.head]):
@@ -156,13 +205,15 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            method: str = "sus", device: str = "auto", threshold: float | None = None,
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
-           force: bool = False, bound: bool | None = None, zero: bool | None = None) -> Report:
+           force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None) -> Report:
     """Repair the model as far as the fidelity guard allows and write it.
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
     (activation bounds); it zeroes ranked channels only when asked (`zero`, or a `threshold`
     or `max_prune`), because on the zoo at N=10 zeroing by ranking cost more accuracy than
-    it removed attack success (BENCHMARKS.md). The baselines `clp` and `fp` zero ranked
+    it removed attack success (BENCHMARKS.md). When the corruption probe flags the model,
+    `sus` then refits the head's row for the suspected target so that corrupted clean inputs
+    leave it (`unlearning`, auditor/unlearn.py). The baselines `clp` and `fp` zero ranked
     channels and never bound, as published."""
     output = model.check_output_path(output, force, (Path(model_path), Path(data_path)))
     if not 0.0 < floor <= 1.0:
@@ -178,7 +229,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     tick = time.perf_counter()
     prunable = [u for u in analysis.units if u.prunable]
     ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
-    fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider)
+    head = _dense_head(analysis.index, analysis.units) if method == "sus" and unlearning is not False else None
+    fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider, head=head)
     if bound is None:
         bound = method == "sus"
     if zero is None:
@@ -190,16 +242,26 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         capped = fidelity.bound(analysis.capture.stats, floor, max_divergence, positions=_static_inputs(analysis.loaded.proto))
     walk = fidelity.walk(ranked, floor, max_divergence, capped.values)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
+    unlearned = None
+    if method == "sus" and unlearning is not False:
+        unlearned = _unlearn(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
+    fitted = unlearned.pop("correction", None) if unlearned else None
+    final = fidelity.fidelity(zeroed, capped.values) if fitted is not None else guard.Fidelity(walk.agreement, walk.divergence)
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position,
-                              capped.input_radius)
+                              capped.input_radius, None if fitted is None else fitted.target)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)
-    _verify(result.model, analysis, fidelity, zeroed, capped.values)
+    repaired = result.model
+    if fitted is not None:
+        repaired = rewrite.with_head_correction(repaired, head, rewrite.reads(repaired, analysis.index.node(head.node)),
+                                                fitted.matrix, fitted.bias)
+        result.how[head.name] = "correction"
+    _verify(repaired, analysis, fidelity, zeroed, capped.values)
     residual = None
     if method == "sus" and report.verdict.get("basis") == "corruption":
         # the same probe on the repaired model: a shortcut the repair left in place still shows
         residual = probe.probe(analysis.samples, analysis.capture.scores,
                                lambda more: fidelity.classify(more, zeroed, capped.values))
-    sha256 = model.save_model(result.model, output)
+    sha256 = model.save_model(repaired, output)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
     report.repair = {
@@ -208,9 +270,10 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         "bound": {"factor": capped.factor, "units": sum(1 for u in prunable if u.name in capped.values),
                   "input_radius": capped.input_radius,
                   "position": None if capped.position is None else {"radius": capped.position[0], "floor": capped.position[1]}},
-        "agreement": walk.agreement,
-        "divergence": walk.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
+        "agreement": final.agreement,
+        "divergence": final.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
         "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
+        "unlearning": unlearned,
         "probe": None if residual is None else {"score": residual.score, "target": residual.target,
                                                 "corruption": residual.corruption,
                                                 "above_threshold": bool(residual.score >= report.verdict["threshold"])},

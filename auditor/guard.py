@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from auditor import runtime
 from auditor.capture import ChannelStats, channel_max, run, scores_output
 from auditor.data import Samples
 from auditor.graph import GraphIndex
-from auditor.rewrite import clamp_feed, input_key, mask_feed, mask_shape, with_mask_inputs
+from auditor.rewrite import clamp_feed, input_key, mask_feed, mask_shape, reads, with_head_correction, with_mask_inputs
 from auditor.units import Unit
 
 AUGMENTED_PER_SAMPLE = 15
@@ -134,7 +135,7 @@ def _grouped(chosen: list[tuple[str, int]]) -> dict[str, list[int]]:
     return zeroed
 
 
-def _distribution(scores: np.ndarray) -> np.ndarray:
+def distribution(scores: np.ndarray) -> np.ndarray:
     """Class probabilities from logits, or the scores themselves when they already are."""
     scores = scores.astype(np.float64)
     if (scores >= 0).all() and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
@@ -179,7 +180,8 @@ def augment(samples: Samples, seed: int = 0) -> Samples:
 class Guard:
     """Runs the model with any set of channels zeroed and measures agreement with the original."""
 
-    def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = 256) -> None:
+    def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = 256,
+                 head: Unit | None = None) -> None:
         self.units = units
         self.originals = len(samples)
         self.original = samples
@@ -187,10 +189,19 @@ class Guard:
         self.samples = augment(samples)
         self.origin = np.arange(len(self.samples)) % max(self.originals, 1)  # guard row -> original sample
         self.batch = batch
-        self.session = runtime.session(with_mask_inputs(index.model, units, bound=True, clamp=self.clamp), provider)
+        self.provider = provider
+        self.masked = with_mask_inputs(index.model, units, bound=True, clamp=self.clamp)
+        self.head = head
+        self.head_input = None if head is None else reads(self.masked, index.node(head.node))
+        if self.head_input is not None and self.head_input not in {o.name for o in self.masked.graph.output}:
+            # onnxruntime fetches graph outputs only; the head's input is also what head unlearning fits on
+            elem = index.initializers[head.weight].data_type if head.weight in index.initializers else TensorProto.FLOAT
+            self.masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
+        self.session = runtime.session(self.masked, provider)
         self.output = scores_output(index)
+        self.correction = None
         self.evaluations = 0
-        self.reference = _distribution(self.scores({}))
+        self.reference = distribution(self.scores({}))
         self.reference_label = self.reference.argmax(axis=1)
 
     def scores(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -207,10 +218,29 @@ class Guard:
             out.append(np.asarray(scores).reshape(len(next(iter(feed.values()))), -1))
         return np.concatenate(out)
 
+    def features(self, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """What the head reads [samples, features] with the given channels zeroed and activations capped."""
+        if self.head_input is None:
+            raise ValueError("the guard was built without a head")
+        masks = {**mask_feed(self.units, zeroed, bounds=bounds or {}), **clamp_feed(self.clamp, bounds)}
+        out = []
+        for feed in samples.batches(self.batch):
+            (values,) = run(self.session, [self.head_input], {**feed, **masks})
+            out.append(np.asarray(values, dtype=np.float64).reshape(len(next(iter(feed.values()))), -1))
+        return np.concatenate(out)
+
+    def correct(self, matrix: np.ndarray | None, bias: np.ndarray | None = None) -> None:
+        """From now on, run the model with this correction added to the head's output (None: without)."""
+        model = self.masked
+        if matrix is not None and self.head is not None and self.head_input is not None:
+            model = with_head_correction(self.masked, self.head, self.head_input, matrix, bias)
+        self.session = runtime.session(model, self.provider)
+        self.correction = None if matrix is None else (matrix, bias)
+
     def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None,
                  rows: np.ndarray | None = None) -> Fidelity:
         """Agreement and divergence on the guard samples, or on the boolean selection `rows` of them."""
-        pruned = _distribution(self.scores(zeroed, bounds))
+        pruned = distribution(self.scores(zeroed, bounds))
         reference, label = self.reference, self.reference_label
         if rows is not None:
             pruned, reference, label = pruned[rows], reference[rows], label[rows]

@@ -5,6 +5,8 @@
 - `zero_channels`: the repaired model. Exact folding into initializers where the chain
   maps 0 to 0 (BN gamma/beta, else kernel slice and bias, and per-channel Adds after
   them); otherwise a constant mask Mul after the unit's output.
+- `with_head_correction`: an affine correction added to the classifier head's output
+  (head unlearning, auditor/unlearn.py).
 """
 
 from __future__ import annotations
@@ -319,6 +321,42 @@ def zero_channels(
     return RewriteResult(model=out, how=how)
 
 
+def reads(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
+    """What `node` (of the model `model` was rewritten from) reads as its first input in `model`.
+    Rewrites rename the tensors a node reads, never the ones it writes, so outputs identify it."""
+    for candidate in model.graph.node:
+        if list(candidate.output) == list(node.output):
+            return candidate.input[0]
+    raise ValueError(f"no node writes {list(node.output)}")
+
+
+def with_head_correction(model: onnx.ModelProto, head: Unit, features: str, matrix: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
+    """Copy of `model` whose head output gains features @ matrix.T + bias ([K, F], [K]): the node
+    that wrote the head output writes a fresh tensor, and an Add writes the original name, so every
+    reader (and a graph output of that name) sees the corrected scores."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {n for node in out.graph.node for n in (*node.input, *node.output)}
+    taken |= {t.name for t in out.graph.initializer} | {v.name for v in out.graph.input}
+    node_names = {node.name for node in out.graph.node}
+    producer = next(i for i, node in enumerate(out.graph.node) if head.output in node.output)
+    elem = _weight_types(out).get(head.weight, TensorProto.FLOAT)
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    weight_name, bias_name = _fresh("__auditor_head_weight", taken), _fresh("__auditor_head_bias", taken | {"__auditor_head_weight"})
+    raw, product, shift = (_fresh(f"{head.output}__auditor_{tag}", taken) for tag in ("raw", "product", "shift"))
+    out.graph.initializer.extend([numpy_helper.from_array(np.asarray(matrix, dtype).T.copy(), weight_name),
+                                  numpy_helper.from_array(np.asarray(bias, dtype), bias_name)])
+    node = out.graph.node[producer]
+    node.output[list(node.output).index(head.output)] = raw
+    added = [helper.make_node("MatMul", [features, weight_name], [product], name=_fresh("__auditor_head_matmul", node_names)),
+             helper.make_node("Add", [product, bias_name], [shift], name=_fresh("__auditor_head_bias_add", node_names)),
+             helper.make_node("Add", [raw, shift], [head.output], name=_fresh("__auditor_head_add", node_names))]
+    nodes = [copy.deepcopy(n) for n in out.graph.node]
+    del out.graph.node[:]
+    out.graph.node.extend([*nodes[: producer + 1], *added, *nodes[producer + 1 :]])
+    return out
+
+
 def _fresh(name: str, taken) -> str:
     candidate, suffix = name, 1
     while candidate in taken:
@@ -328,7 +366,7 @@ def _fresh(name: str, taken) -> str:
 
 def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
                bound_factor: float | None = None, position: tuple[int, float] | None = None,
-               input_radius: int | None = None) -> dict[str, str]:
+               input_radius: int | None = None, unlearned: int | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -345,4 +383,6 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
         caps.append(f"per position: the clean maximum within {position[0]} positions, at least {position[1]:g} x the channel's cap")
     if caps:
         meta["auditor.activation_bound"] = ", ".join(caps)
+    if unlearned is not None:
+        meta["auditor.head_correction"] = f"class {unlearned}: head row refit so that corrupted clean inputs leave it"
     return meta

@@ -1,0 +1,126 @@
+"""Head unlearning: the solver, the graph correction, and repairs of real zoo models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import auditor
+from auditor import margin, runtime, unlearn
+from auditor.graph import GraphIndex
+from auditor.rewrite import reads, with_head_correction
+from auditor.units import find_units
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "models" / "zoo"
+MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
+
+
+def _layout(x: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "nhwc":
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x.reshape(len(x), -1) if layout == "flat" else x
+
+
+def _data(entry: dict, tmp_path: Path, count: int = 10) -> tuple[Path, Path, Path]:
+    """First `count` clean-pool samples, the test set and the triggered set, in the model's layout."""
+    out = []
+    for key, first in (("clean_pool", count), ("test", None), ("triggered", None)):
+        with np.load(ZOO / entry[key]) as archive:
+            x, y = archive["x"][:first], archive["y"][:first]
+        path = tmp_path / f"{key}.npz"
+        np.savez(path, x=_layout(x, entry["layout"]), y=y)
+        out.append(path)
+    return out[0], out[1], out[2]
+
+
+def test_fit_row_changes_one_row_lowers_the_loss_and_shrinks_with_the_penalty() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 5))
+    matrix, bias = rng.normal(size=(3, 5)), np.zeros(3)
+    targets = np.eye(3)[rng.integers(0, 3, 60)] * 0.9 + 0.1 / 3
+    weights = np.ones(60)
+
+    def loss(d_weights, d_bias):
+        logits = features @ matrix.T + bias
+        logits[:, 1] += features @ d_weights + d_bias
+        return -np.mean(np.sum(targets * np.log(unlearn.softmax(logits)), axis=1))
+
+    weak = unlearn.fit_row(matrix, bias, features, targets, weights, row=1, strength=1e-3)
+    strong = unlearn.fit_row(matrix, bias, features, targets, weights, row=1, strength=10.0)
+    assert loss(*weak) < loss(np.zeros(5), 0.0)
+    assert np.linalg.norm(strong[0]) < 0.2 * np.linalg.norm(weak[0])
+    again = unlearn.fit_row(matrix, bias, features, targets, weights, row=1, strength=1e-3)
+    assert np.array_equal(weak[0], again[0]) and weak[1] == again[1]  # deterministic
+    fitted = unlearn.correction(matrix, bias, 1, features[:40], targets[:40], features[40:], targets[40:], anchors=3)
+    assert np.count_nonzero(fitted.matrix[[0, 2]]) == 0 and fitted.bias[0] == fitted.bias[2] == 0.0
+
+
+def test_the_head_correction_adds_exactly_the_affine_term() -> None:
+    """On the bundled example under onnxruntime: corrected scores = original scores + features @ M.T + b."""
+    proto = onnx.load(str(ROOT / "models" / "example" / "model.onnx"))
+    index = GraphIndex(proto)
+    head = next(u for u in find_units(index) if u.head)
+    assert margin.head_affine(index, head) is not None
+    features_name = reads(proto, index.node(head.node))
+    probe_model = onnx.ModelProto()
+    probe_model.CopyFrom(proto)
+    probe_model.graph.output.append(onnx.helper.make_tensor_value_info(features_name, onnx.TensorProto.FLOAT, None))
+    rng = np.random.default_rng(3)
+    with np.load(ROOT / "models" / "example" / "clean.npz") as archive:
+        x = archive["x"][:8].astype(np.float32) / 255
+    provider = runtime.select_provider("cpu")
+    original = runtime.session(probe_model, provider)
+    scores, features = original.run([proto.graph.output[0].name, features_name], {proto.graph.input[0].name: x})
+    matrix = rng.normal(size=(scores.shape[1], features.shape[1])).astype(np.float32)
+    bias = rng.normal(size=scores.shape[1]).astype(np.float32)
+    corrected = with_head_correction(proto, head, features_name, matrix, bias)
+    onnx.checker.check_model(corrected)
+    (got,) = runtime.session(corrected, provider).run([proto.graph.output[0].name], {proto.graph.input[0].name: x})
+    assert np.allclose(got, scores + features @ matrix.T + bias, atol=1e-4)
+    assert len(proto.graph.node) + 3 == len(corrected.graph.node)  # the input model is untouched
+
+
+def test_a_keras_blended_backdoor_is_unlearned_from_ten_samples(tmp_path: Path) -> None:
+    """A tf2onnx NHWC model with a blended trigger: the bounds leave it, unlearning removes it."""
+    entry = MANIFEST["keras_cnn_blended_s1"]
+    clean, test, triggered = _data(entry, tmp_path)
+    model = ZOO / entry["file"]
+    out = tmp_path / "repaired.onnx"
+    report = auditor.repair(model, clean, out, limit=10, device="cpu")
+    done = report.repair["unlearning"]
+    assert done["applied"] and done["target"] == entry["target"] and done["anchors"] >= 1 and done["surrogates"] > 0
+    assert report.repair["how"][next(layer.unit for layer in report.layers if layer.head)] == "correction"
+    before = auditor.evaluate(str(model), str(test), triggered=str(triggered), target=entry["target"], device="cpu")
+    after = auditor.evaluate(str(out), str(test), triggered=str(triggered), target=entry["target"], device="cpu")
+    assert after.attack_success_rate <= 0.5 * before.attack_success_rate
+    assert before.accuracy - after.accuracy <= 0.01
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["auditor.head_correction"].startswith(f"class {entry['target']}")
+    again = tmp_path / "again.onnx"
+    auditor.repair(model, clean, again, limit=10, device="cpu")
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_without_a_clean_sample_of_the_target_class_unlearning_says_so(tmp_path: Path) -> None:
+    entry = MANIFEST["cnn_bn-fmnist-blended-s0"]  # target 3; the pool's first ten hold no class 3
+    clean, _, _ = _data(entry, tmp_path)
+    report = auditor.repair(ZOO / entry["file"], clean, tmp_path / "out.onnx", limit=10, device="cpu")
+    done = report.repair["unlearning"]
+    assert report.verdict["suspicious"] and not done["applied"] and done["anchors"] == 0
+    assert done["reason"].startswith(f"no clean sample is classified as class {entry['target']}")
+
+
+@pytest.mark.parametrize("flag", [False, None])
+def test_no_unlearn_leaves_the_head_alone(flag, tmp_path: Path) -> None:
+    entry = MANIFEST["keras_cnn_blended_s1"]
+    clean, _, _ = _data(entry, tmp_path)
+    out = tmp_path / "out.onnx"
+    report = auditor.repair(ZOO / entry["file"], clean, out, limit=10, device="cpu", unlearning=flag)
+    meta = {p.key for p in onnx.load(str(out)).metadata_props}
+    assert (report.repair["unlearning"] is None) == (flag is False)
+    assert ("auditor.head_correction" in meta) == (flag is None)
