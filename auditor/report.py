@@ -22,9 +22,11 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               channels_detail[] (every channel, same fields)}
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
   repair     null | {output, sha256, zeroed{unit: [channels]}, count,
-              how{unit: fold|mask|bound|fold+bound|mask+bound},
+              how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned)},
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
+              unlearning (sus only, else null): {applied, target, reason (why not applied), surrogates
+              (corrupted samples fitted), anchors (clean samples of the target), strength (the L2 penalty kept)},
               probe (basis "corruption" only, else null): {score, target, corruption, above_threshold},
               the same probe run on the repaired model,
               evaluation{before, after} (CLI only, with --test)}
@@ -164,7 +166,10 @@ class Report:
             bound = r.get("bound") or {}
             capped = (f"activations capped at {bound['factor']:g}x their clean maxima in {bound['units']} layers, "
                       if bound.get("factor") is not None else "")
-            repair = (f"<h2>Repair</h2><p>{capped}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
+            unlearned = r.get("unlearning") or {}
+            head = (f"head row for class {unlearned['target']} refit on {unlearned['surrogates']} corrupted samples, "
+                    if unlearned.get("applied") else "")
+            repair = (f"<h2>Repair</h2><p>{capped}{head}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
                       f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>auditor report</title>"

@@ -476,6 +476,27 @@ def main(command: str | None = None, grid_seconds: float | None = None) -> int:
     return 0
 
 
+def by_attack_section(results: list[dict], seed_of: dict[str, str], ns: list[int], methods: list[str]) -> list[str]:
+    """ASR halved per attack, per method, at every N (all backdoored models; held-back count in brackets)."""
+    attacks = sorted({r["entry"].get("attack") for r in results if r["kind"] == "backdoored"})
+    lines = ["", "## By attack", "",
+             "Backdoored models whose ASR the method at least halved, all models (held-back half by seed in brackets).", ""]
+    rows = []
+    for method in methods:
+        for n in ns:
+            row = [method, str(n)]
+            for attack in attacks:
+                chosen = [(r, cell(r, n, method)) for r in results if r["kind"] == "backdoored" and r["entry"].get("attack") == attack]
+                measured = [(r, c) for r, c in chosen if ok(c) and c.get("asr") is not None]
+                halved = [r for r, c in measured if c["asr"] <= (1 - HALF) * r["baseline"]["asr"]]
+                held = [r for r, _ in measured if seed_of[r["name"]] == "held-back"]
+                row.append(f"{len(halved)}/{len(measured)} ({sum(seed_of[r['name']] == 'held-back' for r in halved)}/{len(held)})"
+                           if measured else "–")
+            rows.append(row)
+    lines += table(["method", "N", *attacks], rows)
+    return lines
+
+
 def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     """The verdict over disjoint sets of clean samples (bench/verdict.py), when its file exists."""
     path = zoo.RESULTS / "verdict_sets.json"
@@ -608,6 +629,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += ["", "### Split by architecture"]
     lines += _md_method_tables(results, arch_of, ns, methods, default)
     # ---------------------------------------------------------------- per architecture
+    lines += by_attack_section(results, seed_of, ns, methods)
     lines += verdict_sets_section(seed_of)
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
     rows = []
