@@ -216,7 +216,8 @@ def repair_command(
         unlearned = r.get("unlearning")
         if unlearned is not None and unlearned["applied"]:
             out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} corrupted "
-                      f"samples it took and {unlearned['anchors']} clean samples of that class (penalty {unlearned['strength']:g})")
+                      f"samples it took and {unlearned['anchors']} clean samples of that class "
+                      f"(their weight {unlearned['weight']:g}, penalty {unlearned['strength']:g})")
         elif unlearned is not None and unlearned["target"] is not None and "no shortcut" not in (unlearned["reason"] or ""):
             out.print(f"unlearning: not applied: {unlearned['reason']}")
         left = r.get("probe")

@@ -124,7 +124,8 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     installs the correction in `fidelity` when it keeps the fidelity bounds. Returns the report entry."""
     verdict = analysis.report.verdict
     target = verdict.get("target")
-    entry: dict = {"applied": False, "target": target, "reason": None, "surrogates": 0, "anchors": 0, "strength": None}
+    entry: dict = {"applied": False, "target": target, "reason": None, "surrogates": 0, "anchors": 0, "strength": None,
+                   "weight": None}
     if verdict.get("basis") != "corruption" or not verdict["suspicious"] or target is None:
         entry["reason"] = "the corruption probe found no shortcut"
         return entry
@@ -145,16 +146,16 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     features = np.concatenate([fidelity.features(corrupted.take(rows), zeroed, bounds) for corrupted, rows in kept])
     matrix, bias = margin.head_affine(analysis.index, fidelity.head)
     clean_features = fidelity.features(fidelity.samples, zeroed, bounds)
-    for strength in unlearn.STRENGTHS:  # the weakest penalty (largest change) that keeps the fidelity bounds
+    for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds
         fitted = unlearn.correction(matrix, bias, target, clean_features, fidelity.reference, features, clean[sources],
-                                    anchors, strength)
+                                    anchors, weight, strength)
         fidelity.correct(fitted.matrix, fitted.bias)
         kept_fidelity = fidelity.fidelity(zeroed, bounds)
         if kept_fidelity.within(floor, max_divergence):
-            entry.update(applied=True, correction=fitted, strength=strength)
+            entry.update(applied=True, correction=fitted, strength=strength, weight=weight)
             return entry
     fidelity.correct(None)
-    entry["reason"] = (f"every correction broke the fidelity bounds (at the strongest penalty: agreement "
+    entry["reason"] = (f"every correction broke the fidelity bounds (at the weakest: agreement "
                        f"{kept_fidelity.agreement:.3f}, divergence {kept_fidelity.divergence:.4f})")
     return entry
 

@@ -26,7 +26,8 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
               unlearning (sus only, else null): {applied, target, reason (why not applied), surrogates
-              (corrupted samples fitted), anchors (clean samples of the target), strength (the L2 penalty kept)},
+              (corrupted samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
+              and strength (the L2 penalty) of the step of the ladder kept},
               probe (basis "corruption" only, else null): {score, target, corruption, above_threshold},
               the same probe run on the repaired model,
               evaluation{before, after} (CLI only, with --test)}

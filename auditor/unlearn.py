@@ -26,11 +26,11 @@ import numpy as np
 
 from auditor import probe
 
-# L2 penalties on the change of the row (the cross-entropy weighs 1), weakest first: the guard keeps
-# the first whose corrected model stays within the fidelity bounds.
-STRENGTHS = (1e-3, 1e-2, 1e-1)
+# (weight of the corrupted samples relative to the clean ones, L2 penalty on the change of the row),
+# from the strongest unlearning to the weakest: the guard keeps the first whose corrected model
+# stays within the fidelity bounds.
+LADDER = tuple((weight, strength) for weight in (1.0, 0.3, 0.1) for strength in (1e-3, 1e-2, 1e-1))
 STEPS = 500
-SURROGATE_WEIGHT = 1.0  # the corrupted samples together weigh as much as the clean ones together
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def fit_row(matrix: np.ndarray, bias: np.ndarray, features: np.ndarray, targets: np.ndarray, weights: np.ndarray,
-            row: int, strength: float = STRENGTHS[0], steps: int = STEPS) -> tuple[np.ndarray, float]:
+            row: int, strength: float = LADDER[0][1], steps: int = STEPS) -> tuple[np.ndarray, float]:
     """The change (d_weights [F], d_bias) of head row `row` minimising the weighted cross-entropy of
     softmax(features @ (matrix + d).T + bias + d_bias) against soft `targets`, plus strength/2 |d|^2.
 
@@ -82,11 +82,11 @@ def balanced(labels: np.ndarray, classes: int) -> np.ndarray:
 
 def correction(matrix: np.ndarray, bias: np.ndarray, target: int, clean_features: np.ndarray, clean_targets: np.ndarray,
                surrogate_features: np.ndarray, surrogate_targets: np.ndarray, anchors: int,
-               strength: float = STRENGTHS[0]) -> Correction:
+               weight: float = LADDER[0][0], strength: float = LADDER[0][1]) -> Correction:
     """Fit the row-`target` correction from clean and surrogate features with their soft targets."""
     classes = matrix.shape[0]
     weights = np.concatenate([balanced(clean_targets.argmax(axis=1), classes),
-                              SURROGATE_WEIGHT * np.full(len(surrogate_features), 1.0 / len(surrogate_features))])
+                              weight * np.full(len(surrogate_features), 1.0 / len(surrogate_features))])
     d_weights, d_bias = fit_row(matrix, bias, np.concatenate([clean_features, surrogate_features]),
                                 np.concatenate([clean_targets, surrogate_targets]), weights, target, strength)
     out_matrix, out_bias = np.zeros_like(matrix), np.zeros_like(bias)
