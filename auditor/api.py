@@ -225,7 +225,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         raise ModelError(f"--max-divergence must be positive, got {max_divergence}")
     if max_prune is not None and max_prune <= 0:
         raise ModelError(f"--max-prune must be positive, got {max_prune}")
-    analysis = _analyse(model_path, data_path, limit, method, device, threshold, "repair")
+    # `threshold` is the channel-score cut for zeroing here; the verdict keeps its own default
+    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair")
     report = analysis.report
     tick = time.perf_counter()
     prunable = [u for u in analysis.units if u.prunable]

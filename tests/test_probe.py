@@ -53,12 +53,14 @@ def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> Non
 
 def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
     """The bounds remove this blended backdoor from ten samples and the probe sees it gone;
-    they do not remove WaNet's, and the probe on the repaired model says so."""
+    on this WaNet model neither the bounds nor unlearning (which breaks the fidelity bounds
+    here) remove it, and the probe on the repaired model says so."""
     removed = MANIFEST["mlp-mnist-blended-s0"]
     report = auditor.repair(ZOO / removed["file"], _clean(removed, tmp_path), tmp_path / "mlp.onnx", limit=10, device="cpu")
     assert report.verdict["suspicious"] and not report.repair["probe"]["above_threshold"]
-    kept = MANIFEST["resnet-fmnist-wanet-s0"]
-    report = auditor.repair(ZOO / kept["file"], _clean(kept, tmp_path), tmp_path / "resnet.onnx", limit=10, device="cpu")
+    kept = MANIFEST["cnn-mnist-wanet-s0"]
+    report = auditor.repair(ZOO / kept["file"], _clean(kept, tmp_path), tmp_path / "cnn.onnx", limit=10, device="cpu")
+    assert not report.repair["unlearning"]["applied"] and "fidelity" in report.repair["unlearning"]["reason"]
     assert report.repair["probe"]["above_threshold"] and report.repair["probe"]["target"] == kept["target"]
 
 

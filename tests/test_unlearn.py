@@ -13,6 +13,7 @@ import auditor
 from auditor import margin, runtime, unlearn
 from auditor.graph import GraphIndex
 from auditor.rewrite import reads, with_head_correction
+from auditor.score import PROBE_THRESHOLD
 from auditor.units import find_units
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,3 +125,12 @@ def test_no_unlearn_leaves_the_head_alone(flag, tmp_path: Path) -> None:
     meta = {p.key for p in onnx.load(str(out)).metadata_props}
     assert (report.repair["unlearning"] is None) == (flag is False)
     assert ("auditor.head_correction" in meta) == (flag is None)
+
+
+def test_a_channel_threshold_for_zeroing_does_not_move_the_verdict(tmp_path: Path) -> None:
+    """`repair --threshold` cuts channel scores for zeroing; the verdict keeps its own threshold."""
+    entry = MANIFEST["keras_cnn_blended_s1"]
+    clean, _, _ = _data(entry, tmp_path)
+    report = auditor.repair(ZOO / entry["file"], clean, tmp_path / "out.onnx", limit=10, device="cpu", threshold=3.0)
+    assert report.verdict["threshold"] == PROBE_THRESHOLD and report.verdict["suspicious"]
+    assert report.repair["unlearning"]["applied"]
