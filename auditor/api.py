@@ -143,7 +143,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     if not kept:
         entry["reason"] = "the bounds alone removed the shortcut"
         return entry
-    features = np.concatenate([fidelity.features(corrupted.take(rows), zeroed, bounds) for corrupted, rows in kept])
+    features = np.concatenate([fidelity.features(corrupted, zeroed, bounds) for corrupted in kept])
     matrix, bias = margin.head_affine(analysis.index, fidelity.head)
     clean_features = fidelity.features(fidelity.samples, zeroed, bounds)
     for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds

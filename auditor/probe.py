@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ NOISE_LEVELS = (0.1, 0.2, 0.3)  # uniform noise amplitude, as a share of the cle
 NOISE_DRAWS = 5  # noisy copies per sample and level
 BLUR_SIGMAS = (0.5, 1.0, 1.5, 2.0, 3.0)  # Gaussian blur over the spatial axes, in positions
 MIN_OTHERS = 3  # a class's share is measured on at least this many samples predicted elsewhere
+MAX_SAMPLES = 100  # the probe corrupts at most the first this many clean samples
 SEED = 0
 
 
@@ -82,16 +83,19 @@ def blur(array: np.ndarray, sigma: float) -> np.ndarray | None:
     return out.reshape(array.shape).astype(array.dtype)
 
 
-def corruptions(samples: Samples, seed: int = SEED) -> list[tuple[str, Samples, np.ndarray]]:
-    """(name, corrupted samples, row -> original sample) for every corruption that applies.
+def corruptions(samples: Samples, seed: int = SEED) -> Iterator[tuple[str, Samples, np.ndarray]]:
+    """(name, corrupted samples, row -> original sample) for every corruption that applies, one at
+    a time (a corruption holds NOISE_DRAWS copies of the samples; the probe takes at most
+    MAX_SAMPLES of them, so memory stays bounded for large inputs).
 
     Only float inputs are corrupted; others are repeated. Noise is clipped to the clean range."""
     rng = np.random.default_rng(seed)
+    if len(samples) > MAX_SAMPLES:
+        samples = samples.take(np.arange(MAX_SAMPLES))
     floats = {k: v for k, v in samples.inputs.items() if v.dtype.kind == "f" and v.size}
     count = len(samples)
-    out = []
     if not floats:
-        return out
+        return
     for level in NOISE_LEVELS:
         inputs = {}
         for name, array in samples.inputs.items():
@@ -102,7 +106,7 @@ def corruptions(samples: Samples, seed: int = SEED) -> list[tuple[str, Samples, 
             span = (high - low) or 1.0
             copies = [np.clip(array + rng.uniform(-level * span, level * span, array.shape), low, high) for _ in range(NOISE_DRAWS)]
             inputs[name] = np.concatenate(copies).astype(array.dtype)
-        out.append((f"noise {level:g}", Samples(inputs, None, samples.source), np.tile(np.arange(count), NOISE_DRAWS)))
+        yield f"noise {level:g}", Samples(inputs, None, samples.source), np.tile(np.arange(count), NOISE_DRAWS)
     for sigma in BLUR_SIGMAS:
         inputs, blurred = {}, False
         for name, array in samples.inputs.items():
@@ -110,8 +114,7 @@ def corruptions(samples: Samples, seed: int = SEED) -> list[tuple[str, Samples, 
             blurred |= smooth is not None
             inputs[name] = array if smooth is None else smooth
         if blurred:
-            out.append((f"blur {sigma:g}", Samples(inputs, None, samples.source), np.arange(count)))
-    return out
+            yield f"blur {sigma:g}", Samples(inputs, None, samples.source), np.arange(count)
 
 
 def largest_share(predicted: np.ndarray, clean: np.ndarray, classes: int) -> tuple[float, int | None]:

@@ -20,11 +20,13 @@ one such sample and says so otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from auditor import probe
+from auditor.data import Samples
 
 # (weight of the corrupted samples relative to the clean ones, L2 penalty on the change of the row),
 # from the strongest unlearning to the weakest: the guard keeps the first whose corrected model
@@ -94,14 +96,15 @@ def correction(matrix: np.ndarray, bias: np.ndarray, target: int, clean_features
     return Correction(target, out_matrix, out_bias, len(surrogate_features), anchors)
 
 
-def surrogates(samples, clean_labels: np.ndarray, target: int, classify) -> tuple[list, np.ndarray]:
+def surrogates(samples: Samples, clean_labels: np.ndarray, target: int,
+               classify: Callable[[Samples], np.ndarray]) -> tuple[list[Samples], np.ndarray]:
     """The corrupted samples `classify` (samples -> scores) sends to `target` from a clean sample it
-    did not put there: [(corrupted samples, kept rows)], and their source samples."""
+    did not put there (one Samples per corruption that has any), and their source samples."""
     kept, sources = [], []
     for _, corrupted, origin in probe.corruptions(samples):
         predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
         rows = np.flatnonzero((predicted == target) & (clean_labels[origin] != target))
         if rows.size:
-            kept.append((corrupted, rows))
+            kept.append(corrupted.take(rows))
             sources.append(origin[rows])
     return kept, (np.concatenate(sources) if sources else np.zeros(0, dtype=np.int64))
