@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from auditor.score import DEFAULT_THRESHOLD
+
 SCHEMA = "auditor.report/3"
 
 
@@ -153,12 +155,13 @@ class Report:
         """A self-contained page: verdict, repair summary, and per-layer score strips (inline SVG)."""
         v = self.verdict
         state = "SUSPICIOUS" if v["suspicious"] else "clean"
+        channel_threshold = DEFAULT_THRESHOLD.get(self.method, 3.0)  # channel scores, not the verdict's
         rows = []
         for layer in self.layers:
             scores = [r.score for r in layer.records]
             rows.append(
                 f"<tr><td>{html.escape(layer.unit)}</td><td>{layer.op}</td><td>{layer.channels}</td>"
-                f"<td>{'head (never pruned)' if layer.head else ''}</td><td>{_svg_strip(scores, v['threshold'])}</td>"
+                f"<td>{'head (never pruned)' if layer.head else ''}</td><td>{_svg_strip(scores, channel_threshold)}</td>"
                 f"<td>{max(scores):.2f}</td></tr>"
             )
         repair = ""
@@ -180,7 +183,7 @@ class Report:
             f"<p>Model <code>{html.escape(self.model['path'])}</code> (sha256 {self.model['sha256'][:16]}…), "
             f"method {self.method}, {self.data['samples']} clean samples, {html.escape(self.provider['name'])}.</p>"
             f"<p>Score {v['score']:.3f}, threshold {v['threshold']:.3f}: {html.escape(basis_text(v))}.</p>{repair}"
-            "<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach the threshold.</p>"
+            f"<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach {channel_threshold:g}.</p>"
             "<table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th><th>max</th></tr>"
             + "".join(rows) + "</table></body></html>\n"
         )

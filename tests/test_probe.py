@@ -109,3 +109,10 @@ def test_largest_share_counts_only_samples_taken_from_other_classes() -> None:
     assert probe.largest_share(clean, clean, 4) == (0.0, None)
     # a class needs MIN_OTHERS samples from elsewhere to be measured at all
     assert probe.largest_share(np.array([1, 1]), np.array([0, 0]), 2) == (0.0, None)
+
+
+def test_the_probe_corrupts_at_most_max_samples() -> None:
+    samples = Samples({"x": np.zeros((probe.MAX_SAMPLES + 50, 1, 8, 8), np.float32)}, None, "t")
+    for name, corrupted, origin in probe.corruptions(samples):
+        copies = probe.NOISE_DRAWS if name.startswith("noise") else 1
+        assert len(corrupted) == copies * probe.MAX_SAMPLES and origin.max() == probe.MAX_SAMPLES - 1
