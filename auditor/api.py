@@ -125,7 +125,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     verdict = analysis.report.verdict
     target = verdict.get("target")
     entry: dict = {"applied": False, "target": target, "reason": None, "surrogates": 0, "anchors": 0, "strength": None,
-                   "weight": None}
+                   "weight": None, "shortcut_guard_samples": 0}
     if verdict.get("basis") != "corruption" or not verdict["suspicious"] or target is None:
         entry["reason"] = "the corruption probe found no shortcut"
         return entry
@@ -139,20 +139,27 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         entry["reason"] = f"no clean sample is classified as class {target}: add some, or its accuracy is not protected"
         return entry
     kept, sources = unlearn.surrogates(analysis.samples, labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
-    entry["surrogates"] = int(sources.size)
+    # Guard copies (shifted, noisy, mixed) that the original already sends to the target from a sample
+    # it puts elsewhere are the shortcut at work, not clean behaviour: they join the corrupted samples
+    # and leave the fidelity measure, which would otherwise insist on keeping the shortcut.
+    shortcut = (fidelity.reference_label == target) & (labels[fidelity.origin] != target)
+    entry["surrogates"] = int(sources.size + shortcut.sum())
+    entry["shortcut_guard_samples"] = int(shortcut.sum())
     if not kept:
         entry["reason"] = "the bounds alone removed the shortcut"
         return entry
-    features = np.concatenate([fidelity.features(corrupted, zeroed, bounds) for corrupted in kept])
+    guard_features = fidelity.features(fidelity.samples, zeroed, bounds)
+    features = np.concatenate([*(fidelity.features(corrupted, zeroed, bounds) for corrupted in kept), guard_features[shortcut]])
+    sources = np.concatenate([sources, fidelity.origin[shortcut]])
     matrix, bias = margin.head_affine(analysis.index, fidelity.head)
-    clean_features = fidelity.features(fidelity.samples, zeroed, bounds)
+    clean_rows = ~shortcut
     for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds
-        fitted = unlearn.correction(matrix, bias, target, clean_features, fidelity.reference, features, clean[sources],
-                                    anchors, weight, strength)
+        fitted = unlearn.correction(matrix, bias, target, guard_features[clean_rows], fidelity.reference[clean_rows], features,
+                                    clean[sources], anchors, weight, strength)
         fidelity.correct(fitted.matrix, fitted.bias)
-        kept_fidelity = fidelity.fidelity(zeroed, bounds)
+        kept_fidelity = fidelity.fidelity(zeroed, bounds, clean_rows)
         if kept_fidelity.within(floor, max_divergence):
-            entry.update(applied=True, correction=fitted, strength=strength, weight=weight)
+            entry.update(applied=True, correction=fitted, strength=strength, weight=weight, fidelity=kept_fidelity)
             return entry
     fidelity.correct(None)
     entry["reason"] = (f"every correction broke the fidelity bounds (at the weakest: agreement "
@@ -248,7 +255,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     if method == "sus" and unlearning is not False:
         unlearned = _unlearn(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
     fitted = unlearned.pop("correction", None) if unlearned else None
-    final = fidelity.fidelity(zeroed, capped.values) if fitted is not None else guard.Fidelity(walk.agreement, walk.divergence)
+    # with unlearning, fidelity is measured without the guard copies that took the shortcut (see _unlearn)
+    final = unlearned.pop("fidelity") if fitted is not None else guard.Fidelity(walk.agreement, walk.divergence)
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position,
                               capped.input_radius, None if fitted is None else fitted.target)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)

@@ -27,7 +27,9 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
               unlearning (sus only, else null): {applied, target, reason (why not applied), surrogates
               (corrupted samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
-              and strength (the L2 penalty) of the step of the ladder kept},
+              and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
+              the original sent to the target from another class: fitted as corrupted samples and left out of
+              `agreement` and `divergence`, which are then measured on the other guard samples)},
               probe (basis "corruption" only, else null): {score, target, corruption, above_threshold},
               the same probe run on the repaired model,
               evaluation{before, after} (CLI only, with --test)}
