@@ -241,10 +241,10 @@ def _pct(value: Optional[float]) -> str:
 
 def _render_before_after(before: auditor.Evaluation, after: auditor.Evaluation) -> None:
     table = Table(title="before / after repair")
-    for column in ("", "accuracy (ACC)", "attack success (ASR)"):
+    for column in ("", "accuracy (ACC)", "attack success (ASR)", "triggered, right class"):
         table.add_column(column)
-    table.add_row("before", _pct(before.accuracy), _pct(before.attack_success_rate))
-    table.add_row("after", _pct(after.accuracy), _pct(after.attack_success_rate))
+    table.add_row("before", _pct(before.accuracy), _pct(before.attack_success_rate), _pct(before.triggered_accuracy))
+    table.add_row("after", _pct(after.accuracy), _pct(after.attack_success_rate), _pct(after.triggered_accuracy))
     out.print(table)
 
 
@@ -268,6 +268,8 @@ def evaluate_command(
         if result.attack_success_rate is not None:
             out.print(f"attack success rate: {_pct(result.attack_success_rate)} "
                       f"({result.triggered_samples} triggered samples, target {result.target})")
+        if result.triggered_accuracy is not None:
+            out.print(f"triggered samples classified as their true label: {_pct(result.triggered_accuracy)}")
         if result.agreement is not None:
             out.print(f"agreement with reference: {_pct(result.agreement)}")
         if json is not None:

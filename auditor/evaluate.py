@@ -20,6 +20,7 @@ class Evaluation:
     samples: int
     accuracy: float | None
     attack_success_rate: float | None
+    triggered_accuracy: float | None  # triggered samples classified as their true label (needs labels 'y')
     triggered_samples: int | None
     target: int | None
     agreement: float | None
@@ -66,15 +67,19 @@ def evaluate(
     if test.labels is not None:
         _check_labels(test.labels, classes, data_path)
         accuracy = float((predicted == test.labels).mean())
-    asr, triggered_count = None, None
+    asr, triggered_count, triggered_accuracy = None, None, None
     if triggered is not None:
         attacked = data.load(triggered, specs, limit)
         if not 0 <= target < classes:
             raise DataError(f"--target {target} is not a class of the model (0..{classes - 1})")
-        hit = predict(index, attacked, provider)[0] == target
+        labels = predict(index, attacked, provider)[0]
+        hit = labels == target
         if attacked.labels is not None:
+            _check_labels(attacked.labels, classes, triggered)
             keep = attacked.labels != target  # samples already of the target class prove nothing
             hit = hit[keep]
+            if keep.any():  # a repair that only moves triggered inputs to another wrong class shows here
+                triggered_accuracy = float((labels[keep] == attacked.labels[keep]).mean())
         if hit.size == 0:
             raise DataError(f"{triggered}: no triggered samples whose label differs from the target {target}")
         asr, triggered_count = float(hit.mean()), int(hit.size)
@@ -86,7 +91,7 @@ def evaluate(
         agreement = float((predict(reference_index, reference_test, provider)[0] == predicted).mean())
     return Evaluation(
         model=str(model_path), samples=len(test), accuracy=accuracy, attack_success_rate=asr,
-        triggered_samples=triggered_count, target=target, agreement=agreement,
+        triggered_accuracy=triggered_accuracy, triggered_samples=triggered_count, target=target, agreement=agreement,
         reference=None if reference is None else str(reference), provider=provider.name,
     )
 

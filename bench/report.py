@@ -160,6 +160,7 @@ def aggregate(results: list[dict], n: int, method: str) -> dict:
         "median_acc_drop_backdoored": median([c.get("acc_drop_points") for _, c in backdoored]),
         "median_asr_before": median([r["baseline"]["asr"] for r, _ in backdoored]),
         "median_asr_after": median([c["asr"] for _, c in backdoored]),
+        "median_triggered_accuracy_after": median([c.get("triggered_accuracy") for _, c in backdoored]),
         "median_zeroed": median([c.get("count") for _, c in good]),
         "median_wall_s": median([c["wall_s"] for _, c in good]),
         "median_plain_s": median([r["runs"][str(n)].get("plain_inference_s") for r, _ in good]),
@@ -476,6 +477,24 @@ def main(command: str | None = None, grid_seconds: float | None = None) -> int:
     return 0
 
 
+def _how(record: dict) -> str:
+    """What the repair did, in a few words: bounds, zeroed channels, head unlearning (or why not)."""
+    parts = []
+    bound = record.get("bound") or {}
+    if bound.get("input_radius") is not None or bound.get("factor") is not None:
+        parts.append("bounds")
+    if record.get("count"):
+        parts.append(f"{record['count']} zeroed")
+    unlearned = record.get("unlearning") or {}
+    if unlearned.get("applied"):
+        parts.append(f"unlearned class {unlearned['target']}")
+    elif unlearned.get("reason") and "no shortcut" not in unlearned["reason"]:
+        reason = unlearned["reason"]
+        parts.append("not unlearned: " + ("no clean sample of the target" if reason.startswith("no clean sample")
+                                           else "fidelity" if "fidelity" in reason else reason))
+    return ", ".join(parts) or "nothing"
+
+
 def by_attack_section(results: list[dict], seed_of: dict[str, str], ns: list[int], methods: list[str]) -> list[str]:
     """ASR halved per attack, per method, at every N (all backdoored models; held-back count in brackets)."""
     attacks = sorted({r["entry"].get("attack") for r in results if r["kind"] == "backdoored"})
@@ -666,7 +685,9 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
             r["name"], seed_of[r["name"]], r["entry"].get("attack", "?"),
             f"{fmt(base['accuracy'], '.3f')} -> {fmt(c.get('accuracy'), '.3f')}" if good else fmt(base["accuracy"], ".3f"),
             (f"{fmt(base['asr'], '.3f')} -> {fmt(c.get('asr'), '.3f')}" if base["asr"] is not None else "–") if good else fmt(base["asr"], ".3f"),
-            c.get("count", "–") if good else "–",
+            (f"{fmt(base.get('triggered_accuracy'), '.2f')} -> {fmt(c.get('triggered_accuracy'), '.2f')}"
+             if good and base.get("triggered_accuracy") is not None else "–"),
+            _how(c) if good else "–",
             (f"{c['verdict_score']:.2f}" + (" (suspicious)" if c.get("suspicious") else "")) if good else "–",
             fmt(c.get("wall_s"), ".2f") if good else "–", fmt(plain, ".3f"),
             (f"{anp['wall_s']:.1f} s, ASR {fmt(anp.get('asr'), '.2f')}, ACC {fmt(anp.get('accuracy'), '.3f')}" if ok(anp)
@@ -674,7 +695,8 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
                    (f"{anp.get('status')}: {anp.get('reason', '')}" if anp else "not run"))),
             "**SHORT: " + "; ".join(flags) + "**" if flags else "meets all",
         ])
-    lines += table(["model", "split", "attack", "ACC before -> after", "ASR before -> after", "zeroed", "verdict score",
+    lines += table(["model", "split", "attack", "ACC before -> after", "ASR before -> after", "triggered right class",
+                    "repair", "verdict score",
                     "time (s)", "plain (s)", "ANP", "criteria"], rows)
     # ---------------------------------------------------------------- skipped and failed cells
     problems = []

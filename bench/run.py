@@ -103,12 +103,14 @@ def _evaluate(model_path, entry: dict, test: Path, triggered: Path | None) -> di
     target = entry.get("target") if triggered is not None else None
     result = auditor.evaluate(str(model_path), str(test), triggered=None if triggered is None else str(triggered),
                               target=target, device="cpu")
-    return {"accuracy": result.accuracy, "asr": result.attack_success_rate, "test_samples": result.samples,
+    return {"accuracy": result.accuracy, "asr": result.attack_success_rate, "triggered_accuracy": result.triggered_accuracy,
+            "test_samples": result.samples,
             "triggered_samples": result.triggered_samples, "seconds": time.perf_counter() - start}
 
 
 def _effects(after: dict, baseline: dict) -> dict:
-    out = {"accuracy": after["accuracy"], "asr": after["asr"], "eval_s": after["seconds"]}
+    out = {"accuracy": after["accuracy"], "asr": after["asr"], "triggered_accuracy": after.get("triggered_accuracy"),
+           "eval_s": after["seconds"]}
     out["acc_drop_points"] = None if after["accuracy"] is None else 100.0 * (baseline["accuracy"] - after["accuracy"])
     if after["asr"] is None or baseline["asr"] is None:
         out["asr_cut"] = None
