@@ -35,6 +35,7 @@ def test_repair_halves_attack_success_and_keeps_accuracy(repaired):
     after = auditor.evaluate(str(out), str(TEST), triggered=str(TRIGGERED), target=TARGET, reference=str(MODEL))
     assert before.attack_success_rate > 0.9  # the example really is backdoored
     assert after.attack_success_rate <= 0.5 * before.attack_success_rate
+    assert before.triggered_accuracy < 0.05 and after.triggered_accuracy >= 0.8  # restored, not sent to another class
     assert before.accuracy - after.accuracy <= 0.03
     assert report.repair["bound"]["factor"] is not None  # the activation bounds did the work
     assert report.repair["bound"]["units"] == sum(1 for layer in report.layers if layer.prunable)
