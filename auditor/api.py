@@ -152,6 +152,9 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     features = np.concatenate([*(fidelity.features(corrupted, zeroed, bounds) for corrupted in kept), guard_features[shortcut]])
     sources = np.concatenate([sources, fidelity.origin[shortcut]])
     matrix, bias = margin.head_affine(analysis.index, fidelity.head)
+    if guard_features.shape[1] != matrix.shape[1]:
+        entry["reason"] = "the head reads more than one feature vector per sample (e.g. every token)"
+        return entry
     clean_rows = ~shortcut
     for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds
         fitted = unlearn.correction(matrix, bias, target, guard_features[clean_rows], fidelity.reference[clean_rows], features,
@@ -315,5 +318,7 @@ def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guar
         (got,) = run(session, [name], feed)
         (want,) = run(fidelity.session, [name], {**feed, **masks})
         scale = max(1.0, float(np.abs(want).max()))
-        if not np.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
+        # a few units in the last place of the scores' type: float16 graphs round differently when rewritten
+        tolerance = max(1e-4, 4 * float(np.finfo(np.asarray(want).dtype).eps)) if np.asarray(want).dtype.kind == "f" else 1e-4
+        if not np.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
             raise ModelError("internal check failed: the repaired model differs from the masked original")

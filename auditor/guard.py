@@ -17,7 +17,7 @@ from auditor import runtime
 from auditor.capture import ChannelStats, channel_max, run, scores_output
 from auditor.data import Samples
 from auditor.graph import GraphIndex
-from auditor.rewrite import clamp_feed, input_key, mask_feed, mask_shape, reads, with_head_correction, with_mask_inputs
+from auditor.rewrite import clamp_feed, input_key, mask_feed, mask_shape, reads, weight_types, with_head_correction, with_mask_inputs
 from auditor.units import Unit
 
 AUGMENTED_PER_SAMPLE = 15
@@ -195,7 +195,7 @@ class Guard:
         self.head_input = None if head is None else reads(self.masked, index.node(head.node))
         if self.head_input is not None and self.head_input not in {o.name for o in self.masked.graph.output}:
             # onnxruntime fetches graph outputs only; the head's input is also what head unlearning fits on
-            elem = index.initializers[head.weight].data_type if head.weight in index.initializers else TensorProto.FLOAT
+            elem = weight_types(index.model).get(head.weight, TensorProto.FLOAT)
             self.masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
         self.session = runtime.session(self.masked, provider)
         self.output = scores_output(index)

@@ -123,7 +123,7 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_nam
     return out
 
 
-def _weight_types(model: onnx.ModelProto) -> dict[str, int]:
+def weight_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every constant. A unit's output has its weight's type: Conv, Gemm and
     MatMul bind input, weight and output to one type, and the ops after them keep it."""
     types = {t.name: t.data_type for t in model.graph.initializer}
@@ -141,7 +141,7 @@ def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = Fa
     a per-channel upper bound after that (feed +inf to reproduce the original); with `clamp`,
     low and high inputs that clamp those float32 graph inputs first (feed -inf and +inf)."""
     position = {u.name: i for i, u in enumerate(units)}
-    types = _weight_types(model)
+    types = weight_types(model)
     casts: list[onnx.NodeProto] = []
 
     def read(prefix: str, u: Unit) -> str:
@@ -273,7 +273,7 @@ def zero_channels(
                 inits[name] = tensor
             else:
                 inits[name].CopyFrom(numpy_helper.from_array(array, name))
-    types = _weight_types(out)
+    types = weight_types(out)
     constants: list[onnx.TensorProto] = []
     factors: dict[str, str] = {}
     caps: dict[str, str] = {}
@@ -340,7 +340,7 @@ def with_head_correction(model: onnx.ModelProto, head: Unit, features: str, matr
     taken |= {t.name for t in out.graph.initializer} | {v.name for v in out.graph.input}
     node_names = {node.name for node in out.graph.node}
     producer = next(i for i, node in enumerate(out.graph.node) if head.output in node.output)
-    elem = _weight_types(out).get(head.weight, TensorProto.FLOAT)
+    elem = weight_types(out).get(head.weight, TensorProto.FLOAT)
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     weight_name, bias_name = _fresh("__auditor_head_weight", taken), _fresh("__auditor_head_bias", taken | {"__auditor_head_weight"})
     raw, product, shift = (_fresh(f"{head.output}__auditor_{tag}", taken) for tag in ("raw", "product", "shift"))
