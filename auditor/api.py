@@ -156,12 +156,27 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         entry["reason"] = "the head reads more than one feature vector per sample (e.g. every token)"
         return entry
     clean_rows = ~shortcut
+    halves = 2 if len(analysis.samples) >= 4 else 0
     for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds
+        # cross-fit as the bounds do: a correction fitted on one half of the samples (and their
+        # copies) must keep the bounds on the other half, with the half's slack. The samples of
+        # the target class anchor it, and there are few: both halves fit on all of them.
+        held = True
+        anchored = labels[fidelity.origin] == target
+        for half in range(halves):
+            mine = fidelity.origin % 2 == half
+            fit_rows, other = clean_rows & (mine | anchored), clean_rows & ~mine & ~anchored
+            fitted = unlearn.correction(matrix, bias, target, guard_features[fit_rows], fidelity.reference[fit_rows],
+                                        features[sources % 2 == half], clean[sources[sources % 2 == half]], anchors, weight, strength)
+            fidelity.correct(fitted.matrix, fitted.bias)
+            if not fidelity.fidelity(zeroed, bounds, other).within(floor, max_divergence, guard.HALF_SLACK):
+                held = False
+                break
         fitted = unlearn.correction(matrix, bias, target, guard_features[clean_rows], fidelity.reference[clean_rows], features,
                                     clean[sources], anchors, weight, strength)
         fidelity.correct(fitted.matrix, fitted.bias)
         kept_fidelity = fidelity.fidelity(zeroed, bounds, clean_rows)
-        if kept_fidelity.within(floor, max_divergence):
+        if held and kept_fidelity.within(floor, max_divergence):
             entry.update(applied=True, correction=fitted, strength=strength, weight=weight, fidelity=kept_fidelity)
             return entry
     fidelity.correct(None)
