@@ -166,6 +166,8 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         for half in range(halves):
             mine = fidelity.origin % 2 == half
             fit_rows, other = clean_rows & (mine | anchored), clean_rows & ~mine & ~anchored
+            if not other.any():
+                continue  # nothing left to judge this half on
             fitted = unlearn.correction(matrix, bias, target, guard_features[fit_rows], fidelity.reference[fit_rows],
                                         features[sources % 2 == half], clean[sources[sources % 2 == half]], anchors, weight, strength)
             fidelity.correct(fitted.matrix, fitted.bias)

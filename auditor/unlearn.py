@@ -88,7 +88,7 @@ def correction(matrix: np.ndarray, bias: np.ndarray, target: int, clean_features
     """Fit the row-`target` correction from clean and surrogate features with their soft targets."""
     classes = matrix.shape[0]
     weights = np.concatenate([balanced(clean_targets.argmax(axis=1), classes),
-                              weight * np.full(len(surrogate_features), 1.0 / len(surrogate_features))])
+                              weight * np.full(len(surrogate_features), 1.0 / max(len(surrogate_features), 1))])
     d_weights, d_bias = fit_row(matrix, bias, np.concatenate([clean_features, surrogate_features]),
                                 np.concatenate([clean_targets, surrogate_targets]), weights, target, strength)
     out_matrix, out_bias = np.zeros_like(matrix), np.zeros_like(bias)
