@@ -14,7 +14,7 @@ with an L2 penalty that keeps the row near the original. Numpy only: a few hundr
 accelerated gradient descent on a convex problem, deterministic.
 
 Class t's clean accuracy rests on the clean samples the model puts in t: with none, nothing
-holds the row in place, and on the zoo it cost 9 to 18 points. So unlearning needs at least
+holds the row in place, and on the zoo it cost 3 to 18 points. So unlearning needs at least
 one such sample and says so otherwise.
 """
 
