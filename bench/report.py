@@ -523,7 +523,7 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
         return []
     data = json.loads(path.read_text())
     models = [m for m in data["models"] if m["name"] in seed_of]
-    lines = ["", f"## Verdict over {data['sets']} disjoint sets of {data['n']} clean samples", "",
+    lines = ["", f"## Verdict and repair over {data['sets']} disjoint sets of {data['n']} clean samples", "",
              f"`{data['command']}` audits every model on clean-pool samples [k*{data['n']}, (k+1)*{data['n']}) for "
              f"k < {data['sets']}; the grid above uses the first set only. AUC: one per set, mean [min-max] over the sets. "
              "TPR / FPR at the shipped threshold, pooled over the sets. Target right: flagged backdoored (model, set) "
@@ -552,6 +552,28 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
         attacks.setdefault(m["attack"] or "clean", []).extend(s["suspicious"] for s in m["sets"])
     lines += ["", "Share of (model, set) pairs flagged, by attack: "
               + ", ".join(f"{a} {pct(sum(v) / len(v))}" for a, v in sorted(attacks.items())) + "."]
+    if not any("asr" in s for m in models for s in m["sets"]):
+        return lines
+    lines += ["", "`repair` (default method) on the same sets. ASR halved: (backdoored model, set) pairs whose ASR "
+              "after repair is at most half the model's ASR before, pooled over the sets, with the range of the "
+              "per-set share. ACC drop: median over all (model, set) pairs.", ""]
+    rows = []
+    for label in ("held-back", "tuning", "all"):
+        chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
+        pairs = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"] if s.get("asr") is not None]
+        halved = [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m, s in pairs]
+        per_set = []
+        for k in range(data["sets"]):
+            got = [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m in chosen if m["kind"] == "backdoored"
+                   for s in [m["sets"][k]] if s.get("asr") is not None]
+            if got:
+                per_set.append(sum(got) / len(got))
+        drops = [s["acc_drop_points"] for m in chosen for s in m["sets"] if s.get("acc_drop_points") is not None]
+        unlearned = sum(s.get("unlearned", False) for m, s in pairs)
+        rows.append([label, f"{sum(halved)}/{len(halved)} ({pct(sum(halved) / len(halved)) if halved else '–'})",
+                     f"{pct(min(per_set))}-{pct(max(per_set))}" if per_set else "–", fmt(median(drops)),
+                     f"{unlearned}/{len(pairs)}"])
+    lines += table(["half (by seed)", "ASR halved", "per set", "median ACC drop", "unlearned"], rows)
     return lines
 
 

@@ -1,10 +1,13 @@
-"""The verdict over several disjoint sets of clean samples: how much it depends on which ten.
+"""The verdict and the repair over several disjoint sets of clean samples: how much they
+depend on which ten.
 
-    .venv/bin/python -m bench.verdict [--sets 5] [--n 10]
+    .venv/bin/python -m bench.verdict [--sets 5] [--n 10] [--no-repair]
 
-For every zoo model, `auditor.audit` runs on clean-pool samples [k*n, (k+1)*n) for k < sets.
-Writes bench/results/verdict_sets.json; `bench.report` puts its summary in BENCHMARKS.md.
-The bench's main grid uses only the first set, so this is the check on luck of the draw.
+For every zoo model, `auditor.audit` and `auditor.repair` run on clean-pool samples
+[k*n, (k+1)*n) for k < sets, and the repaired model is evaluated on the test and triggered
+sets. Writes bench/results/verdict_sets.json; `bench.report` puts its summary in
+BENCHMARKS.md. The bench's main grid uses only the first set, so this is the check on luck
+of the draw.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from bench import zoo
 OUTPUT = zoo.RESULTS / "verdict_sets.json"
 
 
-def audit_set(entry: dict, start: int, count: int, folder: Path) -> dict:
+def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, baseline: dict | None) -> dict:
     import auditor
 
     with np.load(entry["clean_pool"]) as archive:
@@ -32,8 +35,26 @@ def audit_set(entry: dict, start: int, count: int, folder: Path) -> dict:
     path = folder / f"{entry['name']}-{start}.npz"
     np.savez(path, x=zoo.to_layout(x, entry.get("layout", "nchw")))
     verdict = auditor.audit(entry["file"], str(path), limit=count, device="cpu").verdict
-    return {"start": start, "score": verdict["score"], "threshold": verdict["threshold"], "suspicious": verdict["suspicious"],
-            "basis": verdict["basis"], "target": verdict["target"]}
+    out = {"start": start, "score": verdict["score"], "threshold": verdict["threshold"], "suspicious": verdict["suspicious"],
+           "basis": verdict["basis"], "target": verdict["target"]}
+    if repair and baseline is not None:
+        repaired = folder / f"{entry['name']}-{start}.onnx"
+        report = auditor.repair(entry["file"], str(path), str(repaired), limit=count, device="cpu", force=True)
+        after = _evaluate(str(repaired), entry)
+        out.update(accuracy=after.accuracy, asr=after.attack_success_rate,
+                   acc_drop_points=100.0 * (baseline["accuracy"] - after.accuracy),
+                   unlearned=bool((report.repair.get("unlearning") or {}).get("applied")))
+    return out
+
+
+def _evaluate(model: str, entry: dict):
+    import auditor
+
+    layout = entry.get("layout", "nchw")
+    triggered = zoo.materialise(entry["triggered"], layout) if entry.get("triggered") and entry.get("target") is not None else None
+    return auditor.evaluate(model, str(zoo.materialise(entry["test"], layout)), device="cpu",
+                            triggered=None if triggered is None else str(triggered),
+                            target=entry.get("target") if triggered is not None else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", type=int, default=5, help="disjoint sample sets per model (default 5)")
     parser.add_argument("--n", type=int, default=10, help="clean samples per set (default 10)")
+    parser.add_argument("--no-repair", action="store_true", help="audit only: do not repair and evaluate each set")
     args = parser.parse_args(argv)
     if args.sets < 1 or args.n < 1:
         parser.error("--sets and --n must be positive")
@@ -51,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         for entry in zoo.load_entries():
             if zoo.pool_size(entry["clean_pool"]) < args.sets * args.n:
                 continue
-            sets = [audit_set(entry, k * args.n, args.n, Path(folder)) for k in range(args.sets)]
+            before = None
+            if not args.no_repair:
+                evaluated = _evaluate(entry["file"], entry)
+                before = {"accuracy": evaluated.accuracy, "asr": evaluated.attack_success_rate}
+            sets = [audit_set(entry, k * args.n, args.n, Path(folder), not args.no_repair, before) for k in range(args.sets)]
             kind = "clean" if entry.get("attack", "clean") == "clean" or entry.get("target") is None else "backdoored"
             models.append({"name": entry["name"], "kind": kind, "attack": entry.get("attack"), "target": entry.get("target"),
-                           "seed": entry.get("seed"), "architecture": entry.get("architecture"), "sets": sets})
+                           "seed": entry.get("seed"), "architecture": entry.get("architecture"), "baseline": before,
+                           "sets": sets})
             print(f"  {entry['name']}: " + " ".join(f"{s['score']:.2f}" for s in sets), flush=True)
     result = {"command": " ".join([".venv/bin/python -m bench.verdict", *(sys.argv[1:] if argv is None else argv)]).strip(),
               "sets": args.sets, "n": args.n, "seconds": time.perf_counter() - started, "models": models}
