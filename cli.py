@@ -118,6 +118,10 @@ def _write_reports(report: auditor.Report, json_path, sarif_path, html_path) -> 
 def _say_provider(report: auditor.Report) -> None:
     provider = report.provider
     out.print(f"provider: {provider['name']} ({provider['reason']})")
+    covered, classes = report.data.get("predicted_classes"), report.data.get("classes")
+    if covered is not None and classes is not None and covered < classes:
+        out.print(f"note: the model puts the {report.data['samples']} clean samples in {covered} of its {classes} classes; "
+                  "samples of every class let repair protect each of them")
 
 
 def _render(report: auditor.Report) -> None:

@@ -98,7 +98,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
         command=command, tool_version=__version__, method=method,
         model={"path": str(model_path), "sha256": loaded.sha256, "ir_version": loaded.proto.ir_version,
                "opset": loaded.opset, "notes": list(loaded.notes)},
-        data={"path": str(data_path), "samples": len(samples)},
+        data={"path": str(data_path), "samples": len(samples), **_coverage(captured.scores, len(samples))},
         provider={"name": provider.name, "reason": provider.reason},
         verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer,
                  "basis": verdict.basis, "target": verdict.target,
@@ -108,6 +108,13 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
     )
     timings["total"] = time.perf_counter() - start
     return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report)
+
+
+def _coverage(scores: np.ndarray, count: int) -> dict:
+    """How many classes the model gives the clean samples, of how many it has: unlearning can only
+    protect a class that some clean sample falls in."""
+    scores = np.asarray(scores).reshape(count, -1)
+    return {"classes": int(scores.shape[1]), "predicted_classes": int(np.unique(scores.argmax(axis=1)).size)}
 
 
 def _dense_head(index: GraphIndex, units: list[Unit]) -> Unit | None:

@@ -3,7 +3,7 @@
 Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
-  data       {path, samples}
+  data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
   provider   {name, reason}
   verdict    {score, threshold, suspicious, layer, basis, target, probe, margins}
              basis "corruption" (sus with a float input): score = the largest share of noisy or

@@ -16,6 +16,17 @@ MODEL, CLEAN, TEST, TRIGGERED = (EXAMPLE / n for n in ("model.onnx", "clean.npz"
 TARGET = json.loads((EXAMPLE / "model.json").read_text())["target"]
 
 
+def _predicted(count: int) -> list[int]:
+    """The example model's classes for the first `count` clean samples, by plain onnxruntime."""
+    import numpy as np
+    import onnxruntime as ort
+
+    with np.load(CLEAN) as archive:
+        x = archive["x"][:count].astype(np.float32) / 255
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0].argmax(axis=1).tolist()
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -76,7 +87,8 @@ def test_scan_reports_the_corruption_probe_on_the_example():
     assert verdict["probe"]["shares"][verdict["probe"]["corruption"]] == verdict["score"]
     assert len(verdict["margins"]) == 10
     assert data["provider"]["name"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
-    assert data["data"]["samples"] == 10
+    assert data["data"]["samples"] == 10 and data["data"]["classes"] == 10
+    assert data["data"]["predicted_classes"] == len(set(_predicted(10)))
     heads = [layer for layer in data["layers"] if layer["head"]]
     assert len(heads) == 1 and not heads[0]["prunable"]
     for layer in data["layers"]:
