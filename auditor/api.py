@@ -337,7 +337,7 @@ def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guar
             raise ModelError(f"internal check failed: the repaired model does not pass onnx.checker: {exc}") from exc
     session = runtime.session(repaired, analysis.provider)
     name = scores_output(analysis.index)
-    masks = {**rewrite.mask_feed(fidelity.units, zeroed, bounds=bounds), **rewrite.clamp_feed(fidelity.clamp, bounds)}
+    masks = fidelity.feeds(zeroed, bounds)
     for feed in analysis.samples.batches(64):
         (got,) = run(session, [name], feed)
         (want,) = run(fidelity.session, [name], {**feed, **masks})

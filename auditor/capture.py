@@ -213,8 +213,8 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
         for name in outputs:
             if name.endswith("_pmax"):
                 halves.setdefault(name, []).append(None)
-        for start in range(0, len(chosen), batch):
-            rows = chosen[start : start + batch]
+        for first in range(0, len(chosen), batch):
+            rows = chosen[first : first + batch]
             values = run(session, [scores_name, *outputs], {k: v[rows] for k, v in samples.inputs.items()})
             for row, value in zip(rows, np.asarray(values[0], dtype=np.float32)):
                 scores[row] = value

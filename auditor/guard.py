@@ -17,7 +17,18 @@ from auditor import runtime
 from auditor.capture import ChannelStats, channel_max, run, scores_output
 from auditor.data import Samples
 from auditor.graph import GraphIndex
-from auditor.rewrite import clamp_feed, input_key, mask_feed, mask_shape, reads, weight_types, with_head_correction, with_mask_inputs
+from auditor.margin import head_affine
+from auditor.rewrite import (
+    HEAD_INPUTS,
+    clamp_feed,
+    input_key,
+    mask_feed,
+    mask_shape,
+    reads,
+    weight_types,
+    with_head_correction,
+    with_mask_inputs,
+)
 from auditor.units import Unit
 
 AUGMENTED_PER_SAMPLE = 15
@@ -193,13 +204,20 @@ class Guard:
         self.masked = with_mask_inputs(index.model, units, bound=True, clamp=self.clamp)
         self.head = head
         self.head_input = None if head is None else reads(self.masked, index.node(head.node))
-        if self.head_input is not None and self.head_input not in {o.name for o in self.masked.graph.output}:
+        self.correction: tuple[np.ndarray, np.ndarray] | None = None
+        self.zero_correction: dict[str, np.ndarray] = {}
+        if self.head_input is not None:
             # onnxruntime fetches graph outputs only; the head's input is also what head unlearning fits on
             elem = weight_types(index.model).get(head.weight, TensorProto.FLOAT)
-            self.masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
+            if self.head_input not in {o.name for o in self.masked.graph.output}:
+                self.masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
+            # the head correction is fed, so trying one costs a run, not a new session
+            self.masked = with_head_correction(self.masked, head, self.head_input, inputs=HEAD_INPUTS)
+            classes, features = head_affine(index, head)[0].shape
+            dtype = helper.tensor_dtype_to_np_dtype(elem)
+            self.zero_correction = {HEAD_INPUTS[0]: np.zeros((features, classes), dtype), HEAD_INPUTS[1]: np.zeros(classes, dtype)}
         self.session = runtime.session(self.masked, provider)
         self.output = scores_output(index)
-        self.correction = None
         self.evaluations = 0
         self.reference = distribution(self.scores({}))
         self.reference_label = self.reference.argmax(axis=1)
@@ -211,7 +229,7 @@ class Guard:
 
     def classify(self, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Class scores [samples, classes] of any samples through the model as repaired by `zeroed` and `bounds`."""
-        masks = {**mask_feed(self.units, zeroed, bounds=bounds or {}), **clamp_feed(self.clamp, bounds)}
+        masks = self.feeds(zeroed, bounds)
         out = []
         for feed in samples.batches(self.batch):
             (scores,) = run(self.session, [self.output], {**feed, **masks})
@@ -222,7 +240,7 @@ class Guard:
         """What the head reads [samples, features] with the given channels zeroed and activations capped."""
         if self.head_input is None:
             raise ValueError("the guard was built without a head")
-        masks = {**mask_feed(self.units, zeroed, bounds=bounds or {}), **clamp_feed(self.clamp, bounds)}
+        masks = self.feeds(zeroed, bounds)
         out = []
         for feed in samples.batches(self.batch):
             (values,) = run(self.session, [self.head_input], {**feed, **masks})
@@ -231,11 +249,18 @@ class Guard:
 
     def correct(self, matrix: np.ndarray | None, bias: np.ndarray | None = None) -> None:
         """From now on, run the model with this correction added to the head's output (None: without)."""
-        model = self.masked
-        if matrix is not None and self.head is not None and self.head_input is not None:
-            model = with_head_correction(self.masked, self.head, self.head_input, matrix, bias)
-        self.session = runtime.session(model, self.provider)
-        self.correction = None if matrix is None else (matrix, bias)
+        self.correction = None if matrix is None or self.head_input is None else (matrix, bias)
+
+    def feeds(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Everything but the samples: masks, bounds, input clamps and the head correction."""
+        out = {**mask_feed(self.units, zeroed, bounds=bounds or {}), **clamp_feed(self.clamp, bounds)}
+        if self.zero_correction:
+            out.update(self.zero_correction)
+            if self.correction is not None:
+                weight, bias = self.zero_correction.values()
+                out[HEAD_INPUTS[0]] = np.asarray(self.correction[0], weight.dtype).T.copy()
+                out[HEAD_INPUTS[1]] = np.asarray(self.correction[1], bias.dtype)
+        return out
 
     def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None,
                  rows: np.ndarray | None = None) -> Fidelity:

@@ -26,6 +26,7 @@ MASK_PREFIX = "__auditor_mask_"
 SHIFT_PREFIX = "__auditor_shift_"
 BOUND_PREFIX = "__auditor_bound_"
 CLAMP_PREFIX = "__auditor_clamp_"
+HEAD_INPUTS = ("__auditor_head_weight_in", "__auditor_head_bias_in")  # the guard's head correction, fed
 INPUT_KEY = "@input:"  # a bounds entry under INPUT_KEY + graph input name: [2, ...] = (low, high) of that input
 
 
@@ -330,10 +331,12 @@ def reads(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
     raise ValueError(f"no node writes {list(node.output)}")
 
 
-def with_head_correction(model: onnx.ModelProto, head: Unit, features: str, matrix: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
+def with_head_correction(model: onnx.ModelProto, head: Unit, features: str, matrix: np.ndarray | None = None,
+                         bias: np.ndarray | None = None, inputs: tuple[str, str] | None = None) -> onnx.ModelProto:
     """Copy of `model` whose head output gains features @ matrix.T + bias ([K, F], [K]): the node
     that wrote the head output writes a fresh tensor, and an Add writes the original name, so every
-    reader (and a graph output of that name) sees the corrected scores."""
+    reader (and a graph output of that name) sees the corrected scores. With `inputs`, the weight
+    [F, K] and the bias [K] are graph inputs of those names instead (the guard feeds them)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     taken = {n for node in out.graph.node for n in (*node.input, *node.output)}
@@ -342,10 +345,15 @@ def with_head_correction(model: onnx.ModelProto, head: Unit, features: str, matr
     producer = next(i for i, node in enumerate(out.graph.node) if head.output in node.output)
     elem = weight_types(out).get(head.weight, TensorProto.FLOAT)
     dtype = helper.tensor_dtype_to_np_dtype(elem)
-    weight_name, bias_name = _fresh("__auditor_head_weight", taken), _fresh("__auditor_head_bias", taken | {"__auditor_head_weight"})
     raw, product, shift = (_fresh(f"{head.output}__auditor_{tag}", taken) for tag in ("raw", "product", "shift"))
-    out.graph.initializer.extend([numpy_helper.from_array(np.asarray(matrix, dtype).T.copy(), weight_name),
-                                  numpy_helper.from_array(np.asarray(bias, dtype), bias_name)])
+    if inputs is not None:
+        weight_name, bias_name = inputs
+        out.graph.input.extend([helper.make_tensor_value_info(weight_name, elem, None),
+                                helper.make_tensor_value_info(bias_name, elem, None)])
+    else:
+        weight_name, bias_name = _fresh("__auditor_head_weight", taken), _fresh("__auditor_head_bias", taken | {"__auditor_head_weight"})
+        out.graph.initializer.extend([numpy_helper.from_array(np.asarray(matrix, dtype).T.copy(), weight_name),
+                                      numpy_helper.from_array(np.asarray(bias, dtype), bias_name)])
     node = out.graph.node[producer]
     node.output[list(node.output).index(head.output)] = raw
     added = [helper.make_node("MatMul", [features, weight_name], [product], name=_fresh("__auditor_head_matmul", node_names)),
