@@ -16,6 +16,9 @@ accelerated gradient descent on a convex problem, deterministic.
 Class t's clean accuracy rests on the clean samples the model puts in t: with none, nothing
 holds the row in place, and on the zoo it cost 3 to 18 points. So unlearning needs at least
 one such sample and says so otherwise.
+
+The fidelity guard chooses how hard to unlearn (`LADDER`, cross-fitted over halves of the
+samples); `auditor.api._unlearn` runs that search and the guard applies the correction.
 """
 
 from __future__ import annotations
