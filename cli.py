@@ -225,10 +225,13 @@ def repair_command(
         elif unlearned is not None and unlearned["target"] is not None and "no shortcut" not in (unlearned["reason"] or ""):
             out.print(f"unlearning: not applied: {unlearned['reason']}")
         left = r.get("probe")
-        if left is not None:
+        if left is not None and report.verdict["suspicious"]:
             side = ">=" if left["above_threshold"] else "<"
-            out.print(f"after repair: corruption probe {left['score']:.3f} {side} threshold {report.verdict['threshold']:.3f} "
-                      f"(class {left['target']} under {left['corruption']})")
+            line = (f"after repair: class {left['suspected_target']} takes {left['suspected_target_share']:.3f} of the corrupted "
+                    f"samples ({side} threshold {report.verdict['threshold']:.3f}, was {report.verdict['score']:.3f})")
+            if left["target"] is not None and left["target"] != left["suspected_target"]:
+                line += f"; the largest share is now class {left['target']}'s, {left['score']:.3f} under {left['corruption']}"
+            out.print(line)
         if before is not None:
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device)
             report.repair["evaluation"] = {"before": before.to_dict(), "after": after.to_dict()}

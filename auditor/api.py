@@ -297,7 +297,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     if method == "sus" and report.verdict.get("basis") == "corruption":
         # the same probe on the repaired model: a shortcut the repair left in place still shows
         residual = probe.probe(analysis.samples, analysis.capture.scores,
-                               lambda more: fidelity.classify(more, zeroed, capped.values))
+                               lambda more: fidelity.classify(more, zeroed, capped.values), focus=report.verdict.get("target"))
     sha256 = model.save_model(repaired, output)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
@@ -311,9 +311,11 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         "divergence": final.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
         "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
         "unlearning": unlearned,
-        "probe": None if residual is None else {"score": residual.score, "target": residual.target,
-                                                "corruption": residual.corruption,
-                                                "above_threshold": bool(residual.score >= report.verdict["threshold"])},
+        "probe": None if residual is None else {
+            "score": residual.score, "target": residual.target, "corruption": residual.corruption,
+            "suspected_target": report.verdict.get("target"), "suspected_target_share": residual.focus_share,
+            # the question after a repair: does the suspected target still take the corrupted samples?
+            "above_threshold": bool((residual.focus_share or 0.0) >= report.verdict["threshold"])},
     }
     return report
 

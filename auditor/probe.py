@@ -40,6 +40,7 @@ class Probe:
     corruption: str | None
     shares: dict[str, float]  # per corruption: its largest share (rounded for the report)
     seconds: float
+    focus_share: float | None = None  # with `focus`: the largest share that class takes
 
 
 def spatial_axes(array: np.ndarray) -> tuple[int, ...] | None:
@@ -117,27 +118,34 @@ def corruptions(samples: Samples, seed: int = SEED) -> Iterator[tuple[str, Sampl
             yield f"blur {sigma:g}", Samples(inputs, None, samples.source), np.arange(count)
 
 
+def class_share(predicted: np.ndarray, clean: np.ndarray, c: int) -> float | None:
+    """The share of samples not predicted c when clean that are predicted c now (None: too few)."""
+    others = clean != c
+    if others.sum() < MIN_OTHERS:
+        return None
+    return float((predicted[others] == c).mean())
+
+
 def largest_share(predicted: np.ndarray, clean: np.ndarray, classes: int) -> tuple[float, int | None]:
-    """max over classes c of: the share of samples not predicted c when clean that are predicted c now."""
+    """max over classes c of `class_share`, and that class."""
     best, target = 0.0, None
     for c in range(classes):
-        others = clean != c
-        if others.sum() < MIN_OTHERS:
-            continue
-        share = float((predicted[others] == c).mean())
-        if share > best:
+        share = class_share(predicted, clean, c)
+        if share is not None and share > best:
             best, target = share, c
     return best, target
 
 
-def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], seed: int = SEED) -> Probe:
+def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], seed: int = SEED,
+          focus: int | None = None) -> Probe:
     """Run every corruption of `samples` through `classify` (samples -> class scores [N, K]) and
-    compare with the classes of the clean samples (`clean_scores` [N, K])."""
+    compare with the classes of the clean samples (`clean_scores` [N, K]). With `focus`, also the
+    largest share that class takes (after a repair: is the suspected target's shortcut still there?)."""
     start = time.perf_counter()
     clean_scores = np.asarray(clean_scores).reshape(len(samples), -1)
     clean = clean_scores.argmax(axis=1)
     classes = clean_scores.shape[1]
-    best, target, where = 0.0, None, None
+    best, target, where, focused = 0.0, None, None, 0.0
     shares = {}
     for name, corrupted, origin in corruptions(samples, seed):
         predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
@@ -145,4 +153,6 @@ def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sample
         shares[name] = round(share, 6)
         if share > best:
             best, target, where = share, cls, name
-    return Probe(best, target, where, shares, time.perf_counter() - start)
+        if focus is not None:
+            focused = max(focused, class_share(predicted, clean[origin], focus) or 0.0)
+    return Probe(best, target, where, shares, time.perf_counter() - start, None if focus is None else focused)

@@ -30,8 +30,10 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
               the original sent to the target from another class: fitted as corrupted samples and left out of
               `agreement` and `divergence`, which are then measured on the other guard samples)},
-              probe (basis "corruption" only, else null): {score, target, corruption, above_threshold},
-              the same probe run on the repaired model,
+              probe (basis "corruption" only, else null): the same probe run on the repaired model:
+              {score, target, corruption (its largest share, which class, under what), suspected_target
+              (the verdict's), suspected_target_share (the largest share that class still takes),
+              above_threshold (suspected_target_share >= the verdict's threshold)},
               evaluation{before, after} (CLI only, with --test)}
   timings    {seconds per stage}: the only part that differs between identical runs
 """

@@ -97,6 +97,9 @@ def test_a_keras_blended_backdoor_is_unlearned_from_ten_samples(tmp_path: Path) 
     done = report.repair["unlearning"]
     assert done["applied"] and done["target"] == entry["target"] and done["anchors"] >= 1 and done["surrogates"] > 0
     assert report.repair["how"][next(layer.unit for layer in report.layers if layer.head)] == "correction"
+    left = report.repair["probe"]  # the target no longer takes the corrupted samples
+    assert left["suspected_target"] == entry["target"] and not left["above_threshold"]
+    assert left["suspected_target_share"] < 0.5 * report.verdict["score"]
     before = auditor.evaluate(str(model), str(test), triggered=str(triggered), target=entry["target"], device="cpu")
     after = auditor.evaluate(str(out), str(test), triggered=str(triggered), target=entry["target"], device="cpu")
     assert after.attack_success_rate <= 0.5 * before.attack_success_rate
