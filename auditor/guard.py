@@ -189,7 +189,9 @@ def augment(samples: Samples, seed: int = 0) -> Samples:
 
 
 class Guard:
-    """Runs the model with any set of channels zeroed and measures agreement with the original."""
+    """Runs the model with any set of channels zeroed, activations capped, inputs clamped and (with
+    `head`, a dense classifier head) a correction added to the head's output, all fed to one
+    session, and measures agreement with the original."""
 
     def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = 256,
                  head: Unit | None = None) -> None:
