@@ -222,7 +222,7 @@ def repair_command(
             out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} corrupted "
                       f"samples it took and {unlearned['anchors']} clean samples of that class "
                       f"(their weight {unlearned['weight']:g}, penalty {unlearned['strength']:g})")
-        elif unlearned is not None and unlearned["target"] is not None and "no shortcut" not in (unlearned["reason"] or ""):
+        elif unlearned is not None and report.verdict.get("basis") == "corruption" and report.verdict["suspicious"]:
             out.print(f"unlearning: not applied: {unlearned['reason']}")
         left = r.get("probe")
         if left is not None and report.verdict["suspicious"]:

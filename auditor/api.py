@@ -149,7 +149,8 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     # Guard copies (shifted, noisy, mixed) that the original already sends to the target from a sample
     # it puts elsewhere are the shortcut at work, not clean behaviour: they join the corrupted samples
     # and leave the fidelity measure, which would otherwise insist on keeping the shortcut.
-    shortcut = (fidelity.reference_label == target) & (labels[fidelity.origin] != target)
+    anchored = labels[fidelity.origin] == target  # guard rows copied from a clean sample of the target
+    shortcut = (fidelity.reference_label == target) & ~anchored
     entry["surrogates"] = int(sources.size + shortcut.sum())
     entry["shortcut_guard_samples"] = int(shortcut.sum())
     if not kept:
@@ -158,39 +159,45 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     guard_features = fidelity.features(fidelity.samples, zeroed, bounds)
     features = np.concatenate([*(fidelity.features(corrupted, zeroed, bounds) for corrupted in kept), guard_features[shortcut]])
     sources = np.concatenate([sources, fidelity.origin[shortcut]])
-    matrix, bias = margin.head_affine(analysis.index, fidelity.head)
+    matrix, bias = fidelity.affine
     if guard_features.shape[1] != matrix.shape[1]:
         entry["reason"] = "the head reads more than one feature vector per sample (e.g. every token)"
         return entry
     clean_rows = ~shortcut
     halves = 2 if len(analysis.samples) >= 4 else 0
+
+    def fit_and_judge(fit_rows: np.ndarray, fit_sources: np.ndarray, judged: np.ndarray, weight: float,
+                      strength: float) -> tuple[unlearn.Correction, guard.Fidelity]:
+        """Fit on the guard rows `fit_rows` and the corrupted samples from `fit_sources`; judge on `judged`."""
+        fitted = unlearn.correction(matrix, bias, target, guard_features[fit_rows], fidelity.reference[fit_rows],
+                                    features[fit_sources], clean[sources[fit_sources]], anchors, weight, strength)
+        fidelity.correct(fitted.matrix, fitted.bias)
+        return fitted, fidelity.fidelity(zeroed, bounds, judged)
+
+    every_source = np.ones(len(sources), dtype=bool)
     for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds
         # cross-fit as the bounds do: a correction fitted on one half of the samples (and their
         # copies) must keep the bounds on the other half, with the half's slack. The samples of
         # the target class anchor it, and there are few: both halves fit on all of them.
         held = True
-        anchored = labels[fidelity.origin] == target
         for half in range(halves):
             mine = fidelity.origin % 2 == half
-            fit_rows, other = clean_rows & (mine | anchored), clean_rows & ~mine & ~anchored
+            other = clean_rows & ~mine & ~anchored
             if not other.any():
                 continue  # nothing left to judge this half on
-            fitted = unlearn.correction(matrix, bias, target, guard_features[fit_rows], fidelity.reference[fit_rows],
-                                        features[sources % 2 == half], clean[sources[sources % 2 == half]], anchors, weight, strength)
-            fidelity.correct(fitted.matrix, fitted.bias)
-            if not fidelity.fidelity(zeroed, bounds, other).within(floor, max_divergence, guard.HALF_SLACK):
+            _, judged = fit_and_judge(clean_rows & (mine | anchored), sources % 2 == half, other, weight, strength)
+            if not judged.within(floor, max_divergence, guard.HALF_SLACK):
                 held = False
                 break
-        fitted = unlearn.correction(matrix, bias, target, guard_features[clean_rows], fidelity.reference[clean_rows], features,
-                                    clean[sources], anchors, weight, strength)
-        fidelity.correct(fitted.matrix, fitted.bias)
-        kept_fidelity = fidelity.fidelity(zeroed, bounds, clean_rows)
-        if held and kept_fidelity.within(floor, max_divergence):
-            entry.update(applied=True, correction=fitted, strength=strength, weight=weight, fidelity=kept_fidelity)
+        if not held:
+            continue
+        fitted, judged = fit_and_judge(clean_rows, every_source, clean_rows, weight, strength)
+        if judged.within(floor, max_divergence):
+            entry.update(applied=True, correction=fitted, strength=strength, weight=weight, fidelity=judged)
             return entry
     fidelity.correct(None)
     entry["reason"] = (f"every correction broke the fidelity bounds (at the weakest: agreement "
-                       f"{kept_fidelity.agreement:.3f}, divergence {kept_fidelity.divergence:.4f})")
+                       f"{judged.agreement:.3f}, divergence {judged.divergence:.4f})")
     return entry
 
 
@@ -265,7 +272,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     tick = time.perf_counter()
     prunable = [u for u in analysis.units if u.prunable]
     ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
-    head = _dense_head(analysis.index, analysis.units) if method == "sus" and unlearning is not False else None
+    unlearning = method == "sus" and unlearning is not False
+    head = _dense_head(analysis.index, analysis.units) if unlearning else None
     fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider, head=head)
     if bound is None:
         bound = method == "sus"
@@ -279,7 +287,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     walk = fidelity.walk(ranked, floor, max_divergence, capped.values)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
     unlearned = None
-    if method == "sus" and unlearning is not False:
+    if unlearning:
         unlearned = _unlearn(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
     fitted = unlearned.pop("correction", None) if unlearned else None
     # with unlearning, fidelity is measured without the guard copies that took the shortcut (see _unlearn)

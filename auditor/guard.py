@@ -206,6 +206,7 @@ class Guard:
         self.masked = with_mask_inputs(index.model, units, bound=True, clamp=self.clamp)
         self.head = head
         self.head_input = None if head is None else reads(self.masked, index.node(head.node))
+        self.affine = None if head is None else head_affine(index, head)  # (W [K, F], b [K]) of the head
         self.correction: tuple[np.ndarray, np.ndarray] | None = None
         self.zero_correction: dict[str, np.ndarray] = {}
         if self.head_input is not None:
@@ -215,7 +216,7 @@ class Guard:
                 self.masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
             # the head correction is fed, so trying one costs a run, not a new session
             self.masked = with_head_correction(self.masked, head, self.head_input, inputs=HEAD_INPUTS)
-            classes, features = head_affine(index, head)[0].shape
+            classes, features = self.affine[0].shape
             dtype = helper.tensor_dtype_to_np_dtype(elem)
             self.zero_correction = {HEAD_INPUTS[0]: np.zeros((features, classes), dtype), HEAD_INPUTS[1]: np.zeros(classes, dtype)}
         self.session = runtime.session(self.masked, provider)
@@ -231,22 +232,21 @@ class Guard:
 
     def classify(self, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Class scores [samples, classes] of any samples through the model as repaired by `zeroed` and `bounds`."""
-        masks = self.feeds(zeroed, bounds)
-        out = []
-        for feed in samples.batches(self.batch):
-            (scores,) = run(self.session, [self.output], {**feed, **masks})
-            out.append(np.asarray(scores).reshape(len(next(iter(feed.values()))), -1))
-        return np.concatenate(out)
+        return self._fetch(self.output, samples, zeroed, bounds)
 
     def features(self, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """What the head reads [samples, features] with the given channels zeroed and activations capped."""
         if self.head_input is None:
             raise ValueError("the guard was built without a head")
+        return self._fetch(self.head_input, samples, zeroed, bounds).astype(np.float64)
+
+    def _fetch(self, name: str, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None) -> np.ndarray:
+        """The tensor `name`, one row per sample [samples, -1], with everything `feeds` sets."""
         masks = self.feeds(zeroed, bounds)
         out = []
         for feed in samples.batches(self.batch):
-            (values,) = run(self.session, [self.head_input], {**feed, **masks})
-            out.append(np.asarray(values, dtype=np.float64).reshape(len(next(iter(feed.values()))), -1))
+            (values,) = run(self.session, [name], {**feed, **masks})
+            out.append(np.asarray(values).reshape(len(next(iter(feed.values()))), -1))
         return np.concatenate(out)
 
     def correct(self, matrix: np.ndarray | None, bias: np.ndarray | None = None) -> None:

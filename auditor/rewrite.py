@@ -351,7 +351,7 @@ def with_head_correction(model: onnx.ModelProto, head: Unit, features: str, matr
         out.graph.input.extend([helper.make_tensor_value_info(weight_name, elem, None),
                                 helper.make_tensor_value_info(bias_name, elem, None)])
     else:
-        weight_name, bias_name = _fresh("__auditor_head_weight", taken), _fresh("__auditor_head_bias", taken | {"__auditor_head_weight"})
+        weight_name, bias_name = _fresh("__auditor_head_weight", taken), _fresh("__auditor_head_bias", taken)
         out.graph.initializer.extend([numpy_helper.from_array(np.asarray(matrix, dtype).T.copy(), weight_name),
                                       numpy_helper.from_array(np.asarray(bias, dtype), bias_name)])
     node = out.graph.node[producer]
