@@ -188,8 +188,8 @@ def repair_command(
         "--zero/--no-zero", help="Zero ranked channels (default: on for clp/fp, or when --threshold/--max-prune is given).",
         show_default=False)] = None,
     unlearn: Annotated[Optional[bool], typer.Option(
-        "--unlearn/--no-unlearn", help="sus: when the corruption probe finds a shortcut, refit the head's row for that class "
-        "so corrupted clean inputs leave it (default: on).", show_default=False)] = None,
+        "--unlearn/--no-unlearn", help="sus: when the corruption probe or the patch search finds a shortcut, refit the head's row for that class "
+        "so corrupted or patched clean inputs leave it (default: on).", show_default=False)] = None,
     json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
 ) -> None:
     """Bound activations and zero suspicious channels as far as the fidelity guard allows; write the repaired model."""
@@ -219,10 +219,11 @@ def repair_command(
                   f"-> {r['output']}")
         unlearned = r.get("unlearning")
         if unlearned is not None and unlearned["applied"]:
-            out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} corrupted "
+            kind = "patched" if report.verdict.get("basis") == "patch" else "corrupted"
+            out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} {kind} "
                       f"samples it took and {unlearned['anchors']} clean samples of that class "
                       f"(their weight {unlearned['weight']:g}, penalty {unlearned['strength']:g})")
-        elif unlearned is not None and report.verdict.get("basis") == "corruption" and report.verdict["suspicious"]:
+        elif unlearned is not None and report.verdict.get("basis") in ("corruption", "patch") and report.verdict["suspicious"]:
             out.print(f"unlearning: not applied: {unlearned['reason']}")
         left = r.get("probe")
         if left is not None and report.verdict["suspicious"]:
@@ -232,6 +233,10 @@ def repair_command(
             if left["target"] is not None and left["target"] != left["suspected_target"]:
                 line += f"; the largest share is now class {left['target']}'s, {left['score']:.3f} under {left['corruption']}"
             out.print(line)
+        patched = r.get("patch")
+        if patched is not None and report.verdict["suspicious"]:
+            out.print(f"after repair: the found patch sends {patched['share_after']:.3f} of the other clean samples to "
+                      f"class {patched['target']} (was {patched['share_before']:.3f})")
         if before is not None:
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device)
             report.repair["evaluation"] = {"before": before.to_dict(), "after": after.to_dict()}
@@ -310,6 +315,11 @@ def main() -> None:
         if exc.code == EXIT_INTERRUPTED:  # typer turned it into a silent exit while parsing the options
             _say_interrupted()
         raise
+    finally:
+        # The work is done (or undone): from here a SIGTERM must not turn the exit status into a
+        # kill. Python restores the default action for handled signals while it shuts down, but
+        # leaves an ignored one ignored.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

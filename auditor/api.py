@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from auditor import data, guard, margin, model, probe, rewrite, runtime, score, signals, unlearn
-from auditor.capture import Capture, capture, run, scores_output
+from auditor import data, guard, margin, model, patch, probe, rewrite, runtime, score, signals, unlearn
+from auditor.capture import Capture, capture, classifier, run, scores_output
 from auditor.errors import DataError, ModelError
 from auditor.graph import GraphIndex
 from auditor.report import ChannelRecord, LayerRecord, Report
@@ -33,6 +34,7 @@ class _Analysis:
     capture: Capture
     suspicion: dict[str, score.Suspicion]
     report: Report
+    patch: patch.Patch | None = None  # the patch search's best patch (`sus` on image inputs)
 
 
 def _analyse(model_path, data_path, limit, method, device, threshold, command) -> _Analysis:
@@ -84,8 +86,12 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
     head = _head_margin(index, units, captured) if method == "sus" else None
     probed = probe.probe(samples, captured.scores, captured.classify) if method == "sus" else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
+    found = None
     if probed is not None and probed.shares:
-        verdict = score.probe_verdict(probed, score.PROBE_THRESHOLD if threshold is None else float(threshold))
+        found = patch.search(samples, captured.scores, classifier(loaded.proto, index, provider))
+    timings["patch"] = 0.0 if found is None else found.seconds
+    if probed is not None and probed.shares:
+        verdict = score.probe_verdict(probed, score.PROBE_THRESHOLD if threshold is None else float(threshold), found)
     elif head is not None:
         verdict = score.margin_verdict(head[1], head[0], score.MARGIN_THRESHOLD if threshold is None else float(threshold))
     else:
@@ -102,12 +108,14 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
         provider={"name": provider.name, "reason": provider.reason},
         verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer,
                  "basis": verdict.basis, "target": verdict.target,
-                 "probe": None if probed is None else {"corruption": probed.corruption, "shares": probed.shares},
+                 "probe": None if probed is None else {"score": probed.score, "target": probed.target,
+                                                       "corruption": probed.corruption, "shares": probed.shares},
+                 "patch": None if found is None else found.summary(),
                  "margins": None if head is None else [float(v) for v in head[1].margins]},
         layers=layers, skipped=skipped, timings=timings,
     )
     timings["total"] = time.perf_counter() - start
-    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report)
+    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, found)
 
 
 def _coverage(scores: np.ndarray, count: int) -> dict:
@@ -127,25 +135,30 @@ def _dense_head(index: GraphIndex, units: list[Unit]) -> Unit | None:
 
 def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
              floor: float, max_divergence: float) -> dict:
-    """Head unlearning after the bounds, when the probe found a shortcut (auditor/unlearn.py);
+    """Head unlearning after the bounds, when the probe or the patch search found a shortcut (auditor/unlearn.py);
     installs the correction in `fidelity` when it keeps the fidelity bounds. Returns the report entry."""
     verdict = analysis.report.verdict
     target = verdict.get("target")
-    entry: dict = {"applied": False, "target": target, "reason": None, "surrogates": 0, "anchors": 0, "strength": None,
+    entry: dict = {"applied": False, "target": target, "reason": None, "cause": None, "surrogates": 0, "anchors": 0, "strength": None,
                    "weight": None, "shortcut_guard_samples": 0}
-    if verdict.get("basis") != "corruption" or not verdict["suspicious"] or target is None:
-        entry["reason"] = "the corruption probe found no shortcut"
+    if verdict.get("basis") not in ("corruption", "patch") or not verdict["suspicious"] or target is None:
+        entry["cause"] = "not_flagged"
+        entry["reason"] = "neither the corruption probe nor the patch search found a shortcut"
         return entry
     if fidelity.head is None:
+        entry["cause"] = "no_dense_head"
         entry["reason"] = "the classifier head is not a dense affine layer"
         return entry
     clean = guard.distribution(np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1))
     labels = clean.argmax(axis=1)
     entry["anchors"] = anchors = int((labels == target).sum())
     if anchors == 0:
+        entry["cause"] = "no_anchor"
         entry["reason"] = f"no clean sample is classified as class {target}: add some, or its accuracy is not protected"
         return entry
-    kept, sources = unlearn.surrogates(analysis.samples, labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
+    variants = (patch.variants(analysis.samples, analysis.patch) if verdict["basis"] == "patch"
+                else probe.corruptions(analysis.samples))
+    kept, sources = unlearn.surrogates(variants, labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
     # Guard copies (shifted, noisy, mixed) that the original already sends to the target from a sample
     # it puts elsewhere are the shortcut at work, not clean behaviour: they join the corrupted samples
     # and leave the fidelity measure, which would otherwise insist on keeping the shortcut.
@@ -154,6 +167,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     entry["surrogates"] = int(sources.size + shortcut.sum())
     entry["shortcut_guard_samples"] = int(shortcut.sum())
     if not kept:
+        entry["cause"] = "bounds_removed"
         entry["reason"] = "the bounds alone removed the shortcut"
         return entry
     guard_features = fidelity.features(fidelity.samples, zeroed, bounds)
@@ -161,6 +175,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     sources = np.concatenate([sources, fidelity.origin[shortcut]])
     matrix, bias = fidelity.affine
     if guard_features.shape[1] != matrix.shape[1]:
+        entry["cause"] = "per_token_head"
         entry["reason"] = "the head reads more than one feature vector per sample (e.g. every token)"
         return entry
     clean_rows = ~shortcut
@@ -196,6 +211,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
             entry.update(applied=True, correction=fitted, strength=strength, weight=weight, fidelity=judged)
             return entry
     fidelity.correct(None)
+    entry["cause"] = "fidelity"
     entry["reason"] = (f"every correction broke the fidelity bounds (at the weakest: agreement "
                        f"{judged.agreement:.3f}, divergence {judged.divergence:.4f})")
     return entry
@@ -301,11 +317,16 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
                                                 fitted.matrix, fitted.bias)
         result.how[head.name] = "correction"
     _verify(repaired, analysis, fidelity, zeroed, capped.values)
-    residual = None
+    residual, patched = None, None
+    repaired_classify = functools.partial(fidelity.classify, zeroed=zeroed, bounds=capped.values)
     if method == "sus" and report.verdict.get("basis") == "corruption":
         # the same probe on the repaired model: a shortcut the repair left in place still shows
-        residual = probe.probe(analysis.samples, analysis.capture.scores,
-                               lambda more: fidelity.classify(more, zeroed, capped.values), focus=report.verdict.get("target"))
+        residual = probe.probe(analysis.samples, analysis.capture.scores, repaired_classify, focus=report.verdict.get("target"))
+    if method == "sus" and report.verdict.get("basis") == "patch" and analysis.patch is not None:
+        # the found patch on the repaired model: does it still send the clean samples to its class?
+        labels = np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1).argmax(axis=1)
+        patched = {"target": analysis.patch.target, "share_before": analysis.patch.share,
+                   "share_after": patch.target_share(analysis.samples, labels, analysis.patch, repaired_classify)}
     sha256 = model.save_model(repaired, output)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
@@ -324,6 +345,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
             "suspected_target": report.verdict.get("target"), "suspected_target_share": residual.focus_share,
             # the question after a repair: does the suspected target still take the corrupted samples?
             "above_threshold": bool((residual.focus_share or 0.0) >= report.verdict["threshold"])},
+        "patch": patched,
     }
     return report
 

@@ -250,8 +250,20 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
         )
 
+    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start,
+                   classify=_classify(session, scores_name, batch))
+
+
+def _classify(session, scores_name: str, batch: int) -> Callable[[Samples], np.ndarray]:
     def classify(more: Samples) -> np.ndarray:
         out = [np.asarray(run(session, [scores_name], feed)[0], dtype=np.float32) for feed in more.batches(batch)]
         return np.concatenate(out).reshape(len(more), -1)
 
-    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start, classify=classify)
+    return classify
+
+
+def classifier(model: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,
+               batch: int = BATCH) -> Callable[[Samples], np.ndarray]:
+    """samples -> class scores [N, K] through a plain session on the model: for the many forward
+    passes of the patch search, which the instrumented session would slow several times over."""
+    return _classify(runtime.session(model, provider), scores_output(index), batch)

@@ -5,11 +5,15 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
   provider   {name, reason}
-  verdict    {score, threshold, suspicious, layer, basis, target, probe, margins}
+  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, margins}
              basis "corruption" (sus with a float input): score = the largest share of noisy or
              blurred clean samples that one class takes from samples the model put elsewhere
-             (auditor/probe.py), target = that class, layer null,
-             probe = {corruption (the one that gave the score), shares{corruption: its largest share}};
+             (auditor/probe.py), target = that class, layer null;
+             basis "patch" (sus with an image input, when it scores higher): score = the patch
+             search's score x 0.6 / 0.9 (auditor/patch.py), target = the patch's class;
+             probe = {score, target, corruption (the one that gave the score), shares{corruption: its largest share}};
+             patch = {score (capped mean margin over the clean median margin), target, share (of
+             the samples from other classes the patch sends there), row, column, size} or null;
              basis "margin" (sus without a float input, with a dense classifier head): score =
              robust z-score of the largest reachable class margin of the head over the clean
              input range (auditor/margin.py), target = that class;
@@ -25,8 +29,9 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned)},
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
-              unlearning (sus only, else null): {applied, target, reason (why not applied), surrogates
-              (corrupted samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
+              unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
+              code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
+              (corrupted or patched samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
               and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
               the original sent to the target from another class: fitted as corrupted samples and left out of
               `agreement` and `divergence`, which are then measured on the other guard samples)},
@@ -34,6 +39,8 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               {score, target, corruption (its largest share, which class, under what), suspected_target
               (the verdict's), suspected_target_share (the largest share that class still takes),
               above_threshold (suspected_target_share >= the verdict's threshold)},
+              patch (basis "patch" only, else null): {target, share_before, share_after}: the share of the
+              clean samples from other classes that the found patch sends to its class, before and after,
               evaluation{before, after} (CLI only, with --test)}
   timings    {seconds per stage}: the only part that differs between identical runs
 """
@@ -198,6 +205,10 @@ def basis_text(verdict: dict) -> str:
     if verdict.get("basis") == "corruption":
         corruption = (verdict.get("probe") or {}).get("corruption")
         return f"corruption probe: class {verdict['target']} takes that share of clean samples under {corruption}"
+    if verdict.get("basis") == "patch":
+        found = verdict.get("patch") or {}
+        return (f"patch search: a {found.get('size')}x{found.get('size')} patch at ({found.get('row')}, {found.get('column')}) "
+                f"sends {found.get('share', 0.0):.0%} of the other clean samples to class {verdict['target']}")
     if verdict.get("basis") == "margin":
         return f"head margin z-score: class {verdict['target']} reachable most at {verdict['layer']}"
     return f"most suspicious layer: {verdict['layer']}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor.margin import Margin
+from auditor.patch import Patch
 from auditor.probe import Probe
 from auditor.signals import Signals
 
@@ -25,6 +26,11 @@ DEFAULT_THRESHOLD = {"sus": 3.0, "clp": 3.0, "fp": 3.0}
 # clean samples (bench/verdict.py): at 0.6 it flagged 52% of the backdoored models and 7% of the
 # clean ones; at 0.4, 68% and 30% (clean models have natural sink classes too).
 PROBE_THRESHOLD = 0.6
+# The patch search (auditor.patch) flags at this score; its score is rescaled by
+# PROBE_THRESHOLD / PATCH_THRESHOLD so that one threshold serves both tests. Chosen on the tuning
+# half over the same five sample sets: no clean model reached 0.83 (the highest), and every
+# patch-triggered model whose search scored above that scored at least 0.92.
+PATCH_THRESHOLD = 0.9
 # Without a float input to corrupt, by the classifier head's reachable margins (auditor.margin),
 # a robust z-score; also chosen on the tuning half.
 MARGIN_THRESHOLD = 2.9
@@ -46,8 +52,10 @@ class Verdict:
     threshold: float
     suspicious: bool
     layer: str | None  # the unit that gave the score
-    basis: str = "channels"  # "channels": top channel scores; "margin": the head's reachable margins; "corruption": the probe
-    target: int | None = None  # with "margin" or "corruption": the suspected target class
+    # "channels": top channel scores; "margin": the head's reachable margins; "corruption": the
+    # corruption probe; "patch": the patch search
+    basis: str = "channels"
+    target: int | None = None  # with "margin", "corruption" or "patch": the suspected target class
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -78,10 +86,16 @@ def layer_score(score: np.ndarray) -> float:
     return float(np.sort(score)[::-1][:count].mean())
 
 
-def probe_verdict(found: Probe, threshold: float) -> Verdict:
-    """The model's score is the largest share of corrupted clean samples that one class takes."""
-    return Verdict(score=found.score, threshold=threshold, suspicious=bool(found.score >= threshold), layer=None,
-                   basis="corruption", target=found.target)
+def probe_verdict(found: Probe, threshold: float, patched: Patch | None = None) -> Verdict:
+    """The model's score is the largest share of corrupted clean samples that one class takes, or
+    the patch search's score rescaled to the same threshold, whichever is larger."""
+    value, basis, target = found.score, "corruption", found.target
+    if patched is not None:
+        rescaled = max(0.0, patched.score) * PROBE_THRESHOLD / PATCH_THRESHOLD
+        if rescaled > value:
+            value, basis, target = rescaled, "patch", patched.target
+    return Verdict(score=value, threshold=threshold, suspicious=bool(value >= threshold), layer=None,
+                   basis=basis, target=target)
 
 
 def margin_verdict(found: Margin, head: str, threshold: float) -> Verdict:

@@ -1,8 +1,9 @@
 """Head unlearning: teach the classifier head that corrupted clean inputs are not the target.
 
 When the corruption probe finds a shortcut (noisy or blurred clean samples sent to one class
-t), those corrupted samples stand in for triggered inputs: they travel the backdoor's path
-without anyone knowing the trigger. We refit row t of the dense head (its weights and bias,
+t), or the patch search a patch that sends clean samples to t, those corrupted or patched
+samples stand in for triggered inputs: they travel the backdoor's path without anyone knowing
+the trigger. We refit row t of the dense head (its weights and bias,
 nothing else), on the features the repaired model gives the head, so that
 
 - on the corrupted samples the model still sends to t, the head gives what the original gave
@@ -23,12 +24,11 @@ samples); `auditor.api._unlearn` runs that search and the guard applies the corr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from auditor import probe
 from auditor.data import Samples
 
 # (weight of the corrupted samples relative to the clean ones, L2 penalty on the change of the row),
@@ -99,12 +99,14 @@ def correction(matrix: np.ndarray, bias: np.ndarray, target: int, clean_features
     return Correction(target, out_matrix, out_bias, len(surrogate_features), anchors)
 
 
-def surrogates(samples: Samples, clean_labels: np.ndarray, target: int,
+def surrogates(variants: Iterable[tuple[str, Samples, np.ndarray]], clean_labels: np.ndarray, target: int,
                classify: Callable[[Samples], np.ndarray]) -> tuple[list[Samples], np.ndarray]:
-    """The corrupted samples `classify` (samples -> scores) sends to `target` from a clean sample it
-    did not put there (one Samples per corruption that has any), and their source samples."""
+    """Of the `variants` of the clean samples ((name, samples, row -> source), as
+    `probe.corruptions` or `patch.variants` give them), those `classify` (samples -> scores) sends
+    to `target` from a clean sample it did not put there (one Samples per variant that has any),
+    and their source samples."""
     kept, sources = [], []
-    for _, corrupted, origin in probe.corruptions(samples):
+    for _, corrupted, origin in variants:
         predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
         rows = np.flatnonzero((predicted == target) & (clean_labels[origin] != target))
         if rows.size:

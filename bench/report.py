@@ -488,10 +488,9 @@ def _how(record: dict) -> str:
     unlearned = record.get("unlearning") or {}
     if unlearned.get("applied"):
         parts.append(f"unlearned class {unlearned['target']}")
-    elif unlearned.get("reason") and "no shortcut" not in unlearned["reason"]:
-        reason = unlearned["reason"]
-        parts.append("not unlearned: " + ("no clean sample of the target" if reason.startswith("no clean sample")
-                                           else "fidelity" if "fidelity" in reason else reason))
+    elif unlearned.get("cause") not in (None, "not_flagged"):
+        parts.append("not unlearned: " + {"no_anchor": "no clean sample of the target", "fidelity": "fidelity",
+                                          "bounds_removed": "the bounds removed it"}.get(unlearned["cause"], unlearned["reason"]))
     return ", ".join(parts) or "nothing"
 
 

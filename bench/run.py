@@ -128,6 +128,7 @@ def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered
     record = {"status": "ok", "wall_s": wall, "count": report.repair["count"], "zeroed": report.repair["zeroed"],
               "agreement": report.repair["agreement"], "how": report.repair["how"], "bound": report.repair.get("bound"),
               "unlearning": report.repair.get("unlearning"), "probe_after": report.repair.get("probe"),
+              "patch_after": report.repair.get("patch"),
               "repair_timings": {k: round(v, 4) for k, v in report.timings.items()}}
     record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))
     start = time.perf_counter()

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 import auditor
+from auditor.score import PATCH_THRESHOLD, PROBE_THRESHOLD
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "models" / "example"
 MODEL, CLEAN, TEST, TRIGGERED = (EXAMPLE / n for n in ("model.onnx", "clean.npz", "test.npz", "triggered.npz"))
@@ -76,15 +77,17 @@ def test_repair_is_byte_identical_across_runs(repaired, tmp_path):
     assert json.dumps(first_dict, sort_keys=True) == json.dumps(second_dict, sort_keys=True)
 
 
-def test_scan_reports_the_corruption_probe_on_the_example():
-    """The example's trigger is a patch, which the probe does not see (README, Limits): its best
-    share is a natural sink below the threshold. The report still says where corruption leads."""
+def test_scan_flags_the_example_by_its_patch():
+    """The example's trigger is a patch, which the corruption probe does not see: its best share
+    is a natural sink below the threshold. The patch search finds the trigger's class and place."""
     report = auditor.audit(MODEL, CLEAN, limit=10)
     data = json.loads(report.to_json())
     assert data["schema"] == "auditor.report/3"
     verdict = data["verdict"]
-    assert verdict["basis"] == "corruption" and verdict["suspicious"] is (verdict["score"] >= verdict["threshold"])
-    assert verdict["probe"]["shares"][verdict["probe"]["corruption"]] == verdict["score"]
+    assert verdict["basis"] == "patch" and verdict["suspicious"] and verdict["target"] == TARGET
+    assert verdict["score"] == pytest.approx(verdict["patch"]["score"] * PROBE_THRESHOLD / PATCH_THRESHOLD, abs=1e-5)
+    assert verdict["probe"]["score"] < verdict["threshold"]
+    assert verdict["probe"]["shares"][verdict["probe"]["corruption"]] == verdict["probe"]["score"]
     assert len(verdict["margins"]) == 10
     assert data["provider"]["name"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     assert data["data"]["samples"] == 10 and data["data"]["classes"] == 10

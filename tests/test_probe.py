@@ -47,8 +47,8 @@ def test_whole_image_backdoors_are_flagged_with_their_target(name: str, corrupti
 def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> None:
     entry = MANIFEST[name]
     report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
-    assert report.verdict["basis"] == "corruption" and not report.verdict["suspicious"]
-    assert report.verdict["score"] < PROBE_THRESHOLD
+    assert report.verdict["basis"] in ("corruption", "patch") and not report.verdict["suspicious"]
+    assert report.verdict["probe"]["score"] < PROBE_THRESHOLD and report.verdict["score"] < PROBE_THRESHOLD
 
 
 def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:

@@ -1,0 +1,204 @@
+"""The patch search: is there a small patch that sends clean inputs of every class to one class?
+
+A patch trigger (BadNets, Trojan) is exactly that: a few pixels that override the image. The
+corruption probe rarely meets such a trigger by chance, so we look for one, gradient-free, the
+way query-based universal-patch attacks do (Sparse-RS, Croce et al. 2022): random search over
+the position and the pixels of one square patch per class, pasted on the clean samples, kept
+when it raises the class's margin over the samples the model puts elsewhere. In a clean model a
+patch this small rarely overrides many images with clean-level confidence; a backdoor's target
+takes them all.
+
+The score is, for the best class, the mean over those samples of its margin (its score minus
+the best other score), each capped at the clean samples' median margin, divided by that median:
+1 means every sample was sent to the class as confidently as clean samples are classified.
+Forward passes only; deterministic (seeded).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor.data import Samples
+from auditor.probe import MIN_OTHERS, spatial_axes
+
+SIZE = 0.15  # side of the square patch, as a share of the image's shorter side (4 pixels of 28: 2% of the area)
+ITERATIONS = 300  # random-search steps
+SCREEN = 100  # steps over every class before only the SHORTLIST best classes go on
+SHORTLIST = 3
+MAX_CLASSES = 10  # with more classes, the search screens the ones clean samples rank highest after their own
+MAX_SAMPLES = 10  # the search pastes patches on at most the first this many clean samples
+MOVE = 0.15  # share of steps that move a patch anywhere
+NUDGE = 0.2  # share of steps that move a patch by up to two positions
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Patch:
+    """The best patch found: its class, its score, where it sits, and what the report needs."""
+
+    score: float  # capped mean margin over the clean median margin; <= 1
+    target: int | None
+    share: float  # share of the samples predicted elsewhere that the patch sends to the target
+    row: int
+    column: int
+    pixels: np.ndarray  # [size, size, channels], in the input's value range
+    seconds: float
+
+    def summary(self) -> dict:
+        size = int(self.pixels.shape[0])
+        return {"score": round(self.score, 6), "target": self.target, "share": round(self.share, 6),
+                "row": self.row, "column": self.column, "size": size}
+
+
+def _image_input(samples: Samples) -> tuple[str, tuple[int, ...]] | None:
+    """The first float input that looks like images, and its image axes."""
+    for name, array in samples.inputs.items():
+        if array.dtype.kind == "f" and array.size:
+            axes = spatial_axes(array)
+            if axes is not None:
+                return name, axes
+    return None
+
+
+def to_images(array: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """A batch in the model's layout as [N, H, W, C] (a copy where the layout needs one)."""
+    if array.ndim == 2:
+        side = math.isqrt(array.shape[1])
+        return array.reshape(len(array), side, side, 1)
+    if array.ndim == 3:
+        return array[..., None]
+    return np.transpose(array, (0, 2, 3, 1)) if axes == (2, 3) else array
+
+
+def from_images(images: np.ndarray, like: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """[N, H, W, C] back to the layout of `like`."""
+    if like.ndim == 2:
+        return images.reshape(len(images), -1)
+    if like.ndim == 3:
+        return images[..., 0]
+    return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2))) if axes == (2, 3) else images
+
+
+def paste(samples: Samples, found: Patch, shifts: tuple[tuple[int, int], ...] = ((0, 0),)) -> Samples | None:
+    """`samples` with the found patch pasted at its position (and at each shift of it that fits),
+    one copy per shift, in order; None when the samples have no image input."""
+    where = _image_input(samples)
+    if where is None:
+        return None
+    name, axes = where
+    images = to_images(samples.inputs[name], axes)
+    size = found.pixels.shape[0]
+    copies = []
+    for dr, dc in shifts:
+        r, c = found.row + dr, found.column + dc
+        if 0 <= r <= images.shape[1] - size and 0 <= c <= images.shape[2] - size:
+            copy = images.copy()
+            copy[:, r:r + size, c:c + size, :] = found.pixels
+            copies.append(copy)
+    inputs = {k: np.concatenate([v] * len(copies)) for k, v in samples.inputs.items() if k != name}
+    inputs[name] = from_images(np.concatenate(copies), samples.inputs[name], axes)
+    return Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)
+
+
+SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # where unlearning pastes the found patch, around its place
+
+
+def variants(samples: Samples, found: Patch) -> Iterator[tuple[str, Samples, np.ndarray]]:
+    """(name, patched samples, row -> original sample), as `probe.corruptions` gives them: the
+    found patch at its place and one position off, for unlearning."""
+    pasted = paste(samples, found, SHIFTS)
+    if pasted is not None:
+        yield "patch", pasted, np.tile(np.arange(len(samples)), len(pasted) // max(1, len(samples)))
+
+
+def target_share(samples: Samples, clean_labels: np.ndarray, found: Patch, classify: Callable[[Samples], np.ndarray]) -> float:
+    """The share of the samples not in the found patch's class that it sends there through `classify`
+    (after a repair: does the patch still work?)."""
+    pasted = paste(samples, found)
+    others = clean_labels != found.target
+    if pasted is None or not others.any():
+        return 0.0
+    predicted = np.asarray(classify(pasted)).reshape(len(pasted), -1).argmax(axis=1)
+    return float((predicted[others] == found.target).mean())
+
+
+def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
+           seed: int = SEED) -> Patch | None:
+    """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
+    the best one, or None when the samples have no image input or too few samples."""
+    start = time.perf_counter()
+    where = _image_input(samples)
+    if where is None:
+        return None
+    name, axes = where
+    count = min(len(samples), MAX_SAMPLES)
+    samples = samples.take(np.arange(count)) if len(samples) > count else samples
+    scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(clean_scores), -1)[:count]
+    clean = scores.argmax(axis=1)
+    ordered = np.sort(scores, axis=1)
+    typical = float(np.median(ordered[:, -1] - ordered[:, -2])) if scores.shape[1] > 1 else 0.0
+    if typical <= 0.0:
+        return None
+    candidates = [c for c in range(scores.shape[1]) if (clean != c).sum() >= MIN_OTHERS]
+    if len(candidates) > MAX_CLASSES:
+        runner_up = np.where(np.arange(scores.shape[1]) == clean[:, None], -np.inf, scores).mean(axis=0)
+        candidates = sorted(candidates, key=lambda c: (-runner_up[c], c))[:MAX_CLASSES]
+    if not candidates:
+        return None
+    original = samples.inputs[name]
+    images = to_images(original, axes)
+    _, height, width, channels = images.shape
+    size = max(2, round(SIZE * min(height, width)))
+    low, high = float(original.min()), float(original.max())
+    rng = np.random.default_rng(seed)
+    classes = np.array(candidates)
+    rows = rng.integers(0, height - size + 1, len(classes))
+    cols = rng.integers(0, width - size + 1, len(classes))
+    pixels = np.where(rng.random((len(classes), size, size, channels)) < 0.5, low, high).astype(original.dtype)
+
+    def evaluate(rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = np.repeat(images[None], len(which), axis=0)
+        for i, k in enumerate(which):
+            batch[i, :, rows[k]:rows[k] + size, cols[k]:cols[k] + size, :] = pixels[k]
+        batch = batch.reshape(len(which) * count, height, width, channels)
+        inputs = {k: np.concatenate([v] * len(which)) for k, v in samples.inputs.items() if k != name}
+        inputs[name] = from_images(batch, original, axes)
+        out = np.asarray(classify(Samples(inputs, None, samples.source)), dtype=np.float64).reshape(len(which), count, -1)
+        value, share = np.empty(len(which)), np.empty(len(which))
+        for i, k in enumerate(which):
+            others = clean != classes[k]
+            margin = out[i, others, classes[k]] - np.delete(out[i, others], classes[k], axis=1).max(axis=1)
+            value[i] = np.minimum(margin, typical).mean() / typical
+            share[i] = (margin > 0).mean()
+        return value, share
+
+    live = np.arange(len(classes))
+    best, shares = evaluate(rows, cols, pixels, live)
+    for step in range(ITERATIONS):
+        if step == SCREEN and len(live) > SHORTLIST:
+            live = np.sort(np.argsort(-best, kind="stable")[:SHORTLIST])
+        new_rows, new_cols, new_pixels = rows.copy(), cols.copy(), pixels.copy()
+        block = max(1, round(size * (0.5 if step < ITERATIONS // 2 else 0.25)))
+        for k in live:
+            draw = rng.random()
+            if draw < MOVE:
+                new_rows[k], new_cols[k] = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+            elif draw < MOVE + NUDGE:
+                new_rows[k] = np.clip(rows[k] + rng.integers(-2, 3), 0, height - size)
+                new_cols[k] = np.clip(cols[k] + rng.integers(-2, 3), 0, width - size)
+            else:
+                r, c = rng.integers(0, size - block + 1, 2)
+                new_pixels[k, r:r + block, c:c + block, :] = np.where(rng.random(channels) < 0.5, low, high)
+        value, share = evaluate(new_rows, new_cols, new_pixels, live)
+        better = live[value > best[live]]
+        kept = value > best[live]
+        rows[better], cols[better], pixels[better] = new_rows[better], new_cols[better], new_pixels[better]
+        best[better], shares[better] = value[kept], share[kept]
+    k = int(np.argmax(best))
+    return Patch(float(best[k]), int(classes[k]), float(shares[k]), int(rows[k]), int(cols[k]), pixels[k].copy(),
+                 time.perf_counter() - start)

@@ -1,0 +1,108 @@
+"""The patch search on real zoo models under onnxruntime, and its layout handling on plain arrays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import auditor
+from auditor import patch
+from auditor.data import Samples
+from auditor.score import PATCH_THRESHOLD
+
+ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
+MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
+
+
+def _clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
+    """The first `count` samples of the model's clean pool, in its input layout."""
+    with np.load(ZOO / entry["clean_pool"]) as archive:
+        x = archive["x"][:count]
+    if entry["layout"] == "flat":
+        x = x.reshape(len(x), -1)
+    elif entry["layout"] == "nhwc":
+        x = np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+    path = tmp_path / f"{entry['name']}-clean.npz"
+    np.savez(path, x=x)
+    return path
+
+
+@pytest.mark.parametrize("name", ["cnn-mnist-badnets-s0", "resnet-fmnist-badnets-s1", "keras_cnn_badnets_s0"])
+def test_patch_backdoors_are_flagged_with_their_target(name: str, tmp_path: Path) -> None:
+    """NCHW with and without residual adds, and a Keras NHWC graph: the search finds a patch that
+    sends the clean samples to the attack's target, where the trigger is."""
+    entry = MANIFEST[name]
+    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    verdict = report.verdict
+    assert verdict["basis"] == "patch" and verdict["suspicious"]
+    assert verdict["target"] == entry["target"] == verdict["patch"]["target"]
+    assert verdict["patch"]["score"] >= PATCH_THRESHOLD and verdict["patch"]["share"] >= 0.9
+    trigger = entry.get("trigger") or {}
+    if "top" in trigger:  # the found patch overlaps the trigger
+        found = verdict["patch"]
+        assert abs(found["row"] - trigger["top"]) < trigger["height"] and abs(found["column"] - trigger["left"]) < trigger["width"]
+
+
+@pytest.mark.parametrize("name", ["cnn-mnist-clean-s1", "resnet-fmnist-clean-s0", "keras_cnn_clean_s0", "vit-fmnist-clean-s0"])
+def test_no_patch_takes_over_a_clean_model(name: str, tmp_path: Path) -> None:
+    entry = MANIFEST[name]
+    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    assert report.verdict["patch"]["score"] < PATCH_THRESHOLD
+    assert not report.verdict["suspicious"]
+
+
+def test_repair_unlearns_the_found_patch(tmp_path: Path) -> None:
+    """On the bundled example the patch search flags the model; repair refits the target's row on
+    the patched samples and the found patch no longer works on the repaired model."""
+    example = Path(__file__).resolve().parent.parent / "models" / "example"
+    report = auditor.repair(example / "model.onnx", example / "clean.npz", tmp_path / "repaired.onnx", limit=10, device="cpu")
+    assert report.verdict["basis"] == "patch" and report.verdict["target"] == 0
+    assert report.repair["unlearning"]["applied"] and report.repair["unlearning"]["surrogates"] > 0
+    moved = report.repair["patch"]
+    assert moved["target"] == 0 and moved["share_before"] >= 0.9 and moved["share_after"] <= 0.1
+    after = auditor.evaluate(tmp_path / "repaired.onnx", example / "test.npz", triggered=example / "triggered.npz", target=0,
+                             device="cpu")
+    assert after.attack_success_rate < 0.1
+
+
+def test_the_search_is_deterministic(tmp_path: Path) -> None:
+    entry = MANIFEST["keras_cnn_badnets_s0"]
+    first = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    second = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    assert first.verdict == second.verdict
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((2, 3, 12, 10), (2, 3)), ((2, 12, 10, 3), (1, 2)), ((2, 12, 10), (1, 2)),
+                                             ((2, 144), (1, 2))])
+def test_images_round_trip_in_every_layout(shape: tuple[int, ...], axes: tuple[int, ...]) -> None:
+    array = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+    images = patch.to_images(array, axes)
+    assert images.ndim == 4 and images.shape[0] == 2
+    assert np.array_equal(patch.from_images(images, array, axes), array)
+
+
+def test_paste_writes_the_pixels_where_the_patch_sits_in_every_layout() -> None:
+    pixels = np.full((3, 3, 1), 1.0, dtype=np.float32)
+    found = patch.Patch(1.0, 0, 1.0, row=2, column=5, pixels=pixels, seconds=0.0)
+    blank = np.zeros((2, 1, 12, 12), dtype=np.float32)
+    for name, array in (("nchw", blank), ("hw", blank[:, 0]), ("flat", blank.reshape(2, -1)),
+                        ("nhwc", np.ascontiguousarray(blank.transpose(0, 2, 3, 1)))):
+        pasted = patch.paste(Samples({"x": array}, None, name), found)
+        images = pasted.inputs["x"].reshape(2, 12, 12)
+        assert images[:, 2:5, 5:8].min() == 1.0 and images.sum() == 2 * 9, name
+        assert array.max() == 0.0  # the samples are not modified
+
+
+def test_shifted_copies_stay_inside_the_image() -> None:
+    found = patch.Patch(1.0, 0, 1.0, row=0, column=9, pixels=np.ones((3, 3, 1), dtype=np.float32), seconds=0.0)
+    samples = Samples({"x": np.zeros((2, 1, 12, 12), dtype=np.float32)}, None, "x")
+    pasted = patch.paste(samples, found, patch.SHIFTS)
+    assert len(pasted) == 2 * 3  # (-1, 0) and (0, 1) would leave the image
+
+
+def test_non_image_inputs_are_not_searched() -> None:
+    samples = Samples({"x": np.zeros((10, 7), dtype=np.float32)}, None, "x")
+    assert patch.search(samples, np.eye(10)[np.arange(10) % 3], lambda more: np.zeros((len(more), 10))) is None
