@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from zoo_samples import MANIFEST, ZOO, clean
 
 import auditor
 from auditor import patch
 from auditor.data import Samples
 from auditor.score import PATCH_THRESHOLD
-
-ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
-MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
-
-
-def _clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
-    """The first `count` samples of the model's clean pool, in its input layout."""
-    with np.load(ZOO / entry["clean_pool"]) as archive:
-        x = archive["x"][:count]
-    if entry["layout"] == "flat":
-        x = x.reshape(len(x), -1)
-    elif entry["layout"] == "nhwc":
-        x = np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
-    path = tmp_path / f"{entry['name']}-clean.npz"
-    np.savez(path, x=x)
-    return path
 
 
 @pytest.mark.parametrize("name", ["cnn-mnist-badnets-s0", "resnet-fmnist-badnets-s1", "keras_cnn_badnets_s0"])
@@ -35,7 +19,7 @@ def test_patch_backdoors_are_flagged_with_their_target(name: str, tmp_path: Path
     """NCHW with and without residual adds, and a Keras NHWC graph: the search finds a patch that
     sends the clean samples to the attack's target, where the trigger is."""
     entry = MANIFEST[name]
-    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     verdict = report.verdict
     assert verdict["basis"] == "patch" and verdict["suspicious"]
     assert verdict["target"] == entry["target"] == verdict["patch"]["target"]
@@ -49,7 +33,7 @@ def test_patch_backdoors_are_flagged_with_their_target(name: str, tmp_path: Path
 @pytest.mark.parametrize("name", ["cnn-mnist-clean-s1", "resnet-fmnist-clean-s0", "keras_cnn_clean_s0", "vit-fmnist-clean-s0"])
 def test_no_patch_takes_over_a_clean_model(name: str, tmp_path: Path) -> None:
     entry = MANIFEST[name]
-    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     assert report.verdict["patch"]["score"] < PATCH_THRESHOLD
     assert not report.verdict["suspicious"]
 
@@ -70,8 +54,8 @@ def test_repair_unlearns_the_found_patch(tmp_path: Path) -> None:
 
 def test_the_search_is_deterministic(tmp_path: Path) -> None:
     entry = MANIFEST["keras_cnn_badnets_s0"]
-    first = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
-    second = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    first = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
+    second = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     assert first.verdict == second.verdict
 
 

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from zoo_samples import MANIFEST, ZOO, clean
 
 import auditor
 from auditor import probe
 from auditor.data import Samples
 from auditor.score import PROBE_THRESHOLD
-
-ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
-MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
-
-
-def _clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
-    """The first `count` samples of the model's clean pool, in its input layout."""
-    with np.load(ZOO / entry["clean_pool"]) as archive:
-        x = archive["x"][:count]
-    if entry["layout"] == "flat":
-        x = x.reshape(len(x), -1)
-    path = tmp_path / f"{entry['name']}-clean.npz"
-    np.savez(path, x=x)
-    return path
 
 
 @pytest.mark.parametrize(("name", "corruption"), [
@@ -36,7 +22,7 @@ def _clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
 ])
 def test_whole_image_backdoors_are_flagged_with_their_target(name: str, corruption: str, tmp_path: Path) -> None:
     entry = MANIFEST[name]
-    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     verdict = report.verdict
     assert verdict["basis"] == "corruption" and verdict["suspicious"]
     assert verdict["target"] == entry["target"]
@@ -46,7 +32,7 @@ def test_whole_image_backdoors_are_flagged_with_their_target(name: str, corrupti
 @pytest.mark.parametrize("name", ["cnn-mnist-clean-s1", "cnn_bn_folded-fmnist-clean-s1", "mlp-mnist-clean-s0"])
 def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> None:
     entry = MANIFEST[name]
-    report = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     assert report.verdict["basis"] in ("corruption", "patch") and not report.verdict["suspicious"]
     assert report.verdict["probe"]["score"] < PROBE_THRESHOLD and report.verdict["score"] < PROBE_THRESHOLD
 
@@ -56,19 +42,20 @@ def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
     on this WaNet model neither the bounds nor unlearning (which breaks the fidelity bounds
     here) remove it, and the probe on the repaired model says so."""
     removed = MANIFEST["mlp-mnist-blended-s0"]
-    report = auditor.repair(ZOO / removed["file"], _clean(removed, tmp_path), tmp_path / "mlp.onnx", limit=10, device="cpu")
+    report = auditor.repair(ZOO / removed["file"], clean(removed, tmp_path), tmp_path / "mlp.onnx", limit=10, device="cpu")
     assert report.verdict["suspicious"] and not report.repair["probe"]["above_threshold"]
     kept = MANIFEST["cnn-mnist-wanet-s0"]
-    report = auditor.repair(ZOO / kept["file"], _clean(kept, tmp_path), tmp_path / "cnn.onnx", limit=10, device="cpu")
+    report = auditor.repair(ZOO / kept["file"], clean(kept, tmp_path), tmp_path / "cnn.onnx", limit=10, device="cpu")
     assert not report.repair["unlearning"]["applied"] and "fidelity" in report.repair["unlearning"]["reason"]
+    assert report.repair["unlearning"]["cause"] == "fidelity" and report.repair["patch"] is None
     left = report.repair["probe"]
     assert left["above_threshold"] and left["suspected_target"] == kept["target"] and left["suspected_target_share"] >= 0.6
 
 
 def test_the_probe_is_deterministic(tmp_path: Path) -> None:
     entry = MANIFEST["cnn-mnist-sig-s1"]
-    first = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
-    second = auditor.audit(ZOO / entry["file"], _clean(entry, tmp_path), limit=10, device="cpu")
+    first = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
+    second = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     assert first.verdict == second.verdict
 
 

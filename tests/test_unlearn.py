@@ -118,6 +118,7 @@ def test_without_a_clean_sample_of_the_target_class_unlearning_says_so(tmp_path:
     done = report.repair["unlearning"]
     assert report.verdict["suspicious"] and not done["applied"] and done["anchors"] == 0
     assert done["reason"].startswith(f"no clean sample is classified as class {entry['target']}")
+    assert done["cause"] == "no_anchor"
 
 
 @pytest.mark.parametrize("flag", [False, None])

@@ -1,0 +1,24 @@
+"""The zoo's manifest and clean samples in each model's input layout, for the tests that audit zoo models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
+MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
+
+
+def clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
+    """The first `count` samples of the model's clean pool, in its input layout, as an .npz."""
+    with np.load(ZOO / entry["clean_pool"]) as archive:
+        x = archive["x"][:count]
+    if entry["layout"] == "flat":
+        x = x.reshape(len(x), -1)
+    elif entry["layout"] == "nhwc":
+        x = np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+    path = tmp_path / f"{entry['name']}-clean.npz"
+    np.savez(path, x=x)
+    return path
