@@ -37,7 +37,7 @@ class _Analysis:
     patch: patch.Patch | None = None  # the patch search's best patch (`sus` on image inputs)
 
 
-def _analyse(model_path, data_path, limit, method, device, threshold, command) -> _Analysis:
+def _analyse(model_path, data_path, limit, method, device, threshold, command, patch_search: bool = True) -> _Analysis:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if method not in score.METHODS:
@@ -87,7 +87,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command) -
     probed = probe.probe(samples, captured.scores, captured.classify) if method == "sus" else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
     found = None
-    if probed is not None and probed.shares:
+    if patch_search and probed is not None and probed.shares:
         found = patch.search(samples, captured.scores, classifier(loaded.proto, index, provider))
     timings["patch"] = 0.0 if found is None else found.seconds
     if probed is not None and probed.shares:
@@ -228,9 +228,12 @@ def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture) -> tup
 
 
 def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
-          device: str = "auto", threshold: float | None = None) -> Report:
-    """Score every channel of every hidden layer and decide whether the model looks backdoored."""
-    return _analyse(model_path, data_path, limit, method, device, threshold, "scan").report
+          device: str = "auto", threshold: float | None = None, patch_search: bool = True) -> Report:
+    """Score every channel of every hidden layer and decide whether the model looks backdoored.
+
+    With `sus`, the verdict comes from the corruption probe and, unless `patch_search` is off
+    (it costs about 16,000 single-sample forward passes), the patch search (auditor/patch.py)."""
+    return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search).report
 
 
 def ranking(units: list[Unit], suspicion: dict[str, score.Suspicion], threshold: float | None = None,
@@ -263,7 +266,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            method: str = "sus", device: str = "auto", threshold: float | None = None,
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
-           force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None) -> Report:
+           force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None,
+           patch_search: bool = True) -> Report:
     """Repair the model as far as the fidelity guard allows and write it.
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
@@ -283,7 +287,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     if max_prune is not None and max_prune <= 0:
         raise ModelError(f"--max-prune must be positive, got {max_prune}")
     # `threshold` is the channel-score cut for zeroing here; the verdict keeps its own default
-    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair")
+    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair", patch_search)
     report = analysis.report
     tick = time.perf_counter()
     prunable = [u for u in analysis.units if u.prunable]

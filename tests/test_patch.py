@@ -52,6 +52,14 @@ def test_repair_unlearns_the_found_patch(tmp_path: Path) -> None:
     assert after.attack_success_rate < 0.1
 
 
+def test_the_search_can_be_switched_off(tmp_path: Path) -> None:
+    """Without the search the example's patch trigger goes unseen, as the probe alone misses it."""
+    example = Path(__file__).resolve().parent.parent / "models" / "example"
+    report = auditor.audit(example / "model.onnx", example / "clean.npz", limit=10, device="cpu", patch_search=False)
+    assert report.verdict["patch"] is None and report.verdict["basis"] == "corruption" and not report.verdict["suspicious"]
+    assert report.timings["patch"] == 0.0
+
+
 def test_the_search_is_deterministic(tmp_path: Path) -> None:
     entry = MANIFEST["keras_cnn_badnets_s0"]
     first = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
