@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from auditor import data, guard, margin, model, patch, probe, rewrite, runtime, score, signals, unlearn
-from auditor.capture import Capture, capture, classifier, run, scores_output
+from auditor.capture import BATCH, Capture, capture, classifier, run, scores_output
 from auditor.errors import DataError, ModelError
 from auditor.graph import GraphIndex
 from auditor.report import ChannelRecord, LayerRecord, Report
@@ -34,6 +34,7 @@ class _Analysis:
     capture: Capture
     suspicion: dict[str, score.Suspicion]
     report: Report
+    batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
     patch: patch.Patch | None = None  # the patch search's best patch (`sus` on image inputs)
 
 
@@ -56,9 +57,11 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
             "no prunable unit found (needs Conv/Gemm/MatMul layers with constant float weights "
             "before the classifier); quantized or weight-less graphs cannot be audited"
         )
-    samples = data.load(data_path, data.input_specs(loaded.proto), limit)
+    specs = data.input_specs(loaded.proto)
+    batch = data.batch_size(specs, BATCH)
+    samples = data.load(data_path, specs, limit)
     timings["load"] = time.perf_counter() - start
-    captured = capture(loaded.proto, index, units, samples, provider)
+    captured = capture(loaded.proto, index, units, samples, provider, batch)
     timings["capture"] = captured.seconds
     if samples.labels is not None and samples.labels.size:
         classes = int(np.asarray(captured.scores).reshape(len(samples), -1).shape[1])
@@ -88,7 +91,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
     timings["probe"] = 0.0 if probed is None else probed.seconds
     found = None
     if patch_search and probed is not None and probed.shares:
-        found = patch.search(samples, captured.scores, classifier(loaded.proto, index, provider))
+        found = patch.search(samples, captured.scores, classifier(loaded.proto, index, provider, batch))
     timings["patch"] = 0.0 if found is None else found.seconds
     if probed is not None and probed.shares:
         verdict = score.probe_verdict(probed, score.PROBE_THRESHOLD if threshold is None else float(threshold), found)
@@ -115,7 +118,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
         layers=layers, skipped=skipped, timings=timings,
     )
     timings["total"] = time.perf_counter() - start
-    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, found)
+    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, found)
 
 
 def _coverage(scores: np.ndarray, count: int) -> dict:
@@ -294,7 +297,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
     unlearning = method == "sus" and unlearning is not False
     head = _dense_head(analysis.index, analysis.units) if unlearning else None
-    fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider, head=head)
+    fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider,
+                           batch=min(analysis.batch, guard.BATCH), head=head)
     if bound is None:
         bound = method == "sus"
     if zero is None:
@@ -374,7 +378,7 @@ def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guar
     session = runtime.session(repaired, analysis.provider)
     name = scores_output(analysis.index)
     masks = fidelity.feeds(zeroed, bounds)
-    for feed in analysis.samples.batches(64):
+    for feed in analysis.samples.batches(analysis.batch):
         (got,) = run(session, [name], feed)
         (want,) = run(fidelity.session, [name], {**feed, **masks})
         scale = max(1.0, float(np.abs(want).max()))

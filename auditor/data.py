@@ -67,6 +67,19 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def batch_size(specs: list[InputSpec], free: int) -> int:
+    """How many samples one run may hold: `free` when the batch dimension is symbolic, 1 when an
+    exporter fixed it at 1 (torch.onnx.export without dynamic axes does); any other fixed batch is
+    refused, since the samples rarely divide into it."""
+    fixed = {spec.shape[0] for spec in specs if spec.shape and spec.shape[0]}
+    if not fixed:
+        return free
+    if fixed == {1}:
+        return 1
+    raise ModelError(f"the model's batch dimension is fixed at {', '.join(map(str, sorted(fixed)))}: "
+                     "export it with a dynamic batch dimension (or a batch of 1) to audit it")
+
+
 def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None) -> Samples:
     """Read samples for `specs` from an .npz (array `x` or arrays named after inputs) or .npy."""
     path = Path(path)

@@ -11,6 +11,8 @@ from auditor.capture import run, scores_output
 from auditor.errors import DataError
 from auditor.graph import GraphIndex
 
+BATCH = 256  # test samples per run (1 when the model fixes its batch at 1)
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -31,7 +33,7 @@ class Evaluation:
         return asdict(self)
 
 
-def predict(index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int = 256) -> tuple[np.ndarray, int]:
+def predict(index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int = BATCH) -> tuple[np.ndarray, int]:
     """Arg-max class of the model's class scores for every sample, and the number of classes."""
     session = runtime.session(index.model, provider)
     output = scores_output(index)
@@ -61,8 +63,9 @@ def evaluate(
     loaded = model.load(model_path)
     index = GraphIndex(loaded.proto)
     specs = data.input_specs(loaded.proto)
+    batch = data.batch_size(specs, BATCH)
     test = data.load(data_path, specs, limit)
-    predicted, classes = predict(index, test, provider)
+    predicted, classes = predict(index, test, provider, batch)
     accuracy = None
     if test.labels is not None:
         _check_labels(test.labels, classes, data_path)
@@ -72,7 +75,7 @@ def evaluate(
         attacked = data.load(triggered, specs, limit)
         if not 0 <= target < classes:
             raise DataError(f"--target {target} is not a class of the model (0..{classes - 1})")
-        labels = predict(index, attacked, provider)[0]
+        labels = predict(index, attacked, provider, batch)[0]
         hit = labels == target
         if attacked.labels is not None:
             _check_labels(attacked.labels, classes, triggered)
@@ -87,8 +90,10 @@ def evaluate(
     if reference is not None:
         reference_model = model.load(reference)
         reference_index = GraphIndex(reference_model.proto)
-        reference_test = data.load(data_path, data.input_specs(reference_model.proto), limit)
-        agreement = float((predict(reference_index, reference_test, provider)[0] == predicted).mean())
+        reference_specs = data.input_specs(reference_model.proto)
+        reference_test = data.load(data_path, reference_specs, limit)
+        reference_batch = data.batch_size(reference_specs, BATCH)
+        agreement = float((predict(reference_index, reference_test, provider, reference_batch)[0] == predicted).mean())
     return Evaluation(
         model=str(model_path), samples=len(test), accuracy=accuracy, attack_success_rate=asr,
         triggered_accuracy=triggered_accuracy, triggered_samples=triggered_count, target=target, agreement=agreement,

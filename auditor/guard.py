@@ -31,6 +31,8 @@ from auditor.rewrite import (
 )
 from auditor.units import Unit
 
+BATCH = 256  # guard samples per run (1 when the model fixes its batch at 1)
+
 AUGMENTED_PER_SAMPLE = 15
 BLOCK = 8  # candidates tried together by the walk
 PATIENCE = 4  # consecutive fully rejected blocks that end the walk
@@ -193,7 +195,7 @@ class Guard:
     `head`, a dense classifier head) a correction added to the head's output, all fed to one
     session, and measures agreement with the original."""
 
-    def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = 256,
+    def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = BATCH,
                  head: Unit | None = None) -> None:
         self.units = units
         self.originals = len(samples)

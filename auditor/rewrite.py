@@ -23,7 +23,6 @@ from auditor.graph import GraphIndex
 from auditor.units import Unit
 
 MASK_PREFIX = "__auditor_mask_"
-SHIFT_PREFIX = "__auditor_shift_"
 BOUND_PREFIX = "__auditor_bound_"
 CLAMP_PREFIX = "__auditor_clamp_"
 HEAD_INPUTS = ("__auditor_head_weight_in", "__auditor_head_bias_in")  # the guard's head correction, fed
@@ -76,8 +75,8 @@ def mask_shape(unit: Unit) -> list[int]:
     return [unit.channels] + [1] * (-unit.axis - 1)
 
 
-def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_name=None, bound_name=None) -> onnx.ModelProto:
-    """Copy of `model` with Mul(unit.output, factor), then Add(shift) and Min(bound) when given,
+def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, bound_name=None) -> onnx.ModelProto:
+    """Copy of `model` with Mul(unit.output, factor), then Min(bound) when given,
     after each unit's output. A name function returning None skips that op for the unit."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -90,8 +89,7 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, shift_nam
     node_names = {node.name for node in model.graph.node}  # onnxruntime refuses duplicate node names
     inserted: dict[str, list[onnx.NodeProto]] = {}
     for i, u in enumerate(units):
-        steps = [("Mul", factor_name(u), "mul"), ("Add", shift_name(u) if shift_name else None, "shift_add"),
-                 ("Min", bound_name(u) if bound_name else None, "bound_min")]
+        steps = [("Mul", factor_name(u), "mul"), ("Min", bound_name(u) if bound_name else None, "bound_min")]
         steps = [step for step in steps if step[1] is not None]
         chain, current = [], u.output
         for k, (op, operand, tag) in enumerate(steps):
@@ -135,11 +133,10 @@ def weight_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = False, bound: bool = False,
+def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], bound: bool = False,
                      clamp: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """The model with a float mask input per unit (feed ones to reproduce the original);
-    with `shift`, an added per-channel input after it (to stimulate channels); with `bound`,
-    a per-channel upper bound after that (feed +inf to reproduce the original); with `clamp`,
+    """The model with a float mask input per unit (feed ones to reproduce the original); with
+    `bound`, a per-channel upper bound after it (feed +inf to reproduce the original); with `clamp`,
     low and high inputs that clamp those float32 graph inputs first (feed -inf and +inf)."""
     position = {u.name: i for i, u in enumerate(units)}
     types = weight_types(model)
@@ -153,17 +150,14 @@ def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], shift: bool = Fa
         casts.append(helper.make_node("Cast", [name], [f"{name}__auditor_cast"], to=elem, name=f"{name}__auditor_cast"))
         return f"{name}__auditor_cast"
 
-    shift_name = (lambda u: read(SHIFT_PREFIX, u)) if shift else None
     bound_name = (lambda u: read(BOUND_PREFIX, u)) if bound else None
-    out = _with_muls(model, units, lambda u: read(MASK_PREFIX, u), shift_name, bound_name)
+    out = _with_muls(model, units, lambda u: read(MASK_PREFIX, u), bound_name)
     if casts:  # graph inputs exist from the start: the casts go first, in topological order
         rest = [copy.deepcopy(node) for node in out.graph.node]
         del out.graph.node[:]
         out.graph.node.extend([*casts, *rest])
     for i, unit in enumerate(units):
         out.graph.input.append(helper.make_tensor_value_info(MASK_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
-        if shift:
-            out.graph.input.append(helper.make_tensor_value_info(SHIFT_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
         if bound:  # any shape that broadcasts: per channel [C, 1, ..] or per position (one sample's shape)
             out.graph.input.append(helper.make_tensor_value_info(BOUND_PREFIX + str(i), TensorProto.FLOAT, None))
     if clamp:
@@ -185,17 +179,15 @@ def clamp_feed(clamp: tuple[str, ...], bounds: dict[str, np.ndarray] | None) -> 
     return feed
 
 
-def mask_feed(units: list[Unit], zeroed: dict[str, list[int]], shift: bool = False,
+def mask_feed(units: list[Unit], zeroed: dict[str, list[int]],
               bounds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Feeds for `with_mask_inputs`: zeros at the listed channels, ones elsewhere, no shift;
+    """Feeds for `with_mask_inputs`: zeros at the listed channels, ones elsewhere;
     with `bounds` (a dict, possibly empty), each unit's bound [C] or +inf where none is given."""
     feed = {}
     for position, unit in enumerate(units):
         mask = np.ones(unit.channels, dtype=np.float32)
         mask[zeroed.get(unit.name, [])] = 0.0
         feed[MASK_PREFIX + str(position)] = mask.reshape(mask_shape(unit))
-        if shift:
-            feed[SHIFT_PREFIX + str(position)] = np.zeros(mask_shape(unit), dtype=np.float32)
         if bounds is not None:
             bound = bounds.get(unit.name)
             bound = np.full(mask_shape(unit), np.inf, np.float32) if bound is None else np.asarray(bound, np.float32)
@@ -299,7 +291,7 @@ def zero_channels(
             how[unit.name] = how[unit.name] + "+bound" if unit.name in how else "bound"
     touched = [u for u in units if u.name in factors or u.name in caps]
     if touched:  # mask first, then bound: the order the guard measured
-        out = _with_muls(out, touched, lambda u: factors.get(u.name), None, lambda u: caps.get(u.name))
+        out = _with_muls(out, touched, lambda u: factors.get(u.name), lambda u: caps.get(u.name))
     clamped = sorted(key[len(INPUT_KEY):] for key in (bounds or {}) if key.startswith(INPUT_KEY))
     if clamped:
         pairs = []
