@@ -32,6 +32,7 @@ SCREEN = 100  # steps over every class before only the SHORTLIST best classes go
 SHORTLIST = 3
 MAX_CLASSES = 10  # with more classes, the search screens the ones clean samples rank highest after their own
 MAX_SAMPLES = 10  # the search pastes patches on at most the first this many clean samples
+LEVELS = (0.0, 1.0)  # pixel values a patch may take, as shares of the clean value range
 MOVE = 0.15  # share of steps that move a patch anywhere
 NUDGE = 0.2  # share of steps that move a patch by up to two positions
 SEED = 0
@@ -155,11 +156,12 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     _, height, width, channels = images.shape
     size = max(2, round(SIZE * min(height, width)))
     low, high = float(original.min()), float(original.max())
+    values = np.asarray([low + level * (high - low) for level in LEVELS], dtype=original.dtype)
     rng = np.random.default_rng(seed)
     classes = np.array(candidates)
     rows = rng.integers(0, height - size + 1, len(classes))
     cols = rng.integers(0, width - size + 1, len(classes))
-    pixels = np.where(rng.random((len(classes), size, size, channels)) < 0.5, low, high).astype(original.dtype)
+    pixels = values[rng.integers(0, len(values), (len(classes), size, size, channels))]
 
     def evaluate(rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = np.repeat(images[None], len(which), axis=0)
@@ -193,7 +195,7 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
                 new_cols[k] = np.clip(cols[k] + rng.integers(-2, 3), 0, width - size)
             else:
                 r, c = rng.integers(0, size - block + 1, 2)
-                new_pixels[k, r:r + block, c:c + block, :] = np.where(rng.random(channels) < 0.5, low, high)
+                new_pixels[k, r:r + block, c:c + block, :] = values[rng.integers(0, len(values), channels)]
         value, share = evaluate(new_rows, new_cols, new_pixels, live)
         better = live[value > best[live]]
         kept = value > best[live]

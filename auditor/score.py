@@ -28,9 +28,11 @@ DEFAULT_THRESHOLD = {"sus": 3.0, "clp": 3.0, "fp": 3.0}
 PROBE_THRESHOLD = 0.6
 # The patch search (auditor.patch) flags at this score; its score is rescaled by
 # PROBE_THRESHOLD / PATCH_THRESHOLD so that one threshold serves both tests. Chosen on the tuning
-# half over the same five sample sets (highest balanced accuracy of 0.8, 0.85, ..., 1.0): with
-# it the verdict flagged 71% of the backdoored and 10% of the clean (model, set) pairs there (the
-# probe alone: 48% and 7%); a clean MNIST MLP reaches 0.98 (a patch turns its digits into a 5).
+# half over the same five sample sets and four variants of the search (random streams, steps,
+# pixel levels): 0.8 to 0.9 were within 0.01 of the best mean balanced accuracy, and 0.9 kept
+# false alarms lowest where a clean MNIST MLP met a patch that turns its digits into a 5 (up to
+# 0.98). With the shipped search: 75% of the backdoored and 7% of the clean (model, set) pairs
+# flagged there (the probe alone: 48% and 7%).
 PATCH_THRESHOLD = 0.9
 # Without a float input to corrupt, by the classifier head's reachable margins (auditor.margin),
 # a robust z-score; also chosen on the tuning half.

@@ -14,10 +14,10 @@ from auditor.data import Samples
 from auditor.score import PATCH_THRESHOLD
 
 
-@pytest.mark.parametrize("name", ["cnn-mnist-badnets-s0", "resnet-fmnist-badnets-s1", "keras_cnn_badnets_s0"])
+@pytest.mark.parametrize("name", ["cnn-mnist-badnets-s0", "cnn_bn-fmnist-badnets-s1", "keras_cnn_badnets_s0"])
 def test_patch_backdoors_are_flagged_with_their_target(name: str, tmp_path: Path) -> None:
-    """NCHW with and without residual adds, and a Keras NHWC graph: the search finds a patch that
-    sends the clean samples to the attack's target, where the trigger is."""
+    """NCHW with and without BatchNormalization, and a Keras NHWC graph: the search finds a patch
+    that sends the clean samples to the attack's target, where the trigger is."""
     entry = MANIFEST[name]
     report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     verdict = report.verdict
