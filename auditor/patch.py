@@ -182,6 +182,8 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     live = np.arange(len(classes))
     best, shares = evaluate(rows, cols, pixels, live)
     for step in range(ITERATIONS):
+        if best.max() >= 1.0 - 1e-9:
+            break  # every sample sent at clean confidence: the score is capped there, nothing can beat it
         if step == SCREEN and len(live) > SHORTLIST:
             live = np.sort(np.argsort(-best, kind="stable")[:SHORTLIST])
         new_rows, new_cols, new_pixels = rows.copy(), cols.copy(), pixels.copy()
