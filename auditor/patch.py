@@ -163,18 +163,24 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     cols = rng.integers(0, width - size + 1, len(classes))
     pixels = values[rng.integers(0, len(values), (len(classes), size, size, channels))]
 
+    others = [np.flatnonzero(clean != c) for c in classes]  # only these samples count for class c: only they run
+
     def evaluate(rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = np.repeat(images[None], len(which), axis=0)
-        for i, k in enumerate(which):
-            batch[i, :, rows[k]:rows[k] + size, cols[k]:cols[k] + size, :] = pixels[k]
-        batch = batch.reshape(len(which) * count, height, width, channels)
-        inputs = {k: np.concatenate([v] * len(which)) for k, v in samples.inputs.items() if k != name}
-        inputs[name] = from_images(batch, original, axes)
-        out = np.asarray(classify(Samples(inputs, None, samples.source)), dtype=np.float64).reshape(len(which), count, -1)
+        parts = []
+        for k in which:
+            part = images[others[k]]  # a copy: fancy indexing
+            part[:, rows[k]:rows[k] + size, cols[k]:cols[k] + size, :] = pixels[k]
+            parts.append(part)
+        chosen = np.concatenate([others[k] for k in which])
+        inputs = {key: value[chosen] for key, value in samples.inputs.items() if key != name}
+        inputs[name] = from_images(np.concatenate(parts), original, axes)
+        out = np.asarray(classify(Samples(inputs, None, samples.source)), dtype=np.float64).reshape(len(chosen), -1)
         value, share = np.empty(len(which)), np.empty(len(which))
+        start = 0
         for i, k in enumerate(which):
-            others = clean != classes[k]
-            margin = out[i, others, classes[k]] - np.delete(out[i, others], classes[k], axis=1).max(axis=1)
+            scores_k = out[start:start + len(others[k])]
+            start += len(others[k])
+            margin = scores_k[:, classes[k]] - np.delete(scores_k, classes[k], axis=1).max(axis=1)
             value[i] = np.minimum(margin, typical).mean() / typical
             share[i] = (margin > 0).mean()
         return value, share
