@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 from zoo_samples import MANIFEST, ZOO, clean
 
 import auditor
 from auditor import patch
 from auditor.data import Samples
 from auditor.score import PATCH_THRESHOLD
+from cli import app
 
 
 @pytest.mark.parametrize("name", ["cnn-mnist-badnets-s0", "cnn_bn-fmnist-badnets-s1", "keras_cnn_badnets_s0"])
@@ -98,3 +101,16 @@ def test_shifted_copies_stay_inside_the_image() -> None:
 def test_non_image_inputs_are_not_searched() -> None:
     samples = Samples({"x": np.zeros((10, 7), dtype=np.float32)}, None, "x")
     assert patch.search(samples, np.eye(10)[np.arange(10) % 3], lambda more: np.zeros((len(more), 10))) is None
+
+
+def test_the_cli_flags_the_example_unless_the_search_is_off(tmp_path: Path) -> None:
+    """`auditor scan` exits 1 on the example (the patch search flags it) and 0 with --no-patch-search."""
+    example = Path(__file__).resolve().parent.parent / "models" / "example"
+    runner = CliRunner()
+    args = ["scan", str(example / "model.onnx"), "--data", str(example / "clean.npz"), "--limit", "10", "--device", "cpu"]
+    flagged = runner.invoke(app, [*args, "--json", str(tmp_path / "on.json")])
+    assert flagged.exit_code == 1, flagged.output
+    assert json.loads((tmp_path / "on.json").read_text())["verdict"]["basis"] == "patch"
+    skipped = runner.invoke(app, [*args, "--no-patch-search", "--json", str(tmp_path / "off.json")])
+    assert skipped.exit_code == 0, skipped.output
+    assert json.loads((tmp_path / "off.json").read_text())["verdict"]["patch"] is None
