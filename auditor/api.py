@@ -107,7 +107,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
         command=command, tool_version=__version__, method=method,
         model={"path": str(model_path), "sha256": loaded.sha256, "ir_version": loaded.proto.ir_version,
                "opset": loaded.opset, "notes": list(loaded.notes)},
-        data={"path": str(data_path), "samples": len(samples), **_coverage(captured.scores, len(samples))},
+        data={"path": str(data_path), "samples": len(samples), **_coverage(captured)},
         provider={"name": provider.name, "reason": provider.reason},
         verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer,
                  "basis": verdict.basis, "target": verdict.target,
@@ -121,11 +121,11 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
     return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, found)
 
 
-def _coverage(scores: np.ndarray, count: int) -> dict:
+def _coverage(captured: Capture) -> dict:
     """How many classes the model gives the clean samples, of how many it has: unlearning can only
     protect a class that some clean sample falls in."""
-    scores = np.asarray(scores).reshape(count, -1)
-    return {"classes": int(scores.shape[1]), "predicted_classes": int(np.unique(scores.argmax(axis=1)).size)}
+    classes = int(captured.scores.reshape(len(captured.scores), -1).shape[1])
+    return {"classes": classes, "predicted_classes": int(np.unique(captured.labels).size)}
 
 
 def _dense_head(index: GraphIndex, units: list[Unit]) -> Unit | None:
@@ -332,9 +332,9 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         residual = probe.probe(analysis.samples, analysis.capture.scores, repaired_classify, focus=report.verdict.get("target"))
     if method == "sus" and report.verdict.get("basis") == "patch" and analysis.patch is not None:
         # the found patch on the repaired model: does it still send the clean samples to its class?
-        labels = np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1).argmax(axis=1)
         patched = {"target": analysis.patch.target, "share_before": analysis.patch.share,
-                   "share_after": patch.target_share(analysis.samples, labels, analysis.patch, repaired_classify)}
+                   "share_after": patch.target_share(analysis.samples, analysis.capture.labels, analysis.patch,
+                                                     repaired_classify)}
     sha256 = model.save_model(repaired, output)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]

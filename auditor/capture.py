@@ -67,6 +67,11 @@ class Capture:
     seconds: float
     classify: Callable[[Samples], np.ndarray]
 
+    @property
+    def labels(self) -> np.ndarray:
+        """[N]: the class the model gives each sample."""
+        return self.scores.reshape(len(self.scores), -1).argmax(axis=1)
+
 
 def channel_max(position_max: np.ndarray, axis: int) -> np.ndarray:
     """[C]: the maximum per channel of per-position maxima (`axis`: the unit's negative channel axis)."""

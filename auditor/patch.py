@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor.data import Samples
-from auditor.probe import MIN_OTHERS, spatial_axes
+from auditor.probe import MIN_OTHERS, class_share, spatial_axes
 
 SIZE = 0.15  # side of the square patch, as a share of the image's shorter side (4 pixels of 28: 2% of the area)
 ITERATIONS = 300  # random-search steps
@@ -121,11 +121,10 @@ def target_share(samples: Samples, clean_labels: np.ndarray, found: Patch, class
     """The share of the samples not in the found patch's class that it sends there through `classify`
     (after a repair: does the patch still work?)."""
     pasted = paste(samples, found)
-    others = clean_labels != found.target
-    if pasted is None or not others.any():
+    if pasted is None:
         return 0.0
     predicted = np.asarray(classify(pasted)).reshape(len(pasted), -1).argmax(axis=1)
-    return float((predicted[others] == found.target).mean())
+    return class_share(predicted, clean_labels, found.target) or 0.0
 
 
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import graphs
 import numpy as np
 import onnx
 import pytest
+from zoo_samples import MANIFEST, ZOO, to_layout
 
 import auditor
 from auditor import margin, runtime, unlearn
@@ -18,14 +18,6 @@ from auditor.score import PROBE_THRESHOLD
 from auditor.units import find_units
 
 ROOT = Path(__file__).resolve().parent.parent
-ZOO = ROOT / "models" / "zoo"
-MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
-
-
-def _layout(x: np.ndarray, layout: str) -> np.ndarray:
-    if layout == "nhwc":
-        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    return x.reshape(len(x), -1) if layout == "flat" else x
 
 
 def _data(entry: dict, tmp_path: Path, count: int = 10) -> tuple[Path, Path, Path]:
@@ -35,7 +27,7 @@ def _data(entry: dict, tmp_path: Path, count: int = 10) -> tuple[Path, Path, Pat
         with np.load(ZOO / entry[key]) as archive:
             x, y = archive["x"][:first], archive["y"][:first]
         path = tmp_path / f"{key}.npz"
-        np.savez(path, x=_layout(x, entry["layout"]), y=y)
+        np.savez(path, x=to_layout(x, entry["layout"]), y=y)
         out.append(path)
     return out[0], out[1], out[2]
 

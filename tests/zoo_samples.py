@@ -11,14 +11,17 @@ ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 MANIFEST = {e["name"]: e for e in json.loads((ZOO / "manifest.json").read_text())}
 
 
+def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """[N, 1, H, W] images, as the zoo stores them, in a model's input layout."""
+    if layout == "nhwc":
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x.reshape(len(x), -1) if layout == "flat" else x
+
+
 def clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
     """The first `count` samples of the model's clean pool, in its input layout, as an .npz."""
     with np.load(ZOO / entry["clean_pool"]) as archive:
         x = archive["x"][:count]
-    if entry["layout"] == "flat":
-        x = x.reshape(len(x), -1)
-    elif entry["layout"] == "nhwc":
-        x = np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
     path = tmp_path / f"{entry['name']}-clean.npz"
-    np.savez(path, x=x)
+    np.savez(path, x=to_layout(x, entry["layout"]))
     return path
