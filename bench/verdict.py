@@ -43,7 +43,8 @@ def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, b
         after = _evaluate(str(repaired), entry)
         out.update(accuracy=after.accuracy, asr=after.attack_success_rate,
                    acc_drop_points=100.0 * (baseline["accuracy"] - after.accuracy),
-                   unlearned=bool((report.repair.get("unlearning") or {}).get("applied")))
+                   unlearned=bool((report.repair.get("unlearning") or {}).get("applied")),
+                   unlearning_cause=(report.repair.get("unlearning") or {}).get("cause"))
     return out
 
 
