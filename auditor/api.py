@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from auditor import data, guard, margin, model, patch, probe, rewrite, runtime, score, signals, unlearn
+from auditor import data, fourier, guard, margin, model, patch, probe, rewrite, runtime, score, signals, unlearn
 from auditor.capture import BATCH, Capture, capture, classifier, run, scores_output
 from auditor.errors import DataError, ModelError
 from auditor.graph import GraphIndex
@@ -36,9 +36,11 @@ class _Analysis:
     report: Report
     batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
     patch: patch.Patch | None = None  # the patch search's best patch (`sus` on image inputs)
+    fourier: fourier.Fourier | None = None  # the Fourier probe's best class (`sus` on image inputs)
 
 
-def _analyse(model_path, data_path, limit, method, device, threshold, command, patch_search: bool = True) -> _Analysis:
+def _analyse(model_path, data_path, limit, method, device, threshold, command, patch_search: bool = True,
+             fourier_probe: bool = True) -> _Analysis:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if method not in score.METHODS:
@@ -89,12 +91,17 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
     head = _head_margin(index, units, captured) if method == "sus" else None
     probed = probe.probe(samples, captured.scores, captured.classify) if method == "sus" else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
-    found = None
-    if patch_search and probed is not None and probed.shares:
-        found = patch.search(samples, captured.scores, classifier(loaded.proto, index, provider, batch))
+    found, waved = None, None
+    if probed is not None and probed.shares:
+        plain = classifier(loaded.proto, index, provider, batch)  # the searches' many passes need no instruments
+        if fourier_probe:
+            waved = fourier.search(samples, captured.scores, plain)
+        if patch_search:
+            found = patch.search(samples, captured.scores, plain)
+    timings["fourier"] = 0.0 if waved is None else waved.seconds
     timings["patch"] = 0.0 if found is None else found.seconds
     if probed is not None and probed.shares:
-        verdict = score.probe_verdict(probed, score.PROBE_THRESHOLD if threshold is None else float(threshold), found)
+        verdict = score.probe_verdict(probed, score.PROBE_THRESHOLD if threshold is None else float(threshold), found, waved)
     elif head is not None:
         verdict = score.margin_verdict(head[1], head[0], score.MARGIN_THRESHOLD if threshold is None else float(threshold))
     else:
@@ -114,11 +121,12 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
                  "probe": None if probed is None else {"score": probed.score, "target": probed.target,
                                                        "corruption": probed.corruption, "shares": probed.shares},
                  "patch": None if found is None else found.summary(),
+                 "fourier": None if waved is None else waved.summary(),
                  "margins": None if head is None else [float(v) for v in head[1].margins]},
         layers=layers, skipped=skipped, timings=timings,
     )
     timings["total"] = time.perf_counter() - start
-    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, found)
+    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, found, waved)
 
 
 def _coverage(captured: Capture) -> dict:
@@ -144,9 +152,9 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     target = verdict.get("target")
     entry: dict = {"applied": False, "target": target, "reason": None, "cause": None, "surrogates": 0, "anchors": 0, "strength": None,
                    "weight": None, "shortcut_guard_samples": 0}
-    if verdict.get("basis") not in ("corruption", "patch") or not verdict["suspicious"] or target is None:
+    if verdict.get("basis") not in ("corruption", "patch", "fourier") or not verdict["suspicious"] or target is None:
         entry["cause"] = "not_flagged"
-        entry["reason"] = "neither the corruption probe nor the patch search found a shortcut"
+        entry["reason"] = "neither the corruption probe, the patch search nor the Fourier probe found a shortcut"
         return entry
     if fidelity.head is None:
         entry["cause"] = "no_dense_head"
@@ -159,8 +167,12 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         entry["cause"] = "no_anchor"
         entry["reason"] = f"no clean sample is classified as class {target}: add some, or its accuracy is not protected"
         return entry
-    variants = (patch.variants(analysis.samples, analysis.patch) if verdict["basis"] == "patch"
-                else probe.corruptions(analysis.samples))
+    if verdict["basis"] == "patch":
+        variants = patch.variants(analysis.samples, analysis.patch)
+    elif verdict["basis"] == "fourier":
+        variants = fourier.variants(analysis.samples, analysis.fourier)
+    else:
+        variants = probe.corruptions(analysis.samples)
     kept, sources = unlearn.surrogates(variants, labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
     # Guard copies (shifted, noisy, mixed) that the original already sends to the target from a sample
     # it puts elsewhere are the shortcut at work, not clean behaviour: they join the corrupted samples
@@ -231,12 +243,14 @@ def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture) -> tup
 
 
 def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
-          device: str = "auto", threshold: float | None = None, patch_search: bool = True) -> Report:
+          device: str = "auto", threshold: float | None = None, patch_search: bool = True,
+          fourier_probe: bool = True) -> Report:
     """Score every channel of every hidden layer and decide whether the model looks backdoored.
 
-    With `sus`, the verdict comes from the corruption probe and, unless `patch_search` is off
-    (it costs about 16,000 single-sample forward passes), the patch search (auditor/patch.py)."""
-    return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search).report
+    With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
+    switched off, the patch search (auditor/patch.py, about 16,000 single-sample forward passes) and
+    the Fourier probe (auditor/fourier.py, about 9,000)."""
+    return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe).report
 
 
 def ranking(units: list[Unit], suspicion: dict[str, score.Suspicion], threshold: float | None = None,
@@ -270,7 +284,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
            force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None,
-           patch_search: bool = True) -> Report:
+           patch_search: bool = True, fourier_probe: bool = True) -> Report:
     """Repair the model as far as the fidelity guard allows and write it.
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
@@ -290,7 +304,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     if max_prune is not None and max_prune <= 0:
         raise ModelError(f"--max-prune must be positive, got {max_prune}")
     # `threshold` is the channel-score cut for zeroing here; the verdict keeps its own default
-    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair", patch_search)
+    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair", patch_search, fourier_probe)
     report = analysis.report
     tick = time.perf_counter()
     prunable = [u for u in analysis.units if u.prunable]
@@ -325,7 +339,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
                                                 fitted.matrix, fitted.bias)
         result.how[head.name] = "correction"
     _verify(repaired, analysis, fidelity, zeroed, capped.values)
-    residual, patched = None, None
+    residual, patched, waved = None, None, None
     repaired_classify = functools.partial(fidelity.classify, zeroed=zeroed, bounds=capped.values)
     if method == "sus" and report.verdict.get("basis") == "corruption":
         # the same probe on the repaired model: a shortcut the repair left in place still shows
@@ -334,6 +348,11 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         # the found patch on the repaired model: does it still send the clean samples to its class?
         patched = {"target": analysis.patch.target, "share_before": analysis.patch.share,
                    "share_after": patch.target_share(analysis.samples, analysis.capture.labels, analysis.patch,
+                                                     repaired_classify)}
+    if method == "sus" and report.verdict.get("basis") == "fourier" and analysis.fourier is not None:
+        # the found basis image on the repaired model: does it still send the clean samples to its class?
+        waved = {"target": analysis.fourier.target, "share_before": analysis.fourier.share,
+                 "share_after": fourier.target_share(analysis.samples, analysis.capture.labels, analysis.fourier,
                                                      repaired_classify)}
     sha256 = model.save_model(repaired, output)
     report.timings["repair"] = time.perf_counter() - tick
@@ -354,6 +373,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
             # the question after a repair: does the suspected target still take the corrupted samples?
             "above_threshold": bool((residual.focus_share or 0.0) >= report.verdict["threshold"])},
         "patch": patched,
+        "fourier": waved,
     }
     return report
 

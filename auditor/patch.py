@@ -56,7 +56,7 @@ class Patch:
                 "row": self.row, "column": self.column, "size": size}
 
 
-def _image_input(samples: Samples) -> tuple[str, tuple[int, ...]] | None:
+def image_input(samples: Samples) -> tuple[str, tuple[int, ...]] | None:
     """The first float input that looks like images, and its image axes."""
     for name, array in samples.inputs.items():
         if array.dtype.kind == "f" and array.size:
@@ -88,7 +88,7 @@ def from_images(images: np.ndarray, like: np.ndarray, axes: tuple[int, ...]) -> 
 def paste(samples: Samples, found: Patch, shifts: tuple[tuple[int, int], ...] = ((0, 0),)) -> Samples | None:
     """`samples` with the found patch pasted at its position (and at each shift of it that fits),
     one copy per shift, in order; None when the samples have no image input."""
-    where = _image_input(samples)
+    where = image_input(samples)
     if where is None:
         return None
     name, axes = where
@@ -132,7 +132,7 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
     the best one, or None when the samples have no image input or too few samples."""
     start = time.perf_counter()
-    where = _image_input(samples)
+    where = image_input(samples)
     if where is None:
         return None
     name, axes = where

@@ -1,11 +1,11 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/4` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
   provider   {name, reason}
-  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, margins}
+  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins}
              basis "corruption" (sus with a float input): score = the largest share of noisy or
              blurred clean samples that one class takes from samples the model put elsewhere
              (auditor/probe.py), target = that class, layer null;
@@ -14,6 +14,10 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
              probe = {score, target, corruption (the one that gave the score), shares{corruption: its largest share}};
              patch = {score (capped mean margin over the clean median margin), target, share (of
              the samples from other classes the patch sends there), row, column, size} or null;
+             basis "fourier" (sus with an image input, when it scores higher): score = the Fourier
+             probe's lift x 0.6 / 0.7 (auditor/fourier.py), target = that class;
+             fourier = {score (the lift: share at the best basis minus the class's 90th-percentile
+             share over the bases), target, share, frequency [u, v], phase, amplitude} or null;
              basis "margin" (sus without a float input, with a dense classifier head): score =
              robust z-score of the largest reachable class margin of the head over the clean
              input range (auditor/margin.py), target = that class;
@@ -31,7 +35,7 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
               code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
-              (corrupted or patched samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
+              (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
               and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
               the original sent to the target from another class: fitted as corrupted samples and left out of
               `agreement` and `divergence`, which are then measured on the other guard samples)},
@@ -41,6 +45,7 @@ Schema `auditor.report/3` (JSON, keys sorted, floats rounded to 6 decimals):
               above_threshold (suspected_target_share >= the verdict's threshold)},
               patch (basis "patch" only, else null): {target, share_before, share_after}: the share of the
               clean samples from other classes that the found patch sends to its class, before and after,
+              fourier (basis "fourier" only, else null): the same for the Fourier probe's best basis image,
               evaluation{before, after} (CLI only, with --test)}
   timings    {seconds per stage}: the only part that differs between identical runs
 """
@@ -55,7 +60,7 @@ import numpy as np
 
 from auditor.score import DEFAULT_THRESHOLD
 
-SCHEMA = "auditor.report/3"
+SCHEMA = "auditor.report/4"
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,11 @@ def basis_text(verdict: dict) -> str:
     if verdict.get("basis") == "patch":
         found = verdict.get("patch") or {}
         return (f"patch search: a {found.get('size')}x{found.get('size')} patch at ({found.get('row')}, {found.get('column')}) "
+                f"sends {found.get('share', 0.0):.0%} of the other clean samples to class {verdict['target']}")
+    if verdict.get("basis") == "fourier":
+        found = verdict.get("fourier") or {}
+        u, v = found.get("frequency") or (None, None)
+        return (f"Fourier probe: a faint cosine pattern (frequency ({u}, {v}), amplitude {found.get('amplitude')} of the range) "
                 f"sends {found.get('share', 0.0):.0%} of the other clean samples to class {verdict['target']}")
     if verdict.get("basis") == "margin":
         return f"head margin z-score: class {verdict['target']} reachable most at {verdict['layer']}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from auditor.fourier import Fourier
 from auditor.margin import Margin
 from auditor.patch import Patch
 from auditor.probe import Probe
@@ -34,6 +35,11 @@ PROBE_THRESHOLD = 0.6
 # 0.98). With the shipped search: 75% of the backdoored and 7% of the clean (model, set) pairs
 # flagged there (the probe alone: 48% and 7%).
 PATCH_THRESHOLD = 0.9
+# The Fourier probe (auditor.fourier) flags at this lift, rescaled like the patch search's score.
+# Chosen with its frequency cap (7) and amplitudes (0.05, 0.1 of the range) as the variant with the
+# highest mean verdict AUC on the tuning half over the same five sample sets (`python -m
+# bench.fourier_probe`): 0.909 against 0.901 without it.
+FOURIER_THRESHOLD = 0.7
 # Without a float input to corrupt, by the classifier head's reachable margins (auditor.margin),
 # a robust z-score; also chosen on the tuning half.
 MARGIN_THRESHOLD = 2.9
@@ -56,9 +62,9 @@ class Verdict:
     suspicious: bool
     layer: str | None  # the unit that gave the score
     # "channels": top channel scores; "margin": the head's reachable margins; "corruption": the
-    # corruption probe; "patch": the patch search
+    # corruption probe; "patch": the patch search; "fourier": the Fourier probe
     basis: str = "channels"
-    target: int | None = None  # with "margin", "corruption" or "patch": the suspected target class
+    target: int | None = None  # with "margin", "corruption", "patch" or "fourier": the suspected target class
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -89,14 +95,18 @@ def layer_score(score: np.ndarray) -> float:
     return float(np.sort(score)[::-1][:count].mean())
 
 
-def probe_verdict(found: Probe, threshold: float, patched: Patch | None = None) -> Verdict:
+def probe_verdict(found: Probe, threshold: float, patched: Patch | None = None, waved: Fourier | None = None) -> Verdict:
     """The model's score is the largest share of corrupted clean samples that one class takes, or
-    the patch search's score rescaled to the same threshold, whichever is larger."""
+    the patch search's or the Fourier probe's score rescaled to the same threshold, whichever is largest."""
     value, basis, target = found.score, "corruption", found.target
     if patched is not None:
         rescaled = max(0.0, patched.score) * PROBE_THRESHOLD / PATCH_THRESHOLD
         if rescaled > value:
             value, basis, target = rescaled, "patch", patched.target
+    if waved is not None:
+        rescaled = max(0.0, waved.score) * PROBE_THRESHOLD / FOURIER_THRESHOLD
+        if rescaled > value:
+            value, basis, target = rescaled, "fourier", waved.target
     return Verdict(score=value, threshold=threshold, suspicious=bool(value >= threshold), layer=None,
                    basis=basis, target=target)
 

@@ -84,6 +84,8 @@ def measure(entry: dict, sets: int, n: int) -> list[dict]:
     classify = classifier(entry)
     with np.load(entry["clean_pool"]) as archive:
         pool = archive["x"].astype(np.float32)
+        if archive["x"].dtype == np.uint8:
+            pool /= 255.0  # as auditor.data reads images stored as bytes
     span = float(pool.max() - pool.min()) or 1.0
     images, reach = bases(pool.shape[2], pool.shape[3], max(FMAX))
     rows = []

@@ -128,14 +128,15 @@ def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered
     record = {"status": "ok", "wall_s": wall, "count": report.repair["count"], "zeroed": report.repair["zeroed"],
               "agreement": report.repair["agreement"], "how": report.repair["how"], "bound": report.repair.get("bound"),
               "unlearning": report.repair.get("unlearning"), "probe_after": report.repair.get("probe"),
-              "patch_after": report.repair.get("patch"),
+              "patch_after": report.repair.get("patch"), "fourier_after": report.repair.get("fourier"),
               "repair_timings": {k: round(v, 4) for k, v in report.timings.items()}}
     record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))
     start = time.perf_counter()
     scan = auditor.audit(entry["file"], str(clean), method=method, device="cpu")
     record.update({"audit_s": time.perf_counter() - start, "verdict_score": scan.verdict["score"],
                    "verdict_threshold": scan.verdict["threshold"], "suspicious": scan.verdict["suspicious"],
-                   "verdict_layer": scan.verdict["layer"], "verdict_target": scan.verdict.get("target")})
+                   "verdict_layer": scan.verdict["layer"], "verdict_target": scan.verdict.get("target"),
+                   "verdict_basis": scan.verdict.get("basis")})
     return record
 
 

@@ -1,0 +1,145 @@
+"""The Fourier probe: does one faint, smooth, whole-image pattern send clean inputs to one class?
+
+Whole-image triggers (SIG's sinusoid, a blended picture) are faint and smooth; the corruption
+probe's pixel noise and blur rarely line up with them, and the patch search looks for something
+else. Following the Fourier analysis of robustness (Yin et al. 2019), we add every low-frequency
+Fourier basis image cos(2 pi (u i / H + v j / W) + phase) at two small amplitudes to the clean
+samples and ask which share of the samples each basis sends to each class.
+
+Clean models have natural sinks too: a class that takes many perturbed samples under many bases
+(Fashion-MNIST's "bag"). A backdoor's target is taken under a few bases that resemble its
+trigger, so the score is a lift: for each class, its largest share at one basis minus its
+90th-percentile share over all bases; the class with the largest lift is the suspected target.
+Forward passes only, no randomness.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor.data import Samples
+from auditor.patch import from_images, image_input, to_images
+from auditor.probe import MIN_OTHERS, class_share
+
+FMAX = 7  # largest frequency (cycles per image, each axis)
+AMPLITUDES = (0.05, 0.1)  # of the clean value range
+PHASES = (0.0, 0.5 * np.pi, np.pi, 1.5 * np.pi)
+QUANTILE = 0.9  # a class's typical share under a basis, against which its largest share is measured
+MAX_SAMPLES = 10  # the probe perturbs at most the first this many clean samples
+CHUNK = 1 << 24  # input values per batch of perturbed samples (bounds memory for large images)
+UNLEARN_BASES = 8  # with a verdict on this probe, unlearning uses the target's best this many bases
+
+
+@dataclass(frozen=True)
+class Fourier:
+    """The largest lift one class gets from one Fourier basis image, and where."""
+
+    score: float  # share at the best basis minus the class's QUANTILE share over the bases
+    target: int | None
+    share: float  # the share of the samples not in the target that the best basis sends there
+    frequency: tuple[int, int]  # (u, v) of the best basis
+    phase: float
+    amplitude: float  # of the clean value range
+    bases: tuple[int, ...]  # indices (into `bases`) of the target's best bases at `amplitude`, best first
+    seconds: float
+
+    def summary(self) -> dict:
+        return {"score": round(self.score, 6), "target": self.target, "share": round(self.share, 6),
+                "frequency": list(self.frequency), "phase": round(self.phase, 6), "amplitude": self.amplitude}
+
+
+def bases(height: int, width: int, fmax: int = FMAX) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """Fourier basis images [B, H, W] in [-1, 1] with 0 <= u <= fmax, |v| <= fmax (one of each mirror
+    pair, no constant), every phase; and their (u, v, phase)."""
+    i, j = np.meshgrid(np.arange(height) / height, np.arange(width) / width, indexing="ij")
+    images, keys = [], []
+    for u, v in itertools.product(range(fmax + 1), range(-fmax, fmax + 1)):
+        if u == 0 and v <= 0:
+            continue
+        for phase in PHASES:
+            images.append(np.cos(2 * np.pi * (u * i + v * j) + phase))
+            keys.append((u, v, phase))
+    return np.stack(images).astype(np.float32), keys
+
+
+def _perturbed(images: np.ndarray, basis: np.ndarray, amplitude: float, low: float, high: float) -> np.ndarray:
+    """[B * N, H, W, C]: every sample [N, H, W, C] plus every basis [B, H, W] (on every channel), clipped."""
+    moved = images[None] + (amplitude * (high - low) * basis)[:, None, :, :, None]
+    return np.clip(moved, low, high).reshape(-1, *images.shape[1:])
+
+
+def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray]) -> Fourier | None:
+    """Run every basis at every amplitude through `classify` (samples -> class scores [N, K]); the
+    class with the largest lift, or None when the samples have no image input or too few samples."""
+    start = time.perf_counter()
+    where = image_input(samples)
+    if where is None:
+        return None
+    name, axes = where
+    count = min(len(samples), MAX_SAMPLES)
+    samples = samples.take(np.arange(count)) if len(samples) > count else samples
+    clean = np.asarray(clean_scores).reshape(len(clean_scores), -1)[:count].argmax(axis=1)
+    classes = np.asarray(clean_scores).reshape(len(clean_scores), -1).shape[1]
+    candidates = [c for c in range(classes) if (clean != c).sum() >= MIN_OTHERS]
+    if not candidates:
+        return None
+    original = samples.inputs[name]
+    images = to_images(original, axes)
+    low, high = float(original.min()), float(original.max())
+    if high <= low:
+        return None
+    basis, keys = bases(images.shape[1], images.shape[2])
+    step = max(1, CHUNK // max(1, images[0].size * count))  # bases per batch
+    best: Fourier | None = None
+    for amplitude in AMPLITUDES:
+        predicted = []
+        for first in range(0, len(basis), step):
+            moved = _perturbed(images, basis[first:first + step], amplitude, low, high)
+            inputs = {k: np.concatenate([v] * (len(moved) // count)) for k, v in samples.inputs.items() if k != name}
+            inputs[name] = from_images(moved.astype(original.dtype), original, axes)
+            scores = np.asarray(classify(Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)))
+            predicted.append(scores.reshape(len(moved), -1).argmax(axis=1).reshape(-1, count))
+        labels = np.concatenate(predicted)  # [B, N]
+        for c in candidates:
+            shares = (labels[:, clean != c] == c).mean(axis=1)  # [B]
+            lift = float(shares.max() - np.quantile(shares, QUANTILE))
+            if best is None or lift > best.score:
+                order = np.argsort(-shares, kind="stable")
+                u, v, phase = keys[int(order[0])]
+                best = Fourier(lift, int(c), float(shares[order[0]]), (u, v), float(phase), amplitude,
+                               tuple(int(b) for b in order[:UNLEARN_BASES]), 0.0)
+    assert best is not None
+    return Fourier(best.score, best.target, best.share, best.frequency, best.phase, best.amplitude, best.bases,
+                   time.perf_counter() - start)
+
+
+def variants(samples: Samples, found: Fourier) -> Iterator[tuple[str, Samples, np.ndarray]]:
+    """(name, perturbed samples, row -> original sample), as `probe.corruptions` gives them: the
+    clean samples under the target's best bases at the found amplitude, for unlearning."""
+    where = image_input(samples)
+    if where is None:
+        return
+    name, axes = where
+    original = samples.inputs[name]
+    images = to_images(original, axes)
+    low, high = float(original.min()), float(original.max())
+    basis, _ = bases(images.shape[1], images.shape[2])
+    for b in found.bases:
+        moved = _perturbed(images, basis[b:b + 1], found.amplitude, low, high)
+        inputs = {k: v for k, v in samples.inputs.items() if k != name}
+        inputs[name] = from_images(moved.astype(original.dtype), original, axes)
+        yield f"fourier {b}", Samples({k: inputs[k] for k in samples.inputs}, None, samples.source), np.arange(len(samples))
+
+
+def target_share(samples: Samples, clean_labels: np.ndarray, found: Fourier, classify: Callable[[Samples], np.ndarray]) -> float:
+    """The share of the samples not in the found class that its best basis sends there through
+    `classify` (after a repair: does the pattern still work?)."""
+    for _, moved, _ in variants(samples, found):  # the first variant is the best basis
+        predicted = np.asarray(classify(moved)).reshape(len(moved), -1).argmax(axis=1)
+        return class_share(predicted, clean_labels, found.target) or 0.0
+    return 0.0

@@ -1,0 +1,139 @@
+"""CUDA against CPU on one machine: the same audits and repairs under both providers.
+
+    python -m bench.gpu [--models 'cnn*,resnet*'] [--n 10,100] [--output bench/results/gpu.json]
+
+For every selected zoo model and N, `auditor.audit` then `auditor.repair` run under
+`--device cuda` and `--device cpu` (after one untimed warm-up of each), and a plain
+onnxruntime session classifies the same N samples, as the speed baseline. Records wall
+times, and whether the two providers reach the same verdict, suspected target, zeroed
+channels and head correction (GPU kernels round differently, so scores may differ in the
+last digits). Fails with one line when onnxruntime cannot use CUDA here. This is the GPU
+check of the project: CI has no GPU and never runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import auditor
+from auditor import model, runtime
+from bench import zoo
+
+OUTPUT = zoo.RESULTS / "gpu.json"
+
+
+def plain_seconds(path: str, samples: np.ndarray, provider: runtime.Provider, repeats: int = 5) -> float:
+    """Median wall time of classifying `samples` in one run through a plain session (after a warm-up)."""
+    session = runtime.session(model.load(path).proto, provider)
+    feed = session.get_inputs()[0]
+    step = 1 if feed.shape[0] == 1 else len(samples)
+
+    def once() -> None:
+        for k in range(0, len(samples), step):
+            session.run(None, {feed.name: samples[k:k + step]})
+
+    once()
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - tick)
+    return float(np.median(times))
+
+
+def one(entry: dict, n: int, device: str, folder: Path) -> dict:
+    with np.load(entry["clean_pool"]) as archive:
+        x = zoo.to_layout(archive["x"][:n], entry.get("layout", "nchw"))
+    data = folder / f"{entry['name']}-{n}.npz"
+    np.savez(data, x=x)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / np.float32(255.0)  # as auditor.data reads images stored as bytes
+    tick = time.perf_counter()
+    audited = auditor.audit(entry["file"], str(data), limit=n, device=device)
+    audit_s = time.perf_counter() - tick
+    tick = time.perf_counter()
+    repaired = auditor.repair(entry["file"], str(data), str(folder / f"{entry['name']}-{n}-{device}.onnx"), limit=n,
+                              device=device, force=True)
+    repair_s = time.perf_counter() - tick
+    unlearning = repaired.repair.get("unlearning") or {}
+    return {
+        "provider": audited.provider["name"],
+        "audit_s": audit_s, "repair_s": repair_s,
+        "plain_s": plain_seconds(entry["file"], x, runtime.select_provider(device)),
+        "score": audited.verdict["score"], "suspicious": audited.verdict["suspicious"],
+        "basis": audited.verdict["basis"], "target": audited.verdict["target"],
+        "zeroed": repaired.repair["zeroed"], "unlearned": bool(unlearning.get("applied")),
+    }
+
+
+def write(path: Path, argv: list[str] | None, provider: runtime.Provider, sizes: list[int], rows: list[dict]) -> dict:
+    """Summarise the rows per N and write them all (after every model, so a cut-off run keeps what it measured)."""
+    summary = {}
+    for n in sizes:
+        chosen = [r for r in rows if r["n"] == n]
+        if chosen:
+            summary[str(n)] = {
+                "models": len(chosen),
+                "median_cuda_s": float(np.median([r["cuda"]["audit_s"] + r["cuda"]["repair_s"] for r in chosen])),
+                "median_cpu_s": float(np.median([r["cpu"]["audit_s"] + r["cpu"]["repair_s"] for r in chosen])),
+                "median_plain_cuda_s": float(np.median([r["cuda"]["plain_s"] for r in chosen])),
+                "median_plain_cpu_s": float(np.median([r["cpu"]["plain_s"] for r in chosen])),
+                "same_everything": sum(all(r["same"].values()) for r in chosen),
+                "max_score_difference": float(max(r["score_difference"] for r in chosen)),
+            }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "command": "python -m bench.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "provider": provider.name, "onnxruntime": ort.__version__, "python": platform.python_version(),
+        "summary": summary, "rows": rows}, indent=1, sort_keys=True) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=None, help="comma-separated name globs (default: every zoo model)")
+    parser.add_argument("--n", default="10,100")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    cuda = runtime.select_provider("auto")
+    print(f"provider: {cuda.name} ({cuda.reason}); onnxruntime {ort.__version__}", file=sys.stderr)
+    if cuda.name != "CUDAExecutionProvider":
+        print("bench.gpu: onnxruntime cannot use CUDA here; nothing measured", file=sys.stderr)
+        return 2
+    entries = zoo.select(zoo.load_entries(), args.models)
+    sizes = [int(v) for v in args.n.split(",") if v.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        for device in ("cuda", "cpu"):  # warm-up: library loading and kernel selection stay out of the timings
+            one(entries[0], sizes[0], device, folder)
+        for entry in entries:
+            for n in sizes:
+                if zoo.pool_size(entry["clean_pool"]) < n:
+                    continue
+                pair = {device: one(entry, n, device, folder) for device in ("cuda", "cpu")}
+                same = {key: pair["cuda"][key] == pair["cpu"][key]
+                        for key in ("suspicious", "basis", "target", "zeroed", "unlearned")}
+                rows.append({"name": entry["name"], "n": n, **pair, "same": same,
+                             "score_difference": abs(pair["cuda"]["score"] - pair["cpu"]["score"])})
+                print(f"{entry['name']} N={n}: cuda {pair['cuda']['audit_s'] + pair['cuda']['repair_s']:.2f} s, "
+                      f"cpu {pair['cpu']['audit_s'] + pair['cpu']['repair_s']:.2f} s, same {all(same.values())}",
+                      file=sys.stderr)
+                write(args.output, argv, cuda, sizes, rows)
+    summary = write(args.output, argv, cuda, sizes, rows)
+    for n, line in summary.items():
+        print(f"N={n}: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

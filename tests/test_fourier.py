@@ -1,0 +1,110 @@
+"""The Fourier probe on real zoo models under onnxruntime, and its basis images on plain arrays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+from zoo_samples import MANIFEST, ZOO, clean
+
+import auditor
+from auditor import fourier
+from auditor.data import Samples
+from auditor.score import FOURIER_THRESHOLD
+from cli import app
+
+SIG = "cnn_bn_folded-fmnist-sig-s1"  # a horizontal sinusoid of 6 cycles per image, which the corruption probe misses
+
+
+def test_bases_cover_every_low_frequency_once() -> None:
+    images, keys = fourier.bases(28, 28)
+    frequencies = {(u, v) for u, v, _ in keys}
+    assert len(frequencies) == (fourier.FMAX + 1) * (2 * fourier.FMAX + 1) - (fourier.FMAX + 1)
+    assert (0, 0) not in frequencies and not any(u == 0 and v < 0 for u, v in frequencies)  # no constant, no mirror twin
+    assert images.shape == (len(keys), 28, 28) and np.abs(images).max() <= 1.0 + 1e-6
+    i = keys.index((0, 6, 0.0))
+    assert np.allclose(images[i], np.cos(2 * np.pi * 6 * np.arange(28) / 28)[None, :], atol=1e-6)
+
+
+def test_a_sig_backdoor_is_flagged_with_its_target_and_frequency(tmp_path: Path) -> None:
+    entry = MANIFEST[SIG]
+    report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
+    verdict = report.verdict
+    assert verdict["probe"]["score"] < verdict["threshold"]  # the corruption probe alone misses it
+    assert verdict["basis"] == "fourier" and verdict["suspicious"] and verdict["target"] == entry["target"]
+    found = verdict["fourier"]
+    assert found["score"] >= FOURIER_THRESHOLD and found["target"] == entry["target"]
+    assert found["frequency"] == [0, int(entry["trigger"]["freq"])]  # the trigger's own sinusoid
+
+
+@pytest.mark.parametrize("name", ["cnn_bn_folded-fmnist-clean-s1", "keras_cnn_clean_s0", "sk_mlp_clean_s0"])
+def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> None:
+    """NCHW, a Keras NHWC graph and a scikit-learn MLP on flat vectors."""
+    entry = MANIFEST[name]
+    report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
+    assert report.verdict["fourier"]["score"] < FOURIER_THRESHOLD
+    assert not report.verdict["suspicious"]
+
+
+def test_the_probe_is_deterministic(tmp_path: Path) -> None:
+    entry = MANIFEST[SIG]
+    data = clean(entry, tmp_path)
+    first = auditor.audit(ZOO / entry["file"], data, limit=10, device="cpu")
+    second = auditor.audit(ZOO / entry["file"], data, limit=10, device="cpu")
+    assert first.verdict["fourier"] == second.verdict["fourier"]
+
+
+def test_repair_unlearns_the_found_pattern(tmp_path: Path) -> None:
+    """The perturbed samples stand in for the trigger: after repair the found pattern no longer works,
+    and neither does the real trigger, at little cost in accuracy."""
+    entry = MANIFEST[SIG]
+    model = ZOO / entry["file"]
+    report = auditor.repair(model, clean(entry, tmp_path), tmp_path / "repaired.onnx", limit=10, device="cpu")
+    assert report.repair["unlearning"]["applied"] and report.repair["unlearning"]["surrogates"] > 0
+    moved = report.repair["fourier"]
+    assert moved["target"] == entry["target"] and moved["share_before"] >= 0.8 and moved["share_after"] <= 0.1
+    test, triggered = ZOO / entry["test"], ZOO / entry["triggered"]
+    before = auditor.evaluate(model, test, triggered=triggered, target=entry["target"], device="cpu")
+    after = auditor.evaluate(tmp_path / "repaired.onnx", test, triggered=triggered, target=entry["target"], device="cpu")
+    assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
+    assert before.accuracy - after.accuracy < 0.02
+
+
+def test_the_cli_explains_a_fourier_verdict(tmp_path: Path) -> None:
+    entry = MANIFEST[SIG]
+    result = CliRunner().invoke(app, ["scan", str(ZOO / entry["file"]), "--data", str(clean(entry, tmp_path)), "--limit", "10",
+                                      "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 1, result.output
+    assert "Fourier probe" in result.output and f"class {entry['target']}" in result.output
+    assert json.loads((tmp_path / "r.json").read_text())["verdict"]["basis"] == "fourier"
+
+
+def test_non_image_inputs_are_not_probed() -> None:
+    samples = Samples({"x": np.zeros((10, 7), dtype=np.float32)}, None, "x")
+    assert fourier.search(samples, np.eye(10)[np.arange(10) % 3], lambda more: np.zeros((len(more), 10))) is None
+
+
+def test_large_images_are_probed_in_chunks() -> None:
+    """The perturbed copies of large images go through the classifier in bounded batches."""
+    seen: list[int] = []
+
+    def classify(more: Samples) -> np.ndarray:
+        seen.append(len(more))
+        return np.tile(np.eye(3)[[0]], (len(more), 1))
+
+    x = np.random.default_rng(0).random((10, 3, 256, 256), dtype=np.float32)
+    found = fourier.search(Samples({"x": x}, None, "x"), np.eye(3)[np.arange(10) % 3], classify)
+    assert found is not None and found.score == 0.0  # every class takes the same share under every basis
+    assert max(seen) * 3 * 256 * 256 <= fourier.CHUNK and sum(seen) == 10 * len(fourier.bases(256, 256)[1]) * len(fourier.AMPLITUDES)
+
+
+def test_the_probe_can_be_switched_off(tmp_path: Path) -> None:
+    entry = MANIFEST[SIG]
+    result = CliRunner().invoke(app, ["scan", str(ZOO / entry["file"]), "--data", str(clean(entry, tmp_path)), "--limit", "10",
+                                      "--device", "cpu", "--no-fourier-probe", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output  # the corruption probe and the patch search alone miss this trigger
+    verdict = json.loads((tmp_path / "r.json").read_text())["verdict"]
+    assert verdict["fourier"] is None and verdict["basis"] != "fourier"
