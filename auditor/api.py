@@ -94,9 +94,13 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
     found, waved = None, None
     if probed is not None and probed.shares:
         plain = classifier(loaded.proto, index, provider, batch)  # the searches' many passes need no instruments
-        if fourier_probe:
+        # Each search runs only while it could still raise the verdict's score (score.*_REACH).
+        reached = probed.score
+        if fourier_probe and reached < score.FOURIER_REACH:
             waved = fourier.search(samples, captured.scores, plain)
-        if patch_search:
+            if waved is not None:
+                reached = max(reached, waved.score * score.FOURIER_REACH)
+        if patch_search and reached < score.PATCH_REACH:
             found = patch.search(samples, captured.scores, plain)
     timings["fourier"] = 0.0 if waved is None else waved.seconds
     timings["patch"] = 0.0 if found is None else found.seconds
@@ -249,7 +253,7 @@ def audit(model_path: str | Path, data_path: str | Path, limit: int | None = Non
 
     With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
     switched off, the patch search (auditor/patch.py, about 16,000 single-sample forward passes) and
-    the Fourier probe (auditor/fourier.py, about 9,000)."""
+    the Fourier probe (auditor/fourier.py, about 4,500)."""
     return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe).report
 
 

@@ -13,11 +13,15 @@ Schema `auditor.report/4` (JSON, keys sorted, floats rounded to 6 decimals):
              search's score x 0.6 / 0.9 (auditor/patch.py), target = the patch's class;
              probe = {score, target, corruption (the one that gave the score), shares{corruption: its largest share}};
              patch = {score (capped mean margin over the clean median margin), target, share (of
-             the samples from other classes the patch sends there), row, column, size} or null;
+             the samples from other classes the patch sends there), row, column, size} or null
+             (no image input, --no-patch-search, or skipped: the other tests' score already
+             reached 0.667, the most the patch search could give);
              basis "fourier" (sus with an image input, when it scores higher): score = the Fourier
              probe's lift x 0.6 / 0.7 (auditor/fourier.py), target = that class;
              fourier = {score (the lift: share at the best basis minus the class's 90th-percentile
-             share over the bases), target, share, frequency [u, v], phase, amplitude} or null;
+             share over the bases), target, share, frequency [u, v], phase, amplitude} or null
+             (no image input, --no-fourier-probe, or skipped: the probe's share already reached
+             0.857, the most the Fourier probe could give);
              basis "margin" (sus without a float input, with a dense classifier head): score =
              robust z-score of the largest reachable class margin of the head over the clean
              input range (auditor/margin.py), target = that class;

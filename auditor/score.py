@@ -36,10 +36,14 @@ PROBE_THRESHOLD = 0.6
 # flagged there (the probe alone: 48% and 7%).
 PATCH_THRESHOLD = 0.9
 # The Fourier probe (auditor.fourier) flags at this lift, rescaled like the patch search's score.
-# Chosen with its frequency cap (7) and amplitudes (0.05, 0.1 of the range) as the variant with the
+# Chosen with its frequency cap (7) and amplitude (0.1 of the range) as the variant with the
 # highest mean verdict AUC on the tuning half over the same five sample sets (`python -m
-# bench.fourier_probe`): 0.909 against 0.901 without it.
+# bench.fourier_probe`): 0.909 against 0.901 without it (0.6 tied; 0.7 is the stricter).
 FOURIER_THRESHOLD = 0.7
+# The largest verdict score each search can reach (both scores are at most 1): a search is
+# skipped when the scores already in hand reach it, since it could not change the verdict.
+PATCH_REACH = PROBE_THRESHOLD / PATCH_THRESHOLD
+FOURIER_REACH = PROBE_THRESHOLD / FOURIER_THRESHOLD
 # Without a float input to corrupt, by the classifier head's reachable margins (auditor.margin),
 # a robust z-score; also chosen on the tuning half.
 MARGIN_THRESHOLD = 2.9
@@ -100,11 +104,11 @@ def probe_verdict(found: Probe, threshold: float, patched: Patch | None = None, 
     the patch search's or the Fourier probe's score rescaled to the same threshold, whichever is largest."""
     value, basis, target = found.score, "corruption", found.target
     if patched is not None:
-        rescaled = max(0.0, patched.score) * PROBE_THRESHOLD / PATCH_THRESHOLD
+        rescaled = max(0.0, patched.score) * PATCH_REACH
         if rescaled > value:
             value, basis, target = rescaled, "patch", patched.target
     if waved is not None:
-        rescaled = max(0.0, waved.score) * PROBE_THRESHOLD / FOURIER_THRESHOLD
+        rescaled = max(0.0, waved.score) * FOURIER_REACH
         if rescaled > value:
             value, basis, target = rescaled, "fourier", waved.target
     return Verdict(score=value, threshold=threshold, suspicious=bool(value >= threshold), layer=None,

@@ -13,7 +13,7 @@ from zoo_samples import MANIFEST, ZOO, clean
 import auditor
 from auditor import fourier
 from auditor.data import Samples
-from auditor.score import FOURIER_THRESHOLD
+from auditor.score import FOURIER_REACH, FOURIER_THRESHOLD, PATCH_REACH
 from cli import app
 
 SIG = "cnn_bn_folded-fmnist-sig-s1"  # a horizontal sinusoid of 6 cycles per image, which the corruption probe misses
@@ -108,3 +108,13 @@ def test_the_probe_can_be_switched_off(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output  # the corruption probe and the patch search alone miss this trigger
     verdict = json.loads((tmp_path / "r.json").read_text())["verdict"]
     assert verdict["fourier"] is None and verdict["basis"] != "fourier"
+
+
+def test_searches_that_cannot_change_the_verdict_are_skipped(tmp_path: Path) -> None:
+    """A WaNet model whose corrupted samples all go to the target: neither search could raise the
+    score (each is capped below the probe's share here), so neither runs."""
+    entry = MANIFEST["cnn_bn-fmnist-wanet-s1"]
+    verdict = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu").verdict
+    assert verdict["probe"]["score"] >= FOURIER_REACH > PATCH_REACH
+    assert verdict["fourier"] is None and verdict["patch"] is None
+    assert verdict["basis"] == "corruption" and verdict["score"] == verdict["probe"]["score"]
