@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor.data import Samples
-from auditor.patch import from_images, image_input, to_images
+from auditor.patch import first_images, from_images, image_input, to_images
 from auditor.probe import MIN_OTHERS, class_share
 
 FMAX = 7  # largest frequency (cycles per image, each axis)
@@ -79,12 +79,11 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     """Run every basis at every amplitude through `classify` (samples -> class scores [N, K]); the
     class with the largest lift, or None when the samples have no image input or too few samples."""
     start = time.perf_counter()
-    where = image_input(samples)
-    if where is None:
+    chosen = first_images(samples, MAX_SAMPLES)
+    if chosen is None:
         return None
-    name, axes = where
-    count = min(len(samples), MAX_SAMPLES)
-    samples = samples.take(np.arange(count)) if len(samples) > count else samples
+    name, axes, samples = chosen
+    count = len(samples)
     clean = np.asarray(clean_scores).reshape(len(clean_scores), -1)[:count].argmax(axis=1)
     classes = np.asarray(clean_scores).reshape(len(clean_scores), -1).shape[1]
     candidates = [c for c in range(classes) if (clean != c).sum() >= MIN_OTHERS]

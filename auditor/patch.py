@@ -66,6 +66,16 @@ def image_input(samples: Samples) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
+def first_images(samples: Samples, limit: int) -> tuple[str, tuple[int, ...], Samples] | None:
+    """The image input's name and axes, and the first `limit` samples: what a search perturbs.
+    None when the samples have no image input."""
+    where = image_input(samples)
+    if where is None:
+        return None
+    count = min(len(samples), limit)
+    return (*where, samples.take(np.arange(count)) if len(samples) > count else samples)
+
+
 def to_images(array: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """A batch in the model's layout as [N, H, W, C] (a copy where the layout needs one)."""
     if array.ndim == 2:
@@ -132,12 +142,11 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
     the best one, or None when the samples have no image input or too few samples."""
     start = time.perf_counter()
-    where = image_input(samples)
-    if where is None:
+    chosen = first_images(samples, MAX_SAMPLES)
+    if chosen is None:
         return None
-    name, axes = where
-    count = min(len(samples), MAX_SAMPLES)
-    samples = samples.take(np.arange(count)) if len(samples) > count else samples
+    name, axes, samples = chosen
+    count = len(samples)
     scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(clean_scores), -1)[:count]
     clean = scores.argmax(axis=1)
     ordered = np.sort(scores, axis=1)
