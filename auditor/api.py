@@ -88,8 +88,9 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
         )
         layers.append(LayerRecord(unit.name, unit.op, unit.output, unit.channels, unit.prunable, unit.head,
                                   unit.activation, unit.bn is not None, records))
-    head = _head_margin(index, units, captured) if method == "sus" else None
     probed = probe.probe(samples, captured.scores, captured.classify) if method == "sus" else None
+    # The head's reachable margins decide the verdict only where the probe cannot run (no float input).
+    head = _head_margin(index, units, captured) if probed is not None and not probed.shares else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
     found, waved = None, None
     if probed is not None and probed.shares:

@@ -27,7 +27,7 @@ Schema `auditor.report/4` (JSON, keys sorted, floats rounded to 6 decimals):
              input range (auditor/margin.py), target = that class;
              basis "channels" (clp, fp, or neither of the above): score = the most suspicious
              layer's mean of its top 5% channel scores, target null;
-             margins[K] = every class's reachable head margin (sus with a dense head, else null);
+             margins[K] = every class's reachable head margin (basis "margin" only, else null);
              suspicious = score >= threshold
   layers[]   {unit, op, output, channels, prunable, head, activation, batchnorm,
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),

@@ -88,7 +88,7 @@ def test_scan_flags_the_example_by_its_patch():
     assert verdict["score"] == pytest.approx(verdict["patch"]["score"] * PROBE_THRESHOLD / PATCH_THRESHOLD, abs=1e-5)
     assert verdict["probe"]["score"] < verdict["threshold"]
     assert verdict["probe"]["shares"][verdict["probe"]["corruption"]] == verdict["probe"]["score"]
-    assert len(verdict["margins"]) == 10
+    assert verdict["margins"] is None  # computed only where the probe cannot run
     assert data["provider"]["name"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     assert data["data"]["samples"] == 10 and data["data"]["classes"] == 10
     assert data["data"]["predicted_classes"] == len(set(_predicted(10)))
