@@ -48,7 +48,8 @@ Schema `auditor.report/4` (JSON, keys sorted, floats rounded to 6 decimals):
               (the verdict's), suspected_target_share (the largest share that class still takes),
               above_threshold (suspected_target_share >= the verdict's threshold)},
               patch (basis "patch" only, else null): {target, share_before, share_after}: the share of the
-              clean samples from other classes that the found patch sends to its class, before and after,
+              clean samples from other classes that the found patch sends to its class, before (over the
+              first ten samples, those the search used) and after (over every sample) the repair,
               fourier (basis "fourier" only, else null): the same for the Fourier probe's best basis image,
               evaluation{before, after} (CLI only, with --test)}
   timings    {seconds per stage}: the only part that differs between identical runs
