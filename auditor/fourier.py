@@ -55,18 +55,24 @@ class Fourier:
                 "frequency": list(self.frequency), "phase": round(self.phase, 6), "amplitude": self.amplitude}
 
 
-def bases(height: int, width: int, fmax: int = FMAX) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
-    """Fourier basis images [B, H, W] in [-1, 1] with 0 <= u <= fmax, |v| <= fmax (one of each mirror
-    pair, no constant), every phase; and their (u, v, phase)."""
+def frequencies(fmax: int = FMAX) -> list[tuple[int, int, float]]:
+    """(u, v, phase) of every basis image: 0 <= u <= fmax, |v| <= fmax, one of each mirror pair,
+    no constant, every phase."""
+    return [(u, v, phase) for u, v in itertools.product(range(fmax + 1), range(-fmax, fmax + 1))
+            if not (u == 0 and v <= 0) for phase in PHASES]
+
+
+def render(keys: list[tuple[int, int, float]], height: int, width: int) -> np.ndarray:
+    """The basis images [len(keys), H, W] in [-1, 1]; rendered per batch, so large images never
+    hold every basis in memory at once."""
     i, j = np.meshgrid(np.arange(height) / height, np.arange(width) / width, indexing="ij")
-    images, keys = [], []
-    for u, v in itertools.product(range(fmax + 1), range(-fmax, fmax + 1)):
-        if u == 0 and v <= 0:
-            continue
-        for phase in PHASES:
-            images.append(np.cos(2 * np.pi * (u * i + v * j) + phase))
-            keys.append((u, v, phase))
-    return np.stack(images).astype(np.float32), keys
+    return np.stack([np.cos(2 * np.pi * (u * i + v * j) + phase) for u, v, phase in keys]).astype(np.float32)
+
+
+def bases(height: int, width: int, fmax: int = FMAX) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """Every basis image [B, H, W] and its (u, v, phase)."""
+    keys = frequencies(fmax)
+    return render(keys, height, width), keys
 
 
 def _perturbed(images: np.ndarray, basis: np.ndarray, amplitude: float, low: float, high: float) -> np.ndarray:
@@ -94,13 +100,13 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     low, high = float(original.min()), float(original.max())
     if high <= low:
         return None
-    basis, keys = bases(images.shape[1], images.shape[2])
+    keys = frequencies()
     step = max(1, CHUNK // max(1, images[0].size * count))  # bases per batch
     best: Fourier | None = None
     for amplitude in AMPLITUDES:
         predicted = []
-        for first in range(0, len(basis), step):
-            moved = _perturbed(images, basis[first:first + step], amplitude, low, high)
+        for first in range(0, len(keys), step):
+            moved = _perturbed(images, render(keys[first:first + step], *images.shape[1:3]), amplitude, low, high)
             inputs = {k: np.concatenate([v] * (len(moved) // count)) for k, v in samples.inputs.items() if k != name}
             inputs[name] = from_images(moved.astype(original.dtype), original, axes)
             scores = np.asarray(classify(Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)))
@@ -129,9 +135,9 @@ def variants(samples: Samples, found: Fourier) -> Iterator[tuple[str, Samples, n
     original = samples.inputs[name]
     images = to_images(original, axes)
     low, high = float(original.min()), float(original.max())
-    basis, _ = bases(images.shape[1], images.shape[2])
+    keys = frequencies()
     for b in found.bases:
-        moved = _perturbed(images, basis[b:b + 1], found.amplitude, low, high)
+        moved = _perturbed(images, render(keys[b:b + 1], *images.shape[1:3]), found.amplitude, low, high)
         inputs = {k: v for k, v in samples.inputs.items() if k != name}
         inputs[name] = from_images(moved.astype(original.dtype), original, axes)
         yield f"fourier {b}", Samples({k: inputs[k] for k in samples.inputs}, None, samples.source), np.arange(len(samples))
