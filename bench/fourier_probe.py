@@ -1,4 +1,4 @@
-"""Experiment, not shipped: would a Fourier-basis probe add to the verdict?
+"""The experiment behind the Fourier probe's settings (auditor/fourier.py).
 
     .venv/bin/python -m bench.fourier_probe [--sets 5] [--n 10]
 
@@ -10,11 +10,12 @@ whether one basis sends the samples to one class. Clean models have natural sink
 many bases (Fashion-MNIST's "bag"), so the statistic is the largest share a class takes at one
 basis minus that class's 90th-percentile share over all bases.
 
-For every zoo model and the same disjoint sample sets as `bench.verdict`, it combines the shipped
-verdict score (from bench/results/verdict_sets.json) with the Fourier statistic as
-max(shipped, statistic * 0.6 / theta) and prints the verdict AUC per half, for several frequency
-caps, amplitude sets and theta. Writes bench/results/fourier_probe.json. Needs bench.verdict's
-results first.
+For every zoo model and the same disjoint sample sets as `bench.verdict`, it audits the set
+without the Fourier probe (`auditor.audit(..., fourier_probe=False)`: the baseline verdict),
+combines that score with the Fourier statistic as max(baseline, statistic * 0.6 / theta) and
+prints the verdict AUC per half, for several frequency caps, amplitude sets and theta. The
+shipped setting is the variant with the best mean AUC on the tuning half. Writes
+bench/results/fourier_probe.json.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import argparse
 import itertools
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -80,12 +83,22 @@ def classifier(entry: dict):
     return classify
 
 
-def measure(entry: dict, sets: int, n: int) -> list[dict]:
+def baseline(entry: dict, stored: np.ndarray, folder: Path) -> float:
+    """The verdict's score without the Fourier probe on these clean samples (as stored in the pool)."""
+    import auditor
+
+    path = folder / f"{entry['name']}.npz"
+    np.savez(path, x=zoo.to_layout(stored, entry.get("layout", "nchw")))
+    return float(auditor.audit(entry["file"], str(path), limit=len(stored), device="cpu", fourier_probe=False).verdict["score"])
+
+
+def measure(entry: dict, sets: int, n: int, folder: Path) -> list[dict]:
     classify = classifier(entry)
     with np.load(entry["clean_pool"]) as archive:
-        pool = archive["x"].astype(np.float32)
-        if archive["x"].dtype == np.uint8:
-            pool /= 255.0  # as auditor.data reads images stored as bytes
+        stored = archive["x"]
+    pool = stored.astype(np.float32)
+    if stored.dtype == np.uint8:
+        pool /= 255.0  # as auditor.data reads images stored as bytes
     span = float(pool.max() - pool.min()) or 1.0
     images, reach = bases(pool.shape[2], pool.shape[3], max(FMAX))
     rows = []
@@ -93,7 +106,7 @@ def measure(entry: dict, sets: int, n: int) -> list[dict]:
         x = pool[k * n:(k + 1) * n]
         scores = classify(x)
         clean, classes = scores.argmax(axis=1), scores.shape[1]
-        row = {"set": k}
+        row = {"set": k, "baseline": baseline(entry, stored[k * n:(k + 1) * n], folder)}
         for amplitude in AMPLITUDES:
             moved = np.clip(x[None] + amplitude * span * images[:, None, None], pool.min(), pool.max())
             predicted = classify(moved.reshape(-1, *x.shape[1:])).argmax(axis=1).reshape(len(images), len(x))
@@ -109,14 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=int, default=5)
     parser.add_argument("--n", type=int, default=10)
     args = parser.parse_args(argv)
-    shipped = {m["name"]: m for m in json.loads((zoo.RESULTS / "verdict_sets.json").read_text())["models"]}
+    entries = {e["name"]: e for e in zoo.load_entries()}
     results, start = {}, time.perf_counter()
-    for entry in zoo.load_entries():
-        if entry["name"] not in shipped:
-            continue
-        tick = time.perf_counter()
-        results[entry["name"]] = measure(entry, args.sets, args.n)
-        print(f"{entry['name']}: {time.perf_counter() - tick:.1f} s", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, entry in entries.items():
+            tick = time.perf_counter()
+            results[name] = measure(entry, args.sets, args.n, Path(folder))
+            print(f"{name}: {time.perf_counter() - tick:.1f} s", file=sys.stderr)
+    seed_of = {name: int(entry.get("seed", 0)) for name, entry in entries.items()}
+    clean = {name: entry.get("attack", "clean") == "clean" for name, entry in entries.items()}
     table = []
     for fmax, count, theta in itertools.product(FMAX, range(1, len(AMPLITUDES) + 1), THETAS):
         amplitudes = AMPLITUDES[:count]
@@ -126,26 +140,26 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(args.sets):
                 positives, negatives = [], []
                 for name, rows in results.items():
-                    if shipped[name]["seed"] != seed:
+                    if seed_of[name] != seed:
                         continue
                     fourier = max(rows[k][f"{a:g}@{fmax}"][0] for a in amplitudes)
-                    score = max(shipped[name]["sets"][k]["score"], fourier * 0.6 / theta)
-                    (negatives if shipped[name]["kind"] == "clean" else positives).append(score)
+                    score = max(rows[k]["baseline"], fourier * 0.6 / theta)
+                    (negatives if clean[name] else positives).append(score)
                 aucs.append(roc_auc(positives, negatives))
             line[half] = {"auc_mean": float(np.mean(aucs)), "auc_first_set": aucs[0]}
         table.append(line)
-    baseline = {}
+    without = {}
     for half, seed in (("tuning", 0), ("held-back", 1)):
-        aucs = [roc_auc([m["sets"][k]["score"] for m in shipped.values() if m["seed"] == seed and m["kind"] != "clean"],
-                        [m["sets"][k]["score"] for m in shipped.values() if m["seed"] == seed and m["kind"] == "clean"])
+        aucs = [roc_auc([rows[k]["baseline"] for name, rows in results.items() if seed_of[name] == seed and not clean[name]],
+                        [rows[k]["baseline"] for name, rows in results.items() if seed_of[name] == seed and clean[name]])
                 for k in range(args.sets)]
-        baseline[half] = {"auc_mean": float(np.mean(aucs)), "auc_first_set": aucs[0]}
+        without[half] = {"auc_mean": float(np.mean(aucs)), "auc_first_set": aucs[0]}
     OUTPUT.write_text(json.dumps({"command": "python -m bench.fourier_probe", "seconds": time.perf_counter() - start,
-                                  "shipped": baseline, "combined": table,
+                                  "without_fourier": without, "combined": table,
                                   "models": {k: [{key: v for key, v in r.items()} for r in rows] for k, rows in results.items()}},
                                  indent=1, sort_keys=True) + "\n")
-    print(f"shipped verdict: tuning {baseline['tuning']['auc_mean']:.3f}, held-back {baseline['held-back']['auc_mean']:.3f} "
-          f"(first set {baseline['held-back']['auc_first_set']:.3f})")
+    print(f"verdict without the Fourier probe: tuning {without['tuning']['auc_mean']:.3f}, held-back "
+          f"{without['held-back']['auc_mean']:.3f} (first set {without['held-back']['auc_first_set']:.3f})")
     for line in sorted(table, key=lambda r: -r["tuning"]["auc_mean"]):
         print(f"fmax {line['fmax']:>2} amplitudes {','.join(f'{a:g}' for a in line['amplitudes']):<14} theta {line['theta']}: "
               f"tuning {line['tuning']['auc_mean']:.3f}  held-back {line['held-back']['auc_mean']:.3f} "
