@@ -27,8 +27,9 @@ from auditor.patch import first_images, from_images, image_input, to_images
 from auditor.probe import MIN_OTHERS, class_share
 
 FMAX = 7  # largest frequency (cycles per image, each axis)
-# Of the clean value range. 0.05 never raised the score of any zoo (model, sample set) above
-# what 0.1 gave (`python -m bench.fourier_probe`), so it was dropped: half the forward passes.
+# Of the clean value range. On the zoo 0.05 never raised a verdict's score (`python -m
+# bench.fourier_probe`: where its lift beat 0.1's, e.g. on the Keras SIG model, the corruption
+# probe already scored higher), so it was dropped for half the forward passes.
 AMPLITUDES = (0.1,)
 PHASES = (0.0, 0.5 * np.pi, np.pi, 1.5 * np.pi)
 QUANTILE = 0.9  # a class's typical share under a basis, against which its largest share is measured
