@@ -22,6 +22,7 @@ import auditor
 from auditor import model as model_io
 from auditor.errors import AuditorError
 from auditor.report import basis_text
+from auditor.score import SHORTCUT_BASES
 
 EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -234,7 +235,7 @@ def repair_command(
             out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} {kind} "
                       f"samples it took and {unlearned['anchors']} clean samples of that class "
                       f"(their weight {unlearned['weight']:g}, penalty {unlearned['strength']:g})")
-        elif unlearned is not None and report.verdict.get("basis") in ("corruption", "patch", "fourier") and report.verdict["suspicious"]:
+        elif unlearned is not None and report.verdict.get("basis") in SHORTCUT_BASES and report.verdict["suspicious"]:
             out.print(f"unlearning: not applied: {unlearned['reason']}")
         left = r.get("probe")
         if left is not None and report.verdict["suspicious"]:
@@ -244,14 +245,11 @@ def repair_command(
             if left["target"] is not None and left["target"] != left["suspected_target"]:
                 line += f"; the largest share is now class {left['target']}'s, {left['score']:.3f} under {left['corruption']}"
             out.print(line)
-        patched = r.get("patch")
-        if patched is not None and report.verdict["suspicious"]:
-            out.print(f"after repair: the found patch sends {patched['share_after']:.3f} of the other clean samples to "
-                      f"class {patched['target']} (was {patched['share_before']:.3f})")
-        waved = r.get("fourier")
-        if waved is not None and report.verdict["suspicious"]:
-            out.print(f"after repair: the found Fourier pattern sends {waved['share_after']:.3f} of the other clean samples to "
-                      f"class {waved['target']} (was {waved['share_before']:.3f})")
+        for key, found in (("patch", "the found patch"), ("fourier", "the found Fourier pattern")):
+            moved = r.get(key)
+            if moved is not None and report.verdict["suspicious"]:
+                out.print(f"after repair: {found} sends {moved['share_after']:.3f} of the other clean samples to "
+                          f"class {moved['target']} (was {moved['share_before']:.3f})")
         if before is not None:
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device)
             report.repair["evaluation"] = {"before": before.to_dict(), "after": after.to_dict()}

@@ -157,7 +157,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     target = verdict.get("target")
     entry: dict = {"applied": False, "target": target, "reason": None, "cause": None, "surrogates": 0, "anchors": 0, "strength": None,
                    "weight": None, "shortcut_guard_samples": 0}
-    if verdict.get("basis") not in ("corruption", "patch", "fourier") or not verdict["suspicious"] or target is None:
+    if verdict.get("basis") not in score.SHORTCUT_BASES or not verdict["suspicious"] or target is None:
         entry["cause"] = "not_flagged"
         entry["reason"] = "neither the corruption probe, the patch search nor the Fourier probe found a shortcut"
         return entry

@@ -270,5 +270,6 @@ def _classify(session, scores_name: str, batch: int) -> Callable[[Samples], np.n
 def classifier(model: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,
                batch: int = BATCH) -> Callable[[Samples], np.ndarray]:
     """samples -> class scores [N, K] through a plain session on the model: for the many forward
-    passes of the patch search, which the instrumented session would slow several times over."""
+    passes of the patch search and the Fourier probe, which the instrumented session would slow
+    several times over."""
     return _classify(runtime.session(model, provider), scores_output(index), batch)

@@ -44,6 +44,9 @@ FOURIER_THRESHOLD = 0.7
 # skipped when the scores already in hand reach it, since it could not change the verdict.
 PATCH_REACH = PROBE_THRESHOLD / PATCH_THRESHOLD
 FOURIER_REACH = PROBE_THRESHOLD / FOURIER_THRESHOLD
+# The verdict bases that come with stand-ins for triggered inputs (corrupted, patched or perturbed
+# clean samples): the ones head unlearning can fit on.
+SHORTCUT_BASES = ("corruption", "patch", "fourier")
 # Without a float input to corrupt, by the classifier head's reachable margins (auditor.margin),
 # a robust z-score; also chosen on the tuning half.
 MARGIN_THRESHOLD = 2.9

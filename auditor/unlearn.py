@@ -1,10 +1,11 @@
 """Head unlearning: teach the classifier head that corrupted clean inputs are not the target.
 
 When the corruption probe finds a shortcut (noisy or blurred clean samples sent to one class
-t), or the patch search a patch that sends clean samples to t, those corrupted or patched
-samples stand in for triggered inputs: they travel the backdoor's path without anyone knowing
-the trigger. We refit row t of the dense head (its weights and bias,
-nothing else), on the features the repaired model gives the head, so that
+t), the patch search a patch that sends clean samples to t, or the Fourier probe a faint cosine
+pattern that does, those corrupted, patched or perturbed samples stand in for triggered
+inputs: they travel the backdoor's path without anyone knowing the trigger. We refit row t of
+the dense head (its weights and bias, nothing else), on the features the repaired model gives
+the head, so that
 
 - on the corrupted samples the model still sends to t, the head gives what the original gave
   on their clean sources (the shortcut no longer pays), and
