@@ -94,15 +94,16 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
     timings["probe"] = 0.0 if probed is None else probed.seconds
     found, waved = None, None
     if probed is not None and probed.shares:
-        plain = classifier(loaded.proto, index, provider, batch)  # the searches' many passes need no instruments
+        # the searches' many passes need no instruments: a plain session, made once a search runs
+        plain = functools.cache(lambda: classifier(loaded.proto, index, provider, batch))
         # Each search runs only while it could still raise the verdict's score (score.*_REACH).
         reached = probed.score
         if fourier_probe and reached < score.FOURIER_REACH:
-            waved = fourier.search(samples, captured.scores, plain)
+            waved = fourier.search(samples, captured.scores, plain())
             if waved is not None:
                 reached = max(reached, waved.score * score.FOURIER_REACH)
         if patch_search and reached < score.PATCH_REACH:
-            found = patch.search(samples, captured.scores, plain)
+            found = patch.search(samples, captured.scores, plain())
     timings["fourier"] = 0.0 if waved is None else waved.seconds
     timings["patch"] = 0.0 if found is None else found.seconds
     if probed is not None and probed.shares:
