@@ -76,6 +76,17 @@ def bases(height: int, width: int, fmax: int = FMAX) -> tuple[np.ndarray, list[t
     return render(keys, height, width), keys
 
 
+def class_shares(labels: np.ndarray, clean: np.ndarray, c: int) -> np.ndarray:
+    """[B]: per basis, the share of the samples not in class c when clean that it sends to c
+    (`labels` [B, N]: the class of every sample under every basis)."""
+    return (labels[:, clean != c] == c).mean(axis=1)
+
+
+def lift(shares: np.ndarray) -> float:
+    """A class's largest share under one basis minus its QUANTILE share over all bases."""
+    return float(shares.max() - np.quantile(shares, QUANTILE))
+
+
 def _perturbed(images: np.ndarray, basis: np.ndarray, amplitude: float, low: float, high: float) -> np.ndarray:
     """[B * N, H, W, C]: every sample [N, H, W, C] plus every basis [B, H, W] (on every channel), clipped."""
     moved = images[None] + (amplitude * (high - low) * basis)[:, None, :, :, None]
@@ -114,12 +125,12 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
             predicted.append(scores.reshape(len(moved), -1).argmax(axis=1).reshape(-1, count))
         labels = np.concatenate(predicted)  # [B, N]
         for c in candidates:
-            shares = (labels[:, clean != c] == c).mean(axis=1)  # [B]
-            lift = float(shares.max() - np.quantile(shares, QUANTILE))
-            if best is None or lift > best.score:
+            shares = class_shares(labels, clean, c)
+            lifted = lift(shares)
+            if best is None or lifted > best.score:
                 order = np.argsort(-shares, kind="stable")
                 u, v, phase = keys[int(order[0])]
-                best = Fourier(lift, int(c), float(shares[order[0]]), (u, v), float(phase), amplitude,
+                best = Fourier(lifted, int(c), float(shares[order[0]]), (u, v), float(phase), amplitude,
                                tuple(int(b) for b in order[:UNLEARN_BASES]), 0.0)
     assert best is not None
     return Fourier(best.score, best.target, best.share, best.frequency, best.phase, best.amplitude, best.bases,

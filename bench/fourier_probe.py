@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor import model, runtime
+from auditor import fourier, model, runtime
+from auditor.probe import MIN_OTHERS
 from bench import zoo
 from bench.report import roc_auc
 
@@ -40,33 +41,16 @@ THETAS = (0.7, 0.8, 0.9)
 OUTPUT = zoo.RESULTS / "fourier_probe.json"
 
 
-def bases(height: int, width: int, fmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fourier basis images [B, H, W] with |u|, |v| <= fmax and four phases, and their largest |frequency|."""
-    i, j = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    images, reach = [], []
-    for u, v in itertools.product(range(fmax + 1), range(-fmax, fmax + 1)):
-        if u == 0 and v <= 0:
-            continue  # the constant, and the mirror images of u = 0
-        for phase in (0.0, np.pi / 2, np.pi, 3 * np.pi / 2):
-            images.append(np.cos(2 * np.pi * (u * i / height + v * j / width) + phase))
-            reach.append(max(u, abs(v)))
-    return np.stack(images).astype(np.float32), np.array(reach)
-
-
-def class_shares(predicted: np.ndarray, clean: np.ndarray, classes: int) -> np.ndarray:
-    """[B, K]: per basis, the share of the samples not in class c when clean that it sends to c."""
-    shares = np.zeros((predicted.shape[0], classes))
+def statistic(labels: np.ndarray, clean: np.ndarray, classes: int) -> tuple[float, int]:
+    """The shipped lift (auditor.fourier) of the best class with enough samples elsewhere, and
+    that class (`labels` [B, N]: the class of every sample under every basis)."""
+    best, target = 0.0, 0
     for c in range(classes):
-        others = clean != c
-        if others.sum() >= 3:
-            shares[:, c] = (predicted[:, others] == c).mean(axis=1)
-    return shares
-
-
-def statistic(shares: np.ndarray) -> tuple[float, int]:
-    """max over classes of (largest share at one basis - 90th-percentile share), and that class."""
-    lift = shares.max(axis=0) - np.quantile(shares, 0.9, axis=0)
-    return float(lift.max()), int(lift.argmax())
+        if (clean != c).sum() >= MIN_OTHERS:
+            lifted = fourier.lift(fourier.class_shares(labels, clean, c))
+            if lifted > best:
+                best, target = lifted, c
+    return best, target
 
 
 def classifier(entry: dict):
@@ -100,7 +84,9 @@ def measure(entry: dict, sets: int, n: int, folder: Path) -> list[dict]:
     if stored.dtype == np.uint8:
         pool /= 255.0  # as auditor.data reads images stored as bytes
     span = float(pool.max() - pool.min()) or 1.0
-    images, reach = bases(pool.shape[2], pool.shape[3], max(FMAX))
+    keys = fourier.frequencies(max(FMAX))  # the shipped basis images, up to the largest cap compared
+    images = fourier.render(keys, pool.shape[2], pool.shape[3])
+    reach = np.array([max(u, abs(v)) for u, v, _ in keys])
     rows = []
     for k in range(sets):
         x = pool[k * n:(k + 1) * n]
@@ -110,9 +96,8 @@ def measure(entry: dict, sets: int, n: int, folder: Path) -> list[dict]:
         for amplitude in AMPLITUDES:
             moved = np.clip(x[None] + amplitude * span * images[:, None, None], pool.min(), pool.max())
             predicted = classify(moved.reshape(-1, *x.shape[1:])).argmax(axis=1).reshape(len(images), len(x))
-            shares = class_shares(predicted, clean, classes)
             for fmax in FMAX:
-                row[f"{amplitude:g}@{fmax}"] = statistic(shares[reach <= fmax])
+                row[f"{amplitude:g}@{fmax}"] = statistic(predicted[reach <= fmax], clean, classes)
         rows.append(row)
     return rows
 
