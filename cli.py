@@ -199,6 +199,10 @@ def repair_command(
     unlearn: Annotated[Optional[bool], typer.Option(
         "--unlearn/--no-unlearn", help="sus: when the corruption probe, the patch search or the Fourier probe finds a shortcut, refit the "
         "head's row for that class so corrupted, patched or perturbed clean inputs leave it (default: on).", show_default=False)] = None,
+    notch: Annotated[Optional[bool], typer.Option(
+        "--notch/--no-notch", help="sus: when the Fourier probe gives the verdict, remove its pattern's spatial frequency "
+        "from the image input, if the fidelity guard allows; needs no clean sample of the target (default: on).",
+        show_default=False)] = None,
     json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
     patch_search: PatchOpt = True,
     fourier_probe: FourierOpt = True,
@@ -214,7 +218,7 @@ def repair_command(
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
                                 max_prune=max_prune, floor=floor, layer_cap=layer_cap,
                                 max_divergence=max_divergence, force=force, bound=bound, zero=zero, unlearning=unlearn,
-                                patch_search=patch_search, fourier_probe=fourier_probe)
+                                patch_search=patch_search, fourier_probe=fourier_probe, notch=notch)
         _say_provider(report)
         _render(report)
         r = report.repair
@@ -229,6 +233,12 @@ def repair_command(
         out.print(f"repair: {capped}zeroed {r['count']} channels in {len(r['zeroed'])} layers "
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
                   f"-> {r['output']}")
+        notched = r.get("notch")
+        if notched is not None and notched["applied"]:
+            u, v = notched["frequency"]
+            out.print(f"notch: removed spatial frequency ({u}, {v}), the found Fourier pattern's, from the image input")
+        elif notched is not None and notched["frequency"] is not None:
+            out.print(f"notch: not applied: {notched['reason']}")
         unlearned = r.get("unlearning")
         if unlearned is not None and unlearned["applied"]:
             kind = {"patch": "patched", "fourier": "perturbed"}.get(report.verdict.get("basis"), "corrupted")

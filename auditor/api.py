@@ -167,7 +167,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         entry["reason"] = "the classifier head is not a dense affine layer"
         return entry
     clean = guard.distribution(np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1))
-    labels = clean.argmax(axis=1)
+    labels, shortcut = _shortcut_rows(analysis, fidelity, target)
     entry["anchors"] = anchors = int((labels == target).sum())
     if anchors == 0:
         entry["cause"] = "no_anchor"
@@ -180,16 +180,15 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     else:
         variants = probe.corruptions(analysis.samples)
     kept, sources = unlearn.surrogates(variants, labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
-    # Guard copies (shifted, noisy, mixed) that the original already sends to the target from a sample
-    # it puts elsewhere are the shortcut at work, not clean behaviour: they join the corrupted samples
-    # and leave the fidelity measure, which would otherwise insist on keeping the shortcut.
-    anchored = labels[fidelity.origin] == target  # guard rows copied from a clean sample of the target
-    shortcut = (fidelity.reference_label == target) & ~anchored
+    # The guard copies that took the shortcut join the corrupted samples and leave the fidelity
+    # measure, which would otherwise insist on keeping the shortcut.
+    anchored = labels[fidelity.origin] == target
     entry["surrogates"] = int(sources.size + shortcut.sum())
     entry["shortcut_guard_samples"] = int(shortcut.sum())
     if not kept:
         entry["cause"] = "bounds_removed"
-        entry["reason"] = "the bounds alone removed the shortcut"
+        entry["reason"] = ("the bounds and the notch removed the shortcut" if fidelity.prefilter is not None
+                           else "the bounds alone removed the shortcut")
         return entry
     guard_features = fidelity.features(fidelity.samples, zeroed, bounds)
     features = np.concatenate([*(fidelity.features(corrupted, zeroed, bounds) for corrupted in kept), guard_features[shortcut]])
@@ -235,6 +234,44 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     entry["cause"] = "fidelity"
     entry["reason"] = (f"every correction broke the fidelity bounds (at the weakest: agreement "
                        f"{judged.agreement:.3f}, divergence {judged.divergence:.4f})")
+    return entry
+
+
+def _shortcut_rows(analysis: _Analysis, fidelity: guard.Guard, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """(clean labels, shortcut): guard copies (shifted, noisy, mixed) that the original already sends
+    to `target` from a sample it puts elsewhere are the shortcut at work, not clean behaviour."""
+    labels = np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1).argmax(axis=1)
+    anchored = labels[fidelity.origin] == target  # guard rows copied from a clean sample of the target
+    return labels, (fidelity.reference_label == target) & ~anchored
+
+
+def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
+           floor: float, max_divergence: float) -> dict:
+    """When the Fourier probe gave the verdict: remove its basis image's spatial frequency from the
+    input, if that keeps the fidelity bounds (installed in `fidelity` as its prefilter). Unlike
+    head unlearning it needs no clean sample of the target class. Returns the report entry."""
+    verdict = analysis.report.verdict
+    entry: dict = {"applied": False, "frequency": None, "reason": None}
+    if verdict.get("basis") != "fourier" or not verdict["suspicious"] or analysis.fourier is None:
+        entry["reason"] = "the Fourier probe did not give the verdict"
+        return entry
+    if not _static_inputs(analysis.loaded.proto):
+        entry["reason"] = "the image input's size is not fixed"
+        return entry
+    found = fourier.notch(analysis.samples, analysis.fourier)
+    if found is None:
+        entry["reason"] = "no image input"
+        return entry
+    entry["frequency"] = list(found.frequency)
+    _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
+    fidelity.prefilter = found.apply
+    judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
+    if not judged.within(floor, max_divergence):
+        fidelity.prefilter = None
+        entry["reason"] = (f"removing frequency {tuple(found.frequency)} broke the fidelity bounds "
+                           f"(agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f})")
+        return entry
+    entry.update(applied=True, filter=found, fidelity=judged)
     return entry
 
 
@@ -290,7 +327,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
            force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None,
-           patch_search: bool = True, fourier_probe: bool = True) -> Report:
+           patch_search: bool = True, fourier_probe: bool = True, notch: bool | None = None) -> Report:
     """Repair the model as far as the fidelity guard allows and write it.
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
@@ -330,20 +367,33 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         capped = fidelity.bound(analysis.capture.stats, floor, max_divergence, positions=_static_inputs(analysis.loaded.proto))
     walk = fidelity.walk(ranked, floor, max_divergence, capped.values)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
+    notched = None
+    if method == "sus" and notch is not False:
+        notched = _notch(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
+    found_notch = notched.pop("filter", None) if notched else None
     unlearned = None
     if unlearning:
         unlearned = _unlearn(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
     fitted = unlearned.pop("correction", None) if unlearned else None
-    # with unlearning, fidelity is measured without the guard copies that took the shortcut (see _unlearn)
-    final = unlearned.pop("fidelity") if fitted is not None else guard.Fidelity(walk.agreement, walk.divergence)
+    # with unlearning or a notch, fidelity is measured without the guard copies that took the shortcut (see _unlearn)
+    final = guard.Fidelity(walk.agreement, walk.divergence)
+    if found_notch is not None:
+        final = notched.pop("fidelity")
+    if fitted is not None:
+        final = unlearned.pop("fidelity")
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position,
-                              capped.input_radius, None if fitted is None else fitted.target)
+                              capped.input_radius, None if fitted is None else fitted.target,
+                              None if found_notch is None else found_notch.frequency)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)
     repaired = result.model
     if fitted is not None:
         repaired = rewrite.with_head_correction(repaired, head, rewrite.reads(repaired, analysis.index.node(head.node)),
                                                 fitted.matrix, fitted.bias)
         result.how[head.name] = "correction"
+    if found_notch is not None:  # first of all: the clamps and the model see the filtered input
+        repaired = rewrite.with_input_notch(repaired, found_notch.input, found_notch.axes, found_notch.basis)
+        key = rewrite.input_key(found_notch.input)
+        result.how[key] = "notch+" + result.how[key] if key in result.how else "notch"
     _verify(repaired, analysis, fidelity, zeroed, capped.values)
     residual, patched, waved = None, None, None
     repaired_classify = functools.partial(fidelity.classify, zeroed=zeroed, bounds=capped.values)
@@ -372,6 +422,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         "agreement": final.agreement,
         "divergence": final.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
         "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
+        "notch": notched,
         "unlearning": unlearned,
         "probe": None if residual is None else {
             "score": residual.score, "target": residual.target, "corruption": residual.corruption,
@@ -404,9 +455,10 @@ def _verify(repaired: onnx.ModelProto, analysis: _Analysis, fidelity: guard.Guar
     session = runtime.session(repaired, analysis.provider)
     name = scores_output(analysis.index)
     masks = fidelity.feeds(zeroed, bounds)
-    for feed in analysis.samples.batches(analysis.batch):
+    filtered = fidelity.filtered(analysis.samples).batches(analysis.batch)
+    for feed, seen in zip(analysis.samples.batches(analysis.batch), filtered):
         (got,) = run(session, [name], feed)
-        (want,) = run(fidelity.session, [name], {**feed, **masks})
+        (want,) = run(fidelity.session, [name], {**seen, **masks})
         scale = max(1.0, float(np.abs(want).max()))
         # a few units in the last place of the scores' type: float16 graphs round differently when rewritten
         tolerance = max(1e-4, 4 * float(np.finfo(np.asarray(want).dtype).eps)) if np.asarray(want).dtype.kind == "f" else 1e-4

@@ -162,3 +162,45 @@ def target_share(samples: Samples, clean_labels: np.ndarray, found: Fourier, cla
         predicted = np.asarray(classify(moved)).reshape(len(moved), -1).argmax(axis=1)
         return class_share(predicted, clean_labels, found.target) or 0.0
     return 0.0
+
+
+def notch_basis(frequency: tuple[int, int], height: int, width: int) -> np.ndarray:
+    """[H*W, k]: an orthonormal basis of the images of spatial frequency (u, v), every phase
+    (cos and sin; k = 1 where sin vanishes). Removing its span removes that frequency."""
+    u, v = frequency
+    i, j = np.meshgrid(np.arange(height) / height, np.arange(width) / width, indexing="ij")
+    angle = 2 * np.pi * (u * i + v * j)
+    columns = np.stack([np.cos(angle).ravel(), np.sin(angle).ravel()], axis=1)
+    columns = columns[:, np.linalg.norm(columns, axis=0) > 1e-6 * np.sqrt(height * width)]
+    basis, _ = np.linalg.qr(columns)
+    return basis
+
+
+@dataclass(frozen=True)
+class Notch:
+    """An input filter that removes one spatial frequency from every channel of one image input."""
+
+    input: str
+    axes: tuple[int, ...]
+    frequency: tuple[int, int]
+    basis: np.ndarray  # [H*W, k], see notch_basis
+
+    def apply(self, samples: Samples) -> Samples:
+        """`samples` with the frequency removed from the input (what the rewritten graph computes)."""
+        original = samples.inputs[self.input]
+        images = to_images(original, self.axes)  # [N, H, W, C]
+        count, height, width, channels = images.shape
+        flat = images.reshape(count, height * width, channels).astype(np.float64)
+        flat = flat - self.basis @ np.einsum("pk,npc->nkc", self.basis, flat)
+        filtered = from_images(flat.reshape(images.shape).astype(original.dtype), original, self.axes)
+        return Samples({**samples.inputs, self.input: filtered}, samples.labels, samples.source)
+
+
+def notch(samples: Samples, found: Fourier) -> Notch | None:
+    """The filter that removes the found basis image's frequency, or None without an image input."""
+    where = image_input(samples)
+    if where is None:
+        return None
+    name, axes = where
+    _, height, width, _ = to_images(samples.inputs[name][:1], axes).shape
+    return Notch(name, axes, found.frequency, notch_basis(found.frequency, height, width))

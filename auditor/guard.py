@@ -8,6 +8,7 @@ estimate of how much clean behaviour the pruning changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,6 +211,7 @@ class Guard:
         self.head_input = None if head is None else reads(self.masked, index.node(head.node))
         self.affine = None if head is None else head_affine(index, head)  # (W [K, F], b [K]) of the head
         self.correction: tuple[np.ndarray, np.ndarray] | None = None
+        self.prefilter: Callable[[Samples], Samples] | None = None  # an input filter the repair puts first
         self.zero_correction: dict[str, np.ndarray] = {}
         if self.head_input is not None:
             # onnxruntime fetches graph outputs only; the head's input is also what head unlearning fits on
@@ -246,10 +248,14 @@ class Guard:
         """The tensor `name`, one row per sample [samples, -1], with everything `feeds` sets."""
         masks = self.feeds(zeroed, bounds)
         out = []
-        for feed in samples.batches(self.batch):
+        for feed in self.filtered(samples).batches(self.batch):
             (values,) = run(self.session, [name], {**feed, **masks})
             out.append(np.asarray(values).reshape(len(next(iter(feed.values()))), -1))
         return np.concatenate(out)
+
+    def filtered(self, samples: Samples) -> Samples:
+        """`samples` as the repaired model's first nodes see them (through `prefilter`, if any)."""
+        return samples if self.prefilter is None else self.prefilter(samples)
 
     def correct(self, matrix: np.ndarray | None, bias: np.ndarray | None = None) -> None:
         """From now on, run the model with this correction added to the head's output (None: without)."""

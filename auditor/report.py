@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/4` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/5` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
@@ -34,9 +34,13 @@ Schema `auditor.report/4` (JSON, keys sorted, floats rounded to 6 decimals):
               channels_detail[] (every channel, same fields)}
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
   repair     null | {output, sha256, zeroed{unit: [channels]}, count,
-              how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned)},
+              how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned);
+                  "@input:NAME": clamp|notch|notch+clamp (graph inputs)},
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
+              notch (sus only, else null): {applied, frequency ([u, v] of the Fourier probe's best basis, null
+              when the Fourier probe did not give the verdict), reason (why not applied)}: that spatial
+              frequency removed from the image input before anything reads it, when it keeps the fidelity bounds,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
               code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
@@ -65,7 +69,7 @@ import numpy as np
 
 from auditor.score import DEFAULT_THRESHOLD
 
-SCHEMA = "auditor.report/4"
+SCHEMA = "auditor.report/5"
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,9 @@ class Report:
             unlearned = r.get("unlearning") or {}
             head = (f"head row for class {unlearned['target']} refit on {unlearned['surrogates']} corrupted samples, "
                     if unlearned.get("applied") else "")
+            notched = r.get("notch") or {}
+            if notched.get("applied"):
+                head = f"spatial frequency ({notched['frequency'][0]}, {notched['frequency'][1]}) removed from the input, " + head
             repair = (f"<h2>Repair</h2><p>{capped}{head}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
                       f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
         return (

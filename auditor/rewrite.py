@@ -36,9 +36,7 @@ def input_key(name: str) -> str:
 def _with_input_clamps(model: onnx.ModelProto, names: list[str], operands) -> onnx.ModelProto:
     """Copy of `model` in which each listed graph input is clamped, Max(Min(x, high), low), before
     anything reads it; `operands(k)` gives the (low, high) tensor names for the k-th input."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    taken = {n for node in model.graph.node for n in (*node.input, *node.output)} | {v.name for v in model.graph.input}
+    taken = _names(model)
     clamped, front = {}, []
     for k, name in enumerate(names):
         low, high = operands(k)
@@ -47,18 +45,70 @@ def _with_input_clamps(model: onnx.ModelProto, names: list[str], operands) -> on
         front += [helper.make_node("Min", [name, high], [capped], name=f"__auditor_clamp_min_{k}"),
                   helper.make_node("Max", [capped, low], [result], name=f"__auditor_clamp_max_{k}")]
         clamped[name] = result
+    return _in_front(model, front, clamped)
+
+
+def _names(model: onnx.ModelProto) -> set[str]:
+    return {n for node in model.graph.node for n in (*node.input, *node.output)} | {v.name for v in model.graph.input}
+
+
+def _in_front(model: onnx.ModelProto, front: list[onnx.NodeProto], rerouted: dict[str, str]) -> onnx.ModelProto:
+    """Copy of `model` with the `front` nodes first and every read of a graph input `name` in
+    `rerouted` reading `rerouted[name]` (what the front nodes make of it) instead."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
     rest = []
     for node in out.graph.node:
         replaced = copy.deepcopy(node)
         for i, value in enumerate(replaced.input):
-            if value in clamped:
-                replaced.input[i] = clamped[value]
+            if value in rerouted:
+                replaced.input[i] = rerouted[value]
         rest.append(replaced)
     for output in out.graph.output:
-        if output.name in clamped:
+        if output.name in rerouted:
             raise ValueError(f"graph input {output.name} is also an output")
     del out.graph.node[:]
     out.graph.node.extend([*front, *rest])
+    return out
+
+
+def with_input_notch(model: onnx.ModelProto, name: str, axes: tuple[int, ...], basis: np.ndarray) -> onnx.ModelProto:
+    """Copy of `model` in which the image input `name` loses the span of `basis` ([H*W, k], one
+    spatial frequency: see auditor.fourier.notch_basis) on every channel before anything reads it:
+    x - reshape(Q (Q^T x)), with x viewed as [N, C, H*W] (NCHW), [N, H*W, C] (NHWC) or [N, H*W]."""
+    rank = next(len(v.type.tensor_type.shape.dim) for v in model.graph.input if v.name == name)
+    elem = next(v.type.tensor_type.elem_type for v in model.graph.input if v.name == name)
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    pixels = basis.shape[0]
+    taken = _names(model) | {t.name for t in model.graph.initializer}
+
+    def fresh(suffix: str) -> str:
+        made = _fresh(f"{name}__auditor_notch_{suffix}", taken)
+        taken.add(made)
+        return made
+
+    names = {key: fresh(key) for key in ("basis", "basis_t", "view", "shape", "flat", "coefficients", "component",
+                                         "removed", "result")}
+    flat, basis_t, coefficients, component = names["flat"], names["basis_t"], names["coefficients"], names["component"]
+    if rank == 4 and axes == (1, 2):  # [N, H, W, C] -> [N, HW, C]; Q (Q^T x)
+        view = [0, pixels, -1]
+        project = [helper.make_node("MatMul", [basis_t, flat], [coefficients]),
+                   helper.make_node("MatMul", [names["basis"], coefficients], [component])]
+    else:  # [N, C, H, W] -> [N, C, HW], or [N, H, W] / [N, HW] -> [N, HW]; (x Q) Q^T
+        view = [0, -1, pixels] if rank == 4 else [0, pixels]
+        project = [helper.make_node("MatMul", [flat, names["basis"]], [coefficients]),
+                   helper.make_node("MatMul", [coefficients, basis_t], [component])]
+    front = [helper.make_node("Reshape", [name, names["view"]], [flat]), *project,
+             helper.make_node("Shape", [name], [names["shape"]]),
+             helper.make_node("Reshape", [names["component"], names["shape"]], [names["removed"]]),
+             helper.make_node("Sub", [name, names["removed"]], [names["result"]])]
+    for k, node in enumerate(front):
+        node.name = f"__auditor_notch_{k}"
+    out = _in_front(model, front, {name: names["result"]})
+    out.graph.initializer.extend([
+        numpy_helper.from_array(np.asarray(basis, dtype=dtype), names["basis"]),
+        numpy_helper.from_array(np.ascontiguousarray(np.asarray(basis, dtype=dtype).T), names["basis_t"]),
+        numpy_helper.from_array(np.asarray(view, dtype=np.int64), names["view"])])
     return out
 
 
@@ -366,7 +416,8 @@ def _fresh(name: str, taken) -> str:
 
 def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
                bound_factor: float | None = None, position: tuple[int, float] | None = None,
-               input_radius: int | None = None, unlearned: int | None = None) -> dict[str, str]:
+               input_radius: int | None = None, unlearned: int | None = None,
+               notch: tuple[int, int] | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -383,6 +434,8 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
         caps.append(f"per position: the clean maximum within {position[0]} positions, at least {position[1]:g} x the channel's cap")
     if caps:
         meta["auditor.activation_bound"] = ", ".join(caps)
+    if notch is not None:
+        meta["auditor.input_notch"] = f"spatial frequency ({notch[0]}, {notch[1]}) removed from the image input"
     if unlearned is not None:
         meta["auditor.head_correction"] = f"class {unlearned}: head row refit so that corrupted clean inputs leave it"
     return meta

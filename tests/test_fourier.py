@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 from typer.testing import CliRunner
 from zoo_samples import MANIFEST, ZOO, clean
 
 import auditor
-from auditor import fourier
+from auditor import fourier, patch, rewrite
 from auditor.data import Samples
 from auditor.score import FOURIER_REACH, FOURIER_THRESHOLD, PATCH_REACH
 from cli import app
@@ -118,3 +121,68 @@ def test_searches_that_cannot_change_the_verdict_are_skipped(tmp_path: Path) -> 
     assert verdict["probe"]["score"] >= FOURIER_REACH > PATCH_REACH
     assert verdict["fourier"] is None and verdict["patch"] is None
     assert verdict["basis"] == "corruption" and verdict["score"] == verdict["probe"]["score"]
+
+
+def _identity(shape: list[int], elem: int) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", elem, ["n", *shape[1:]])
+    y = helper.make_tensor_value_info("y", elem, ["n", *shape[1:]])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize(("shape", "axes", "elem"), [
+    ([3, 2, 28, 28], (2, 3), TensorProto.FLOAT),  # NCHW, two channels
+    ([3, 28, 28, 3], (1, 2), TensorProto.FLOAT),  # NHWC (Keras)
+    ([3, 784], (1, 2), TensorProto.DOUBLE),  # flat float64 vectors (scikit-learn)
+])
+def test_the_notch_graph_removes_one_frequency_as_the_guard_does(shape: list[int], axes: tuple[int, ...], elem: int) -> None:
+    """onnxruntime runs the rewritten input: a sinusoid of the notched frequency disappears, every
+    phase of it, another frequency passes untouched, and the graph computes what Notch.apply does."""
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    rng = np.random.default_rng(0)
+    x = rng.random(shape).astype(dtype)
+    found = fourier.Notch("x", axes, (0, 6), fourier.notch_basis((0, 6), 28, 28))
+    notched = rewrite.with_input_notch(_identity(shape, elem), "x", axes, found.basis)
+    onnx.checker.check_model(notched)
+    session = ort.InferenceSession(notched.SerializeToString(), providers=["CPUExecutionProvider"])
+    run = lambda a: session.run(None, {"x": a.astype(dtype)})[0]  # noqa: E731
+
+    channels = patch.to_images(x, axes).shape[3]
+
+    def wave(u: int, v: int, phase: float) -> np.ndarray:
+        image = fourier.render([(u, v, phase)], 28, 28)[0]
+        return patch.from_images(np.broadcast_to(image[None, :, :, None], (len(x), 28, 28, channels)).copy(), x, axes)
+
+    assert np.allclose(run(x), found.apply(Samples({"x": x}, None, "x")).inputs["x"], atol=1e-5)
+    for phase in (0.0, 1.0, 2.5):
+        assert np.allclose(run(x + 0.3 * wave(0, 6, phase)), run(x), atol=1e-5)
+    other = 0.3 * wave(2, 3, 0.4)
+    assert np.allclose(run(x + other) - run(x), other, atol=1e-5)
+
+
+def test_the_notch_removes_a_sig_trigger_without_a_clean_sample_of_its_target(tmp_path: Path) -> None:
+    """Samples 20-29 of the pool hold no clean sample of the target class, so head unlearning is
+    refused; the notch needs none and removes the real trigger at little cost."""
+    entry = MANIFEST[SIG]
+    model, out = ZOO / entry["file"], tmp_path / "repaired.onnx"
+    data = clean(entry, tmp_path, start=20)
+    report = auditor.repair(model, data, out, limit=10, device="cpu")
+    assert report.verdict["basis"] == "fourier" and report.verdict["target"] == entry["target"]
+    assert report.repair["unlearning"]["cause"] == "no_anchor"
+    assert report.repair["notch"] == {"applied": True, "frequency": [0, int(entry["trigger"]["freq"])], "reason": None}
+    assert report.repair["how"]["@input:x"].startswith("notch")
+    assert report.repair["fourier"]["share_after"] <= 0.1
+    assert "auditor.input_notch" in {p.key for p in onnx.load(out).metadata_props}
+    test, triggered = ZOO / entry["test"], ZOO / entry["triggered"]
+    before = auditor.evaluate(model, test, triggered=triggered, target=entry["target"], device="cpu")
+    after = auditor.evaluate(out, test, triggered=triggered, target=entry["target"], device="cpu")
+    assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
+    assert before.accuracy - after.accuracy < 0.02
+    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
+                                      "-o", str(tmp_path / "on.onnx")])
+    assert result.exit_code == 0 and "notch: removed spatial frequency (0, 6)" in result.output, result.output
+    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
+                                      "-o", str(tmp_path / "off.onnx"), "--no-notch", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["repair"]["notch"] is None
+    assert "notch" not in json.loads((tmp_path / "r.json").read_text())["repair"]["how"].get("@input:x", "")

@@ -18,10 +18,10 @@ def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
     return x.reshape(len(x), -1) if layout == "flat" else x
 
 
-def clean(entry: dict, tmp_path: Path, count: int = 10) -> Path:
-    """The first `count` samples of the model's clean pool, in its input layout, as an .npz."""
+def clean(entry: dict, tmp_path: Path, count: int = 10, start: int = 0) -> Path:
+    """Samples [start, start + count) of the model's clean pool, in its input layout, as an .npz."""
     with np.load(ZOO / entry["clean_pool"]) as archive:
-        x = archive["x"][:count]
-    path = tmp_path / f"{entry['name']}-clean.npz"
+        x = archive["x"][start:start + count]
+    path = tmp_path / f"{entry['name']}-clean-{start}.npz"
     np.savez(path, x=to_layout(x, entry["layout"]))
     return path
