@@ -14,6 +14,8 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
 from bench import zoo
 
 AUDITOR_METHODS = ("sus", "clp", "fp")
@@ -555,7 +557,8 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
         return lines
     lines += ["", "`repair` (default method) on the same sets. ASR halved: (backdoored model, set) pairs whose ASR "
               "after repair is at most half the model's ASR before, pooled over the sets, with the range of the "
-              "per-set share. ACC drop: median over all (model, set) pairs.", ""]
+              "per-set share. ACC drop: median, 90th percentile and worst over all (model, set) pairs: "
+              "a repair that costs many points on one draw of ten samples shows in the tail, not the median.", ""]
     rows = []
     for label in ("held-back", "tuning", "all"):
         chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
@@ -571,8 +574,10 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
         unlearned = sum(s.get("unlearned", False) for m, s in pairs)
         rows.append([label, f"{sum(halved)}/{len(halved)} ({pct(sum(halved) / len(halved)) if halved else '–'})",
                      f"{pct(min(per_set))}-{pct(max(per_set))}" if per_set else "–", fmt(median(drops)),
+                     fmt(float(np.quantile(drops, 0.9))) if drops else "–", fmt(max(drops)) if drops else "–",
                      f"{unlearned}/{len(pairs)}"])
-    lines += table(["half (by seed)", "ASR halved", "per set", "median ACC drop", "unlearned"], rows)
+    lines += table(["half (by seed)", "ASR halved", "per set", "median ACC drop", "90th pct ACC drop", "worst ACC drop",
+                    "unlearned"], rows)
     return lines
 
 
