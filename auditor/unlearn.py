@@ -12,7 +12,9 @@ the head, so that
 - on the clean samples and the guard's augmented copies, what the original gave (a
   distillation, each predicted class weighted equally),
 
-with an L2 penalty that keeps the row near the original. Numpy only: a few hundred steps of
+with an L2 penalty that keeps the row near the original, and only downwards: the bias and the
+weight of every feature that is never negative may only decrease (`take_only`), so the
+correction can take target score away from an input but never give any, whatever its class. Numpy only: a few hundred steps of
 accelerated gradient descent on a convex problem, deterministic.
 
 Class t's clean accuracy rests on the clean samples the model puts in t: with none, nothing
@@ -56,11 +58,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def fit_row(matrix: np.ndarray, bias: np.ndarray, features: np.ndarray, targets: np.ndarray, weights: np.ndarray,
-            row: int, strength: float = LADDER[0][1], steps: int = STEPS) -> tuple[np.ndarray, float]:
+            row: int, strength: float = LADDER[0][1], steps: int = STEPS,
+            nonpositive: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The change (d_weights [F], d_bias) of head row `row` minimising the weighted cross-entropy of
-    softmax(features @ (matrix + d).T + bias + d_bias) against soft `targets`, plus strength/2 |d|^2.
+    softmax(features @ (matrix + d).T + bias + d_bias) against soft `targets`, plus strength/2 |d|^2,
+    with the entries of (d_weights, d_bias) flagged in `nonpositive` [F + 1] kept <= 0.
 
-    FISTA with step 1/L, L = the loss's gradient Lipschitz bound (softmax curvature <= 1/2)."""
+    Projected FISTA with step 1/L, L = the loss's gradient Lipschitz bound (softmax curvature <= 1/2)."""
     x = np.hstack([features, np.ones((len(features), 1))])
     base = x @ np.hstack([matrix, bias[:, None]]).T  # [N, K] logits of the original head
     w = weights / weights.sum()
@@ -73,10 +77,21 @@ def fit_row(matrix: np.ndarray, bias: np.ndarray, features: np.ndarray, targets:
         logits[:, row] += x @ momentum
         gradient = ((softmax(logits)[:, row] - targets[:, row]) * w) @ x + strength * momentum
         updated = momentum - step * gradient
+        if nonpositive is not None:
+            updated[nonpositive] = np.minimum(updated[nonpositive], 0.0)
         t_next = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
         momentum = updated + (t - 1.0) / t_next * (updated - delta)
         delta, t = updated, t_next
     return delta[:-1], float(delta[-1])
+
+
+def take_only(features: np.ndarray) -> np.ndarray:
+    """[F + 1]: the entries of the row change kept <= 0, so that the correction can only take
+    evidence for the target away, never add it: the bias, and the weight of every feature that is
+    never negative (ReLU, pooling) on the samples seen. Ten samples cover a few classes; a free
+    row change could send a class none of them shows into the target (on the zoo, one sent every
+    sandal to 'bag'). Features that take both signs (LayerNorm) stay free."""
+    return np.append(features.min(axis=0) >= 0.0, True) if len(features) else np.ones(features.shape[1] + 1, dtype=bool)
 
 
 def balanced(labels: np.ndarray, classes: int) -> np.ndarray:
@@ -93,8 +108,9 @@ def correction(matrix: np.ndarray, bias: np.ndarray, target: int, clean_features
     classes = matrix.shape[0]
     weights = np.concatenate([balanced(clean_targets.argmax(axis=1), classes),
                               weight * np.full(len(surrogate_features), 1.0 / max(len(surrogate_features), 1))])
-    d_weights, d_bias = fit_row(matrix, bias, np.concatenate([clean_features, surrogate_features]),
-                                np.concatenate([clean_targets, surrogate_targets]), weights, target, strength)
+    features = np.concatenate([clean_features, surrogate_features])
+    d_weights, d_bias = fit_row(matrix, bias, features, np.concatenate([clean_targets, surrogate_targets]), weights, target,
+                                strength, nonpositive=take_only(features))
     out_matrix, out_bias = np.zeros_like(matrix), np.zeros_like(bias)
     out_matrix[target], out_bias[target] = d_weights, d_bias
     return Correction(target, out_matrix, out_bias, len(surrogate_features), anchors)

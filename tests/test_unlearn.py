@@ -54,6 +54,26 @@ def test_fit_row_changes_one_row_lowers_the_loss_and_shrinks_with_the_penalty() 
     assert np.count_nonzero(fitted.matrix[[0, 2]]) == 0 and fitted.bias[0] == fitted.bias[2] == 0.0
 
 
+def test_the_correction_only_takes_evidence_away_from_the_target() -> None:
+    """On features that are never negative (after ReLU), every entry of the row change and the bias
+    change is <= 0, so no input, of any class, gains target score; a signed feature stays free."""
+    rng = np.random.default_rng(1)
+    features = np.maximum(rng.normal(size=(80, 6)), 0.0)
+    features[:, 5] = rng.normal(size=80)  # a signed feature (LayerNorm-like)
+    matrix, bias = rng.normal(size=(4, 6)), rng.normal(size=4)
+    features[:30, 0] += 5.0  # the trigger's feature, which the head reads as class 2
+    matrix[2, 0] = 3.0
+    labels = rng.integers(0, 4, 80)
+    clean = np.eye(4)[labels] * 0.9 + 0.1 / 4
+    surrogate = np.eye(4)[(labels[:30] + 1) % 4] * 0.9 + 0.1 / 4  # corrupted samples: back to another class
+    fitted = unlearn.correction(matrix, bias, 2, features[30:], clean[30:], features[:30], surrogate, anchors=5)
+    assert np.all(fitted.matrix[2, :5] <= 0.0) and fitted.bias[2] <= 0.0
+    assert fitted.matrix[2, 0] < -0.5  # it unlearned the trigger's feature
+    assert list(unlearn.take_only(features)) == [True] * 5 + [False, True]
+    anything = np.maximum(rng.normal(size=(1000, 5)), 0.0) * 10
+    assert np.all(anything @ fitted.matrix[2, :5] + fitted.bias[2] <= 0.0)
+
+
 def test_the_head_correction_adds_exactly_the_affine_term() -> None:
     """On the bundled example under onnxruntime: corrected scores = original scores + features @ M.T + b."""
     proto = onnx.load(str(ROOT / "models" / "example" / "model.onnx"))
@@ -96,8 +116,11 @@ def test_a_keras_blended_backdoor_is_unlearned_from_ten_samples(tmp_path: Path) 
     after = auditor.evaluate(str(out), str(test), triggered=str(triggered), target=entry["target"], device="cpu")
     assert after.attack_success_rate <= 0.5 * before.attack_success_rate
     assert before.accuracy - after.accuracy <= 0.01
-    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    repaired = onnx.load(str(out))
+    meta = {p.key: p.value for p in repaired.metadata_props}
     assert meta["auditor.head_correction"].startswith(f"class {entry['target']}")
+    written = {t.name: onnx.numpy_helper.to_array(t) for t in repaired.graph.initializer}
+    assert written["__auditor_head_weight"].max() <= 0.0 and written["__auditor_head_bias"].max() <= 0.0  # only takes away
     again = tmp_path / "again.onnx"
     auditor.repair(model, clean, again, limit=10, device="cpu")
     assert again.read_bytes() == out.read_bytes()
