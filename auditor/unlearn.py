@@ -70,12 +70,17 @@ def fit_row(matrix: np.ndarray, bias: np.ndarray, features: np.ndarray, targets:
     w = weights / weights.sum()
     lipschitz = 0.5 * float(np.linalg.norm(x * np.sqrt(w)[:, None], 2)) ** 2 + strength
     step = 1.0 / lipschitz
+    # Only column `row` moves, so its softmax share is a logistic function of that logit against
+    # the log-sum-exp of the others, which stay fixed: O(N) per step instead of O(N K).
+    others = np.delete(base, row, axis=1)
+    rest = others.max(axis=1) + np.log(np.exp(others - others.max(axis=1, keepdims=True)).sum(axis=1))
+    own, wanted, wx = base[:, row], targets[:, row], w[:, None] * x
     delta = np.zeros(x.shape[1])
     momentum, t = delta.copy(), 1.0
     for _ in range(steps):
-        logits = base.copy()
-        logits[:, row] += x @ momentum
-        gradient = ((softmax(logits)[:, row] - targets[:, row]) * w) @ x + strength * momentum
+        logit = own + x @ momentum
+        share = np.exp(logit - np.logaddexp(logit, rest))
+        gradient = (share - wanted) @ wx + strength * momentum
         updated = momentum - step * gradient
         if nonpositive is not None:
             updated[nonpositive] = np.minimum(updated[nonpositive], 0.0)
