@@ -157,7 +157,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     verdict = analysis.report.verdict
     target = verdict.get("target")
     entry: dict = {"applied": False, "target": target, "reason": None, "cause": None, "surrogates": 0, "anchors": 0, "strength": None,
-                   "weight": None, "shortcut_guard_samples": 0}
+                   "weight": None, "shortcut_guard_samples": 0, "downward": None}
     if verdict.get("basis") not in score.SHORTCUT_BASES or not verdict["suspicious"] or target is None:
         entry["cause"] = "not_flagged"
         entry["reason"] = "neither the corruption probe, the patch search nor the Fourier probe found a shortcut"
@@ -200,12 +200,14 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         return entry
     clean_rows = ~shortcut
     halves = 2 if len(analysis.samples) >= 4 else 0
+    # a class no clean sample shows is outside the guard's sight: then the row may only go down
+    entry["downward"] = downward = bool(np.unique(labels).size < matrix.shape[0])
 
     def fit_and_judge(fit_rows: np.ndarray, fit_sources: np.ndarray, judged: np.ndarray, weight: float,
                       strength: float) -> tuple[unlearn.Correction, guard.Fidelity]:
         """Fit on the guard rows `fit_rows` and the corrupted samples from `fit_sources`; judge on `judged`."""
         fitted = unlearn.correction(matrix, bias, target, guard_features[fit_rows], fidelity.reference[fit_rows],
-                                    features[fit_sources], clean[sources[fit_sources]], anchors, weight, strength)
+                                    features[fit_sources], clean[sources[fit_sources]], anchors, weight, strength, downward)
         fidelity.correct(fitted.matrix, fitted.bias)
         return fitted, fidelity.fidelity(zeroed, bounds, judged)
 

@@ -46,7 +46,8 @@ Schema `auditor.report/5` (JSON, keys sorted, floats rounded to 6 decimals):
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
               and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
               the original sent to the target from another class: fitted as corrupted samples and left out of
-              `agreement` and `divergence`, which are then measured on the other guard samples)},
+              `agreement` and `divergence`, which are then measured on the other guard samples), downward (true: some
+              class had no clean sample, so the row could only lose target evidence; false: every class had one)},
               probe (basis "corruption" only, else null): the same probe run on the repaired model:
               {score, target, corruption (its largest share, which class, under what), suspected_target
               (the verdict's), suspected_target_share (the largest share that class still takes),

@@ -12,9 +12,10 @@ the head, so that
 - on the clean samples and the guard's augmented copies, what the original gave (a
   distillation, each predicted class weighted equally),
 
-with an L2 penalty that keeps the row near the original, and only downwards: the bias and the
-weight of every feature that is never negative may only decrease (`take_only`), so the
-correction can take target score away from an input but never give any, whatever its class. Numpy only: a few hundred steps of
+with an L2 penalty that keeps the row near the original. Unless the clean samples cover every
+class, only downwards: the bias and the weight of every feature that is never negative may only
+decrease (`take_only`), so the correction can take target score away from an input but never
+give any, whatever its class, including the classes the guard never sees. Numpy only: a few hundred steps of
 accelerated gradient descent on a convex problem, deterministic.
 
 Class t's clean accuracy rests on the clean samples the model puts in t: with none, nothing
@@ -93,9 +94,11 @@ def fit_row(matrix: np.ndarray, bias: np.ndarray, features: np.ndarray, targets:
 def take_only(features: np.ndarray) -> np.ndarray:
     """[F + 1]: the entries of the row change kept <= 0, so that the correction can only take
     evidence for the target away, never add it: the bias, and the weight of every feature that is
-    never negative (ReLU, pooling) on the samples seen. Ten samples cover a few classes; a free
-    row change could send a class none of them shows into the target (on the zoo, one sent every
-    sandal to 'bag'). Features that take both signs (LayerNorm) stay free."""
+    never negative (ReLU, pooling) on the samples seen. Ten samples cover a few classes, and the
+    guard cannot see a class none of them shows: a free row change could send it into the target
+    (on the zoo, one sent every sandal to 'bag', another every trouser to 'dress'). Features that
+    take both signs (LayerNorm) stay free. When the samples cover every class, the guard sees them
+    all and the fit may move both ways (auditor.api decides)."""
     return np.append(features.min(axis=0) >= 0.0, True) if len(features) else np.ones(features.shape[1] + 1, dtype=bool)
 
 
@@ -108,14 +111,15 @@ def balanced(labels: np.ndarray, classes: int) -> np.ndarray:
 
 def correction(matrix: np.ndarray, bias: np.ndarray, target: int, clean_features: np.ndarray, clean_targets: np.ndarray,
                surrogate_features: np.ndarray, surrogate_targets: np.ndarray, anchors: int,
-               weight: float = LADDER[0][0], strength: float = LADDER[0][1]) -> Correction:
-    """Fit the row-`target` correction from clean and surrogate features with their soft targets."""
+               weight: float = LADDER[0][0], strength: float = LADDER[0][1], downward: bool = True) -> Correction:
+    """Fit the row-`target` correction from clean and surrogate features with their soft targets;
+    with `downward`, one that only takes target evidence away (`take_only`)."""
     classes = matrix.shape[0]
     weights = np.concatenate([balanced(clean_targets.argmax(axis=1), classes),
                               weight * np.full(len(surrogate_features), 1.0 / max(len(surrogate_features), 1))])
     features = np.concatenate([clean_features, surrogate_features])
     d_weights, d_bias = fit_row(matrix, bias, features, np.concatenate([clean_targets, surrogate_targets]), weights, target,
-                                strength, nonpositive=take_only(features))
+                                strength, nonpositive=take_only(features) if downward else None)
     out_matrix, out_bias = np.zeros_like(matrix), np.zeros_like(bias)
     out_matrix[target], out_bias[target] = d_weights, d_bias
     return Correction(target, out_matrix, out_bias, len(surrogate_features), anchors)

@@ -120,10 +120,29 @@ def test_a_keras_blended_backdoor_is_unlearned_from_ten_samples(tmp_path: Path) 
     meta = {p.key: p.value for p in repaired.metadata_props}
     assert meta["auditor.head_correction"].startswith(f"class {entry['target']}")
     written = {t.name: onnx.numpy_helper.to_array(t) for t in repaired.graph.initializer}
-    assert written["__auditor_head_weight"].max() <= 0.0 and written["__auditor_head_bias"].max() <= 0.0  # only takes away
+    assert done["downward"]  # ten samples miss some class: the row may only lose target evidence
+    assert written["__auditor_head_weight"].max() <= 0.0 and written["__auditor_head_bias"].max() <= 0.0
     again = tmp_path / "again.onnx"
     auditor.repair(model, clean, again, limit=10, device="cpu")
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_with_every_class_among_the_samples_the_row_may_move_both_ways(tmp_path: Path) -> None:
+    """Fifty samples show every class, so the guard measures every class and the fit is free;
+    the WaNet trigger goes at little cost."""
+    entry = MANIFEST["cnn_bn-fmnist-wanet-s1"]
+    clean, test, triggered = _data(entry, tmp_path, count=50)
+    out = tmp_path / "repaired.onnx"
+    report = auditor.repair(ZOO / entry["file"], clean, out, limit=50, device="cpu")
+    done = report.repair["unlearning"]
+    assert report.data["predicted_classes"] == report.data["classes"]
+    assert done["applied"] and done["downward"] is False
+    written = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert written["__auditor_head_weight"].max() > 0.0  # some weight went up
+    before = auditor.evaluate(ZOO / entry["file"], test, triggered=triggered, target=entry["target"], device="cpu")
+    after = auditor.evaluate(out, test, triggered=triggered, target=entry["target"], device="cpu")
+    assert after.attack_success_rate <= 0.5 * before.attack_success_rate
+    assert before.accuracy - after.accuracy <= 0.02
 
 
 def test_without_a_clean_sample_of_the_target_class_unlearning_says_so(tmp_path: Path) -> None:
