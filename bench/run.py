@@ -119,13 +119,16 @@ def _effects(after: dict, baseline: dict) -> dict:
     return out
 
 
-def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered) -> dict:
+def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered, repeat: int = 1) -> dict:
     import auditor
 
-    start = time.perf_counter()
-    report = auditor.repair(entry["file"], str(clean), str(out_path), method=method, device="cpu", force=True)
-    wall = time.perf_counter() - start
-    record = {"status": "ok", "wall_s": wall, "count": report.repair["count"], "zeroed": report.repair["zeroed"],
+    walls = []
+    for _ in range(repeat):  # the repair is deterministic: repeats only steady the time
+        start = time.perf_counter()
+        report = auditor.repair(entry["file"], str(clean), str(out_path), method=method, device="cpu", force=True)
+        walls.append(time.perf_counter() - start)
+    record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls,
+              "count": report.repair["count"], "zeroed": report.repair["zeroed"],
               "agreement": report.repair["agreement"], "how": report.repair["how"], "bound": report.repair.get("bound"),
               "unlearning": report.repair.get("unlearning"), "probe_after": report.repair.get("probe"),
               "patch_after": report.repair.get("patch"), "fourier_after": report.repair.get("fourier"),
@@ -140,14 +143,17 @@ def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered
     return record
 
 
-def run_anp_method(entry, clean, out_path, baseline, test, triggered) -> dict:
+def run_anp_method(entry, clean, out_path, baseline, test, triggered, repeat: int = 1) -> dict:
     from bench import anp
 
+    walls = []
     try:
-        result = anp.run_anp(entry["file"], str(clean), str(out_path))
+        for _ in range(repeat):  # seeded: repeats only steady the time
+            result = anp.run_anp(entry["file"], str(clean), str(out_path))
+            walls.append(result.seconds)
     except anp.Unavailable as exc:
         return {"status": "n/a", "reason": str(exc)}
-    record = {"status": "ok", "wall_s": result.seconds, "count": result.count, "zeroed": result.zeroed,
+    record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls, "count": result.count, "zeroed": result.zeroed,
               "convert_s": result.convert_seconds, "optimise_s": result.optimise_seconds,
               "iterations": result.iterations, "batch": result.batch, "units": result.units,
               "channels": result.channels, "final_loss": result.final_loss, "mask_quantiles": result.mask_quantiles,
@@ -165,7 +171,8 @@ def _save(path: Path, result: dict) -> None:
     os.replace(temporary, path)
 
 
-def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, command: str, jobs: int) -> dict:
+def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, command: str, jobs: int,
+                repeat: int = 1) -> dict:
     """Fill bench/results/<name>.json with every requested cell; returns a short status."""
     _limit_threads()
     name = entry["name"]
@@ -217,9 +224,9 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
             out_path = work / f"repaired-{method}-n{n}.onnx"
             try:
                 if method == "anp":
-                    record = run_anp_method(entry, clean, out_path, baseline, test, triggered)
+                    record = run_anp_method(entry, clean, out_path, baseline, test, triggered, repeat)
                 else:
-                    record = run_auditor_method(entry, method, clean, out_path, baseline, test, triggered)
+                    record = run_auditor_method(entry, method, clean, out_path, baseline, test, triggered, repeat)
             except Exception as exc:
                 record = {"status": "error", "reason": _reason(exc), "traceback": traceback.format_exc()[-2000:]}
             record["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -249,12 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="recompute cells that already have results")
     parser.add_argument("--jobs", type=int, default=1, help="models benchmarked in parallel (timings get noisier)")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md at the end")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each repair this many times and record the median wall time (default 1)")
     args = parser.parse_args(argv)
     ns = _parse_list(args.n, int)
     methods = _parse_list(args.methods)
     unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown or not methods or not ns or any(n < 1 for n in ns) or args.jobs < 1:
-        parser.error(f"bad --methods/--n/--jobs (methods: {', '.join(ALL_METHODS)})")
+    if unknown or not methods or not ns or any(n < 1 for n in ns) or args.jobs < 1 or args.repeat < 1:
+        parser.error(f"bad --methods/--n/--jobs/--repeat (methods: {', '.join(ALL_METHODS)})")
     command = " ".join([".venv/bin/python -m bench.run", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
     _limit_threads()
     entries = zoo.select(zoo.load_entries(), args.models)
@@ -265,11 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if args.jobs == 1:
         for entry in entries:
-            status = bench_model(entry, ns, methods, args.force, command, args.jobs)
+            status = bench_model(entry, ns, methods, args.force, command, args.jobs, args.repeat)
             print(f"  {status['name']}: {status['cells']} new cells in {status['seconds']:.1f} s", flush=True)
     else:
         with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, initializer=_limit_threads) as pool:
-            futures = {pool.submit(bench_model, e, ns, methods, args.force, command, args.jobs): e for e in entries}
+            futures = {pool.submit(bench_model, e, ns, methods, args.force, command, args.jobs, args.repeat): e for e in entries}
             for future in concurrent.futures.as_completed(futures):
                 try:
                     status = future.result()
