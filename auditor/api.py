@@ -264,6 +264,10 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
     if found is None:
         entry["reason"] = "no image input"
         return entry
+    if analysis.samples.inputs[found.input].dtype not in (np.float32, np.float64):
+        # the guard filters in float64; a float16 graph would round the filter differently
+        entry["reason"] = "the notch needs a float32 or float64 image input"
+        return entry
     entry["frequency"] = list(found.frequency)
     _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
     fidelity.prefilter = found.apply
@@ -335,10 +339,12 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
     (activation bounds); it zeroes ranked channels only when asked (`zero`, or a `threshold`
     or `max_prune`), because on the zoo at N=10 zeroing by ranking cost more accuracy than
-    it removed attack success (BENCHMARKS.md). When the corruption probe flags the model,
-    `sus` then refits the head's row for the suspected target so that corrupted clean inputs
-    leave it (`unlearning`, auditor/unlearn.py). The baselines `clp` and `fp` zero ranked
-    channels and never bound, as published."""
+    it removed attack success (BENCHMARKS.md). When the Fourier probe gives the verdict, `sus`
+    removes its pattern's spatial frequency from the input if the guard allows (`notch`).
+    When a probe or search flags the model, `sus` then refits the head's row for the suspected
+    target so that corrupted, patched or perturbed clean inputs leave it (`unlearning`,
+    auditor/unlearn.py). The baselines `clp` and `fp` zero ranked channels and never bound,
+    as published."""
     output = model.check_output_path(output, force, (Path(model_path), Path(data_path)))
     if not 0.0 < floor <= 1.0:
         raise ModelError(f"--floor must be in (0, 1], got {floor}")
