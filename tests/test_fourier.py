@@ -181,6 +181,7 @@ def test_the_notch_removes_a_sig_trigger_without_a_clean_sample_of_its_target(tm
     result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
                                       "-o", str(tmp_path / "on.onnx")])
     assert result.exit_code == 0 and "notch: removed spatial frequency (0, 6)" in result.output, result.output
+    assert (tmp_path / "on.onnx").read_bytes() == out.read_bytes()  # the same model, byte for byte
     result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
                                       "-o", str(tmp_path / "off.onnx"), "--no-notch", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
