@@ -29,7 +29,8 @@ CRITERION_N = 10
 SPLITS = ("tuning", "held-back")
 BENCHMARKS = zoo.ROOT / "BENCHMARKS.md"
 REGENERATE = (".venv/bin/python -m bench.verdict && "
-              ".venv/bin/python -m bench.run --n 10,50,100,500 --methods sus,clp,fp,anp --force")
+              ".venv/bin/python -m bench.run --n 10,50,100,500 --methods sus,clp,fp,anp --force --no-report && "
+              ".venv/bin/python -m bench.run --n 10 --methods sus,anp --force --repeat 3")
 
 
 def default_method() -> str:
