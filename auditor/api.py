@@ -167,7 +167,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         entry["reason"] = "the classifier head is not a dense affine layer"
         return entry
     clean = guard.distribution(np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1))
-    labels, shortcut = _shortcut_rows(analysis, fidelity, target)
+    labels, anchored, shortcut = _shortcut_rows(analysis, fidelity, target)
     entry["anchors"] = anchors = int((labels == target).sum())
     if anchors == 0:
         entry["cause"] = "no_anchor"
@@ -182,7 +182,6 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     kept, sources = unlearn.surrogates(variants, labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
     # The guard copies that took the shortcut join the corrupted samples and leave the fidelity
     # measure, which would otherwise insist on keeping the shortcut.
-    anchored = labels[fidelity.origin] == target
     entry["surrogates"] = int(sources.size + shortcut.sum())
     entry["shortcut_guard_samples"] = int(shortcut.sum())
     if not kept:
@@ -239,12 +238,13 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     return entry
 
 
-def _shortcut_rows(analysis: _Analysis, fidelity: guard.Guard, target: int) -> tuple[np.ndarray, np.ndarray]:
-    """(clean labels, shortcut): guard copies (shifted, noisy, mixed) that the original already sends
-    to `target` from a sample it puts elsewhere are the shortcut at work, not clean behaviour."""
-    labels = np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1).argmax(axis=1)
-    anchored = labels[fidelity.origin] == target  # guard rows copied from a clean sample of the target
-    return labels, (fidelity.reference_label == target) & ~anchored
+def _shortcut_rows(analysis: _Analysis, fidelity: guard.Guard, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clean labels, anchored, shortcut) over the guard rows: anchored rows are copies of a clean
+    sample of `target`; shortcut rows are copies (shifted, noisy, mixed) that the original already
+    sends to `target` from a sample it puts elsewhere: the shortcut at work, not clean behaviour."""
+    labels = analysis.capture.labels
+    anchored = labels[fidelity.origin] == target
+    return labels, anchored, (fidelity.reference_label == target) & ~anchored
 
 
 def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
@@ -269,7 +269,7 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
         entry["reason"] = "the notch needs a float32 or float64 image input"
         return entry
     entry["frequency"] = list(found.frequency)
-    _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
+    _, _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
     fidelity.prefilter = found.apply
     judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
     if not judged.within(floor, max_divergence):

@@ -97,14 +97,13 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     """Run every basis at every amplitude through `classify` (samples -> class scores [N, K]); the
     class with the largest lift, or None when the samples have no image input or too few samples."""
     start = time.perf_counter()
-    chosen = first_images(samples, MAX_SAMPLES)
+    chosen = first_images(samples, clean_scores, MAX_SAMPLES)
     if chosen is None:
         return None
-    name, axes, samples = chosen
+    name, axes, samples, scores = chosen
     count = len(samples)
-    clean = np.asarray(clean_scores).reshape(len(clean_scores), -1)[:count].argmax(axis=1)
-    classes = np.asarray(clean_scores).reshape(len(clean_scores), -1).shape[1]
-    candidates = [c for c in range(classes) if (clean != c).sum() >= MIN_OTHERS]
+    clean = scores.argmax(axis=1)
+    candidates = [c for c in range(scores.shape[1]) if (clean != c).sum() >= MIN_OTHERS]
     if not candidates:
         return None
     original = samples.inputs[name]

@@ -66,14 +66,16 @@ def image_input(samples: Samples) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
-def first_images(samples: Samples, limit: int) -> tuple[str, tuple[int, ...], Samples] | None:
-    """The image input's name and axes, and the first `limit` samples: what a search perturbs.
-    None when the samples have no image input."""
+def first_images(samples: Samples, clean_scores: np.ndarray, limit: int
+                 ) -> tuple[str, tuple[int, ...], Samples, np.ndarray] | None:
+    """The image input's name and axes, the first `limit` samples (what a search perturbs) and
+    their clean class scores [count, K] in float64. None when the samples have no image input."""
     where = image_input(samples)
     if where is None:
         return None
     count = min(len(samples), limit)
-    return (*where, samples.take(np.arange(count)) if len(samples) > count else samples)
+    scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(clean_scores), -1)[:count]
+    return (*where, samples.take(np.arange(count)) if len(samples) > count else samples, scores)
 
 
 def to_images(array: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -142,12 +144,10 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
     the best one, or None when the samples have no image input or too few samples."""
     start = time.perf_counter()
-    chosen = first_images(samples, MAX_SAMPLES)
+    chosen = first_images(samples, clean_scores, MAX_SAMPLES)
     if chosen is None:
         return None
-    name, axes, samples = chosen
-    count = len(samples)
-    scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(clean_scores), -1)[:count]
+    name, axes, samples, scores = chosen
     clean = scores.argmax(axis=1)
     ordered = np.sort(scores, axis=1)
     typical = float(np.median(ordered[:, -1] - ordered[:, -2])) if scores.shape[1] > 1 else 0.0

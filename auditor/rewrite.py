@@ -76,9 +76,8 @@ def with_input_notch(model: onnx.ModelProto, name: str, axes: tuple[int, ...], b
     """Copy of `model` in which the image input `name` loses the span of `basis` ([H*W, k], one
     spatial frequency: see auditor.fourier.notch_basis) on every channel before anything reads it:
     x - reshape(Q (Q^T x)), with x viewed as [N, C, H*W] (NCHW), [N, H*W, C] (NHWC) or [N, H*W]."""
-    rank = next(len(v.type.tensor_type.shape.dim) for v in model.graph.input if v.name == name)
-    elem = next(v.type.tensor_type.elem_type for v in model.graph.input if v.name == name)
-    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    tensor = next(v.type.tensor_type for v in model.graph.input if v.name == name)
+    rank, dtype = len(tensor.shape.dim), helper.tensor_dtype_to_np_dtype(tensor.elem_type)
     pixels = basis.shape[0]
     taken = _names(model) | {t.name for t in model.graph.initializer}
 
@@ -87,28 +86,27 @@ def with_input_notch(model: onnx.ModelProto, name: str, axes: tuple[int, ...], b
         taken.add(made)
         return made
 
-    names = {key: fresh(key) for key in ("basis", "basis_t", "view", "shape", "flat", "coefficients", "component",
-                                         "removed", "result")}
-    flat, basis_t, coefficients, component = names["flat"], names["basis_t"], names["coefficients"], names["component"]
+    q, q_t, view_shape, shape, flat, coefficients, component, removed, result = (
+        fresh(key) for key in ("basis", "basis_t", "view", "shape", "flat", "coefficients", "component", "removed", "result"))
     if rank == 4 and axes == (1, 2):  # [N, H, W, C] -> [N, HW, C]; Q (Q^T x)
         view = [0, pixels, -1]
-        project = [helper.make_node("MatMul", [basis_t, flat], [coefficients]),
-                   helper.make_node("MatMul", [names["basis"], coefficients], [component])]
+        project = [helper.make_node("MatMul", [q_t, flat], [coefficients]),
+                   helper.make_node("MatMul", [q, coefficients], [component])]
     else:  # [N, C, H, W] -> [N, C, HW], or [N, H, W] / [N, HW] -> [N, HW]; (x Q) Q^T
         view = [0, -1, pixels] if rank == 4 else [0, pixels]
-        project = [helper.make_node("MatMul", [flat, names["basis"]], [coefficients]),
-                   helper.make_node("MatMul", [coefficients, basis_t], [component])]
-    front = [helper.make_node("Reshape", [name, names["view"]], [flat]), *project,
-             helper.make_node("Shape", [name], [names["shape"]]),
-             helper.make_node("Reshape", [names["component"], names["shape"]], [names["removed"]]),
-             helper.make_node("Sub", [name, names["removed"]], [names["result"]])]
+        project = [helper.make_node("MatMul", [flat, q], [coefficients]),
+                   helper.make_node("MatMul", [coefficients, q_t], [component])]
+    front = [helper.make_node("Reshape", [name, view_shape], [flat]), *project,
+             helper.make_node("Shape", [name], [shape]),
+             helper.make_node("Reshape", [component, shape], [removed]),
+             helper.make_node("Sub", [name, removed], [result])]
     for k, node in enumerate(front):
         node.name = f"__auditor_notch_{k}"
-    out = _in_front(model, front, {name: names["result"]})
-    out.graph.initializer.extend([
-        numpy_helper.from_array(np.asarray(basis, dtype=dtype), names["basis"]),
-        numpy_helper.from_array(np.ascontiguousarray(np.asarray(basis, dtype=dtype).T), names["basis_t"]),
-        numpy_helper.from_array(np.asarray(view, dtype=np.int64), names["view"])])
+    out = _in_front(model, front, {name: result})
+    values = np.asarray(basis, dtype=dtype)
+    out.graph.initializer.extend([numpy_helper.from_array(values, q),
+                                  numpy_helper.from_array(np.ascontiguousarray(values.T), q_t),
+                                  numpy_helper.from_array(np.asarray(view, dtype=np.int64), view_shape)])
     return out
 
 

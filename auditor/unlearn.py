@@ -53,11 +53,6 @@ class Correction:
     anchors: int  # clean samples the original puts in the target class
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def fit_row(matrix: np.ndarray, bias: np.ndarray, features: np.ndarray, targets: np.ndarray, weights: np.ndarray,
             row: int, strength: float = LADDER[0][1], steps: int = STEPS,
             nonpositive: np.ndarray | None = None) -> tuple[np.ndarray, float]:

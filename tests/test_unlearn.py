@@ -42,7 +42,8 @@ def test_fit_row_changes_one_row_lowers_the_loss_and_shrinks_with_the_penalty() 
     def loss(d_weights, d_bias):
         logits = features @ matrix.T + bias
         logits[:, 1] += features @ d_weights + d_bias
-        return -np.mean(np.sum(targets * np.log(unlearn.softmax(logits)), axis=1))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return -np.mean(np.sum(targets * np.log(shifted / shifted.sum(axis=1, keepdims=True)), axis=1))
 
     weak = unlearn.fit_row(matrix, bias, features, targets, weights, row=1, strength=1e-3)
     strong = unlearn.fit_row(matrix, bias, features, targets, weights, row=1, strength=10.0)
