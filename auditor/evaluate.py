@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from auditor import data, model, runtime
-from auditor.capture import run, scores_output
+from auditor.capture import classifier
 from auditor.errors import DataError
 from auditor.graph import GraphIndex
 
@@ -35,16 +35,8 @@ class Evaluation:
 
 def predict(index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int = BATCH) -> tuple[np.ndarray, int]:
     """Arg-max class of the model's class scores for every sample, and the number of classes."""
-    session = runtime.session(index.model, provider)
-    output = scores_output(index)
-    labels, classes = [], 0
-    for feed in samples.batches(batch):
-        (scores,) = run(session, [output], feed)
-        scores = np.asarray(scores)
-        scores = scores.reshape(scores.shape[0], -1)
-        classes = scores.shape[1]
-        labels.append(scores.argmax(axis=1))
-    return np.concatenate(labels), classes
+    scores = classifier(index.model, index, provider, batch)(samples)
+    return scores.argmax(axis=1), scores.shape[1]
 
 
 def evaluate(
