@@ -41,13 +41,14 @@ PLAIN_REPEATS = 3
 SCHEMA = 1
 
 
-def _limit_threads() -> None:
+def torch_threads() -> int | None:
+    """PyTorch's intra-op threads. Left at its default, which like onnxruntime's default pool is
+    one thread per physical core, so ANP and auditor time on the same cores."""
     try:
         import torch
-
-        torch.set_num_threads(1)
     except ImportError:
-        pass
+        return None
+    return int(torch.get_num_threads())
 
 
 def _reason(exc: BaseException) -> str:
@@ -68,6 +69,7 @@ def environment(jobs: int) -> dict:
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_threads"] = torch_threads()
         import onnx2torch  # noqa: F401
 
         info["onnx2torch"] = getattr(sys.modules.get("onnx2torch"), "__version__", "installed")
@@ -153,7 +155,8 @@ def run_anp_method(entry, clean, out_path, baseline, test, triggered, repeat: in
             walls.append(result.seconds)
     except anp.Unavailable as exc:
         return {"status": "n/a", "reason": str(exc)}
-    record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls, "count": result.count, "zeroed": result.zeroed,
+    record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls, "torch_threads": torch_threads(),
+              "count": result.count, "zeroed": result.zeroed,
               "convert_s": result.convert_seconds, "optimise_s": result.optimise_seconds,
               "iterations": result.iterations, "batch": result.batch, "units": result.units,
               "channels": result.channels, "final_loss": result.final_loss, "mask_quantiles": result.mask_quantiles,
@@ -174,7 +177,6 @@ def _save(path: Path, result: dict) -> None:
 def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, command: str, jobs: int,
                 repeat: int = 1) -> dict:
     """Fill bench/results/<name>.json with every requested cell; returns a short status."""
-    _limit_threads()
     name = entry["name"]
     path = zoo.RESULTS / f"{name}.json"
     sha = file_sha256(entry["file"])
@@ -265,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not methods or not ns or any(n < 1 for n in ns) or args.jobs < 1 or args.repeat < 1:
         parser.error(f"bad --methods/--n/--jobs/--repeat (methods: {', '.join(ALL_METHODS)})")
     command = " ".join([".venv/bin/python -m bench.run", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
-    _limit_threads()
     entries = zoo.select(zoo.load_entries(), args.models)
     if not entries:
         print("no model matches", file=sys.stderr)
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             status = bench_model(entry, ns, methods, args.force, command, args.jobs, args.repeat)
             print(f"  {status['name']}: {status['cells']} new cells in {status['seconds']:.1f} s", flush=True)
     else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, initializer=_limit_threads) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(bench_model, e, ns, methods, args.force, command, args.jobs, args.repeat): e for e in entries}
             for future in concurrent.futures.as_completed(futures):
                 try:
