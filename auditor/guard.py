@@ -332,11 +332,25 @@ class Guard:
         for key, ladder in stages:
             if key == "position" and plan["factor"] is None:
                 continue
-            for value in ladder:
-                fidelity = holds(**{key: value})
+            if key == "position":  # two knobs: no order to bisect, so the first step that holds
+                for value in ladder:
+                    fidelity = holds(**{key: value})
+                    if fidelity is not None:
+                        plan[key], kept = value, fidelity
+                        break
+                continue
+            # a looser clamp or cap changes less, so fidelity holds from some step of the ladder on:
+            # bisect for the tightest step that holds (4 trials for 9 steps, not up to 9)
+            low, high, found = 0, len(ladder), None
+            while low < high:
+                middle = (low + high) // 2
+                fidelity = holds(**{key: ladder[middle]})
                 if fidelity is not None:
-                    plan[key], kept = value, fidelity
-                    break
+                    high, found = middle, (ladder[middle], fidelity)
+                else:
+                    low = middle + 1
+            if found is not None:
+                plan[key], kept = found
         if all(value is None for value in plan.values()):
             return Bound(None, None, {}, Fidelity(1.0, 0.0))
         return Bound(plan["factor"], plan["position"], make(None), kept, plan["radius"])

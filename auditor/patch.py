@@ -28,8 +28,9 @@ from auditor.probe import MIN_OTHERS, class_share, spatial_axes
 
 SIZE = 0.15  # side of the square patch, as a share of the image's shorter side (4 pixels of 28: 2% of the area)
 ITERATIONS = 300  # random-search steps
-SCREEN = 100  # steps over every class before only the SHORTLIST best classes go on
+SCREEN = 100  # steps over every class (on SCREEN_SAMPLES of its samples) before only the SHORTLIST best go on
 SHORTLIST = 3
+SCREEN_SAMPLES = 5  # while screening, a class's patch is pasted on at most this many of its samples
 MAX_CLASSES = 10  # with more classes, the search screens the ones clean samples rank highest after their own
 MAX_SAMPLES = 10  # the search pastes patches on at most the first this many clean samples
 LEVELS = (0.0, 1.0)  # pixel values a patch may take, as shares of the clean value range
@@ -171,7 +172,8 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     cols = rng.integers(0, width - size + 1, len(classes))
     pixels = values[rng.integers(0, len(values), (len(classes), size, size, channels))]
 
-    others = [np.flatnonzero(clean != c) for c in classes]  # only these samples count for class c: only they run
+    everyone = [np.flatnonzero(clean != c) for c in classes]  # only these samples count for class c: only they run
+    others = [o[:SCREEN_SAMPLES] for o in everyone] if len(classes) > SHORTLIST else everyone
 
     def evaluate(rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = []
@@ -196,10 +198,13 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     live = np.arange(len(classes))
     best, shares = evaluate(rows, cols, pixels, live)
     for step in range(ITERATIONS):
+        if others is not everyone and (step == SCREEN or best.max() >= 1.0 - 1e-9):
+            # the screen ends: every class's patch is scored again on all its samples, and the best go on
+            others = everyone
+            best, shares = evaluate(rows, cols, pixels, live)
+            live = np.sort(np.argsort(-best, kind="stable")[:SHORTLIST])
         if best.max() >= 1.0 - 1e-9:
             break  # every sample sent at clean confidence: the score is capped there, nothing can beat it
-        if step == SCREEN and len(live) > SHORTLIST:
-            live = np.sort(np.argsort(-best, kind="stable")[:SHORTLIST])
         new_rows, new_cols, new_pixels = rows.copy(), cols.copy(), pixels.copy()
         block = max(1, round(size * (0.5 if step < ITERATIONS // 2 else 0.25)))
         for k in live:
