@@ -47,7 +47,7 @@ SarifOpt = Annotated[Optional[Path], typer.Option("--sarif", help="Write a SARIF
 HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report here.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
 PatchOpt = Annotated[bool, typer.Option(
-    "--patch-search/--no-patch-search", help="sus: search for a small patch that takes over the model (about 16,000 "
+    "--patch-search/--no-patch-search", help="sus: search for a small patch that takes over the model (about 10,000 "
     "forward passes of single samples: under 1.5 s on the zoo's models on CPU, far longer for large image models).")]
 FourierOpt = Annotated[bool, typer.Option(
     "--fourier-probe/--no-fourier-probe", help="sus: add faint low-frequency cosine patterns to the clean samples and see "

@@ -208,7 +208,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         fitted = unlearn.correction(matrix, bias, target, guard_features[fit_rows], fidelity.reference[fit_rows],
                                     features[fit_sources], clean[sources[fit_sources]], anchors, weight, strength, downward)
         fidelity.correct(fitted.matrix, fitted.bias)
-        return fitted, fidelity.fidelity(zeroed, bounds, judged)
+        return fitted, fidelity.fidelity(zeroed, bounds, judged, spare=target)
 
     every_source = np.ones(len(sources), dtype=bool)
     for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds
@@ -297,7 +297,7 @@ def audit(model_path: str | Path, data_path: str | Path, limit: int | None = Non
     """Score every channel of every hidden layer and decide whether the model looks backdoored.
 
     With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
-    switched off, the patch search (auditor/patch.py, about 16,000 single-sample forward passes) and
+    switched off, the patch search (auditor/patch.py, about 10,000 single-sample forward passes) and
     the Fourier probe (auditor/fourier.py, about 4,500)."""
     return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe).report
 

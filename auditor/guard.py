@@ -149,6 +149,19 @@ def _grouped(chosen: list[tuple[str, int]]) -> dict[str, list[int]]:
     return zeroed
 
 
+def divergence(reference: np.ndarray, changed: np.ndarray, label: np.ndarray, spare: int | None = None) -> float:
+    """Mean KL(reference || changed) over rows of class distributions [N, K], in nats. With `spare`,
+    a row whose `label` is another class is compared on the classes other than `spare`, each
+    distribution renormalised there: moving mass off `spare` alone costs nothing on it."""
+    per_row = np.sum(reference * (np.log(reference) - np.log(changed)), axis=1)
+    if spare is not None and reference.shape[1] > 2:
+        other = label != spare
+        kept = np.delete(reference[other], spare, axis=1), np.delete(changed[other], spare, axis=1)
+        before, after = (part / part.sum(axis=1, keepdims=True) for part in kept)
+        per_row[other] = np.sum(before * (np.log(before) - np.log(after)), axis=1)
+    return max(float(np.mean(per_row)), 0.0) if per_row.size else 0.0
+
+
 def distribution(scores: np.ndarray) -> np.ndarray:
     """Class probabilities from logits, or the scores themselves when they already are."""
     scores = scores.astype(np.float64)
@@ -273,9 +286,13 @@ class Guard:
         return out
 
     def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None,
-                 rows: np.ndarray | None = None) -> Fidelity:
+                 rows: np.ndarray | None = None, spare: int | None = None) -> Fidelity:
         """Agreement and divergence on the guard samples, or on the boolean selection `rows` of them
-        (only those rows run: the cross-fits judge on half the samples, at half the cost)."""
+        (only those rows run: the cross-fits judge on half the samples, at half the cost).
+
+        With `spare` (unlearning's target), a sample the original puts in another class is compared
+        over the classes other than `spare`: taking the suspected target's share away from it is what
+        unlearning is for, not a change of behaviour (its agreement still counts)."""
         if rows is None:
             pruned = distribution(self.scores(zeroed, bounds))
             reference, label = self.reference, self.reference_label
@@ -284,8 +301,7 @@ class Guard:
             pruned = distribution(self.classify(self.samples.take(np.flatnonzero(rows)), zeroed, bounds))
             reference, label = self.reference[rows], self.reference_label[rows]
         agreement = float((pruned.argmax(axis=1) == label).mean())
-        divergence = float(np.mean(np.sum(reference * (np.log(reference) - np.log(pruned)), axis=1)))
-        return Fidelity(agreement, max(divergence, 0.0))
+        return Fidelity(agreement, divergence(reference, pruned, label, spare))
 
     def bound(self, stats: dict[str, ChannelStats], floor: float, max_divergence: float, positions: bool = True) -> Bound:
         """The tightest bounds that keep the fidelity bounds, in three stages.

@@ -13,6 +13,7 @@ from zoo_samples import MANIFEST, ZOO, to_layout
 import auditor
 from auditor import margin, runtime, unlearn
 from auditor.graph import GraphIndex
+from auditor.guard import divergence
 from auditor.rewrite import reads, with_head_correction
 from auditor.score import PROBE_THRESHOLD
 from auditor.units import find_units
@@ -195,3 +196,16 @@ def test_unlearning_runs_on_every_unit_pattern_and_precision(name: str, half: bo
     done = report.repair["unlearning"]
     assert done is not None and (done["applied"] or done["reason"])
     onnx.checker.check_model(onnx.load(str(tmp_path / "out.onnx")))
+
+
+def test_divergence_spares_only_the_target_and_only_on_other_rows() -> None:
+    """Unlearning's divergence: taking the suspected target's share from a sample of another class
+    costs nothing, reshuffling the other classes still does, and a target-class sample counts whole."""
+    reference = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    label = np.array([0, 1])
+    emptied = np.array([[0.6 / 0.7, 1e-9, 0.1 / 0.7], [0.4, 0.4, 0.2]])  # row 0: class 1's mass removed, the rest in proportion
+    assert divergence(reference[:1], emptied[:1], label[:1]) > 0.2
+    assert divergence(reference[:1], emptied[:1], label[:1], spare=1) < 1e-6
+    reshuffled = np.array([[0.3, 0.3, 0.4]])
+    assert divergence(reference[:1], reshuffled, label[:1], spare=1) > 0.2
+    assert divergence(reference[1:], emptied[1:], label[1:], spare=1) == divergence(reference[1:], emptied[1:], label[1:]) > 0.1
