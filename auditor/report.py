@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/5` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/6` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
@@ -46,7 +46,9 @@ Schema `auditor.report/5` (JSON, keys sorted, floats rounded to 6 decimals):
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
               and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
               the original sent to the target from another class: fitted as corrupted samples and left out of
-              `agreement` and `divergence`, which are then measured on the other guard samples), downward (true: some
+              `agreement` and `divergence`, which are then measured on the other guard samples; with a correction,
+              `divergence` compares a sample the original puts in another class over the classes other than the
+              target, so that the target's share taken away is not counted), downward (true: some
               class had no clean sample, so the row could only lose target evidence; false: every class had one)},
               probe (basis "corruption" only, else null): the same probe run on the repaired model:
               {score, target, corruption (its largest share, which class, under what), suspected_target
@@ -70,7 +72,7 @@ import numpy as np
 
 from auditor.score import DEFAULT_THRESHOLD
 
-SCHEMA = "auditor.report/5"
+SCHEMA = "auditor.report/6"
 
 
 @dataclass(frozen=True)
