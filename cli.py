@@ -21,7 +21,7 @@ from rich.table import Table
 import auditor
 from auditor import model as model_io
 from auditor.errors import AuditorError
-from auditor.report import basis_text
+from auditor.report import basis_text, notch_text
 from auditor.score import SHORTCUT_BASES
 
 EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -235,8 +235,7 @@ def repair_command(
                   f"-> {r['output']}")
         notched = r.get("notch")
         if notched is not None and notched["applied"]:
-            u, v = notched["frequency"]
-            out.print(f"notch: removed spatial frequency ({u}, {v}), the found Fourier pattern's, from the image input")
+            out.print(f"notch: removed {notch_text(notched)}, the found Fourier pattern's, from the image input")
         elif notched is not None and notched["frequency"] is not None:
             out.print(f"notch: not applied: {notched['reason']}")
         unlearned = r.get("unlearning")

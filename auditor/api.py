@@ -250,10 +250,12 @@ def _shortcut_rows(analysis: _Analysis, fidelity: guard.Guard, target: int) -> t
 def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
            floor: float, max_divergence: float) -> dict:
     """When the Fourier probe gave the verdict: remove its basis image's spatial frequency from the
-    input, if that keeps the fidelity bounds (installed in `fidelity` as its prefilter). Unlike
-    head unlearning it needs no clean sample of the target class. Returns the report entry."""
+    input, or, where that breaks the fidelity bounds, only the phase of it that pushes hardest to
+    the target (auditor.fourier.phase_notch), if that keeps them (installed in `fidelity` as its
+    prefilter). Unlike head unlearning it needs no clean sample of the target class. Returns the
+    report entry."""
     verdict = analysis.report.verdict
-    entry: dict = {"applied": False, "frequency": None, "reason": None}
+    entry: dict = {"applied": False, "frequency": None, "phase": None, "reason": None}
     if verdict.get("basis") != "fourier" or not verdict["suspicious"] or analysis.fourier is None:
         entry["reason"] = "the Fourier probe did not give the verdict"
         return entry
@@ -270,14 +272,23 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
         return entry
     entry["frequency"] = list(found.frequency)
     _, _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
-    fidelity.prefilter = found.apply
-    judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
-    if not judged.within(floor, max_divergence):
+    failures = []
+    # the whole frequency first (whatever the trigger's phase), then the narrower filter
+    ladder = (lambda: found, lambda: fourier.phase_notch(analysis.samples, analysis.capture.scores, analysis.fourier,
+                                                           analysis.capture.classify))
+    for make in ladder:
+        candidate = make()
+        if candidate is None:
+            continue
+        fidelity.prefilter = candidate.apply
+        judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
+        if judged.within(floor, max_divergence):
+            entry.update(applied=True, phase=candidate.phase, filter=candidate, fidelity=judged)
+            return entry
         fidelity.prefilter = None
-        entry["reason"] = (f"removing frequency {tuple(found.frequency)} broke the fidelity bounds "
-                           f"(agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f})")
-        return entry
-    entry.update(applied=True, filter=found, fidelity=judged)
+        what = "every phase" if candidate.phase is None else f"phase {candidate.phase:.3f}"
+        failures.append(f"{what}: agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f}")
+    entry["reason"] = f"removing frequency {tuple(found.frequency)} broke the fidelity bounds ({'; '.join(failures)})"
     return entry
 
 
@@ -391,7 +402,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         final = unlearned.pop("fidelity")
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position,
                               capped.input_radius, None if fitted is None else fitted.target,
-                              None if found_notch is None else found_notch.frequency)
+                              None if found_notch is None else found_notch.frequency,
+                              None if found_notch is None else found_notch.phase)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)
     repaired = result.model
     if fitted is not None:

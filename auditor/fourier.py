@@ -36,6 +36,10 @@ QUANTILE = 0.9  # a class's typical share under a basis, against which its large
 MAX_SAMPLES = 10  # the probe perturbs at most the first this many clean samples
 CHUNK = 1 << 24  # input values per batch of perturbed samples (bounds memory for large images)
 UNLEARN_BASES = 8  # with a verdict on this probe, unlearning uses the target's best this many bases
+# The narrow notch refines the probe's phase over this many phases within +-pi/4 of it (the probe's
+# phases are pi/2 apart): a trigger of a phase off that grid then keeps at most sin(pi/16) ~ 20% of
+# its amplitude, not sin(pi/4) ~ 71%.
+PHASE_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -177,12 +181,14 @@ def notch_basis(frequency: tuple[int, int], height: int, width: int) -> np.ndarr
 
 @dataclass(frozen=True)
 class Notch:
-    """An input filter that removes one spatial frequency from every channel of one image input."""
+    """An input filter that removes one spatial frequency, or only one phase of it, from every
+    channel of one image input."""
 
     input: str
     axes: tuple[int, ...]
     frequency: tuple[int, int]
-    basis: np.ndarray  # [H*W, k], see notch_basis
+    basis: np.ndarray  # [H*W, k], orthonormal columns: see notch_basis and phase_notch
+    phase: float | None = None  # None: every phase of the frequency; else only its basis image at this phase
 
     def apply(self, samples: Samples) -> Samples:
         """`samples` with the frequency removed from the input (what the rewritten graph computes)."""
@@ -203,3 +209,33 @@ def notch(samples: Samples, found: Fourier) -> Notch | None:
     name, axes = where
     _, height, width, _ = to_images(samples.inputs[name][:1], axes).shape
     return Notch(name, axes, found.frequency, notch_basis(found.frequency, height, width))
+
+
+def phase_notch(samples: Samples, clean_scores: np.ndarray, found: Fourier, classify: Callable[[Samples], np.ndarray]
+                ) -> Notch | None:
+    """The narrow filter: only the found frequency's basis image at one phase, the one (of
+    PHASE_STEPS around the probe's) at which the pattern pushes the clean samples hardest towards
+    the target (mean margin, through `classify`). It leaves the other phase of the frequency,
+    natural content that a whole-frequency notch would also take, where a trigger of fixed
+    phase (SIG's sinusoid) does not live. None without an image input or a sample to push."""
+    chosen = first_images(samples, clean_scores, MAX_SAMPLES)
+    if chosen is None or found.target is None:
+        return None
+    name, axes, samples, scores = chosen
+    others = np.flatnonzero(scores.argmax(axis=1) != found.target)
+    original = samples.inputs[name]
+    if not others.size or float(original.max()) <= float(original.min()):
+        return None
+    images = to_images(original, axes)[others]
+    u, v = found.frequency
+    phases = found.phase + np.linspace(-0.25 * np.pi, 0.25 * np.pi, PHASE_STEPS)
+    keys = [(u, v, float(phase)) for phase in phases]
+    moved = _perturbed(images, render(keys, *images.shape[1:3]), found.amplitude, float(original.min()), float(original.max()))
+    inputs = {k: np.concatenate([v[others]] * len(keys)) for k, v in samples.inputs.items() if k != name}
+    inputs[name] = from_images(moved.astype(original.dtype), original, axes)
+    out = np.asarray(classify(Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)), dtype=np.float64)
+    out = out.reshape(len(keys), len(others), -1)
+    margin = out[..., found.target] - np.delete(out, found.target, axis=2).max(axis=2)
+    phase = keys[int(np.argmax(margin.mean(axis=1)))][2]
+    image = render([(u, v, phase)], *images.shape[1:3])[0].ravel().astype(np.float64)
+    return Notch(name, axes, found.frequency, (image / np.linalg.norm(image))[:, None], phase)

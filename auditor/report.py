@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/6` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/7` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
@@ -39,8 +39,10 @@ Schema `auditor.report/6` (JSON, keys sorted, floats rounded to 6 decimals):
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
               notch (sus only, else null): {applied, frequency ([u, v] of the Fourier probe's best basis, null
-              when the Fourier probe did not give the verdict), reason (why not applied)}: that spatial
-              frequency removed from the image input before anything reads it, when it keeps the fidelity bounds,
+              when the Fourier probe did not give the verdict), phase (null: every phase of that frequency
+              removed; a number: only its basis image at that phase, when removing every phase broke the
+              fidelity bounds), reason (why not applied)}: removed from the image input before anything
+              reads it, when it keeps the fidelity bounds,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
               code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
@@ -72,7 +74,15 @@ import numpy as np
 
 from auditor.score import DEFAULT_THRESHOLD
 
-SCHEMA = "auditor.report/6"
+SCHEMA = "auditor.report/7"
+
+
+def notch_text(notched: dict) -> str:
+    """What an applied notch removed, in words: a whole spatial frequency or one phase of it."""
+    u, v = notched["frequency"]
+    if notched.get("phase") is None:
+        return f"spatial frequency ({u}, {v})"
+    return f"phase {notched['phase']:.3f} of spatial frequency ({u}, {v})"
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,7 @@ class Report:
                     if unlearned.get("applied") else "")
             notched = r.get("notch") or {}
             if notched.get("applied"):
-                head = f"spatial frequency ({notched['frequency'][0]}, {notched['frequency'][1]}) removed from the input, " + head
+                head = f"{notch_text(notched)} removed from the input, " + head
             repair = (f"<h2>Repair</h2><p>{capped}{head}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
                       f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
         return (

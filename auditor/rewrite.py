@@ -415,7 +415,7 @@ def _fresh(name: str, taken) -> str:
 def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
                bound_factor: float | None = None, position: tuple[int, float] | None = None,
                input_radius: int | None = None, unlearned: int | None = None,
-               notch: tuple[int, int] | None = None) -> dict[str, str]:
+               notch: tuple[int, int] | None = None, notch_phase: float | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -433,7 +433,10 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
     if caps:
         meta["auditor.activation_bound"] = ", ".join(caps)
     if notch is not None:
-        meta["auditor.input_notch"] = f"spatial frequency ({notch[0]}, {notch[1]}) removed from the image input"
+        what = f"spatial frequency ({notch[0]}, {notch[1]})"
+        if notch_phase is not None:
+            what = f"the basis image of {what} at phase {notch_phase:.6f}"
+        meta["auditor.input_notch"] = f"{what} removed from the image input"
     if unlearned is not None:
         meta["auditor.head_correction"] = f"class {unlearned}: head row refit so that corrupted clean inputs leave it"
     return meta
