@@ -21,7 +21,7 @@ from rich.table import Table
 import auditor
 from auditor import model as model_io
 from auditor.errors import AuditorError
-from auditor.report import basis_text, notch_text
+from auditor.report import basis_text, notch_text, occlusion_text
 from auditor.score import SHORTCUT_BASES
 
 EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -203,6 +203,10 @@ def repair_command(
         "--notch/--no-notch", help="sus: when the Fourier probe gives the verdict, remove its pattern's spatial frequency "
         "from the image input, if the fidelity guard allows; needs no clean sample of the target (default: on).",
         show_default=False)] = None,
+    occlude: Annotated[Optional[bool], typer.Option(
+        "--occlude/--no-occlude", help="sus: when the patch search gives the verdict, cover the found patch (and a pixel around "
+        "it) with the clean samples' mean, if the fidelity guard allows; needs no clean sample of the target (default: on).",
+        show_default=False)] = None,
     json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
     patch_search: PatchOpt = True,
     fourier_probe: FourierOpt = True,
@@ -218,7 +222,8 @@ def repair_command(
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
                                 max_prune=max_prune, floor=floor, layer_cap=layer_cap,
                                 max_divergence=max_divergence, force=force, bound=bound, zero=zero, unlearning=unlearn,
-                                patch_search=patch_search, fourier_probe=fourier_probe, notch=notch)
+                                patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
+                                occlude=occlude)
         _say_provider(report)
         _render(report)
         r = report.repair
@@ -238,6 +243,11 @@ def repair_command(
             out.print(f"notch: removed {notch_text(notched)}, the found Fourier pattern's, from the image input")
         elif notched is not None and notched["frequency"] is not None:
             out.print(f"notch: not applied: {notched['reason']}")
+        occluded = r.get("occlusion")
+        if occluded is not None and occluded["applied"]:
+            out.print(f"occlusion: covered {occlusion_text(occluded)}, around the found patch, with the clean samples' mean")
+        elif occluded is not None and report.verdict.get("basis") == "patch" and report.verdict["suspicious"]:
+            out.print(f"occlusion: not applied: {occluded['reason']}")
         unlearned = r.get("unlearning")
         if unlearned is not None and unlearned["applied"]:
             kind = {"patch": "patched", "fourier": "perturbed"}.get(report.verdict.get("basis"), "corrupted")

@@ -186,8 +186,8 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     entry["shortcut_guard_samples"] = int(shortcut.sum())
     if not kept:
         entry["cause"] = "bounds_removed"
-        entry["reason"] = ("the bounds and the notch removed the shortcut" if fidelity.prefilter is not None
-                           else "the bounds alone removed the shortcut")
+        entry["reason"] = ("the bounds and the input filter (notch or occlusion) removed the shortcut"
+                           if fidelity.prefilter is not None else "the bounds alone removed the shortcut")
         return entry
     guard_features = fidelity.features(fidelity.samples, zeroed, bounds)
     features = np.concatenate([*(fidelity.features(corrupted, zeroed, bounds) for corrupted in kept), guard_features[shortcut]])
@@ -292,6 +292,38 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
     return entry
 
 
+def _occlude(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
+             floor: float, max_divergence: float) -> dict:
+    """When the patch search gave the verdict: cover the found patch (and a pixel around it) with
+    the clean samples' mean before anything reads the input, if that keeps the fidelity bounds
+    (installed in `fidelity` as its prefilter). Like the notch it needs no clean sample of the
+    target class; it costs whatever clean content the window holds. Returns the report entry."""
+    verdict = analysis.report.verdict
+    entry: dict = {"applied": False, "window": None, "reason": None}
+    if verdict.get("basis") != "patch" or not verdict["suspicious"] or analysis.patch is None:
+        entry["reason"] = "the patch search did not give the verdict"
+        return entry
+    if not _static_inputs(analysis.loaded.proto):
+        entry["reason"] = "the image input's size is not fixed"
+        return entry
+    _, _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
+    failures = []
+    for around in patch.OCCLUSION_MARGINS:  # the widest window first
+        candidate = patch.occlusion(analysis.samples, analysis.patch, around)
+        if candidate is None:
+            entry["reason"] = "no image input"
+            return entry
+        fidelity.prefilter = candidate.apply
+        judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
+        if judged.within(floor, max_divergence):
+            entry.update(applied=True, window=list(candidate.window), filter=candidate, fidelity=judged)
+            return entry
+        fidelity.prefilter = None
+        failures.append(f"window {tuple(candidate.window)}: agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f}")
+    entry["reason"] = f"covering the found patch broke the fidelity bounds ({'; '.join(failures)})"
+    return entry
+
+
 def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture) -> tuple[str, margin.Margin] | None:
     """The reachable-margin statistic of the last dense classifier head whose input range was captured."""
     for unit in reversed([u for u in units if u.head]):
@@ -344,14 +376,16 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            max_prune: int | float | None = None, floor: float = DEFAULT_FLOOR,
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
            force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None,
-           patch_search: bool = True, fourier_probe: bool = True, notch: bool | None = None) -> Report:
+           patch_search: bool = True, fourier_probe: bool = True, notch: bool | None = None,
+           occlude: bool | None = None) -> Report:
     """Repair the model as far as the fidelity guard allows and write it.
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
     (activation bounds); it zeroes ranked channels only when asked (`zero`, or a `threshold`
     or `max_prune`), because on the zoo at N=10 zeroing by ranking cost more accuracy than
     it removed attack success (BENCHMARKS.md). When the Fourier probe gives the verdict, `sus`
-    removes its pattern's spatial frequency from the input if the guard allows (`notch`).
+    removes its pattern's spatial frequency from the input if the guard allows (`notch`); when
+    the patch search does, it covers the found patch with the clean mean (`occlude`).
     When a probe or search flags the model, `sus` then refits the head's row for the suspected
     target so that corrupted, patched or perturbed clean inputs leave it (`unlearning`,
     auditor/unlearn.py). The baselines `clp` and `fp` zero ranked channels and never bound,
@@ -390,6 +424,10 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     if method == "sus" and notch is not False:
         notched = _notch(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
     found_notch = notched.pop("filter", None) if notched else None
+    occluded = None
+    if method == "sus" and occlude is not False:
+        occluded = _occlude(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
+    found_occlusion = occluded.pop("filter", None) if occluded else None
     unlearned = None
     if unlearning:
         unlearned = _unlearn(analysis, fidelity, zeroed, capped.values, floor, max_divergence)
@@ -398,12 +436,15 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     final = guard.Fidelity(walk.agreement, walk.divergence)
     if found_notch is not None:
         final = notched.pop("fidelity")
+    if found_occlusion is not None:
+        final = occluded.pop("fidelity")
     if fitted is not None:
         final = unlearned.pop("fidelity")
     meta = rewrite.provenance(__version__, analysis.loaded.sha256, zeroed, method, capped.factor, capped.position,
                               capped.input_radius, None if fitted is None else fitted.target,
                               None if found_notch is None else found_notch.frequency,
-                              None if found_notch is None else found_notch.phase)
+                              None if found_notch is None else found_notch.phase,
+                              None if found_occlusion is None else found_occlusion.window)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)
     repaired = result.model
     if fitted is not None:
@@ -414,6 +455,10 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         repaired = rewrite.with_input_notch(repaired, found_notch.input, found_notch.axes, found_notch.basis)
         key = rewrite.input_key(found_notch.input)
         result.how[key] = "notch+" + result.how[key] if key in result.how else "notch"
+    if found_occlusion is not None:  # the same: first of all
+        repaired = rewrite.with_input_fill(repaired, found_occlusion.input, found_occlusion.keep, found_occlusion.fill)
+        key = rewrite.input_key(found_occlusion.input)
+        result.how[key] = "occlude+" + result.how[key] if key in result.how else "occlude"
     _verify(repaired, analysis, fidelity, zeroed, capped.values)
     residual, patched, waved = None, None, None
     repaired_classify = functools.partial(fidelity.classify, zeroed=zeroed, bounds=capped.values)
@@ -443,6 +488,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         "divergence": final.divergence, "max_divergence": max_divergence, "floor": floor, "layer_cap": layer_cap,
         "guard_samples": walk.guard_samples, "evaluations": walk.evaluations,
         "notch": notched,
+        "occlusion": occluded,
         "unlearning": unlearned,
         "probe": None if residual is None else {
             "score": residual.score, "target": residual.target, "corruption": residual.corruption,

@@ -120,6 +120,48 @@ def paste(samples: Samples, found: Patch, shifts: tuple[tuple[int, int], ...] = 
 
 
 SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # where unlearning pastes the found patch, around its place
+# The occlusion covers the found patch and this many pixels around it, widest first: the patch a
+# search finds often sits a pixel beside the trigger it answers to (a convolution answers both).
+OCCLUSION_MARGINS = (1, 0)
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """An input filter that replaces one window of an image input, on every channel, by the clean
+    samples' mean there: `keep` and `fill` have one sample's shape in the model's layout, and the
+    filter is x * keep + fill (what the rewritten graph computes)."""
+
+    input: str
+    window: tuple[int, int, int, int]  # row, column, height, width
+    keep: np.ndarray  # 0 inside the window, 1 elsewhere
+    fill: np.ndarray  # the clean mean inside the window, 0 elsewhere
+
+    def apply(self, samples: Samples) -> Samples:
+        original = samples.inputs[self.input]
+        filtered = (original * self.keep + self.fill).astype(original.dtype)
+        return Samples({**samples.inputs, self.input: filtered}, samples.labels, samples.source)
+
+
+def occlusion(samples: Samples, found: Patch, margin: int) -> Occlusion | None:
+    """The filter that covers the found patch and `margin` pixels around it (clipped to the image)
+    with the samples' mean, or None without an image input."""
+    where = image_input(samples)
+    if where is None:
+        return None
+    name, axes = where
+    original = samples.inputs[name]
+    images = to_images(original, axes)
+    _, height, width, _ = images.shape
+    size = found.pixels.shape[0]
+    top, left = max(0, found.row - margin), max(0, found.column - margin)
+    bottom, right = min(height, found.row + size + margin), min(width, found.column + size + margin)
+    inside = np.zeros(images.shape[1:], dtype=bool)
+    inside[top:bottom, left:right, :] = True
+    mean = images.astype(np.float64).mean(axis=0)
+    like = original[:1]
+    keep = from_images((~inside)[None].astype(original.dtype), like, axes)[0]
+    fill = from_images(np.where(inside, mean, 0.0)[None].astype(original.dtype), like, axes)[0]
+    return Occlusion(name, (top, left, bottom - top, right - left), keep, fill)
 
 
 def variants(samples: Samples, found: Patch) -> Iterator[tuple[str, Samples, np.ndarray]]:

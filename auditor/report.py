@@ -35,7 +35,7 @@ Schema `auditor.report/7` (JSON, keys sorted, floats rounded to 6 decimals):
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
   repair     null | {output, sha256, zeroed{unit: [channels]}, count,
               how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned);
-                  "@input:NAME": clamp|notch|notch+clamp (graph inputs)},
+                  "@input:NAME": clamp|notch|notch+clamp|occlude|occlude+clamp (graph inputs)},
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
               notch (sus only, else null): {applied, frequency ([u, v] of the Fourier probe's best basis, null
@@ -43,6 +43,10 @@ Schema `auditor.report/7` (JSON, keys sorted, floats rounded to 6 decimals):
               removed; a number: only its basis image at that phase, when removing every phase broke the
               fidelity bounds), reason (why not applied)}: removed from the image input before anything
               reads it, when it keeps the fidelity bounds,
+              occlusion (sus only, else null): {applied, window ([row, column, height, width] covered: the
+              patch search's patch and one pixel around it, or the patch alone when that broke the fidelity
+              bounds; null when the patch search did not give the verdict), reason (why not applied)}: that
+              window of the image input replaced by the clean samples' mean before anything reads it,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
               code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
@@ -75,6 +79,12 @@ import numpy as np
 from auditor.score import DEFAULT_THRESHOLD
 
 SCHEMA = "auditor.report/7"
+
+
+def occlusion_text(occluded: dict) -> str:
+    """The window an applied occlusion covers, in words."""
+    top, left, height, width = occluded["window"]
+    return f"rows {top}-{top + height - 1}, columns {left}-{left + width - 1}"
 
 
 def notch_text(notched: dict) -> str:
@@ -214,6 +224,9 @@ class Report:
             notched = r.get("notch") or {}
             if notched.get("applied"):
                 head = f"{notch_text(notched)} removed from the input, " + head
+            occluded = r.get("occlusion") or {}
+            if occluded.get("applied"):
+                head = f"input {occlusion_text(occluded)} covered by the clean mean, " + head
             repair = (f"<h2>Repair</h2><p>{capped}{head}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
                       f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
         return (

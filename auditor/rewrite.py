@@ -110,6 +110,25 @@ def with_input_notch(model: onnx.ModelProto, name: str, axes: tuple[int, ...], b
     return out
 
 
+def with_input_fill(model: onnx.ModelProto, name: str, keep: np.ndarray, fill: np.ndarray) -> onnx.ModelProto:
+    """Copy of `model` in which the input `name` becomes x * keep + fill before anything reads it
+    (`keep`, `fill`: one sample's shape, broadcast over the batch; see auditor.patch.Occlusion)."""
+    tensor = next(v.type.tensor_type for v in model.graph.input if v.name == name)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+    taken = _names(model) | {t.name for t in model.graph.initializer}
+    made = []
+    for suffix in ("keep", "fill", "kept", "result"):
+        made.append(_fresh(f"{name}__auditor_occlude_{suffix}", taken))
+        taken.add(made[-1])
+    keep_name, fill_name, kept, result = made
+    front = [helper.make_node("Mul", [name, keep_name], [kept], name="__auditor_occlude_0"),
+             helper.make_node("Add", [kept, fill_name], [result], name="__auditor_occlude_1")]
+    out = _in_front(model, front, {name: result})
+    out.graph.initializer.extend([numpy_helper.from_array(np.asarray(keep, dtype=dtype), keep_name),
+                                  numpy_helper.from_array(np.asarray(fill, dtype=dtype), fill_name)])
+    return out
+
+
 @dataclass(frozen=True)
 class RewriteResult:
     """The repaired model and, per unit name, how its channels were zeroed ("fold" or "mask")."""
@@ -415,7 +434,8 @@ def _fresh(name: str, taken) -> str:
 def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], method: str,
                bound_factor: float | None = None, position: tuple[int, float] | None = None,
                input_radius: int | None = None, unlearned: int | None = None,
-               notch: tuple[int, int] | None = None, notch_phase: float | None = None) -> dict[str, str]:
+               notch: tuple[int, int] | None = None, notch_phase: float | None = None,
+               occlusion: tuple[int, int, int, int] | None = None) -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -437,6 +457,10 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
         if notch_phase is not None:
             what = f"the basis image of {what} at phase {notch_phase:.6f}"
         meta["auditor.input_notch"] = f"{what} removed from the image input"
+    if occlusion is not None:
+        top, left, height, width = occlusion
+        meta["auditor.input_occlusion"] = (f"rows {top}-{top + height - 1}, columns {left}-{left + width - 1} of the image input "
+                                           "replaced by the clean samples' mean")
     if unlearned is not None:
         meta["auditor.head_correction"] = f"class {unlearned}: head row refit so that corrupted clean inputs leave it"
     return meta

@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 from typer.testing import CliRunner
-from zoo_samples import MANIFEST, ZOO, clean
+from zoo_samples import MANIFEST, ZOO, clean, dataset
 
 import auditor
-from auditor import patch
+from auditor import patch, rewrite
 from auditor.data import Samples
 from auditor.score import PATCH_THRESHOLD
 from cli import app
@@ -60,10 +63,13 @@ def test_repair_removes_the_found_patch(tmp_path: Path) -> None:
 
 
 def test_repair_unlearns_the_found_patch(tmp_path: Path) -> None:
-    """Where the bounds leave the found patch working (the folded-BatchNormalization CNN), repair
-    refits the target's row on the patched samples: the patch, and the real trigger, stop working."""
+    """Where the bounds leave the found patch working (the folded-BatchNormalization CNN) and the
+    occlusion is off (by default it covers the patch, and nothing is left to unlearn), repair refits
+    the target's row on the patched samples: the patch, and the real trigger, stop working."""
     entry = MANIFEST["cnn_bn_folded-fmnist-badnets-s0"]
-    report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "repaired.onnx", limit=10, device="cpu")
+    report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "repaired.onnx", limit=10, device="cpu",
+                            occlude=False)
+    assert report.repair["occlusion"] is None
     assert report.verdict["basis"] == "patch" and report.verdict["target"] == entry["target"]
     assert report.repair["unlearning"]["applied"] and report.repair["unlearning"]["surrogates"] > 0
     moved = report.repair["patch"]
@@ -133,3 +139,67 @@ def test_the_cli_flags_the_example_unless_the_search_is_off(tmp_path: Path) -> N
     skipped = runner.invoke(app, [*args, "--no-patch-search", "--json", str(tmp_path / "off.json")])
     assert skipped.exit_code == 0, skipped.output
     assert json.loads((tmp_path / "off.json").read_text())["verdict"]["patch"] is None
+
+
+@pytest.mark.parametrize(("shape", "axes", "elem"), [
+    ((3, 2, 28, 28), (2, 3), TensorProto.FLOAT),  # NCHW, two channels
+    ((3, 28, 28, 3), (1, 2), TensorProto.FLOAT),  # NHWC (Keras)
+    ((3, 784), (1, 2), TensorProto.DOUBLE),  # flat float64 vectors (scikit-learn)
+])
+def test_the_occlusion_graph_covers_the_window_as_the_guard_does(shape: tuple[int, ...], axes: tuple[int, ...], elem: int) -> None:
+    """onnxruntime runs the rewritten input: inside the window (the patch and one pixel around it,
+    clipped to the image) every channel holds the samples' mean, outside it the input passes, and
+    the graph computes what Occlusion.apply does."""
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    x = np.random.default_rng(0).random(shape).astype(dtype)
+    samples = Samples({"x": x}, None, "x")
+    found = patch.Patch(1.0, 0, 1.0, 24, 5, np.ones((4, 4, 1), dtype), 0.0)
+    occlusion = patch.occlusion(samples, found, 1)
+    assert occlusion is not None and occlusion.window == (23, 4, 5, 6)  # rows 23-27 (the image ends), columns 4-9
+    tensor = helper.make_tensor_value_info("x", elem, ["n", *shape[1:]])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [tensor],
+                              [helper.make_tensor_value_info("y", elem, ["n", *shape[1:]])])
+    model = rewrite.with_input_fill(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+                                    "x", occlusion.keep, occlusion.fill)
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x})
+    assert np.allclose(got, occlusion.apply(samples).inputs["x"], atol=1e-6)
+    images, before = patch.to_images(got, axes), patch.to_images(x, axes)
+    assert np.allclose(images[:, 23:28, 4:10, :], before.mean(axis=0)[23:28, 4:10, :], atol=1e-6)
+    outside = np.ones(images.shape[1:], dtype=bool)
+    outside[23:28, 4:10, :] = False
+    assert np.array_equal(images[:, outside], before[:, outside])
+
+
+def test_the_occlusion_removes_a_patch_trigger_without_a_clean_sample_of_its_target(tmp_path: Path) -> None:
+    """The scikit-learn MLP on pool samples 10-19: no clean sample of the target, so no unlearning,
+    and the whole-image clamp breaks fidelity; covering the found patch keeps it and stops the real
+    trigger. The CLI says so; --no-occlude leaves the input alone."""
+    entry = MANIFEST["sk_mlp_badnets_s0"]
+    model, out, data = ZOO / entry["file"], tmp_path / "repaired.onnx", clean(entry, tmp_path, start=10)
+    report = auditor.repair(model, data, out, limit=10, device="cpu")
+    assert report.verdict["basis"] == "patch" and report.verdict["target"] == entry["target"]
+    assert report.repair["unlearning"]["cause"] == "no_anchor"
+    occluded = report.repair["occlusion"]
+    assert occluded["applied"] and occluded["reason"] is None
+    top, left, height, width = occluded["window"]
+    with np.load(ZOO / entry["triggered"]) as archive:
+        images = archive["x"].reshape(-1, 28, 28)
+    rows, columns = np.nonzero((images == images.max()).all(axis=0))  # the trigger's white cells, in every sample
+    assert rows.size and ((rows >= top) & (rows < top + height) & (columns >= left) & (columns < left + width)).any()
+    assert report.repair["how"]["@input:" + onnx.load(model).graph.input[0].name].startswith("occlude")
+    assert "auditor.input_occlusion" in {p.key for p in onnx.load(out).metadata_props}
+    test, triggered = dataset(entry, "test", tmp_path), dataset(entry, "triggered", tmp_path)
+    before = auditor.evaluate(model, test, triggered=triggered, target=entry["target"], device="cpu")
+    after = auditor.evaluate(out, test, triggered=triggered, target=entry["target"], device="cpu")
+    assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
+    assert before.accuracy - after.accuracy < 0.02
+    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
+                                      "-o", str(tmp_path / "on.onnx")])
+    assert result.exit_code == 0 and "occlusion: covered rows" in result.output, result.output
+    assert (tmp_path / "on.onnx").read_bytes() == out.read_bytes()
+    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
+                                      "-o", str(tmp_path / "off.onnx"), "--no-occlude", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["repair"]["occlusion"] is None

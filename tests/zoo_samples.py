@@ -25,3 +25,13 @@ def clean(entry: dict, tmp_path: Path, count: int = 10, start: int = 0) -> Path:
     path = tmp_path / f"{entry['name']}-clean-{start}.npz"
     np.savez(path, x=to_layout(x, entry["layout"]))
     return path
+
+
+def dataset(entry: dict, key: str, tmp_path: Path) -> Path:
+    """The model's test or triggered set (`key`: "test" or "triggered") in its input layout, as an .npz."""
+    with np.load(ZOO / entry[key]) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["x"] = to_layout(arrays["x"], entry["layout"])
+    path = tmp_path / f"{entry['name']}-{key}.npz"
+    np.savez(path, **arrays)
+    return path
