@@ -239,14 +239,17 @@ def repair_command(
                   f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
                   f"-> {r['output']}")
         notched = r.get("notch")
+        weak = " (a weak verdict: within tighter fidelity bounds)"
         if notched is not None and notched["applied"]:
-            out.print(f"notch: removed {notch_text(notched)}, the found Fourier pattern's, from the image input")
+            out.print(f"notch: removed {notch_text(notched)}, the found Fourier pattern's, from the image input"
+                      + (weak if notched["weak"] else ""))
         elif notched is not None and notched["frequency"] is not None:
             out.print(f"notch: not applied: {notched['reason']}")
         occluded = r.get("occlusion")
         if occluded is not None and occluded["applied"]:
-            out.print(f"occlusion: covered {occlusion_text(occluded)}, around the found patch, with the clean samples' mean")
-        elif occluded is not None and report.verdict.get("basis") == "patch" and report.verdict["suspicious"]:
+            out.print(f"occlusion: covered {occlusion_text(occluded)}, around the found patch, with the clean samples' mean"
+                      + (weak if occluded["weak"] else ""))
+        elif occluded is not None and occluded["window"] is not None:
             out.print(f"occlusion: not applied: {occluded['reason']}")
         unlearned = r.get("unlearning")
         if unlearned is not None and unlearned["applied"]:

@@ -41,12 +41,14 @@ Schema `auditor.report/7` (JSON, keys sorted, floats rounded to 6 decimals):
               notch (sus only, else null): {applied, frequency ([u, v] of the Fourier probe's best basis, null
               when the Fourier probe did not give the verdict), phase (null: every phase of that frequency
               removed; a number: only its basis image at that phase, when removing every phase broke the
-              fidelity bounds), reason (why not applied)}: removed from the image input before anything
-              reads it, when it keeps the fidelity bounds,
+              fidelity bounds), weak (true: the verdict's score was under its threshold but at least 0.4,
+              so the notch had to keep tighter bounds: half the slack), reason (why not applied)}:
+              removed from the image input before anything reads it, when it keeps the fidelity bounds,
               occlusion (sus only, else null): {applied, window ([row, column, height, width] covered: the
               patch search's patch and one pixel around it, or the patch alone when that broke the fidelity
-              bounds; null when the patch search did not give the verdict), reason (why not applied)}: that
-              window of the image input replaced by the clean samples' mean before anything reads it,
+              bounds; when not applied, the last one tried; null when none was tried), weak (as the
+              notch's), reason (why not applied)}: that window of the image input replaced by the clean
+              samples' mean before anything reads it, when it keeps the fidelity bounds,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
               code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)

@@ -169,7 +169,8 @@ def test_the_notch_removes_a_sig_trigger_without_a_clean_sample_of_its_target(tm
     report = auditor.repair(model, data, out, limit=10, device="cpu")
     assert report.verdict["basis"] == "fourier" and report.verdict["target"] == entry["target"]
     assert report.repair["unlearning"]["cause"] == "no_anchor"
-    assert report.repair["notch"] == {"applied": True, "frequency": [0, int(entry["trigger"]["freq"])], "phase": None, "reason": None}
+    assert report.repair["notch"] == {"applied": True, "frequency": [0, int(entry["trigger"]["freq"])], "phase": None, "weak": False,
+                                      "reason": None}
     assert report.repair["how"]["@input:x"].startswith("notch")
     assert report.repair["fourier"]["share_after"] <= 0.1
     assert "auditor.input_notch" in {p.key for p in onnx.load(out).metadata_props}

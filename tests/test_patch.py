@@ -203,3 +203,25 @@ def test_the_occlusion_removes_a_patch_trigger_without_a_clean_sample_of_its_tar
                                       "-o", str(tmp_path / "off.onnx"), "--no-occlude", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["repair"]["occlusion"] is None
+
+
+def test_a_weak_patch_verdict_still_gets_the_occlusion_within_tighter_bounds(tmp_path: Path) -> None:
+    """The MNIST MLP on pool samples 30-39: the patch search scores it under the threshold (not
+    suspicious, so no unlearning) but above the filters' gate; the occlusion runs with half the
+    fidelity slack, holds, and stops the real trigger."""
+    from auditor.api import FILTER_GATE, WEAK_SLACK
+
+    entry = MANIFEST["mlp-mnist-badnets-s1"]
+    model, out = ZOO / entry["file"], tmp_path / "repaired.onnx"
+    report = auditor.repair(model, clean(entry, tmp_path, start=30), out, limit=10, device="cpu")
+    verdict = report.verdict
+    assert verdict["basis"] == "patch" and not verdict["suspicious"] and FILTER_GATE <= verdict["score"] < verdict["threshold"]
+    assert report.repair["unlearning"]["cause"] == "not_flagged"
+    occluded = report.repair["occlusion"]
+    assert occluded["applied"] and occluded["weak"]
+    assert report.repair["agreement"] >= 1.0 - WEAK_SLACK * (1.0 - report.repair["floor"])
+    test, triggered = dataset(entry, "test", tmp_path), dataset(entry, "triggered", tmp_path)
+    before = auditor.evaluate(model, test, triggered=triggered, target=entry["target"], device="cpu")
+    after = auditor.evaluate(out, test, triggered=triggered, target=entry["target"], device="cpu")
+    assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
+    assert before.accuracy - after.accuracy < 0.02
