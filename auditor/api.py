@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -265,6 +267,46 @@ def _shortcut_rows(analysis: _Analysis, fidelity: guard.Guard, target: int) -> t
     return labels, anchored, (fidelity.reference_label == target) & ~anchored
 
 
+def _filter_gate(analysis: _Analysis, basis: str, entry: dict, floor: float, max_divergence: float) -> tuple[float, float] | None:
+    """The fidelity limits an input filter for a verdict of `basis` must keep, or None (with
+    entry["reason"] set) when it may not run."""
+    verdict = analysis.report.verdict
+    found = analysis.fourier if basis == "fourier" else analysis.patch
+    if verdict.get("basis") != basis or found is None:
+        entry["reason"] = f"the {'Fourier probe' if basis == 'fourier' else 'patch search'} did not give the verdict"
+        return None
+    limits = _filter_limits(verdict, floor, max_divergence)
+    if limits is None:
+        entry["reason"] = f"the verdict's score is under {FILTER_GATE}"
+        return None
+    if not _static_inputs(analysis.loaded.proto):
+        entry["reason"] = "the image input's size is not fixed"
+        return None
+    floor, max_divergence, entry["weak"] = limits
+    return floor, max_divergence
+
+
+def _install_first(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
+                   limits: tuple[float, float], makers: list[Callable[[], Any]], describe: Callable[[Any], str]
+                   ) -> tuple[Any, guard.Fidelity | None, list[str]]:
+    """Try the input filters `makers` make, in order, as the guard's prefilter; keep the first that
+    holds the fidelity `limits` (measured without the guard copies that took the shortcut).
+    Returns (that filter or None, its fidelity, what each failure cost, in words)."""
+    _, _, shortcut = _shortcut_rows(analysis, fidelity, analysis.report.verdict["target"])
+    failures = []
+    for make in makers:
+        candidate = make()
+        if candidate is None:
+            continue
+        fidelity.prefilter = candidate.apply
+        judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
+        if judged.within(*limits):
+            return candidate, judged, failures
+        fidelity.prefilter = None
+        failures.append(f"{describe(candidate)}: agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f}")
+    return None, None, failures
+
+
 def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
            floor: float, max_divergence: float) -> dict:
     """When the Fourier probe gave the verdict: remove its basis image's spatial frequency from the
@@ -272,18 +314,9 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
     the target (auditor.fourier.phase_notch), if that keeps them (installed in `fidelity` as its
     prefilter). Unlike head unlearning it needs no clean sample of the target class. Returns the
     report entry."""
-    verdict = analysis.report.verdict
     entry: dict = {"applied": False, "frequency": None, "phase": None, "weak": False, "reason": None}
-    if verdict.get("basis") != "fourier" or analysis.fourier is None:
-        entry["reason"] = "the Fourier probe did not give the verdict"
-        return entry
-    limits = _filter_limits(verdict, floor, max_divergence)
+    limits = _filter_gate(analysis, "fourier", entry, floor, max_divergence)
     if limits is None:
-        entry["reason"] = f"the verdict's score is under {FILTER_GATE}"
-        return entry
-    floor, max_divergence, entry["weak"] = limits
-    if not _static_inputs(analysis.loaded.proto):
-        entry["reason"] = "the image input's size is not fixed"
         return entry
     found = fourier.notch(analysis.samples, analysis.fourier)
     if found is None:
@@ -294,24 +327,15 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
         entry["reason"] = "the notch needs a float32 or float64 image input"
         return entry
     entry["frequency"] = list(found.frequency)
-    _, _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
-    failures = []
     # the whole frequency first (whatever the trigger's phase), then the narrower filter
-    ladder = (lambda: found, lambda: fourier.phase_notch(analysis.samples, analysis.capture.scores, analysis.fourier,
-                                                           analysis.capture.classify))
-    for make in ladder:
-        candidate = make()
-        if candidate is None:
-            continue
-        fidelity.prefilter = candidate.apply
-        judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
-        if judged.within(floor, max_divergence):
-            entry.update(applied=True, phase=candidate.phase, filter=candidate, fidelity=judged)
-            return entry
-        fidelity.prefilter = None
-        what = "every phase" if candidate.phase is None else f"phase {candidate.phase:.3f}"
-        failures.append(f"{what}: agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f}")
-    entry["reason"] = f"removing frequency {tuple(found.frequency)} broke the fidelity bounds ({'; '.join(failures)})"
+    makers = [lambda: found, lambda: fourier.phase_notch(analysis.samples, analysis.capture.scores, analysis.fourier,
+                                                           analysis.capture.classify)]
+    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, makers,
+                                            lambda n: "every phase" if n.phase is None else f"phase {n.phase:.3f}")
+    if kept is None:
+        entry["reason"] = f"removing frequency {tuple(found.frequency)} broke the fidelity bounds ({'; '.join(failures)})"
+        return entry
+    entry.update(applied=True, phase=kept.phase, filter=kept, fidelity=judged)
     return entry
 
 
@@ -321,35 +345,27 @@ def _occlude(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     the clean samples' mean before anything reads the input, if that keeps the fidelity bounds
     (installed in `fidelity` as its prefilter). Like the notch it needs no clean sample of the
     target class; it costs whatever clean content the window holds. Returns the report entry."""
-    verdict = analysis.report.verdict
     entry: dict = {"applied": False, "window": None, "weak": False, "reason": None}
-    if verdict.get("basis") != "patch" or analysis.patch is None:
-        entry["reason"] = "the patch search did not give the verdict"
-        return entry
-    limits = _filter_limits(verdict, floor, max_divergence)
+    limits = _filter_gate(analysis, "patch", entry, floor, max_divergence)
     if limits is None:
-        entry["reason"] = f"the verdict's score is under {FILTER_GATE}"
         return entry
-    floor, max_divergence, entry["weak"] = limits
-    if not _static_inputs(analysis.loaded.proto):
-        entry["reason"] = "the image input's size is not fixed"
+    if patch.image_input(analysis.samples) is None:
+        entry["reason"] = "no image input"
         return entry
-    _, _, shortcut = _shortcut_rows(analysis, fidelity, verdict["target"])
-    failures = []
-    for around in patch.OCCLUSION_MARGINS:  # the widest window first
-        candidate = patch.occlusion(analysis.samples, analysis.patch, around)
-        if candidate is None:
-            entry["reason"] = "no image input"
-            return entry
-        entry["window"] = list(candidate.window)
-        fidelity.prefilter = candidate.apply
-        judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
-        if judged.within(floor, max_divergence):
-            entry.update(applied=True, filter=candidate, fidelity=judged)
-            return entry
-        fidelity.prefilter = None
-        failures.append(f"window {tuple(candidate.window)}: agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f}")
-    entry["reason"] = f"covering the found patch broke the fidelity bounds ({'; '.join(failures)})"
+    tried: list[patch.Occlusion] = []
+
+    def make(around: int) -> patch.Occlusion | None:
+        tried.append(patch.occlusion(analysis.samples, analysis.patch, around))
+        return tried[-1]
+
+    makers = [functools.partial(make, around) for around in patch.OCCLUSION_MARGINS]  # the widest window first
+    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, makers,
+                                            lambda o: f"window {tuple(o.window)}")
+    entry["window"] = list(tried[-1].window) if tried and tried[-1] is not None else None
+    if kept is None:
+        entry["reason"] = f"covering the found patch broke the fidelity bounds ({'; '.join(failures)})"
+        return entry
+    entry.update(applied=True, filter=kept, fidelity=judged)
     return entry
 
 
