@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
-from zoo_samples import MANIFEST, ZOO, clean
+from zoo_samples import MANIFEST, ZOO, before_after, clean
 
 import auditor
 from auditor import fourier, patch, rewrite
@@ -238,8 +238,6 @@ def test_the_phase_notch_holds_where_the_whole_frequency_breaks_fidelity(tmp_pat
     notched = report.repair["notch"]
     assert notched["applied"] and notched["frequency"] == [0, int(entry["trigger"]["freq"])] and notched["phase"] is not None
     assert "at phase" in {p.key: p.value for p in onnx.load(out).metadata_props}["auditor.input_notch"]
-    test, triggered = ZOO / entry["test"], ZOO / entry["triggered"]
-    before = auditor.evaluate(model, test, triggered=triggered, target=entry["target"], device="cpu")
-    after = auditor.evaluate(out, test, triggered=triggered, target=entry["target"], device="cpu")
+    before, after = before_after(entry, model, out, ZOO / entry["test"], ZOO / entry["triggered"])
     assert before.attack_success_rate > 0.9 and after.attack_success_rate < before.attack_success_rate / 2
     assert before.accuracy - after.accuracy < 0.02

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
-from zoo_samples import MANIFEST, ZOO, clean, dataset
+from zoo_samples import MANIFEST, ZOO, before_after, clean, dataset
 
 import auditor
 from auditor import patch, rewrite
@@ -191,8 +191,7 @@ def test_the_occlusion_removes_a_patch_trigger_without_a_clean_sample_of_its_tar
     assert report.repair["how"]["@input:" + onnx.load(model).graph.input[0].name].startswith("occlude")
     assert "auditor.input_occlusion" in {p.key for p in onnx.load(out).metadata_props}
     test, triggered = dataset(entry, "test", tmp_path), dataset(entry, "triggered", tmp_path)
-    before = auditor.evaluate(model, test, triggered=triggered, target=entry["target"], device="cpu")
-    after = auditor.evaluate(out, test, triggered=triggered, target=entry["target"], device="cpu")
+    before, after = before_after(entry, model, out, test, triggered)
     assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
     assert before.accuracy - after.accuracy < 0.02
     result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
@@ -221,7 +220,6 @@ def test_a_weak_patch_verdict_still_gets_the_occlusion_within_tighter_bounds(tmp
     assert occluded["applied"] and occluded["weak"]
     assert report.repair["agreement"] >= 1.0 - WEAK_SLACK * (1.0 - report.repair["floor"])
     test, triggered = dataset(entry, "test", tmp_path), dataset(entry, "triggered", tmp_path)
-    before = auditor.evaluate(model, test, triggered=triggered, target=entry["target"], device="cpu")
-    after = auditor.evaluate(out, test, triggered=triggered, target=entry["target"], device="cpu")
+    before, after = before_after(entry, model, out, test, triggered)
     assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
     assert before.accuracy - after.accuracy < 0.02

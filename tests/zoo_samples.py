@@ -35,3 +35,10 @@ def dataset(entry: dict, key: str, tmp_path: Path) -> Path:
     path = tmp_path / f"{entry['name']}-{key}.npz"
     np.savez(path, **arrays)
     return path
+
+
+def before_after(entry: dict, original: Path, repaired: Path, test: Path, triggered: Path) -> tuple:
+    """auditor.evaluate of the original and the repaired model on the test and triggered sets."""
+    import auditor
+
+    return tuple(auditor.evaluate(m, test, triggered=triggered, target=entry["target"], device="cpu") for m in (original, repaired))
