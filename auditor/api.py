@@ -349,19 +349,15 @@ def _occlude(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     limits = _filter_gate(analysis, "patch", entry, floor, max_divergence)
     if limits is None:
         return entry
-    if patch.image_input(analysis.samples) is None:
+    # the widest window first; building one costs no forward pass
+    candidates = [patch.occlusion(analysis.samples, analysis.patch, around) for around in patch.OCCLUSION_MARGINS]
+    if candidates[0] is None:
         entry["reason"] = "no image input"
         return entry
-    tried: list[patch.Occlusion] = []
-
-    def make(around: int) -> patch.Occlusion | None:
-        tried.append(patch.occlusion(analysis.samples, analysis.patch, around))
-        return tried[-1]
-
-    makers = [functools.partial(make, around) for around in patch.OCCLUSION_MARGINS]  # the widest window first
-    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, makers,
+    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits,
+                                            [functools.partial(lambda c: c, c) for c in candidates],
                                             lambda o: f"window {tuple(o.window)}")
-    entry["window"] = list(tried[-1].window) if tried and tried[-1] is not None else None
+    entry["window"] = list((kept or candidates[-1]).window)
     if kept is None:
         entry["reason"] = f"covering the found patch broke the fidelity bounds ({'; '.join(failures)})"
         return entry

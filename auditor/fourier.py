@@ -97,6 +97,16 @@ def _perturbed(images: np.ndarray, basis: np.ndarray, amplitude: float, low: flo
     return np.clip(moved, low, high).reshape(-1, *images.shape[1:])
 
 
+def _with_images(samples: Samples, name: str, axes: tuple[int, ...], moved: np.ndarray) -> Samples:
+    """`samples` with the image input `name` replaced by `moved` [k * N, H, W, C] (k perturbed
+    copies of the N samples, one copy after another) and every other input repeated to match."""
+    original = samples.inputs[name]
+    copies = len(moved) // len(samples)
+    inputs = {k: from_images(moved.astype(original.dtype), original, axes) if k == name else np.concatenate([v] * copies)
+              for k, v in samples.inputs.items()}
+    return Samples(inputs, None, samples.source)
+
+
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray]) -> Fourier | None:
     """Run every basis at every amplitude through `classify` (samples -> class scores [N, K]); the
     class with the largest lift, or None when the samples have no image input or too few samples."""
@@ -122,9 +132,7 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
         predicted = []
         for first in range(0, len(keys), step):
             moved = _perturbed(images, render(keys[first:first + step], *images.shape[1:3]), amplitude, low, high)
-            inputs = {k: np.concatenate([v] * (len(moved) // count)) for k, v in samples.inputs.items() if k != name}
-            inputs[name] = from_images(moved.astype(original.dtype), original, axes)
-            scores = np.asarray(classify(Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)))
+            scores = np.asarray(classify(_with_images(samples, name, axes, moved)))
             predicted.append(scores.reshape(len(moved), -1).argmax(axis=1).reshape(-1, count))
         labels = np.concatenate(predicted)  # [B, N]
         for c in candidates:
@@ -153,9 +161,7 @@ def variants(samples: Samples, found: Fourier) -> Iterator[tuple[str, Samples, n
     keys = frequencies()
     for b in found.bases:
         moved = _perturbed(images, render(keys[b:b + 1], *images.shape[1:3]), found.amplitude, low, high)
-        inputs = {k: v for k, v in samples.inputs.items() if k != name}
-        inputs[name] = from_images(moved.astype(original.dtype), original, axes)
-        yield f"fourier {b}", Samples({k: inputs[k] for k in samples.inputs}, None, samples.source), np.arange(len(samples))
+        yield f"fourier {b}", _with_images(samples, name, axes, moved), np.arange(len(samples))
 
 
 def target_share(samples: Samples, clean_labels: np.ndarray, found: Fourier, classify: Callable[[Samples], np.ndarray]) -> float:
@@ -226,14 +232,13 @@ def phase_notch(samples: Samples, clean_scores: np.ndarray, found: Fourier, clas
     original = samples.inputs[name]
     if not others.size or float(original.max()) <= float(original.min()):
         return None
-    images = to_images(original, axes)[others]
+    pushed = samples.take(others)
+    images = to_images(pushed.inputs[name], axes)
     u, v = found.frequency
     phases = found.phase + np.linspace(-0.25 * np.pi, 0.25 * np.pi, PHASE_STEPS)
     keys = [(u, v, float(phase)) for phase in phases]
     moved = _perturbed(images, render(keys, *images.shape[1:3]), found.amplitude, float(original.min()), float(original.max()))
-    inputs = {k: np.concatenate([v[others]] * len(keys)) for k, v in samples.inputs.items() if k != name}
-    inputs[name] = from_images(moved.astype(original.dtype), original, axes)
-    out = np.asarray(classify(Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)), dtype=np.float64)
+    out = np.asarray(classify(_with_images(pushed, name, axes, moved)), dtype=np.float64)
     out = out.reshape(len(keys), len(others), -1)
     margin = out[..., found.target] - np.delete(out, found.target, axis=2).max(axis=2)
     phase = keys[int(np.argmax(margin.mean(axis=1)))][2]

@@ -142,6 +142,12 @@ class Occlusion:
         return Samples({**samples.inputs, self.input: filtered}, samples.labels, samples.source)
 
 
+def window_text(window: tuple[int, int, int, int] | list[int]) -> str:
+    """An occlusion's window (row, column, height, width) in words."""
+    top, left, height, width = window
+    return f"rows {top}-{top + height - 1}, columns {left}-{left + width - 1}"
+
+
 def occlusion(samples: Samples, found: Patch, margin: int) -> Occlusion | None:
     """The filter that covers the found patch and `margin` pixels around it (clipped to the image)
     with the samples' mean, or None without an image input."""

@@ -78,15 +78,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from auditor.patch import window_text
 from auditor.score import DEFAULT_THRESHOLD
 
 SCHEMA = "auditor.report/7"
-
-
-def occlusion_text(occluded: dict) -> str:
-    """The window an applied occlusion covers, in words."""
-    top, left, height, width = occluded["window"]
-    return f"rows {top}-{top + height - 1}, columns {left}-{left + width - 1}"
 
 
 def notch_text(notched: dict) -> str:
@@ -228,7 +223,7 @@ class Report:
                 head = f"{notch_text(notched)} removed from the input, " + head
             occluded = r.get("occlusion") or {}
             if occluded.get("applied"):
-                head = f"input {occlusion_text(occluded)} covered by the clean mean, " + head
+                head = f"input {window_text(occluded['window'])} covered by the clean mean, " + head
             repair = (f"<h2>Repair</h2><p>{capped}{head}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
                       f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
         return (

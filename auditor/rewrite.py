@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from auditor.graph import GraphIndex
+from auditor.patch import window_text
 from auditor.units import Unit
 
 MASK_PREFIX = "__auditor_mask_"
@@ -458,9 +459,7 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
             what = f"the basis image of {what} at phase {notch_phase:.6f}"
         meta["auditor.input_notch"] = f"{what} removed from the image input"
     if occlusion is not None:
-        top, left, height, width = occlusion
-        meta["auditor.input_occlusion"] = (f"rows {top}-{top + height - 1}, columns {left}-{left + width - 1} of the image input "
-                                           "replaced by the clean samples' mean")
+        meta["auditor.input_occlusion"] = f"{window_text(occlusion)} of the image input replaced by the clean samples' mean"
     if unlearned is not None:
         meta["auditor.head_correction"] = f"class {unlearned}: head row refit so that corrupted clean inputs leave it"
     return meta
