@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from auditor.api import FILTER_GATE
 from bench import zoo
 
 AUDITOR_METHODS = ("sus", "clp", "fp")
@@ -482,19 +483,25 @@ def main(command: str | None = None, grid_seconds: float | None = None) -> int:
 
 
 def _how(record: dict) -> str:
-    """What the repair did, in a few words: bounds, zeroed channels, head unlearning (or why not)."""
+    """What the repair did, in a few words: bounds, zeroed channels, the input filters, head
+    unlearning (or why not). Records from before the filters' entries name them in "how" only."""
     parts = []
     bound = record.get("bound") or {}
     if bound.get("input_radius") is not None or bound.get("factor") is not None:
         parts.append("bounds")
     if record.get("count"):
         parts.append(f"{record['count']} zeroed")
+    installed = " ".join(v for k, v in (record.get("how") or {}).items() if k.startswith("@"))
+    for name, word in (("notch", "notch"), ("occlusion", "occlude")):
+        entry = record.get(name) or {}
+        if entry.get("applied") or (name not in record and word in installed):
+            parts.append(name + (" (weak verdict)" if entry.get("weak") else ""))
     unlearned = record.get("unlearning") or {}
     if unlearned.get("applied"):
         parts.append(f"unlearned class {unlearned['target']}")
     elif unlearned.get("cause") not in (None, "not_flagged"):
         parts.append("not unlearned: " + {"no_anchor": "no clean sample of the target", "fidelity": "fidelity",
-                                          "bounds_removed": "the bounds removed it"}.get(unlearned["cause"], unlearned["reason"]))
+                                          "bounds_removed": "nothing left to unlearn"}.get(unlearned["cause"], unlearned["reason"]))
     return ", ".join(parts) or "nothing"
 
 
@@ -574,13 +581,50 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
                 per_set.append(sum(got) / len(got))
         drops = [s["acc_drop_points"] for m in chosen for s in m["sets"] if s.get("acc_drop_points") is not None]
         unlearned = sum(s.get("unlearned", False) for m, s in pairs)
+        filtered = sum(bool(s.get("filtered")) for m, s in pairs)
         rows.append([label, f"{sum(halved)}/{len(halved)} ({pct(sum(halved) / len(halved)) if halved else '–'})",
                      f"{pct(min(per_set))}-{pct(max(per_set))}" if per_set else "–", fmt(median(drops)),
                      fmt(float(np.quantile(drops, 0.9))) if drops else "–", fmt(max(drops)) if drops else "–",
-                     f"{unlearned}/{len(pairs)}"])
+                     f"{unlearned}/{len(pairs)}", f"{filtered}/{len(pairs)}"])
     lines += table(["half (by seed)", "ASR halved", "per set", "median ACC drop", "90th pct ACC drop", "worst ACC drop",
-                    "unlearned"], rows)
+                    "unlearned", "input filter"], rows)
+    if any("filtered" in s for m in models for s in m["sets"]):
+        lines += shortfall_causes(models, seed_of)
     return lines
+
+
+# Why a (backdoored model, set) pair's ASR was not halved, first match wins; the repair's own
+# report gives the same causes per run.
+CAUSES = (
+    ("score under the input filters' gate: only the bounds ran", lambda m, s: not s["suspicious"] and s["score"] < FILTER_GATE),
+    ("weak verdict (gate <= score < threshold) from the corruption probe: no input filter applies",
+     lambda m, s: not s["suspicious"] and s["basis"] not in ("patch", "fourier")),
+    ("weak verdict from the patch search or the Fourier probe: its filter broke the tighter bounds",
+     lambda m, s: not s["suspicious"] and not s.get("filtered")),
+    ("weak verdict: an input filter went in, the attack survived it", lambda m, s: not s["suspicious"]),
+    ("flagged, wrong target class", lambda m, s: s["target"] != m["target"]),
+    ("flagged, right target, no clean sample of it: not unlearned", lambda m, s: s.get("unlearning_cause") == "no_anchor"),
+    ("flagged, right target, every unlearning broke the fidelity bounds", lambda m, s: s.get("unlearning_cause") == "fidelity"),
+    ("flagged, right target, repaired, the attack survived", lambda m, s: True),
+)
+
+
+def shortfall_causes(models: list[dict], seed_of: dict[str, str]) -> list[str]:
+    """A table of why the ASR was not halved, per half by seed, over the (model, set) pairs."""
+    counts = {label: [0] * len(CAUSES) for label in ("held-back", "tuning")}
+    for m in models:
+        if m["kind"] != "backdoored":
+            continue
+        for s in m["sets"]:
+            if s.get("asr") is None or s["asr"] <= (1 - HALF) * m["baseline"]["asr"]:
+                continue
+            counts[seed_of[m["name"]]][next(i for i, (_, test) in enumerate(CAUSES) if test(m, s))] += 1
+    rows = [[text] + [str(counts[label][i]) for label in counts] for i, (text, _) in enumerate(CAUSES)]
+    rows.append(["total not halved"] + [str(sum(counts[label])) for label in counts])
+    text = ("Why the ASR was not halved, (backdoored model, set) pairs by half (by seed); the first cause that "
+            f"applies counts. The input filters (notch, occlusion) also run on weak verdicts, score >= {FILTER_GATE}, "
+            "with tighter fidelity bounds; head unlearning waits for a flagged verdict.")
+    return ["", text, "", *table(["cause", "held-back", "tuning"], rows)]
 
 
 def anp_budget_section(results: list[dict], seed_of: dict[str, str]) -> list[str]:

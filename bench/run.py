@@ -132,7 +132,8 @@ def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered
     record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls,
               "count": report.repair["count"], "zeroed": report.repair["zeroed"],
               "agreement": report.repair["agreement"], "how": report.repair["how"], "bound": report.repair.get("bound"),
-              "unlearning": report.repair.get("unlearning"), "probe_after": report.repair.get("probe"),
+              "unlearning": report.repair.get("unlearning"), "notch": report.repair.get("notch"),
+              "occlusion": report.repair.get("occlusion"), "probe_after": report.repair.get("probe"),
               "patch_after": report.repair.get("patch"), "fourier_after": report.repair.get("fourier"),
               "repair_timings": {k: round(v, 4) for k, v in report.timings.items()}}
     record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))

@@ -44,8 +44,19 @@ def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, b
         out.update(accuracy=after.accuracy, asr=after.attack_success_rate,
                    acc_drop_points=100.0 * (baseline["accuracy"] - after.accuracy),
                    unlearned=bool((report.repair.get("unlearning") or {}).get("applied")),
-                   unlearning_cause=(report.repair.get("unlearning") or {}).get("cause"))
+                   unlearning_cause=(report.repair.get("unlearning") or {}).get("cause"),
+                   filtered=_filter_applied(report.repair))
     return out
+
+
+def _filter_applied(repair: dict) -> str | None:
+    """The input filter that went into the repaired model ("notch" or "occlusion", with " (weak)"
+    when it ran on a verdict under the threshold), else None."""
+    for name in ("notch", "occlusion"):
+        entry = repair.get(name) or {}
+        if entry.get("applied"):
+            return name + (" (weak)" if entry.get("weak") else "")
+    return None
 
 
 def _evaluate(model: str, entry: dict):
