@@ -159,7 +159,7 @@ def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodO
          device: DeviceOpt = "auto", threshold: ThresholdOpt = None, json: JsonOpt = None,
          sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False, patch_search: PatchOpt = True,
          fourier_probe: FourierOpt = True) -> None:
-    """Score every hidden channel; exit 1 when the model looks backdoored, 0 when clean."""
+    """Probe for a shortcut (corruptions, a patch, a Fourier pattern), score every channel; exit 1 when it looks backdoored."""
     def work():
         _outputs([json, sarif, html], force, _inputs(model, data))
         report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold,
@@ -212,7 +212,7 @@ def repair_command(
     patch_search: PatchOpt = True,
     fourier_probe: FourierOpt = True,
 ) -> None:
-    """Bound activations and zero suspicious channels as far as the fidelity guard allows; write the repaired model."""
+    """Bound activations, filter out a found trigger, unlearn its shortcut, as far as fidelity allows; write the model."""
     def work():
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
