@@ -29,7 +29,7 @@ MIN_SPEEDUP = 3.0
 CRITERION_N = 10
 SPLITS = ("tuning", "held-back")
 BENCHMARKS = zoo.ROOT / "BENCHMARKS.md"
-REGENERATE = (".venv/bin/python -m bench.verdict && "
+REGENERATE = (".venv/bin/python -m bench.verdict && .venv/bin/python -m bench.memory && "
               ".venv/bin/python -m bench.run --n 10,50,100,500 --methods sus,clp,fp,anp --force --no-report && "
               ".venv/bin/python -m bench.anp_budget && "
               ".venv/bin/python -m bench.run --n 10 --methods sus,anp --force --repeat 3")
@@ -48,7 +48,7 @@ def load_results() -> tuple[list[dict], list[str]]:
     entries = {e["name"]: e for e in zoo.load_entries()}
     results, stale = [], []
     for path in sorted(zoo.RESULTS.glob("*.json")):
-        if path.name in ("summary.json", "verdict_sets.json", "anp_budget.json"):
+        if path.name in ("summary.json", "verdict_sets.json", "anp_budget.json", "memory.json"):
             continue
         try:
             with open(path) as handle:
@@ -655,6 +655,40 @@ def anp_budget_section(results: list[dict], seed_of: dict[str, str]) -> list[str
     return lines
 
 
+def memory_section() -> list[str]:
+    """Peak resident memory per tool (bench/memory.py), when its file exists."""
+    path = zoo.RESULTS / "memory.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    kinds = (("plain", "plain inference"), ("sus", "`repair` (sus)"), ("anp", "ANP"))
+    rows_in = [r for r in data["rows"] if r.get("status") != "skipped"]
+    lines = ["", "## Memory", "",
+             f"`{data['command']}` runs each measurement in a fresh process and reads its peak resident set "
+             "(ru_maxrss) after the imports and after the work. Cells: peak MiB (the work's own share above the "
+             "imports). Plain inference: session creation and one run over the N samples; ANP imports PyTorch too.", ""]
+    rows = []
+    for r in rows_in:
+        cells = []
+        for kind, _ in kinds:
+            c = r.get(kind) or {}
+            cells.append(f"{c['peak_mb']:.0f} ({c['work_mb']:.0f})" if c.get("status") == "ok" else f"error: {c.get('reason', '?')}")
+        rows.append([r["name"], str(r["n"]), *cells])
+    lines += table(["model", "N", *(label for _, label in kinds)], rows)
+    summary = []
+    for n in sorted({r["n"] for r in rows_in}):
+        at = [r for r in rows_in if r["n"] == n]
+        medians = [median([r[k]["peak_mb"] for r in at if (r.get(k) or {}).get("status") == "ok"]) for k, _ in kinds]
+        works = [median([r[k]["work_mb"] for r in at if (r.get(k) or {}).get("status") == "ok"]) for k, _ in kinds]
+        summary.append(f"N={n}: " + ", ".join(f"{label} {fmt(m, '.0f')} MiB ({fmt(w, '.0f')})"
+                                              for (_, label), m, w in zip(kinds, medians, works)))
+    skipped = [f"{r['name']} N={r['n']}" for r in data["rows"] if r.get("status") == "skipped"]
+    lines += ["", "Medians over the models: " + "; ".join(summary) + "."]
+    if skipped:
+        lines += ["", "Skipped (clean pool too small): " + ", ".join(skipped) + "."]
+    return lines
+
+
 def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_method, thresholds, made) -> str:
     env = next((r.get("environment") for r in results if r.get("environment")), {})
     jobs = sorted({c.get("jobs", 1) for r in results for run in r.get("runs", {}).values()
@@ -754,6 +788,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += by_attack_section(results, seed_of, ns, methods)
     lines += verdict_sets_section(seed_of)
     lines += anp_budget_section(results, seed_of)
+    lines += memory_section()
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
     rows = []
     for arch, per in summary["per_architecture"].items():
