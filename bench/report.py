@@ -500,8 +500,8 @@ def _how(record: dict) -> str:
     if unlearned.get("applied"):
         parts.append(f"unlearned class {unlearned['target']}")
     elif unlearned.get("cause") not in (None, "not_flagged"):
-        parts.append("not unlearned: " + {"no_anchor": "no clean sample of the target", "fidelity": "fidelity",
-                                          "bounds_removed": "nothing left to unlearn"}.get(unlearned["cause"], unlearned["reason"]))
+        said = {"no_anchor": "no clean sample of the target", "fidelity": "fidelity", "bounds_removed": "nothing left to unlearn"}
+        parts.append("not unlearned: " + said.get(unlearned["cause"], unlearned.get("reason") or unlearned["cause"]))
     return ", ".join(parts) or "nothing"
 
 

@@ -1,0 +1,40 @@
+"""The benchmark report says what each repair did and why an attack survived, from the records."""
+
+from bench import report
+
+
+def test_how_names_the_input_filter_from_its_entry_or_from_the_graph_record():
+    bound = {"factor": 0.9, "input_radius": 1}
+    old = {"bound": bound, "how": {"@input:x": "occlude+clamp"}, "unlearning": {"cause": "bounds_removed"}}
+    assert report._how(old) == "bounds, occlusion, not unlearned: nothing left to unlearn"
+    new = {"bound": bound, "how": {"@input:x": "notch+clamp"}, "notch": {"applied": True, "weak": True},
+           "occlusion": {"applied": False}, "unlearning": {"applied": True, "target": 3}}
+    assert report._how(new) == "bounds, notch (weak verdict), unlearned class 3"
+    refused = {"bound": {}, "how": {}, "notch": {"applied": False}, "occlusion": {"applied": False},
+               "unlearning": {"cause": "not_flagged"}}
+    assert report._how(refused) == "nothing"
+
+
+def _set(score, suspicious, basis, target, asr, filtered=None, cause=None):
+    return {"score": score, "suspicious": suspicious, "basis": basis, "target": target, "asr": asr,
+            "filtered": filtered, "unlearning_cause": cause}
+
+
+def test_shortfall_causes_counts_each_surviving_pair_once_by_its_first_cause():
+    model = {"name": "m", "kind": "backdoored", "target": 2, "baseline": {"asr": 1.0}, "sets": [
+        _set(0.2, False, "corruption", 2, 1.0),                              # under the gate
+        _set(0.5, False, "corruption", 2, 1.0),                              # weak, no filter for its basis
+        _set(0.5, False, "patch", 2, 1.0),                                   # weak, the filter broke the bounds
+        _set(0.5, False, "patch", 2, 0.9, filtered="occlusion (weak)"),      # weak, filtered, survived
+        _set(0.9, True, "corruption", 5, 1.0, cause="no_anchor"),            # wrong target wins over no_anchor
+        _set(0.9, True, "corruption", 2, 1.0, cause="no_anchor"),
+        _set(0.9, True, "corruption", 2, 1.0, cause="fidelity"),
+        _set(0.9, True, "patch", 2, 0.8, filtered="occlusion"),              # repaired, survived
+        _set(0.9, True, "patch", 2, 0.5, filtered="occlusion"),              # halved: not counted
+    ]}
+    clean = {"name": "c", "kind": "clean", "target": None, "baseline": {"asr": None},
+             "sets": [_set(0.9, True, "patch", 1, None)]}
+    lines = report.shortfall_causes([model, clean], {"m": "held-back", "c": "held-back"})
+    counts = {row.split(" | ")[0].lstrip("| "): row.split(" | ")[1] for row in lines if row.startswith("| ") and "---" not in row}
+    assert [counts[text] for text, _ in report.CAUSES] == ["1"] * len(report.CAUSES)
+    assert counts["total not halved"] == str(len(report.CAUSES))
