@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,15 +287,15 @@ def _filter_gate(analysis: _Analysis, basis: str, entry: dict, floor: float, max
 
 
 def _install_first(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray],
-                   limits: tuple[float, float], makers: list[Callable[[], Any]], describe: Callable[[Any], str]
+                   limits: tuple[float, float], candidates: Iterable[Any], describe: Callable[[Any], str]
                    ) -> tuple[Any, guard.Fidelity | None, list[str]]:
-    """Try the input filters `makers` make, in order, as the guard's prefilter; keep the first that
-    holds the fidelity `limits` (measured without the guard copies that took the shortcut).
+    """Try the input filters `candidates` (None: skipped), in order, as the guard's prefilter; keep
+    the first that holds the fidelity `limits` (measured without the guard copies that took the
+    shortcut). A lazy iterable builds a candidate only when the ones before it failed.
     Returns (that filter or None, its fidelity, what each failure cost, in words)."""
     _, _, shortcut = _shortcut_rows(analysis, fidelity, analysis.report.verdict["target"])
     failures = []
-    for make in makers:
-        candidate = make()
+    for candidate in candidates:
         if candidate is None:
             continue
         fidelity.prefilter = candidate.apply
@@ -327,10 +327,13 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
         entry["reason"] = "the notch needs a float32 or float64 image input"
         return entry
     entry["frequency"] = list(found.frequency)
-    # the whole frequency first (whatever the trigger's phase), then the narrower filter
-    makers = [lambda: found, lambda: fourier.phase_notch(analysis.samples, analysis.capture.scores, analysis.fourier,
-                                                           analysis.capture.classify)]
-    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, makers,
+    def widest_first() -> Iterator[fourier.Notch | None]:
+        """The whole frequency (whatever the trigger's phase), then, only if needed, the narrower
+        filter, whose phase search costs forward passes."""
+        yield found
+        yield fourier.phase_notch(analysis.samples, analysis.capture.scores, analysis.fourier, analysis.capture.classify)
+
+    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, widest_first(),
                                             lambda n: "every phase" if n.phase is None else f"phase {n.phase:.3f}")
     if kept is None:
         entry["reason"] = f"removing frequency {tuple(found.frequency)} broke the fidelity bounds ({'; '.join(failures)})"
@@ -354,8 +357,7 @@ def _occlude(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     if candidates[0] is None:
         entry["reason"] = "no image input"
         return entry
-    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits,
-                                            [functools.partial(lambda c: c, c) for c in candidates],
+    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, candidates,
                                             lambda o: f"window {tuple(o.window)}")
     entry["window"] = list((kept or candidates[-1]).window)
     if kept is None:
@@ -494,12 +496,10 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         result.how[head.name] = "correction"
     if found_notch is not None:  # first of all: the clamps and the model see the filtered input
         repaired = rewrite.with_input_notch(repaired, found_notch.input, found_notch.axes, found_notch.basis)
-        key = rewrite.input_key(found_notch.input)
-        result.how[key] = "notch+" + result.how[key] if key in result.how else "notch"
+        _filtered_input(result.how, found_notch.input, "notch")
     if found_occlusion is not None:  # the same: first of all
         repaired = rewrite.with_input_fill(repaired, found_occlusion.input, found_occlusion.keep, found_occlusion.fill)
-        key = rewrite.input_key(found_occlusion.input)
-        result.how[key] = "occlude+" + result.how[key] if key in result.how else "occlude"
+        _filtered_input(result.how, found_occlusion.input, "occlude")
     _verify(repaired, analysis, fidelity, zeroed, capped.values)
     residual, patched, waved = None, None, None
     repaired_classify = functools.partial(fidelity.classify, zeroed=zeroed, bounds=capped.values)
@@ -540,6 +540,12 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         "fourier": waved,
     }
     return report
+
+
+def _filtered_input(how: dict[str, str], name: str, word: str) -> None:
+    """Record in `how` that the input filter `word` now runs in front of the graph input `name`."""
+    key = rewrite.input_key(name)
+    how[key] = f"{word}+{how[key]}" if key in how else word
 
 
 def _static_inputs(proto: onnx.ModelProto) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from zoo_samples import MANIFEST, ZOO, clean
+from zoo_samples import MANIFEST, ZOO, before_after, clean
 
 import auditor
 from auditor import probe
@@ -115,9 +115,6 @@ def test_unlearning_a_blur_shortcut_removes_wanet(tmp_path: Path) -> None:
     report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "cnn.onnx", limit=10, device="cpu")
     assert report.verdict["basis"] == "corruption" and report.verdict["target"] == entry["target"]
     assert report.repair["unlearning"]["applied"]
-    before = auditor.evaluate(ZOO / entry["file"], ZOO / entry["test"], triggered=ZOO / entry["triggered"],
-                              target=entry["target"], device="cpu")
-    after = auditor.evaluate(tmp_path / "cnn.onnx", ZOO / entry["test"], triggered=ZOO / entry["triggered"],
-                             target=entry["target"], device="cpu")
+    before, after = before_after(entry, ZOO / entry["file"], tmp_path / "cnn.onnx", ZOO / entry["test"], ZOO / entry["triggered"])
     assert after.attack_success_rate <= 0.5 * before.attack_success_rate
     assert before.accuracy - after.accuracy <= 0.02
