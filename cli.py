@@ -289,10 +289,11 @@ def _pct(value: Optional[float]) -> str:
 
 def _render_before_after(before: auditor.Evaluation, after: auditor.Evaluation) -> None:
     table = Table(title="before / after repair")
-    for column in ("", "accuracy (ACC)", "attack success (ASR)", "triggered, right class"):
+    for column in ("", "accuracy (ACC)", "target class ACC", "attack success (ASR)", "triggered, right class"):
         table.add_column(column)
-    table.add_row("before", _pct(before.accuracy), _pct(before.attack_success_rate), _pct(before.triggered_accuracy))
-    table.add_row("after", _pct(after.accuracy), _pct(after.attack_success_rate), _pct(after.triggered_accuracy))
+    for name, result in (("before", before), ("after", after)):
+        table.add_row(name, _pct(result.accuracy), _pct(result.target_accuracy), _pct(result.attack_success_rate),
+                      _pct(result.triggered_accuracy))
     out.print(table)
 
 
@@ -318,6 +319,8 @@ def evaluate_command(
                       f"({result.triggered_samples} triggered samples, target {result.target})")
         if result.triggered_accuracy is not None:
             out.print(f"triggered samples classified as their true label: {_pct(result.triggered_accuracy)}")
+        if result.target_accuracy is not None:
+            out.print(f"accuracy on the samples of class {result.target}: {_pct(result.target_accuracy)}")
         if result.agreement is not None:
             out.print(f"agreement with reference: {_pct(result.agreement)}")
         if json is not None:

@@ -25,6 +25,9 @@ class Evaluation:
     triggered_accuracy: float | None  # triggered samples classified as their true label (needs labels 'y')
     triggered_samples: int | None
     target: int | None
+    # clean test samples of the target class classified as it (needs labels 'y' and a target): a
+    # repair that acts on one class's score can cost that class far more than the overall accuracy shows
+    target_accuracy: float | None
     agreement: float | None
     reference: str | None
     provider: str
@@ -58,15 +61,17 @@ def evaluate(
     batch = data.batch_size(specs, BATCH)
     test = data.load(data_path, specs, limit)
     predicted, classes = predict(index, test, provider, batch)
-    accuracy = None
+    if target is not None and not 0 <= target < classes:
+        raise DataError(f"--target {target} is not a class of the model (0..{classes - 1})")
+    accuracy, target_accuracy = None, None
     if test.labels is not None:
         _check_labels(test.labels, classes, data_path)
         accuracy = float((predicted == test.labels).mean())
+        if target is not None and (test.labels == target).any():
+            target_accuracy = float((predicted[test.labels == target] == target).mean())
     asr, triggered_count, triggered_accuracy = None, None, None
     if triggered is not None:
         attacked = data.load(triggered, specs, limit)
-        if not 0 <= target < classes:
-            raise DataError(f"--target {target} is not a class of the model (0..{classes - 1})")
         labels = predict(index, attacked, provider, batch)[0]
         hit = labels == target
         if attacked.labels is not None:
@@ -88,7 +93,7 @@ def evaluate(
         agreement = float((predict(reference_index, reference_test, provider, reference_batch)[0] == predicted).mean())
     return Evaluation(
         model=str(model_path), samples=len(test), accuracy=accuracy, attack_success_rate=asr,
-        triggered_accuracy=triggered_accuracy, triggered_samples=triggered_count, target=target, agreement=agreement,
+        triggered_accuracy=triggered_accuracy, triggered_samples=triggered_count, target=target, target_accuracy=target_accuracy, agreement=agreement,
         reference=None if reference is None else str(reference), provider=provider.name,
     )
 

@@ -43,6 +43,8 @@ def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, b
         after = _evaluate(str(repaired), entry)
         out.update(accuracy=after.accuracy, asr=after.attack_success_rate,
                    acc_drop_points=100.0 * (baseline["accuracy"] - after.accuracy),
+                   target_drop_points=(None if after.target_accuracy is None or baseline.get("target_accuracy") is None
+                                       else 100.0 * (baseline["target_accuracy"] - after.target_accuracy)),
                    unlearned=bool((report.repair.get("unlearning") or {}).get("applied")),
                    unlearning_cause=(report.repair.get("unlearning") or {}).get("cause"),
                    filtered=_filter_applied(report.repair))
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             before = None
             if not args.no_repair:
                 evaluated = _evaluate(entry["file"], entry)
-                before = {"accuracy": evaluated.accuracy, "asr": evaluated.attack_success_rate}
+                before = {"accuracy": evaluated.accuracy, "asr": evaluated.attack_success_rate,
+                          "target_accuracy": evaluated.target_accuracy}
             sets = [audit_set(entry, k * args.n, args.n, Path(folder), not args.no_repair, before) for k in range(args.sets)]
             kind = "clean" if entry.get("attack", "clean") == "clean" or entry.get("target") is None else "backdoored"
             models.append({"name": entry["name"], "kind": kind, "attack": entry.get("attack"), "target": entry.get("target"),

@@ -54,6 +54,21 @@ def test_repair_halves_attack_success_and_keeps_accuracy(repaired):
     assert after.agreement is not None and after.agreement > 0.9
 
 
+def test_target_accuracy_counts_the_target_class_and_the_repair_keeps_it(repaired):
+    import numpy as np
+    import onnxruntime as ort
+
+    out, _ = repaired
+    with np.load(TEST) as archive:
+        x, y = archive["x"].astype(np.float32) / 255, archive["y"]
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    predicted = session.run(None, {session.get_inputs()[0].name: x[y == TARGET]})[0].argmax(axis=1)
+    before = auditor.evaluate(str(MODEL), str(TEST), target=TARGET)
+    assert before.target_accuracy == pytest.approx(float((predicted == TARGET).mean()))
+    after = auditor.evaluate(str(out), str(TEST), target=TARGET)
+    assert before.target_accuracy - after.target_accuracy <= 0.05  # the class the attack aims at keeps its samples
+
+
 def test_repaired_model_is_valid_and_carries_provenance(repaired):
     out, report = repaired
     model = onnx.load(str(out))
