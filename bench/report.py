@@ -163,6 +163,10 @@ def aggregate(results: list[dict], n: int, method: str) -> dict:
         "asr_halved": sum(halved),
         "median_acc_drop": median([c.get("acc_drop_points") for _, c in good]),
         "median_acc_drop_backdoored": median([c.get("acc_drop_points") for _, c in backdoored]),
+        # the attack's target class on its own: a repair aimed at its score can cost it what the overall hides
+        "median_target_drop": median([c.get("target_drop_points") for _, c in backdoored]),
+        "worst_target_drop": max((c["target_drop_points"] for _, c in backdoored if c.get("target_drop_points") is not None),
+                                 default=None),
         "median_asr_before": median([r["baseline"]["asr"] for r, _ in backdoored]),
         "median_asr_after": median([c["asr"] for _, c in backdoored]),
         "median_triggered_accuracy_after": median([c.get("triggered_accuracy") for _, c in backdoored]),
@@ -402,12 +406,14 @@ def _md_method_tables(results, split_of, ns, methods, default) -> list[str]:
                     note.append(f"{a['missing']} not run")
                 name = f"**{method}**" if method == default else method
                 rows.append([name, n, a["ok"], f"{a['asr_halved']}/{a['backdoored']} ({pct(a['share_asr_halved'])})",
-                             fmt(a["median_acc_drop"]), fmt(a["median_asr_before"]), fmt(a["median_asr_after"]),
+                             fmt(a["median_acc_drop"]), f"{fmt(a['median_target_drop'])} / {fmt(a['worst_target_drop'])}",
+                             fmt(a["median_asr_before"]), fmt(a["median_asr_after"]),
                              fmt(a["median_zeroed"], ".0f"), fmt(a["median_wall_s"], ".2f"),
                              fmt(a["median_ratio_to_plain"], ".0f") + "x" if a["median_ratio_to_plain"] is not None else "–",
                              (fmt(a["median_anp_speedup"], ".1f") + "x") if a["median_anp_speedup"] is not None else "–",
                              fmt(a.get("auc"), ".3f") if method in AUDITOR_METHODS else "–", ", ".join(note)])
-        lines += table(["method", "N", "ran", "ASR cut >= half", "median ACC drop (pts)", "median ASR before",
+        lines += table(["method", "N", "ran", "ASR cut >= half", "median ACC drop (pts)",
+                        "target-class ACC drop, median / worst (pts)", "median ASR before",
                         "median ASR after", "median zeroed", "median time (s)", "time / plain inference",
                         "ANP time / this", "verdict AUC", "notes"], rows)
     return lines
@@ -567,7 +573,10 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     lines += ["", "`repair` (default method) on the same sets. ASR halved: (backdoored model, set) pairs whose ASR "
               "after repair is at most half the model's ASR before, pooled over the sets, with the range of the "
               "per-set share. ACC drop: median, 90th percentile and worst over all (model, set) pairs: "
-              "a repair that costs many points on one draw of ten samples shows in the tail, not the median.", ""]
+              "a repair that costs many points on one draw of ten samples shows in the tail, not the median. "
+              "Target-class ACC drop: the accuracy lost on the test samples of the attack's target class alone, on "
+              "the pairs where head unlearning went in; unlearning lowers that class's score, and a 20-point loss "
+              "on one class of ten is a 2-point loss overall.", ""]
     rows = []
     for label in ("held-back", "tuning", "all"):
         chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
@@ -581,13 +590,17 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
                 per_set.append(sum(got) / len(got))
         drops = [s["acc_drop_points"] for m in chosen for s in m["sets"] if s.get("acc_drop_points") is not None]
         unlearned = sum(s.get("unlearned", False) for m, s in pairs)
+        # what unlearning costs the target class itself, on the pairs it was applied to
+        target_drops = [s["target_drop_points"] for m, s in pairs if s.get("unlearned") and s.get("target_drop_points") is not None]
         filtered = sum(bool(s.get("filtered")) for m, s in pairs)
         rows.append([label, f"{sum(halved)}/{len(halved)} ({pct(sum(halved) / len(halved)) if halved else '–'})",
                      f"{pct(min(per_set))}-{pct(max(per_set))}" if per_set else "–", fmt(median(drops)),
                      fmt(float(np.quantile(drops, 0.9))) if drops else "–", fmt(max(drops)) if drops else "–",
-                     f"{unlearned}/{len(pairs)}", f"{filtered}/{len(pairs)}"])
+                     f"{unlearned}/{len(pairs)}",
+                     f"{fmt(median(target_drops))} / {fmt(max(target_drops))}" if target_drops else "–",
+                     f"{filtered}/{len(pairs)}"])
     lines += table(["half (by seed)", "ASR halved", "per set", "median ACC drop", "90th pct ACC drop", "worst ACC drop",
-                    "unlearned", "input filter"], rows)
+                    "unlearned", "unlearned: target-class ACC drop, median / worst", "input filter"], rows)
     if any("filtered" in s for m in models for s in m["sets"]):
         lines += shortfall_causes(models, seed_of)
     return lines

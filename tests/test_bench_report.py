@@ -38,3 +38,17 @@ def test_shortfall_causes_counts_each_surviving_pair_once_by_its_first_cause():
     counts = {row.split(" | ")[0].lstrip("| "): row.split(" | ")[1] for row in lines if row.startswith("| ") and "---" not in row}
     assert [counts[text] for text, _ in report.CAUSES] == ["1"] * len(report.CAUSES)
     assert counts["total not halved"] == str(len(report.CAUSES))
+
+
+def test_aggregate_reports_the_target_class_drop_of_backdoored_models_only():
+    def result(name, kind, drop, target_drop):
+        record = {"status": "ok", "asr": 0.1 if kind == "backdoored" else None, "wall_s": 1.0,
+                  "acc_drop_points": drop, "target_drop_points": target_drop}
+        return {"name": name, "kind": kind, "baseline": {"asr": 1.0 if kind == "backdoored" else None},
+                "runs": {"10": {"status": "ok", "methods": {"sus": record}}}}
+
+    results = [result("a", "backdoored", 0.5, 4.0), result("b", "backdoored", 1.0, 30.0),
+               result("c", "backdoored", 0.2, None), result("d", "clean", 0.1, None)]
+    row = report.aggregate(results, 10, "sus")
+    assert row["median_target_drop"] == 17.0 and row["worst_target_drop"] == 30.0
+    assert row["asr_halved"] == 3 and row["median_acc_drop"] == 0.35
