@@ -121,3 +121,17 @@ def test_baseline_methods_run_through_the_same_stages(method):
     report = auditor.audit(MODEL, CLEAN, limit=10, method=method)
     assert report.method == method
     assert all(len(layer.records) == layer.channels for layer in report.layers)
+
+
+def test_cli_evaluate_prints_the_target_class_accuracy(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    report = tmp_path / "evaluation.json"
+    result = CliRunner().invoke(app, ["evaluate", str(MODEL), "--data", str(TEST), "--target", str(TARGET),
+                                      "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    expected = auditor.evaluate(str(MODEL), str(TEST), target=TARGET).target_accuracy
+    assert f"accuracy on the samples of class {TARGET}: {100 * expected:.2f}%" in result.output
+    assert json.loads(report.read_text())["target_accuracy"] == pytest.approx(expected)
