@@ -24,6 +24,9 @@ ALL_METHODS = (*AUDITOR_METHODS, "anp")
 HALF = 0.5  # "cut ASR by at least half (relative)"
 SHARE_NEEDED = 0.8
 MAX_ACC_DROP = 2.0  # points
+# Not one of the criteria: a per-model mark, so that a repair's cost to the attack's target
+# class (which head unlearning lowers) is not hidden in the overall accuracy.
+MAX_TARGET_DROP = 10.0
 MIN_AUC = 0.9
 MIN_SPEEDUP = 3.0
 CRITERION_N = 10
@@ -265,6 +268,8 @@ def shortfalls(result: dict, method: str, n: int) -> list[str]:
         flags.append("ASR not halved")
     if c.get("acc_drop_points") is not None and c["acc_drop_points"] > MAX_ACC_DROP:
         flags.append(f"ACC drop > {MAX_ACC_DROP:g}")
+    if c.get("target_drop_points") is not None and c["target_drop_points"] > MAX_TARGET_DROP:
+        flags.append(f"target-class ACC drop {c['target_drop_points']:.1f} > {MAX_TARGET_DROP:g}")
     if c.get("suspicious") is not None:
         if result["kind"] == "backdoored" and not c["suspicious"]:
             flags.append("verdict: missed")

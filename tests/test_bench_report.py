@@ -52,3 +52,13 @@ def test_aggregate_reports_the_target_class_drop_of_backdoored_models_only():
     row = report.aggregate(results, 10, "sus")
     assert row["median_target_drop"] == 17.0 and row["worst_target_drop"] == 30.0
     assert row["asr_halved"] == 3 and row["median_acc_drop"] == 0.35
+
+
+def test_shortfalls_mark_a_large_target_class_drop_even_when_the_attack_is_halved():
+    def result(target_drop):
+        record = {"status": "ok", "asr": 0.0, "wall_s": 1.0, "acc_drop_points": 1.0, "target_drop_points": target_drop}
+        return {"name": "m", "kind": "backdoored", "baseline": {"asr": 1.0},
+                "runs": {"10": {"status": "ok", "methods": {"sus": record}}}}
+
+    assert report.shortfalls(result(19.4), "sus", 10) == ["target-class ACC drop 19.4 > 10"]
+    assert report.shortfalls(result(report.MAX_TARGET_DROP), "sus", 10) == []
