@@ -67,8 +67,9 @@ def evaluate(
     if test.labels is not None:
         _check_labels(test.labels, classes, data_path)
         accuracy = float((predicted == test.labels).mean())
-        if target is not None and (test.labels == target).any():
-            target_accuracy = float((predicted[test.labels == target] == target).mean())
+        of_target = test.labels == target
+        if target is not None and of_target.any():
+            target_accuracy = float((predicted[of_target] == target).mean())
     asr, triggered_count, triggered_accuracy = None, None, None
     if triggered is not None:
         attacked = data.load(triggered, specs, limit)
@@ -93,7 +94,8 @@ def evaluate(
         agreement = float((predict(reference_index, reference_test, provider, reference_batch)[0] == predicted).mean())
     return Evaluation(
         model=str(model_path), samples=len(test), accuracy=accuracy, attack_success_rate=asr,
-        triggered_accuracy=triggered_accuracy, triggered_samples=triggered_count, target=target, target_accuracy=target_accuracy, agreement=agreement,
+        triggered_accuracy=triggered_accuracy, triggered_samples=triggered_count, target=target,
+        target_accuracy=target_accuracy, agreement=agreement,
         reference=None if reference is None else str(reference), provider=provider.name,
     )
 

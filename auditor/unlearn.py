@@ -117,8 +117,9 @@ def correction(matrix: np.ndarray, bias: np.ndarray, target: int, clean_features
     """Fit the row-`target` correction from clean and surrogate features with their soft targets;
     with `downward`, one that only takes target evidence away (`take_only`)."""
     classes = matrix.shape[0]
-    clean_weights = balanced(clean_targets.argmax(axis=1), classes)
-    anchored = clean_targets.argmax(axis=1) == target
+    clean_labels = clean_targets.argmax(axis=1)
+    clean_weights = balanced(clean_labels, classes)
+    anchored = clean_labels == target
     if anchored.any():
         # the target class's own samples weigh at least as much as the corrupted ones: the fit
         # trades keeping them against removing the shortcut at par, not at 1 to (classes seen)

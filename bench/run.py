@@ -113,11 +113,10 @@ def _evaluate(model_path, entry: dict, test: Path, triggered: Path | None) -> di
 def _effects(after: dict, baseline: dict) -> dict:
     out = {"accuracy": after["accuracy"], "asr": after["asr"], "triggered_accuracy": after.get("triggered_accuracy"),
            "eval_s": after["seconds"]}
-    out["acc_drop_points"] = None if after["accuracy"] is None else 100.0 * (baseline["accuracy"] - after["accuracy"])
+    out["acc_drop_points"] = zoo.points_lost(baseline["accuracy"], after["accuracy"])
     # the target class's own accuracy: what a repair aimed at its score costs it
     out["target_accuracy"] = after.get("target_accuracy")
-    out["target_drop_points"] = (None if after.get("target_accuracy") is None or baseline.get("target_accuracy") is None
-                                 else 100.0 * (baseline["target_accuracy"] - after["target_accuracy"]))
+    out["target_drop_points"] = zoo.points_lost(baseline.get("target_accuracy"), after.get("target_accuracy"))
     if after["asr"] is None or baseline["asr"] is None:
         out["asr_cut"] = None
     else:

@@ -42,9 +42,8 @@ def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, b
         report = auditor.repair(entry["file"], str(path), str(repaired), limit=count, device="cpu", force=True)
         after = _evaluate(str(repaired), entry)
         out.update(accuracy=after.accuracy, asr=after.attack_success_rate,
-                   acc_drop_points=100.0 * (baseline["accuracy"] - after.accuracy),
-                   target_drop_points=(None if after.target_accuracy is None or baseline.get("target_accuracy") is None
-                                       else 100.0 * (baseline["target_accuracy"] - after.target_accuracy)),
+                   acc_drop_points=zoo.points_lost(baseline["accuracy"], after.accuracy),
+                   target_drop_points=zoo.points_lost(baseline.get("target_accuracy"), after.target_accuracy),
                    unlearned=bool((report.repair.get("unlearning") or {}).get("applied")),
                    unlearning_cause=(report.repair.get("unlearning") or {}).get("cause"),
                    filtered=_filter_applied(report.repair))

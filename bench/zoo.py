@@ -122,3 +122,8 @@ def materialise(source: str, layout: str, first: int | None = None) -> Path:
         arrays["y"] = y
     _save_atomic(target, **arrays)
     return target
+
+
+def points_lost(before: float | None, after: float | None) -> float | None:
+    """Accuracy points lost from `before` to `after` (fractions), or None when either is unknown."""
+    return None if before is None or after is None else 100.0 * (before - after)
