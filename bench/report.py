@@ -914,4 +914,9 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
 
 
 if __name__ == "__main__":
-    sys.exit(main(command=" ".join([".venv/bin/python -m bench.report", *sys.argv[1:]]).strip()))
+    import argparse
+
+    # no options: the parser gives --help and refuses stray arguments before anything is written
+    argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    sys.exit(main(command=".venv/bin/python -m bench.report"))
