@@ -138,6 +138,21 @@ def max_domain_opset(domain: str) -> int:
     return 1
 
 
+def providers_for(provider: Provider) -> list:
+    """The providers list (with options) a session is created with for `provider`."""
+    if provider.name == "CUDAExecutionProvider":
+        # The default exhaustive cuDNN search benchmarks every convolution again for each new
+        # batch shape, and the probe and the patch search feed many: on an H200 it made a zoo
+        # CNN's audit 15x slower than the CPU's. The heuristic choice skips the benchmarks.
+        # TF32 (on by default) rounds float32 products to 10 mantissa bits: the repair's own check
+        # that the rewritten graph computes what the masked original computes failed on an H200
+        # under it, and the fidelity the repair measures would not be the model's float32 one.
+        return [(provider.name, {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"}), "CPUExecutionProvider"]
+    if provider.name != "CPUExecutionProvider":
+        return [provider.name, "CPUExecutionProvider"]
+    return [provider.name]
+
+
 def session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
     """An inference session for an in-memory model; never modifies `model`.
 
@@ -146,14 +161,7 @@ def session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
     """
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    providers: list = [provider.name]
-    if provider.name == "CUDAExecutionProvider":
-        # The default exhaustive cuDNN search benchmarks every convolution again for each new
-        # batch shape, and the probe and the patch search feed many: on an H200 it made a zoo
-        # CNN's audit 15x slower than the CPU's. The heuristic choice skips the benchmarks.
-        providers = [(provider.name, {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
-    elif provider.name != "CPUExecutionProvider":
-        providers.append("CPUExecutionProvider")
+    providers = providers_for(provider)
     try:
         if proto_size(model) < _PROTOBUF_LIMIT:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)

@@ -1,0 +1,34 @@
+"""Provider selection and session options (auditor/runtime.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from auditor import runtime
+from auditor.errors import DeviceError
+
+
+def test_cuda_sessions_keep_float32_and_skip_the_cudnn_benchmarks() -> None:
+    # TF32 made the repair's own rewrite check fail on an H200 (bench/results/gpu.json was
+    # measured with it off); the exhaustive cuDNN search made audits 15x slower there.
+    cuda = runtime.providers_for(runtime.Provider("CUDAExecutionProvider", "CUDA available"))
+    name, options = cuda[0]
+    assert name == "CUDAExecutionProvider"
+    assert options["use_tf32"] == "0"
+    assert options["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert cuda[1:] == ["CPUExecutionProvider"]
+    assert runtime.providers_for(runtime.select_provider("cpu")) == ["CPUExecutionProvider"]
+
+
+def test_unknown_device_is_refused_in_one_line() -> None:
+    with pytest.raises(DeviceError) as raised:
+        runtime.select_provider("tpu")
+    assert "\n" not in str(raised.value) and "auto, cpu or cuda" in str(raised.value)
+
+
+@pytest.mark.skipif(runtime.select_provider("auto").name == "CUDAExecutionProvider", reason="CUDA works here")
+def test_without_cuda_auto_falls_back_and_cuda_is_refused() -> None:
+    chosen = runtime.select_provider("auto")
+    assert (chosen.name, chosen.reason) == ("CPUExecutionProvider", "CUDA unavailable")
+    with pytest.raises(DeviceError, match="--device cpu or auto"):
+        runtime.select_provider("cuda")
