@@ -152,8 +152,9 @@ def _probabilities(index: GraphIndex, scores: str) -> str | None:
 
 def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, limit: int | None = None,
             iterations: int = ITERATIONS, eps: float = EPS, alpha: float = ALPHA, lr: float = MASK_LR,
-            threshold: float = PRUNE_THRESHOLD, batch: int = BATCH, seed: int = SEED) -> AnpResult:
-    """Run ANP on the first `limit` labelled samples of `clean_path`; write the pruned ONNX model."""
+            threshold: float = PRUNE_THRESHOLD, batch: int = BATCH, seed: int = SEED, device: str = "cpu") -> AnpResult:
+    """Run ANP on the first `limit` labelled samples of `clean_path`; write the pruned ONNX model.
+    `device` is PyTorch's ("cpu", "cuda"): bench.gpu times ANP on the GPU that auditor runs on."""
     import torch
     import torch.nn.functional as F
 
@@ -174,7 +175,7 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
     kind = _probabilities(index, scores)
 
     tick = time.perf_counter()
-    graph_module = convert_model(proto, scores, notes)
+    graph_module = convert_model(proto, scores, notes).to(device)
     graph_module.eval()
     for parameter in graph_module.parameters():
         parameter.requires_grad_(False)
@@ -199,9 +200,9 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
         if not isinstance(constant, torch.Tensor) or constant.numel() != unit.channels:
             constant = None
         axis = 1 if unit.op in ("Conv", "ConvTranspose") else -1
-        mask = torch.ones(unit.channels, requires_grad=True)
-        delta = torch.zeros(unit.channels, requires_grad=True)
-        xi = torch.zeros(unit.channels, requires_grad=True)
+        mask = torch.ones(unit.channels, requires_grad=True, device=device)
+        delta = torch.zeros(unit.channels, requires_grad=True, device=device)
+        xi = torch.zeros(unit.channels, requires_grad=True, device=device)
         masks.append(mask)
         deltas.append(delta)
         xis.append(xi)
@@ -223,8 +224,8 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
     if len(hooked) < len(units):
         notes.append(f"{len(hooked)} of {len(units)} units masked")
 
-    inputs = torch.from_numpy(np.ascontiguousarray(next(iter(samples.inputs.values())))).float()
-    labels = torch.from_numpy(samples.labels.astype(np.int64))
+    inputs = torch.from_numpy(np.ascontiguousarray(next(iter(samples.inputs.values())))).float().to(device)
+    labels = torch.from_numpy(samples.labels.astype(np.int64)).to(device)
 
     def loss_of(logits, target):
         if kind == "softmax":
@@ -239,7 +240,8 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
             out = out[0]
         return out
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # the sample order; on the CPU, the noise too
+    noisy = generator if device == "cpu" else torch.Generator(device=device).manual_seed(seed)
     noise = deltas + xis
     mask_optimizer = torch.optim.SGD(masks, lr=lr, momentum=MOMENTUM)
     count = len(labels)
@@ -253,11 +255,12 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
             order, cursor = torch.randperm(count, generator=generator), 0
         pick = order[cursor:cursor + size]
         cursor += size
+        pick = pick.to(device)
         x, y = inputs[pick], labels[pick]
         # 1. adversarial neuron perturbation: random start, one signed ascent step, clip
         with torch.no_grad():
             for tensor in noise:
-                tensor.uniform_(-eps, eps, generator=generator)
+                tensor.uniform_(-eps, eps, generator=noisy)
         state["perturb"] = True
         ascent = loss_of(forward(x), y)
         grads = torch.autograd.grad(ascent, noise, allow_unused=True)
@@ -278,16 +281,19 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
                 mask.clamp_(0.0, 1.0)
         for tensor in noise:
             tensor.grad = None
+    if device != "cpu":
+        torch.cuda.synchronize()  # the GPU's queued steps belong to the optimisation's time
     optimise_seconds = time.perf_counter() - tick
     for handle in hooks:
         handle.remove()
 
-    values = np.concatenate([mask.detach().numpy() for mask in masks])
+    final = [mask.detach().cpu().numpy() for mask in masks]
+    values = np.concatenate(final)
     LAST_MASKS.clear()
-    LAST_MASKS.update({unit.name: mask.detach().numpy().copy() for unit, mask in zip(hooked, masks)})
+    LAST_MASKS.update({unit.name: mask.copy() for unit, mask in zip(hooked, final)})
     zeroed = {}
-    for unit, mask in zip(hooked, masks):
-        chosen = [int(c) for c in np.flatnonzero(mask.detach().numpy() < threshold)]
+    for unit, mask in zip(hooked, final):
+        chosen = [int(c) for c in np.flatnonzero(mask < threshold)]
         if chosen:
             zeroed[unit.name] = chosen
     meta = {"bench.method": "anp", "bench.zeroed_channels": str({k: v for k, v in sorted(zeroed.items())})}
@@ -297,6 +303,6 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
     return AnpResult(
         zeroed=zeroed, count=sum(len(v) for v in zeroed.values()), seconds=seconds,
         convert_seconds=convert_seconds, optimise_seconds=optimise_seconds, iterations=iterations,
-        batch=size, units=len(hooked), channels=sum(u.channels for u in hooked), final_loss=float(loss.detach()),
+        batch=size, units=len(hooked), channels=sum(u.channels for u in hooked), final_loss=float(loss.detach().cpu()),
         mask_quantiles=[round(float(q), 4) for q in np.quantile(values, [0.0, 0.1, 0.25, 0.5])], notes=notes,
     )

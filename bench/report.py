@@ -59,6 +59,8 @@ def load_results() -> tuple[list[dict], list[str]]:
         except (OSError, json.JSONDecodeError):
             stale.append(f"{path.name} (unreadable)")
             continue
+        if "runs" not in result:
+            continue  # another experiment's file (the GPU check, the Fourier probe): its own section reads it
         entry = entries.get(result.get("name"))
         if entry is None:
             stale.append(f"{path.name} (model no longer in the zoo)")
@@ -707,6 +709,41 @@ def memory_section() -> list[str]:
     return lines
 
 
+def gpu_section() -> list[str]:
+    """CUDA against CPU on one GPU machine (bench/gpu.py), when its file exists."""
+    path = zoo.RESULTS / "gpu.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    machine = ", ".join(part for part in (data.get("accelerator"), data.get("cpus") and f"{data['cpus']} CPU cores",
+                                          f"onnxruntime {data['onnxruntime']}", f"Python {data['python']}") if part)
+    lines = ["", "## GPU", "",
+             f"`{data['command']}` on one machine ({machine}): `auditor.audit` + `auditor.repair` under the CUDA "
+             "and the CPU execution providers, plain inference of the same N samples under each, and, where "
+             "measured, ANP on PyTorch's CUDA and CPU devices. Times in seconds (plain inference in ms); "
+             "'same' says whether both providers reached the same verdict, target, zeroed channels and unlearning decision.", ""]
+    rows = []
+    for r in data["rows"]:
+        if "error" in r:
+            rows.append([r["name"], str(r["n"]), f"error: {r['error']}", *["–"] * 7])
+            continue
+        cuda, cpu = r["cuda"], r["cpu"]
+        rows.append([r["name"], str(r["n"]), fmt(cuda["audit_s"] + cuda["repair_s"]), fmt(cpu["audit_s"] + cpu["repair_s"]),
+                     fmt(cuda.get("anp_s")), fmt(cpu.get("anp_s")), fmt(1000 * cuda["plain_s"]), fmt(1000 * cpu["plain_s"]),
+                     "yes" if all(r["same"].values()) else "no: " + ", ".join(k for k, v in r["same"].items() if not v),
+                     fmt(r["score_difference"], ".1e")])
+    lines += table(["model", "N", "auditor CUDA", "auditor CPU", "ANP CUDA", "ANP CPU", "plain CUDA (ms)", "plain CPU (ms)",
+                    "same", "score difference"], rows)
+    for n, s in data["summary"].items():
+        anp = "".join(f"; ANP {device} {fmt(s[f'median_anp_{device}_s'])} s, {fmt(s[f'median_anp_ratio_{device}'], '.1f')}x auditor's time"
+                      for device in ("cuda", "cpu") if f"median_anp_ratio_{device}" in s)
+        lines += ["", f"N={n}, medians over {s['models']} models: auditor CUDA {fmt(s['median_cuda_s'])} s, CPU "
+                  f"{fmt(s['median_cpu_s'])} s{anp}; the same decisions on {s['same_everything']}/{s['models']}, "
+                  f"verdict scores within {fmt(s['max_score_difference'], '.1e')}"
+                  + (f"; {s['errors']} failed (in the table)." if s.get("errors") else ".")]
+    return lines
+
+
 def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_method, thresholds, made) -> str:
     env = next((r.get("environment") for r in results if r.get("environment")), {})
     jobs = sorted({c.get("jobs", 1) for r in results for run in r.get("runs", {}).values()
@@ -807,6 +844,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += verdict_sets_section(seed_of)
     lines += anp_budget_section(results, seed_of)
     lines += memory_section()
+    lines += gpu_section()
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
     rows = []
     for arch, per in summary["per_architecture"].items():

@@ -62,3 +62,23 @@ def test_shortfalls_mark_a_large_target_class_drop_even_when_the_attack_is_halve
 
     assert report.shortfalls(result(19.4), "sus", 10) == ["target-class ACC drop 19.4 > 10"]
     assert report.shortfalls(result(report.MAX_TARGET_DROP), "sus", 10) == []
+
+
+def _side(seconds, anp):
+    return {"audit_s": seconds / 2, "repair_s": seconds / 2, "plain_s": 0.001, "anp_s": anp}
+
+
+def test_gpu_section_tables_both_providers_and_a_failed_model(tmp_path, monkeypatch):
+    from bench import gpu, zoo
+
+    rows = [{"name": "m", "n": 10, "cuda": _side(1.0, 2.0), "cpu": _side(2.0, 8.0),
+             "same": {"suspicious": True, "target": False}, "score_difference": 1e-7},
+            {"name": "r", "n": 10, "error": "ModelError: internal check failed"}]
+    monkeypatch.setattr(zoo, "RESULTS", tmp_path)
+    summary = gpu.write(tmp_path / "gpu.json", ["--anp"], gpu.runtime.select_provider("cpu"), [10], rows)
+    assert summary["10"]["median_anp_ratio_cuda"] == 2.0 and summary["10"]["median_anp_ratio_cpu"] == 4.0
+    assert summary["10"]["errors"] == 1 and summary["10"]["models"] == 1
+    text = "\n".join(report.gpu_section())
+    assert "| m | 10 | 1.00 | 2.00 | 2.00 | 8.00 |" in text and "no: target" in text
+    assert "| r | 10 | error: ModelError: internal check failed |" in text
+    assert "ANP cuda 2.00 s, 2.0x auditor's time" in text and "1 failed (in the table)" in text
