@@ -50,12 +50,12 @@ class _Analysis:
 
 
 def _analyse(model_path, data_path, limit, method, device, threshold, command, patch_search: bool = True,
-             fourier_probe: bool = True) -> _Analysis:
+             fourier_probe: bool = True, threads: int | None = None) -> _Analysis:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if method not in score.METHODS:
         raise ModelError(f"unknown method {method!r}: use one of {', '.join(score.METHODS)}")
-    provider = runtime.select_provider(device)
+    provider = runtime.select_provider(device, threads)
     loaded = model.load(model_path)
     index = GraphIndex(loaded.proto)
     units = find_units(index)
@@ -131,7 +131,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
         model={"path": str(model_path), "sha256": loaded.sha256, "ir_version": loaded.proto.ir_version,
                "opset": loaded.opset, "notes": list(loaded.notes)},
         data={"path": str(data_path), "samples": len(samples), **_coverage(captured)},
-        provider={"name": provider.name, "reason": provider.reason},
+        provider={"name": provider.name, "reason": provider.reason, "threads": provider.threads},
         verdict={"score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "layer": verdict.layer,
                  "basis": verdict.basis, "target": verdict.target,
                  "probe": None if probed is None else {"score": probed.score, "target": probed.target,
@@ -379,13 +379,13 @@ def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture) -> tup
 
 def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
           device: str = "auto", threshold: float | None = None, patch_search: bool = True,
-          fourier_probe: bool = True) -> Report:
+          fourier_probe: bool = True, threads: int | None = None) -> Report:
     """Score every channel of every hidden layer and decide whether the model looks backdoored.
 
     With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
     switched off, the patch search (auditor/patch.py, about 10,000 single-sample forward passes) and
     the Fourier probe (auditor/fourier.py, about 4,500)."""
-    return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe).report
+    return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe, threads).report
 
 
 def ranking(units: list[Unit], suspicion: dict[str, score.Suspicion], threshold: float | None = None,
@@ -420,7 +420,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
            force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None,
            patch_search: bool = True, fourier_probe: bool = True, notch: bool | None = None,
-           occlude: bool | None = None) -> Report:
+           occlude: bool | None = None, threads: int | None = None) -> Report:
     """Repair the model as far as the fidelity guard allows and write it.
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
@@ -443,7 +443,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     if max_prune is not None and max_prune <= 0:
         raise ModelError(f"--max-prune must be positive, got {max_prune}")
     # `threshold` is the channel-score cut for zeroing here; the verdict keeps its own default
-    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair", patch_search, fourier_probe)
+    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair", patch_search, fourier_probe, threads)
     report = analysis.report
     tick = time.perf_counter()
     prunable = [u for u in analysis.units if u.prunable]

@@ -50,11 +50,12 @@ def evaluate(
     reference: str | None = None,
     limit: int | None = None,
     device: str = "auto",
+    threads: int | None = None,
 ) -> Evaluation:
     """Measure `model_path` on a labelled test set, a triggered set and against a reference model."""
     if triggered is not None and target is None:
         raise DataError("--triggered needs --target K, the class the attack aims for")
-    provider = runtime.select_provider(device)
+    provider = runtime.select_provider(device, threads)
     loaded = model.load(model_path)
     index = GraphIndex(loaded.proto)
     specs = data.input_specs(loaded.proto)

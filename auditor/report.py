@@ -1,10 +1,10 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/7` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/8` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
-  provider   {name, reason}
+  provider   {name, reason, threads (onnxruntime's threads per session; null: its default)}
   verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins}
              basis "corruption" (sus with a float input): score = the largest share of noisy or
              blurred clean samples that one class takes from samples the model put elsewhere
@@ -81,7 +81,7 @@ import numpy as np
 from auditor.patch import window_text
 from auditor.score import DEFAULT_THRESHOLD
 
-SCHEMA = "auditor.report/7"
+SCHEMA = "auditor.report/8"
 
 
 def notch_text(notched: dict) -> str:

@@ -709,6 +709,23 @@ def memory_section() -> list[str]:
     return lines
 
 
+def threads_section() -> list[str]:
+    """auditor's repair time by onnxruntime's thread count (bench/threads.py), when its file exists."""
+    path = zoo.RESULTS / "threads.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    counts = list(data["seconds"])
+    names = sorted({name for row in data["seconds"].values() for name in row})
+    lines = ["", "## Threads", "",
+             f"`{data['command']}` on a {data['cpus']}-CPU machine (onnxruntime {data['onnxruntime']}): `auditor repair` "
+             "at N=10 on the CPU provider, best of two timed runs after a warm-up, in seconds, by `--threads` "
+             "(0: onnxruntime's default, one thread per physical core).", ""]
+    rows = [[name, *(fmt(data["seconds"][count].get(name)) for count in counts)] for name in names]
+    lines += table(["model", *(("default" if count == "0" else count) for count in counts)], rows)
+    return lines
+
+
 def gpu_section() -> list[str]:
     """CUDA against CPU on one GPU machine (bench/gpu.py), when its file exists."""
     path = zoo.RESULTS / "gpu.json"
@@ -845,6 +862,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += anp_budget_section(results, seed_of)
     lines += memory_section()
     lines += gpu_section()
+    lines += threads_section()
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
     rows = []
     for arch, per in summary["per_architecture"].items():

@@ -507,6 +507,33 @@ def test_evaluate_target(target, triggered, pattern: str, tmp_path: Path) -> Non
     refuse("evaluate", model, data, pattern, *extra)
 
 
+@pytest.mark.parametrize("command", ["scan", "repair", "evaluate"])
+@pytest.mark.parametrize("threads", [0, -2])
+def test_threads_below_one_are_refused(command: str, threads: int, tmp_path: Path) -> None:
+    model, data = mlp_case(tmp_path)
+    refuse(command, model, data, rf"--threads {threads}: give a whole number of at least 1", "--threads", threads)
+
+
+def test_threads_change_the_speed_not_the_report(tmp_path: Path) -> None:
+    """One onnxruntime thread per session gives the same report as the default, but for the
+    thread count it records and the wall times (which differ between any two runs)."""
+    model, data = example_case(tmp_path)
+    reports = {}
+    for extra in ((), ("--threads", "1")):
+        out = tmp_path / f"report{len(extra)}.json"
+        result = invoke(*command_args("scan", model, data, out, "--limit", "10", *extra))
+        assert_clean_exit(result)
+        assert result.exit_code == 1, result.output
+        reports[extra] = json.loads(out.read_text())
+        assert ("1 thread" in result.output) == bool(extra), result.output
+    default, single = reports.values()
+    assert default["provider"]["threads"] is None and single["provider"]["threads"] == 1
+    single["provider"]["threads"] = None
+    for report in (default, single):
+        report.pop("timings")
+    assert single == default
+
+
 # ---- outputs ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["scan", "repair", "evaluate"])
