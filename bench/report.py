@@ -72,6 +72,12 @@ def load_results() -> tuple[list[dict], list[str]]:
     return results, stale
 
 
+def _experiment(name: str) -> dict | None:
+    """Another experiment's result file in bench/results, or None where it was never run."""
+    path = zoo.RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def seed_split(entry: dict) -> str:
     """The manifest's `split` when given, else seed 1 -> held-back, seed 0 -> tuning."""
     split = entry.get("split")
@@ -541,10 +547,9 @@ def by_attack_section(results: list[dict], seed_of: dict[str, str], ns: list[int
 
 def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     """The verdict over disjoint sets of clean samples (bench/verdict.py), when its file exists."""
-    path = zoo.RESULTS / "verdict_sets.json"
-    if not path.exists():
+    data = _experiment("verdict_sets.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     models = [m for m in data["models"] if m["name"] in seed_of]
     lines = ["", f"## Verdict and repair over {data['sets']} disjoint sets of {data['n']} clean samples", "",
              f"`{data['command']}` audits every model on clean-pool samples [k*{data['n']}, (k+1)*{data['n']}) for "
@@ -649,10 +654,9 @@ def shortfall_causes(models: list[dict], seed_of: dict[str, str]) -> list[str]:
 
 def anp_budget_section(results: list[dict], seed_of: dict[str, str]) -> list[str]:
     """ANP at its published iteration budget (bench/anp_budget.py), when its file exists."""
-    path = zoo.RESULTS / "anp_budget.json"
-    if not path.exists():
+    data = _experiment("anp_budget.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     n = str(data["n"])
     sus = {r["name"]: r["runs"].get(n, {}).get("methods", {}).get("sus") for r in results}
     grid = sorted({c["iterations"] for r in results for m, c in r["runs"].get(n, {}).get("methods", {}).items()
@@ -677,10 +681,9 @@ def anp_budget_section(results: list[dict], seed_of: dict[str, str]) -> list[str
 
 def memory_section() -> list[str]:
     """Peak resident memory per tool (bench/memory.py), when its file exists."""
-    path = zoo.RESULTS / "memory.json"
-    if not path.exists():
+    data = _experiment("memory.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     kinds = (("plain", "plain inference"), ("sus", "`repair` (sus)"), ("anp", "ANP"))
     rows_in = [r for r in data["rows"] if r.get("status") != "skipped"]
     lines = ["", "## Memory", "",
@@ -711,10 +714,9 @@ def memory_section() -> list[str]:
 
 def threads_section() -> list[str]:
     """auditor's repair time by onnxruntime's thread count (bench/threads.py), when its file exists."""
-    path = zoo.RESULTS / "threads.json"
-    if not path.exists():
+    data = _experiment("threads.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     counts = list(data["seconds"])
     names = sorted({name for row in data["seconds"].values() for name in row})
     lines = ["", "## Threads", "",
@@ -728,10 +730,9 @@ def threads_section() -> list[str]:
 
 def gpu_section() -> list[str]:
     """CUDA against CPU on one GPU machine (bench/gpu.py), when its file exists."""
-    path = zoo.RESULTS / "gpu.json"
-    if not path.exists():
+    data = _experiment("gpu.json")
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     machine = ", ".join(part for part in (data.get("accelerator"), data.get("cpus") and f"{data['cpus']} CPU cores",
                                           f"onnxruntime {data['onnxruntime']}", f"Python {data['python']}") if part)
     lines = ["", "## GPU", "",
