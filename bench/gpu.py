@@ -16,7 +16,6 @@ of the project: CI has no GPU and never runs it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,6 +30,7 @@ import auditor
 from auditor import model, runtime
 from auditor.errors import AuditorError
 from bench import zoo
+from bench.run import _save
 
 OUTPUT = zoo.RESULTS / "gpu.json"
 
@@ -124,12 +124,11 @@ def write(path: Path, argv: list[str] | None, provider: runtime.Provider, sizes:
                 "max_score_difference": float(max(r["score_difference"] for r in chosen)),
                 "errors": sum(1 for r in rows if r["n"] == n and "error" in r),
             }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
+    _save(path, {
         "command": "python -m bench.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
         "provider": provider.name, "onnxruntime": ort.__version__, "python": platform.python_version(),
         "accelerator": accelerator(), "cpus": os.cpu_count(),
-        "summary": summary, "rows": rows}, indent=1, sort_keys=True) + "\n")
+        "summary": summary, "rows": rows})
     return summary
 
 

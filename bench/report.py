@@ -47,12 +47,11 @@ def default_method() -> str:
 # ----------------------------------------------------------------------------- loading
 
 def load_results() -> tuple[list[dict], list[str]]:
-    """Result files of the models the zoo lists now (metadata refreshed from the manifests)."""
+    """Result files of the models the zoo lists now (metadata refreshed from the manifests); the
+    other experiments' files (no "runs") are left to their own sections."""
     entries = {e["name"]: e for e in zoo.load_entries()}
     results, stale = [], []
     for path in sorted(zoo.RESULTS.glob("*.json")):
-        if path.name in ("summary.json", "verdict_sets.json", "anp_budget.json", "memory.json"):
-            continue
         try:
             with open(path) as handle:
                 result = json.load(handle)
@@ -60,7 +59,7 @@ def load_results() -> tuple[list[dict], list[str]]:
             stale.append(f"{path.name} (unreadable)")
             continue
         if "runs" not in result:
-            continue  # another experiment's file (the GPU check, the Fourier probe): its own section reads it
+            continue  # summary.json, verdict_sets.json, memory.json, gpu.json, ...: not one model's grid
         entry = entries.get(result.get("name"))
         if entry is None:
             stale.append(f"{path.name} (model no longer in the zoo)")

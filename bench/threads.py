@@ -23,6 +23,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bench import zoo
+from bench.run import _save
 
 OUTPUT = zoo.RESULTS / "threads.json"
 DEFAULT_MODELS = ("cnn-mnist-badnets-s0,cnn_bn-fmnist-wanet-s1,keras_cnn_blended_s1,mlp-mnist-trojan-s1,"
@@ -66,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                               capture_output=True, text=True, check=True, cwd=zoo.ROOT)
         rows[str(count)] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"threads {count or 'default'}: " + ", ".join(f"{k} {v:.2f} s" for k, v in rows[str(count)].items()), file=sys.stderr)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
+    _save(args.output, {
         "command": "python -m bench.threads " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-        "onnxruntime": ort.__version__, "python": platform.python_version(), "seconds": rows}, indent=1, sort_keys=True) + "\n")
+        "onnxruntime": ort.__version__, "python": platform.python_version(), "seconds": rows})
     return 0
 
 
