@@ -126,10 +126,13 @@ def _write_reports(report: auditor.Report, json_path, sarif_path, html_path) -> 
             model_io.write_atomic(path, text().encode())
 
 
+def _threads_text(threads: int | None) -> str:
+    return "" if threads is None else f", {threads} thread{'s' * (threads != 1)}"
+
+
 def _say_provider(report: auditor.Report) -> None:
     provider = report.provider
-    threads = provider.get("threads")
-    out.print(f"provider: {provider['name']} ({provider['reason']})" + ("" if threads is None else f", {threads} thread{'s' * (threads != 1)}"))
+    out.print(f"provider: {provider['name']} ({provider['reason']})" + _threads_text(provider.get("threads")))
     covered, classes = report.data.get("predicted_classes"), report.data.get("classes")
     if covered is not None and classes is not None and covered < classes:
         out.print(f"note: the model puts the {report.data['samples']} clean samples in {covered} of its {classes} classes; "
@@ -319,7 +322,7 @@ def evaluate_command(
         _outputs([json], force, _inputs(model, data, triggered, reference))
         result = auditor.evaluate(model, data, triggered=triggered, target=target, reference=reference,
                                   limit=limit, device=device, threads=threads)
-        out.print(f"provider: {result.provider}")
+        out.print(f"provider: {result.provider}" + _threads_text(result.threads))
         out.print(f"accuracy: {_pct(result.accuracy)} on {result.samples} samples")
         if result.attack_success_rate is not None:
             out.print(f"attack success rate: {_pct(result.attack_success_rate)} "

@@ -31,6 +31,7 @@ class Evaluation:
     agreement: float | None
     reference: str | None
     provider: str
+    threads: int | None = None  # onnxruntime's intra-op threads per session; None: its default
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +99,7 @@ def evaluate(
         triggered_accuracy=triggered_accuracy, triggered_samples=triggered_count, target=target,
         target_accuracy=target_accuracy, agreement=agreement,
         reference=None if reference is None else str(reference), provider=provider.name,
+        threads=provider.threads,
     )
 
 

@@ -534,6 +534,17 @@ def test_threads_change_the_speed_not_the_report(tmp_path: Path) -> None:
     assert single == default
 
 
+def test_evaluate_says_and_records_its_thread_count(tmp_path: Path) -> None:
+    model, data = mlp_case(tmp_path)
+    for extra, threads in (((), None), (("--threads", "2"), 2)):
+        out = tmp_path / f"evaluation{len(extra)}.json"
+        result = invoke(*command_args("evaluate", model, data, out, *extra))
+        assert_clean_exit(result)
+        assert result.exit_code == 0, result.output
+        assert ("2 threads" in result.output) == (threads == 2), result.output
+        assert json.loads(out.read_text())["threads"] == threads
+
+
 # ---- outputs ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["scan", "repair", "evaluate"])
