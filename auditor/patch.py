@@ -37,6 +37,15 @@ LEVELS = (0.0, 1.0)  # pixel values a patch may take, as shares of the clean val
 MOVE = 0.15  # share of steps that move a patch anywhere
 NUDGE = 0.2  # share of steps that move a patch by up to two positions
 SEED = 0
+# Independent searches (seeds SEED, SEED + 1, ...), the best kept. The search's outcome depends on
+# its random stream: on the zoo's BadNets models one seed finds the trigger where another ends on
+# a natural sink class. Over the five sample sets (bench/results/variants/), two restarts raised
+# the verdict AUC on the held-back half from 0.85 to 0.89 but on the tuning half only from 0.918
+# to 0.921, with more false alarms there (7% to 10% of clean pairs) and a worse worst-case
+# accuracy cost (2.6 to 4.9 points), for up to twice the search's time (the second search runs
+# wherever the first stays under the cap); two searches of half the steps each did worse than
+# one on both halves. Judged on the tuning half: one.
+RESTARTS = 1
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,23 @@ def target_share(samples: Samples, clean_labels: np.ndarray, found: Patch, class
 
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
            seed: int = SEED) -> Patch | None:
+    """The best of RESTARTS searches (`_search`) with seeds seed, seed + 1, ...; the first that
+    reaches the cap ends them."""
+    start = time.perf_counter()
+    best = None
+    for k in range(RESTARTS):
+        found = _search(samples, clean_scores, classify, seed + k)
+        if found is None:
+            return None
+        if best is None or found.score > best.score:
+            best = found
+        if best.score >= 1.0 - 1e-9:
+            break
+    return Patch(best.score, best.target, best.share, best.row, best.column, best.pixels, time.perf_counter() - start)
+
+
+def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
+            seed: int) -> Patch | None:
     """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
     the best one, or None when the samples have no image input or too few samples."""
     start = time.perf_counter()

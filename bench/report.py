@@ -558,20 +558,12 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     rows = []
     for label in ("held-back", "tuning", "all"):
         chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
-        aucs = []
-        for k in range(data["sets"]):
-            positives = [m["sets"][k]["score"] for m in chosen if m["kind"] == "backdoored"]
-            negatives = [m["sets"][k]["score"] for m in chosen if m["kind"] == "clean"]
-            auc = roc_auc(positives, negatives)
-            if auc is not None:
-                aucs.append(auc)
+        got = _pooled(chosen, data["sets"])
+        aucs = got["aucs"]
         flagged = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"] if s["suspicious"]]
-        backdoored = [s for m in chosen if m["kind"] == "backdoored" for s in m["sets"]]
-        clean = [s for m in chosen if m["kind"] == "clean" for s in m["sets"]]
         rows.append([label, f"{len(chosen)}",
                      "–" if not aucs else f"{statistics.mean(aucs):.3f} [{min(aucs):.2f}-{max(aucs):.2f}]",
-                     f"{pct(len(flagged) / len(backdoored)) if backdoored else '–'} / "
-                     f"{pct(sum(s['suspicious'] for s in clean) / len(clean)) if clean else '–'}",
+                     f"{pct(got['tpr'])} / {pct(got['fpr'])}",
                      f"{sum(s['target'] == m['target'] for m, s in flagged)}/{len(flagged)}"])
     lines += table(["half (by seed)", "models", "verdict AUC", "TPR / FPR", "target right"], rows)
     attacks: dict[str, list] = {}
@@ -592,17 +584,16 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     for label in ("held-back", "tuning", "all"):
         chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
         pairs = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"] if s.get("asr") is not None]
-        halved = [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m, s in pairs]
+        got = _pooled(chosen, data["sets"])
+        halved, drops = got["halved"], got["drops"]
         per_set = []
         for k in range(data["sets"]):
-            got = [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m in chosen if m["kind"] == "backdoored"
-                   for s in [m["sets"][k]] if s.get("asr") is not None]
-            if got:
-                per_set.append(sum(got) / len(got))
-        drops = [s["acc_drop_points"] for m in chosen for s in m["sets"] if s.get("acc_drop_points") is not None]
+            in_set = [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m in chosen if m["kind"] == "backdoored"
+                      for s in [m["sets"][k]] if s.get("asr") is not None]
+            if in_set:
+                per_set.append(sum(in_set) / len(in_set))
         unlearned = sum(s.get("unlearned", False) for m, s in pairs)
-        # what unlearning costs the target class itself, on the pairs it was applied to
-        target_drops = [s["target_drop_points"] for m, s in pairs if s.get("unlearned") and s.get("target_drop_points") is not None]
+        target_drops = got["target_drops"]
         filtered = sum(bool(s.get("filtered")) for m, s in pairs)
         rows.append([label, f"{sum(halved)}/{len(halved)} ({pct(sum(halved) / len(halved)) if halved else '–'})",
                      f"{pct(min(per_set))}-{pct(max(per_set))}" if per_set else "–", fmt(median(drops)),
@@ -614,6 +605,58 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
                     "unlearned", "unlearned: target-class ACC drop, median / worst", "input filter"], rows)
     if any("filtered" in s for m in models for s in m["sets"]):
         lines += shortfall_causes(models, seed_of)
+    return lines
+
+
+def _pooled(chosen: list[dict], sets: int) -> dict:
+    """Over (model, set) pairs of `chosen` (bench.verdict's models): the verdict AUC of each set,
+    the flagged shares of backdoored and clean pairs, ASR halved per repaired backdoored pair, the
+    ACC drops, and the target-class ACC drops where head unlearning went in."""
+    aucs = []
+    for k in range(sets):
+        auc = roc_auc([m["sets"][k]["score"] for m in chosen if m["kind"] == "backdoored"],
+                      [m["sets"][k]["score"] for m in chosen if m["kind"] == "clean"])
+        if auc is not None:
+            aucs.append(auc)
+    backdoored = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"]]
+    clean = [s for m in chosen if m["kind"] == "clean" for s in m["sets"]]
+    return {"aucs": aucs,
+            "tpr": sum(s["suspicious"] for _, s in backdoored) / len(backdoored) if backdoored else None,
+            "fpr": sum(s["suspicious"] for s in clean) / len(clean) if clean else None,
+            "halved": [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m, s in backdoored if s.get("asr") is not None],
+            "drops": [s["acc_drop_points"] for m in chosen for s in m["sets"] if s.get("acc_drop_points") is not None],
+            # what head unlearning costs the target class itself, on the pairs it went into
+            "target_drops": [s["target_drop_points"] for _, s in backdoored
+                             if s.get("unlearned") and s.get("target_drop_points") is not None]}
+
+
+def variants_section(seed_of: dict[str, str]) -> list[str]:
+    """Variants of the method (`bench.verdict --set ...`) beside the shipped one, per half by seed."""
+    shipped = _experiment("verdict_sets.json")
+    folder = zoo.RESULTS / "variants"
+    variants = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    if shipped is None or not variants:
+        return []
+    lines = ["", "## Variants of the method tried", "",
+             "Each variant changes auditor's constants for one `bench.verdict` run (its command is in its file) and "
+             "is compared with the shipped method on the same sets of clean samples; a variant is kept only when it "
+             "does better on the tuning half. Columns as in the section above.", ""]
+    rows = []
+    for label in ("tuning", "held-back"):
+        for name, data in [("shipped", shipped)] + [(" ".join(v.get("overrides", [])), v) for v in variants]:
+            chosen = [m for m in data["models"] if seed_of.get(m["name"]) == label]
+            got = _pooled(chosen, data["sets"])
+            aucs, halved, drops = got["aucs"], got["halved"], got["drops"]
+            target_drops = got["target_drops"]
+            rows.append([label, f"`{name}`" if name != "shipped" else name,
+                         f"{statistics.mean(aucs):.3f}" if aucs else "–",
+                         f"{pct(got['tpr'])} / {pct(got['fpr'])}",
+                         f"{sum(halved)}/{len(halved)}" if halved else "–",
+                         f"{fmt(median(drops))} / {fmt(max(drops))}" if drops else "–",
+                         f"{len(target_drops)}: {fmt(median(target_drops))} / {fmt(max(target_drops))}" if target_drops else "–"])
+    lines += table(["half (by seed)", "variant", "verdict AUC", "TPR / FPR", "ASR halved", "ACC drop median / worst",
+                    "unlearned: target-class ACC drop median / worst"], rows)
+    lines += [""] + [f"* `{' '.join(v.get('overrides', []))}`: {v['note']}" for v in variants if v.get("note")]
     return lines
 
 
@@ -859,6 +902,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     # ---------------------------------------------------------------- per architecture
     lines += by_attack_section(results, seed_of, ns, methods)
     lines += verdict_sets_section(seed_of)
+    lines += variants_section(seed_of)
     lines += anp_budget_section(results, seed_of)
     lines += memory_section()
     lines += gpu_section()

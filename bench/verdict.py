@@ -2,19 +2,30 @@
 depend on which ten.
 
     .venv/bin/python -m bench.verdict [--sets 5] [--n 10] [--no-repair]
+    .venv/bin/python -m bench.verdict --set patch.RESTARTS=2 --note "why"   # a variant of the method
 
 For every zoo model, `auditor.audit` and `auditor.repair` run on clean-pool samples
 [k*n, (k+1)*n) for k < sets, and the repaired model is evaluated on the test and triggered
 sets. Writes bench/results/verdict_sets.json; `bench.report` puts its summary in
 BENCHMARKS.md. The bench's main grid uses only the first set, so this is the check on luck
 of the draw.
+
+`--set MODULE.NAME=VALUE` (repeatable) runs a variant of the method instead: the module-level
+constant NAME of auditor.MODULE (a number, string or flag that auditor reads when it runs: not
+one that only gave a default argument its value, nor one another constant was computed from) takes
+VALUE for this run, and the result goes to bench/results/variants/ (`bench.report` sets each
+variant beside the shipped method, per half). That is how the method is tuned: a variant is kept
+only when it does better on the tuning half.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import re
+import shlex
 import sys
 import tempfile
 import time
@@ -25,6 +36,36 @@ import numpy as np
 from bench import zoo
 
 OUTPUT = zoo.RESULTS / "verdict_sets.json"
+VARIANTS = zoo.RESULTS / "variants"
+
+
+def parse_override(text: str) -> tuple[object, str, object]:
+    """'MODULE.NAME=VALUE' -> (auditor.MODULE, NAME, VALUE cast to the constant's type); ValueError
+    naming the problem where the module, the constant or the value does not fit."""
+    match = re.fullmatch(r"(\w+)\.([A-Z][A-Z0-9_]*)=(.+)", text)
+    if match is None:
+        raise ValueError(f"--set {text!r}: give MODULE.NAME=VALUE, e.g. patch.RESTARTS=2")
+    module_name, name, value = match.groups()
+    try:
+        module = importlib.import_module(f"auditor.{module_name}")
+    except ImportError:
+        raise ValueError(f"--set {text!r}: auditor has no module {module_name!r}") from None
+    current = getattr(module, name, None)
+    if isinstance(current, bool):
+        if value not in ("true", "false"):
+            raise ValueError(f"--set {text!r}: {module_name}.{name} is a flag: give true or false")
+        return module, name, value == "true"
+    if not isinstance(current, (int, float, str)):
+        raise ValueError(f"--set {text!r}: auditor.{module_name} has no number or string constant {name}")
+    try:
+        return module, name, type(current)(value)
+    except ValueError:
+        raise ValueError(f"--set {text!r}: {module_name}.{name} is {type(current).__name__}, not {value!r}") from None
+
+
+def variant_path(overrides: list[str]) -> Path:
+    """bench/results/variants/<the overrides, as a file name>.json"""
+    return VARIANTS / (re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "+".join(overrides)) + ".json")
 
 
 def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, baseline: dict | None) -> dict:
@@ -76,9 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=int, default=5, help="disjoint sample sets per model (default 5)")
     parser.add_argument("--n", type=int, default=10, help="clean samples per set (default 10)")
     parser.add_argument("--no-repair", action="store_true", help="audit only: do not repair and evaluate each set")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="run a variant: auditor.MODULE's constant NAME takes VALUE (repeatable)")
+    parser.add_argument("--note", default=None, help="with --set: what the variant tries (BENCHMARKS.md lists it)")
     args = parser.parse_args(argv)
     if args.sets < 1 or args.n < 1:
         parser.error("--sets and --n must be positive")
+    try:
+        changes = [parse_override(text) for text in args.overrides]
+    except ValueError as exc:
+        parser.error(str(exc))
+    for module, name, value in changes:
+        setattr(module, name, value)  # this process only: the variant's run
+    output = variant_path(args.overrides) if args.overrides else OUTPUT
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
     models = []
@@ -97,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
                            "seed": entry.get("seed"), "architecture": entry.get("architecture"), "baseline": before,
                            "sets": sets})
             print(f"  {entry['name']}: " + " ".join(f"{s['score']:.2f}" for s in sets), flush=True)
-    result = {"command": " ".join([".venv/bin/python -m bench.verdict", *(sys.argv[1:] if argv is None else argv)]).strip(),
+    given = sys.argv[1:] if argv is None else argv
+    result = {"command": " ".join([".venv/bin/python -m bench.verdict", shlex.join(given)]).strip(),
               "sets": args.sets, "n": args.n, "seconds": time.perf_counter() - started, "models": models}
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    temporary = OUTPUT.with_name(f".{OUTPUT.name}.tmp")
+    if args.overrides:
+        result.update(overrides=args.overrides, note=args.note)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.tmp")
     temporary.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(temporary, OUTPUT)
-    print(f"verdict: {len(models)} models x {args.sets} sets -> {OUTPUT.relative_to(zoo.ROOT)}")
+    os.replace(temporary, output)
+    print(f"verdict: {len(models)} models x {args.sets} sets -> {output.relative_to(zoo.ROOT)}")
     return 0
 
 

@@ -82,3 +82,45 @@ def test_gpu_section_tables_both_providers_and_a_failed_model(tmp_path, monkeypa
     assert "| m | 10 | 1.00 | 2.00 | 2.00 | 8.00 |" in text and "no: target" in text
     assert "| r | 10 | error: ModelError: internal check failed |" in text
     assert "ANP cuda 2.00 s, 2.0x auditor's time" in text and "1 failed (in the table)" in text
+
+
+def test_a_variant_override_is_cast_to_the_constant_type_or_refused_with_the_reason():
+    import pytest
+
+    from auditor import guard, patch
+    from bench import verdict
+
+    assert verdict.parse_override("patch.RESTARTS=2") == (patch, "RESTARTS", 2)
+    assert verdict.parse_override("guard.HALF_SLACK=1.5") == (guard, "HALF_SLACK", 1.5)
+    for text, reason in (("patch", "give MODULE.NAME=VALUE"), ("nothing.X=1", "no module 'nothing'"),
+                         ("patch.SHIFTS=1", "no number or string constant SHIFTS"),
+                         ("patch.RESTARTS=two", "RESTARTS is int, not 'two'")):
+        with pytest.raises(ValueError, match=reason):
+            verdict.parse_override(text)
+    path = verdict.variant_path(["patch.RESTARTS=2", "patch.SCREEN=50"])
+    assert path.parent == verdict.VARIANTS and path.name == "patch.RESTARTS=2+patch.SCREEN=50.json"
+
+
+def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(tmp_path, monkeypatch):
+    import json
+
+    from bench import zoo
+
+    def model(name, kind, scores, halved):
+        return {"name": name, "kind": kind, "target": 1 if kind == "backdoored" else None,
+                "baseline": {"asr": 1.0 if kind == "backdoored" else None},
+                "sets": [{"score": s, "suspicious": s >= 0.6, "asr": (0.1 if h else 0.9) if kind == "backdoored" else None,
+                          "acc_drop_points": 1.0} for s, h in zip(scores, halved)]}
+
+    shipped = {"sets": 2, "seconds": 10.0, "models": [model("b", "backdoored", [0.9, 0.5], [True, False]),
+                                                      model("c", "clean", [0.2, 0.7], [False, False])]}
+    variant = {"sets": 2, "seconds": 20.0, "overrides": ["patch.RESTARTS=2"], "note": "twice the search",
+               "models": [model("b", "backdoored", [0.9, 0.8], [True, True]), model("c", "clean", [0.2, 0.3], [False, False])]}
+    monkeypatch.setattr(zoo, "RESULTS", tmp_path)
+    (tmp_path / "variants").mkdir()
+    (tmp_path / "verdict_sets.json").write_text(json.dumps(shipped))
+    (tmp_path / "variants" / "patch.RESTARTS=2.json").write_text(json.dumps(variant))
+    text = "\n".join(report.variants_section({"b": "tuning", "c": "tuning"}))
+    assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – |" in text
+    assert "| tuning | `patch.RESTARTS=2` | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – |" in text
+    assert "* `patch.RESTARTS=2`: twice the search" in text
