@@ -39,12 +39,12 @@ NUDGE = 0.2  # share of steps that move a patch by up to two positions
 SEED = 0
 # Independent searches (seeds SEED, SEED + 1, ...), the best kept. The search's outcome depends on
 # its random stream: on the zoo's BadNets models one seed finds the trigger where another ends on
-# a natural sink class. Over the five sample sets (bench/results/variants/), two restarts raised
-# the verdict AUC on the held-back half from 0.85 to 0.89 but on the tuning half only from 0.918
-# to 0.921, with more false alarms there (7% to 10% of clean pairs) and a worse worst-case
-# accuracy cost (2.6 to 4.9 points), for up to twice the search's time (the second search runs
-# wherever the first stays under the cap); two searches of half the steps each did worse than
-# one on both halves. Judged on the tuning half: one.
+# a natural sink class. Over the five sample sets (bench/results/variants/, with
+# unlearn.ANCHOR_WEIGHT then 1), two restarts raised the verdict AUC on the held-back half from
+# 0.85 to 0.89 but on the tuning half only from 0.918 to 0.921, with more false alarms there (7%
+# to 10% of clean pairs) and a worse worst-case accuracy cost (2.6 to 4.9 points), for up to
+# twice the search's time (the second search runs wherever the first stays under the cap); two
+# searches of half the steps each did worse than one on both halves. Judged on the tuning half: one.
 RESTARTS = 1
 
 

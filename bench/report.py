@@ -641,15 +641,24 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
              "Each variant changes auditor's constants for one `bench.verdict` run (its command is in its file) and "
              "is compared with the shipped method on the same sets of clean samples; a variant is kept only when it "
              "does better on the tuning half. Columns as in the section above.", ""]
+    from bench.verdict import constants
+
+    current = constants()
+
+    def then(data: dict) -> str:
+        """The constants this run had that differ from auditor's now (other than its own overrides)."""
+        own = {text.split("=", 1)[0] for text in data.get("overrides", [])}
+        old = [f"{k}={v}" for k, v in data.get("constants", {}).items() if k in current and current[k] != v and k not in own]
+        return f" (measured when {', '.join(old)})" if old else ""
+
     rows = []
     for label in ("tuning", "held-back"):
-        for name, data in [("shipped", shipped)] + [(" ".join(v.get("overrides", [])), v) for v in variants]:
+        for name, data in [("shipped", shipped)] + [(f"`{' '.join(v.get('overrides', []))}`", v) for v in variants]:
             chosen = [m for m in data["models"] if seed_of.get(m["name"]) == label]
             got = _pooled(chosen, data["sets"])
             aucs, halved, drops = got["aucs"], got["halved"], got["drops"]
             target_drops = got["target_drops"]
-            rows.append([label, f"`{name}`" if name != "shipped" else name,
-                         f"{statistics.mean(aucs):.3f}" if aucs else "–",
+            rows.append([label, name + then(data), f"{statistics.mean(aucs):.3f}" if aucs else "–",
                          f"{pct(got['tpr'])} / {pct(got['fpr'])}",
                          f"{sum(halved)}/{len(halved)}" if halved else "–",
                          f"{fmt(median(drops))} / {fmt(max(drops))}" if drops else "–",

@@ -24,6 +24,7 @@ import argparse
 import importlib
 import json
 import os
+import pkgutil
 import re
 import shlex
 import sys
@@ -61,6 +62,20 @@ def parse_override(text: str) -> tuple[object, str, object]:
         return module, name, type(current)(value)
     except ValueError:
         raise ValueError(f"--set {text!r}: {module_name}.{name} is {type(current).__name__}, not {value!r}") from None
+
+
+def constants() -> dict[str, object]:
+    """Every number, string or flag constant of auditor's modules, as 'module.NAME': value: what a
+    result was measured with, so that a variant measured before a default changed says so."""
+    import auditor
+
+    out = {}
+    for info in sorted(pkgutil.iter_modules(auditor.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"auditor.{info.name}")
+        for name, value in vars(module).items():
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and isinstance(value, (bool, int, float, str)):
+                out[f"{info.name}.{name}"] = value
+    return out
 
 
 def variant_path(overrides: list[str]) -> Path:
@@ -150,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {entry['name']}: " + " ".join(f"{s['score']:.2f}" for s in sets), flush=True)
     given = sys.argv[1:] if argv is None else argv
     result = {"command": " ".join([".venv/bin/python -m bench.verdict", shlex.join(given)]).strip(),
-              "sets": args.sets, "n": args.n, "seconds": time.perf_counter() - started, "models": models}
+              "sets": args.sets, "n": args.n, "seconds": time.perf_counter() - started, "constants": constants(),
+              "models": models}
     if args.overrides:
         result.update(overrides=args.overrides, note=args.note)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,7 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
     shipped = {"sets": 2, "seconds": 10.0, "models": [model("b", "backdoored", [0.9, 0.5], [True, False]),
                                                       model("c", "clean", [0.2, 0.7], [False, False])]}
     variant = {"sets": 2, "seconds": 20.0, "overrides": ["patch.RESTARTS=2"], "note": "twice the search",
+               "constants": {"patch.RESTARTS": 2, "patch.SEED": 5},  # measured when the seed's default was 5
                "models": [model("b", "backdoored", [0.9, 0.8], [True, True]), model("c", "clean", [0.2, 0.3], [False, False])]}
     monkeypatch.setattr(zoo, "RESULTS", tmp_path)
     (tmp_path / "variants").mkdir()
@@ -122,5 +123,5 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
     (tmp_path / "variants" / "patch.RESTARTS=2.json").write_text(json.dumps(variant))
     text = "\n".join(report.variants_section({"b": "tuning", "c": "tuning"}))
     assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – |" in text
-    assert "| tuning | `patch.RESTARTS=2` | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – |" in text
+    assert "| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5) | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – |" in text
     assert "* `patch.RESTARTS=2`: twice the search" in text

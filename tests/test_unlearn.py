@@ -129,6 +129,19 @@ def test_a_keras_blended_backdoor_is_unlearned_from_ten_samples(tmp_path: Path) 
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_the_anchor_check_refuses_a_correction_its_target_samples_would_not_keep(tmp_path: Path, monkeypatch) -> None:
+    """api.ANCHOR_SLACK (off by default, a variant bench/results/variants/ measured): judged on the
+    copies of its one clean sample of the target alone, the Keras blended model's correction fails."""
+    from auditor import api
+
+    entry = MANIFEST["keras_cnn_blended_s1"]
+    clean, _, _ = _data(entry, tmp_path)
+    monkeypatch.setattr(api, "ANCHOR_SLACK", 1.0)
+    report = auditor.repair(ZOO / entry["file"], clean, tmp_path / "repaired.onnx", limit=10, device="cpu")
+    done = report.repair["unlearning"]
+    assert not done["applied"] and done["cause"] == "fidelity" and done["anchors"] >= 1
+
+
 def test_with_every_class_among_the_samples_the_row_may_move_both_ways(tmp_path: Path) -> None:
     """Fifty samples show every class, so the guard measures every class and the fit is free;
     the WaNet trigger goes at little cost."""
