@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sets < 1 or args.n < 1:
         parser.error("--sets and --n must be positive")
+    if args.note is not None and not args.overrides:
+        parser.error("--note describes a variant: it goes with --set")
     try:
         changes = [parse_override(text) for text in args.overrides]
     except ValueError as exc:
