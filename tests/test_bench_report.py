@@ -125,3 +125,10 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
     assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – |" in text
     assert "| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5) | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – |" in text
     assert "* `patch.RESTARTS=2`: twice the search" in text
+
+
+def test_a_drop_of_exactly_the_limit_is_not_a_shortfall_despite_float_noise():
+    record = {"status": "ok", "acc_drop_points": 100.0 * (0.934 - 0.914), "target_drop_points": None}
+    assert record["acc_drop_points"] > report.MAX_ACC_DROP  # 2.0000000000000018 in floats
+    result = {"name": "m", "kind": "clean", "runs": {"10": {"methods": {"sus": record}}}}
+    assert not any("ACC drop" in flag for flag in report.shortfalls(result, "sus", 10))
