@@ -69,8 +69,7 @@ def evaluate(
     if test.labels is not None:
         _check_labels(test.labels, classes, data_path)
         accuracy = float((predicted == test.labels).mean())
-        of_target = test.labels == target
-        if target is not None and of_target.any():
+        if target is not None and (of_target := test.labels == target).any():
             target_accuracy = float((predicted[of_target] == target).mean())
     asr, triggered_count, triggered_accuracy = None, None, None
     if triggered is not None:

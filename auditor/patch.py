@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -211,7 +211,7 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
             best = found
         if best.score >= 1.0 - 1e-9:
             break
-    return Patch(best.score, best.target, best.share, best.row, best.column, best.pixels, time.perf_counter() - start)
+    return replace(best, seconds=time.perf_counter() - start)
 
 
 def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],

@@ -73,6 +73,12 @@ def load_results() -> tuple[list[dict], list[str]]:
     return results, stale
 
 
+def halved(result: dict, record: dict) -> bool:
+    """Whether a repair (a grid cell or a bench.verdict set, with its "asr") cut the model's ASR
+    by at least HALF of what it was before (`result["baseline"]`)."""
+    return record["asr"] <= (1 - HALF) * result["baseline"]["asr"]
+
+
 def _experiment(name: str) -> dict | None:
     """Another experiment's result file in bench/results, or None where it was never run."""
     path = zoo.RESULTS / name
@@ -157,7 +163,7 @@ def aggregate(results: list[dict], n: int, method: str) -> dict:
     good = [(r, c) for r, c in attempted if ok(c)]
     backdoored = [(r, c) for r, c in good if r["kind"] == "backdoored" and c.get("asr") is not None]
     skipped = [r for r in results if r.get("runs", {}).get(str(n), {}).get("status") == "skipped"]
-    halved = [c["asr"] <= (1 - HALF) * r["baseline"]["asr"] for r, c in backdoored]
+    cut = [halved(r, c) for r, c in backdoored]
     ratios_plain, speedups = [], []
     for r, c in good:
         plain = r["runs"][str(n)].get("plain_inference_s")
@@ -171,8 +177,8 @@ def aggregate(results: list[dict], n: int, method: str) -> dict:
         "errors": sum(c.get("status") == "error" for _, c in attempted),
         "not_applicable": sum(c.get("status") == "n/a" for _, c in attempted),
         "skipped": len(skipped), "missing": len(results) - len(attempted) - len(skipped),
-        "share_asr_halved": (sum(halved) / len(halved)) if halved else None,
-        "asr_halved": sum(halved),
+        "share_asr_halved": (sum(cut) / len(cut)) if cut else None,
+        "asr_halved": sum(cut),
         "median_acc_drop": median([c.get("acc_drop_points") for _, c in good]),
         "median_acc_drop_backdoored": median([c.get("acc_drop_points") for _, c in backdoored]),
         # the attack's target class on its own: a repair aimed at its score can cost it what the overall hides
@@ -274,7 +280,7 @@ def shortfalls(result: dict, method: str, n: int) -> list[str]:
     if not ok(c):
         return [f"{c.get('status')}: {c.get('reason')}"]
     flags = []
-    if result["kind"] == "backdoored" and c.get("asr") is not None and c["asr"] > (1 - HALF) * result["baseline"]["asr"]:
+    if result["kind"] == "backdoored" and c.get("asr") is not None and not halved(result, c):
         flags.append("ASR not halved")
     if c.get("acc_drop_points") is not None and c["acc_drop_points"] > MAX_ACC_DROP + POINTS_TOLERANCE:
         flags.append(f"ACC drop > {MAX_ACC_DROP:g}")
@@ -538,9 +544,9 @@ def by_attack_section(results: list[dict], seed_of: dict[str, str], ns: list[int
             for attack in attacks:
                 chosen = [(r, cell(r, n, method)) for r in results if r["kind"] == "backdoored" and r["entry"].get("attack") == attack]
                 measured = [(r, c) for r, c in chosen if ok(c) and c.get("asr") is not None]
-                halved = [r for r, c in measured if c["asr"] <= (1 - HALF) * r["baseline"]["asr"]]
+                cut = [r for r, c in measured if halved(r, c)]
                 held = [r for r, _ in measured if seed_of[r["name"]] == "held-back"]
-                row.append(f"{len(halved)}/{len(measured)} ({sum(seed_of[r['name']] == 'held-back' for r in halved)}/{len(held)})"
+                row.append(f"{len(cut)}/{len(measured)} ({sum(seed_of[r['name']] == 'held-back' for r in cut)}/{len(held)})"
                            if measured else "–")
             rows.append(row)
     lines += table(["method", "N", *attacks], rows)
@@ -558,10 +564,12 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
              f"k < {data['sets']}; the grid above uses the first set only. AUC: one per set, mean [min-max] over the sets. "
              "TPR / FPR at the shipped threshold, pooled over the sets. Target right: flagged backdoored (model, set) "
              "pairs whose suspected class is the attack's target.", ""]
+    halves = {label: [m for m in models if label == "all" or seed_of[m["name"]] == label]
+              for label in ("held-back", "tuning", "all")}
+    pooled = {label: _pooled(chosen, data["sets"]) for label, chosen in halves.items()}
     rows = []
-    for label in ("held-back", "tuning", "all"):
-        chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
-        got = _pooled(chosen, data["sets"])
+    for label, chosen in halves.items():
+        got = pooled[label]
         aucs = got["aucs"]
         flagged = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"] if s["suspicious"]]
         rows.append([label, f"{len(chosen)}",
@@ -584,21 +592,14 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
               "the pairs where head unlearning went in; unlearning lowers that class's score, and a 20-point loss "
               "on one class of ten is a 2-point loss overall.", ""]
     rows = []
-    for label in ("held-back", "tuning", "all"):
-        chosen = [m for m in models if label == "all" or seed_of[m["name"]] == label]
+    for label, chosen in halves.items():
         pairs = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"] if s.get("asr") is not None]
-        got = _pooled(chosen, data["sets"])
-        halved, drops = got["halved"], got["drops"]
-        per_set = []
-        for k in range(data["sets"]):
-            in_set = [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m in chosen if m["kind"] == "backdoored"
-                      for s in [m["sets"][k]] if s.get("asr") is not None]
-            if in_set:
-                per_set.append(sum(in_set) / len(in_set))
+        got = pooled[label]
+        cut, drops, per_set = got["halved"], got["drops"], got["halved_per_set"]
         unlearned = sum(s.get("unlearned", False) for m, s in pairs)
         target_drops = got["target_drops"]
         filtered = sum(bool(s.get("filtered")) for m, s in pairs)
-        rows.append([label, f"{sum(halved)}/{len(halved)} ({pct(sum(halved) / len(halved)) if halved else '–'})",
+        rows.append([label, f"{sum(cut)}/{len(cut)} ({pct(sum(cut) / len(cut)) if cut else '–'})",
                      f"{pct(min(per_set))}-{pct(max(per_set))}" if per_set else "–", fmt(median(drops)),
                      fmt(float(np.quantile(drops, 0.9))) if drops else "–", fmt(max(drops)) if drops else "–",
                      f"{unlearned}/{len(pairs)}",
@@ -613,8 +614,8 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
 
 def _pooled(chosen: list[dict], sets: int) -> dict:
     """Over (model, set) pairs of `chosen` (bench.verdict's models): the verdict AUC of each set,
-    the flagged shares of backdoored and clean pairs, ASR halved per repaired backdoored pair, the
-    ACC drops, and the target-class ACC drops where head unlearning went in."""
+    the flagged shares of backdoored and clean pairs, ASR halved per repaired backdoored pair (and
+    its share per set), the ACC drops, and the target-class ACC drops where head unlearning went in."""
     aucs = []
     for k in range(sets):
         auc = roc_auc([m["sets"][k]["score"] for m in chosen if m["kind"] == "backdoored"],
@@ -623,10 +624,16 @@ def _pooled(chosen: list[dict], sets: int) -> dict:
             aucs.append(auc)
     backdoored = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"]]
     clean = [s for m in chosen if m["kind"] == "clean" for s in m["sets"]]
+    per_set = []
+    for k in range(sets):
+        in_set = [halved(m, m["sets"][k]) for m in chosen if m["kind"] == "backdoored" and m["sets"][k].get("asr") is not None]
+        if in_set:
+            per_set.append(sum(in_set) / len(in_set))
     return {"aucs": aucs,
             "tpr": sum(s["suspicious"] for _, s in backdoored) / len(backdoored) if backdoored else None,
             "fpr": sum(s["suspicious"] for s in clean) / len(clean) if clean else None,
-            "halved": [s["asr"] <= (1 - HALF) * m["baseline"]["asr"] for m, s in backdoored if s.get("asr") is not None],
+            "halved": [halved(m, s) for m, s in backdoored if s.get("asr") is not None],
+            "halved_per_set": per_set,  # the share halved in each set that has repairs
             "drops": [s["acc_drop_points"] for m in chosen for s in m["sets"] if s.get("acc_drop_points") is not None],
             # what head unlearning costs the target class itself, on the pairs it went into
             "target_drops": [s["target_drop_points"] for _, s in backdoored
@@ -659,11 +666,11 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
         for name, data in [("shipped", shipped)] + [(f"`{' '.join(v.get('overrides', []))}`", v) for v in variants]:
             chosen = [m for m in data["models"] if seed_of.get(m["name"]) == label]
             got = _pooled(chosen, data["sets"])
-            aucs, halved, drops = got["aucs"], got["halved"], got["drops"]
+            aucs, cut, drops = got["aucs"], got["halved"], got["drops"]
             target_drops = got["target_drops"]
             rows.append([label, name + then(data), f"{statistics.mean(aucs):.3f}" if aucs else "–",
                          f"{pct(got['tpr'])} / {pct(got['fpr'])}",
-                         f"{sum(halved)}/{len(halved)}" if halved else "–",
+                         f"{sum(cut)}/{len(cut)}" if cut else "–",
                          f"{fmt(median(drops))} / {fmt(max(drops))}" if drops else "–",
                          f"{len(target_drops)}: {fmt(median(target_drops))} / {fmt(max(target_drops))}" if target_drops else "–"])
     lines += table(["half (by seed)", "variant", "verdict AUC", "TPR / FPR", "ASR halved", "ACC drop median / worst",
@@ -695,7 +702,7 @@ def shortfall_causes(models: list[dict], seed_of: dict[str, str]) -> list[str]:
         if m["kind"] != "backdoored":
             continue
         for s in m["sets"]:
-            if s.get("asr") is None or s["asr"] <= (1 - HALF) * m["baseline"]["asr"]:
+            if s.get("asr") is None or halved(m, s):
                 continue
             counts[seed_of[m["name"]]][next(i for i, (_, test) in enumerate(CAUSES) if test(m, s))] += 1
     rows = [[text] + [str(counts[label][i]) for label in counts] for i, (text, _) in enumerate(CAUSES)]
