@@ -10,7 +10,8 @@ For each model (models/zoo manifests plus the bundled example):
   * plain inference: onnxruntime session creation + one run over the same N samples
     (CPU provider, median of 3);
   * per N and method: wall time of auditor.repair (sus, clp, fp) or bench.anp (anp),
-    accuracy / ASR of the repaired model, channels zeroed, and the auditor.audit verdict.
+    accuracy / ASR of the repaired model, channels zeroed, and the auditor.audit verdict;
+    with --repeat R, R timed runs per method taken in rounds over the methods, the median kept.
 One JSON per model goes to bench/results/<model>.json; cells already there are kept
 (resume) unless --force, or unless the model file changed. bench.report runs at the end.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from auditor.model import file_sha256
-from bench import zoo
+from bench import anp, zoo
 
 AUDITOR_METHODS = ("sus", "clp", "fp")
 ALL_METHODS = (*AUDITOR_METHODS, "anp")
@@ -124,14 +125,23 @@ def _effects(after: dict, baseline: dict) -> dict:
     return out
 
 
-def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered, repeat: int = 1) -> dict:
+def timed_run(entry: dict, method: str, clean: Path, out_path: Path):
+    """One timed repair: (wall seconds, auditor's Report or ANP's result). Raises anp.Unavailable
+    where ANP cannot run the model."""
+    if method == "anp":
+        result = anp.run_anp(entry["file"], str(clean), str(out_path))
+        return result.seconds, result
     import auditor
 
-    walls = []
-    for _ in range(repeat):  # the repair is deterministic: repeats only steady the time
-        start = time.perf_counter()
-        report = auditor.repair(entry["file"], str(clean), str(out_path), method=method, device="cpu", force=True)
-        walls.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    report = auditor.repair(entry["file"], str(clean), str(out_path), method=method, device="cpu", force=True)
+    return time.perf_counter() - start, report
+
+
+def auditor_record(entry, method, report, walls, clean, out_path, baseline, test, triggered) -> dict:
+    """The cell of one auditor method: its last repair's decisions and effects, and its verdict."""
+    import auditor
+
     record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls,
               "count": report.repair["count"], "zeroed": report.repair["zeroed"],
               "agreement": report.repair["agreement"], "how": report.repair["how"], "bound": report.repair.get("bound"),
@@ -149,16 +159,8 @@ def run_auditor_method(entry, method, clean, out_path, baseline, test, triggered
     return record
 
 
-def run_anp_method(entry, clean, out_path, baseline, test, triggered, repeat: int = 1) -> dict:
-    from bench import anp
-
-    walls = []
-    try:
-        for _ in range(repeat):  # seeded: repeats only steady the time
-            result = anp.run_anp(entry["file"], str(clean), str(out_path))
-            walls.append(result.seconds)
-    except anp.Unavailable as exc:
-        return {"status": "n/a", "reason": str(exc)}
+def anp_record(entry, result, walls, out_path, baseline, test, triggered) -> dict:
+    """The cell of ANP: its last run's pruning and effects."""
     record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls, "torch_threads": torch_threads(),
               "count": result.count, "zeroed": result.zeroed,
               "convert_s": result.convert_seconds, "optimise_s": result.optimise_seconds,
@@ -167,6 +169,45 @@ def run_anp_method(entry, clean, out_path, baseline, test, triggered, repeat: in
               "notes": result.notes, "verdict_score": None}
     record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))
     return record
+
+
+def run_methods(entry, methods, clean, work: Path, n: int, baseline, test, triggered, repeat: int = 1) -> dict[str, dict]:
+    """Every method's cell at one N. Repeats go round the methods (sus, anp, sus, anp, ...), not one
+    method's repeats in a row, so a stretch of load on the machine slows every method alike and the
+    time ratios stay fair; each method's wall time is the median of its runs (repairs are
+    deterministic, repeats only steady the time)."""
+    walls: dict[str, list[float]] = {m: [] for m in methods}
+    last: dict[str, object] = {}
+    records: dict[str, dict] = {}
+    for _ in range(repeat):
+        for method in methods:
+            if method in records:
+                continue  # failed or not applicable: not retried within this run
+            try:
+                seconds, last[method] = timed_run(entry, method, clean, work / f"repaired-{method}-n{n}.onnx")
+                walls[method].append(seconds)
+            except Exception as exc:
+                records[method] = _failure(exc)
+    for method in methods:
+        if method in records:
+            continue
+        out_path = work / f"repaired-{method}-n{n}.onnx"
+        try:
+            if method == "anp":
+                records[method] = anp_record(entry, last[method], walls[method], out_path, baseline, test, triggered)
+            else:
+                records[method] = auditor_record(entry, method, last[method], walls[method], clean, out_path, baseline,
+                                                 test, triggered)
+        except Exception as exc:
+            records[method] = _failure(exc)
+    return records
+
+
+def _failure(exc: BaseException) -> dict:
+    """A cell that could not be measured: "n/a" where ANP cannot run the model, else an error."""
+    if isinstance(exc, anp.Unavailable):
+        return {"status": "n/a", "reason": str(exc)}
+    return {"status": "error", "reason": _reason(exc), "traceback": traceback.format_exc()[-2000:]}
 
 
 def _save(path: Path, result: dict) -> None:
@@ -223,24 +264,15 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
         clean = zoo.materialise(entry["clean_pool"], layout, first=n)
         if "plain_inference_s" not in cell or force:
             cell["plain_inference_s"] = plain_inference(entry["file"], clean)
-        for method in methods:
-            previous = cell["methods"].get(method)
-            if previous is not None and previous.get("status") != "error" and not force:
-                continue  # errors are retried on the next run; "n/a" (ANP cannot convert) is kept
-            out_path = work / f"repaired-{method}-n{n}.onnx"
-            try:
-                if method == "anp":
-                    record = run_anp_method(entry, clean, out_path, baseline, test, triggered, repeat)
-                else:
-                    record = run_auditor_method(entry, method, clean, out_path, baseline, test, triggered, repeat)
-            except Exception as exc:
-                record = {"status": "error", "reason": _reason(exc), "traceback": traceback.format_exc()[-2000:]}
+        todo = [m for m in methods if force or cell["methods"].get(m) is None or cell["methods"][m].get("status") == "error"]
+        # errors are retried on the next run; "n/a" (ANP cannot convert) is kept
+        for method, record in run_methods(entry, todo, clean, work, n, baseline, test, triggered, repeat).items():
             record["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             record["command"] = command
             record["jobs"] = jobs
             cell["methods"][method] = record
             done += 1
-            _save(path, result)
+        _save(path, result)
     if done:
         result["command"] = command
         result["bench_seconds"] = result.get("bench_seconds", 0.0) + time.perf_counter() - started
