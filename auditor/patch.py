@@ -16,6 +16,7 @@ Forward passes only; deterministic (seeded).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -214,6 +215,26 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
     return replace(best, seconds=time.perf_counter() - start)
 
 
+def segments(lengths: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """How to average consecutive segments of the given lengths: per distinct length, the
+    segments that have it and the index [segments, length] of their values."""
+    lengths_ = np.asarray(lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths_)[:-1]]).astype(np.int64)
+    return [(which, starts[which][:, None] + np.arange(length))
+            for length in np.unique(lengths_) for which in [np.flatnonzero(lengths_ == length)]]
+
+
+def segment_means(values: np.ndarray, plan: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The mean of each segment of `values` (`plan` from `segments`). Segments of one length are
+    averaged as the rows of one array: numpy sums a row as it sums a vector, so each mean is
+    bit-identical to `segment.mean()`."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.empty(sum(len(which) for which, _ in plan))
+    for which, index in plan:
+        out[which] = values[index].mean(axis=1)
+    return out
+
+
 def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
             seed: int) -> Patch | None:
     """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
@@ -249,25 +270,27 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
     everyone = [np.flatnonzero(clean != c) for c in classes]  # only these samples count for class c: only they run
     others = [o[:SCREEN_SAMPLES] for o in everyone] if len(classes) > SHORTLIST else everyone
 
+    split = functools.cache(segments)  # the classes evaluated together change twice per search
+
     def evaluate(rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        parts = []
-        for k in which:
-            part = images[others[k]]  # a copy: fancy indexing
-            part[:, rows[k]:rows[k] + size, cols[k]:cols[k] + size, :] = pixels[k]
-            parts.append(part)
+        lengths = np.array([len(others[k]) for k in which])
         chosen = np.concatenate([others[k] for k in which])
-        inputs = {key: value[chosen] for key, value in samples.inputs.items() if key != name}
-        inputs[name] = from_images(np.concatenate(parts), original, axes)
-        out = np.asarray(classify(Samples(inputs, None, samples.source)), dtype=np.float64).reshape(len(chosen), -1)
-        value, share = np.empty(len(which)), np.empty(len(which))
+        batch = images[chosen]  # a copy: fancy indexing
         start = 0
-        for i, k in enumerate(which):
-            scores_k = out[start:start + len(others[k])]
-            start += len(others[k])
-            margin = scores_k[:, classes[k]] - np.delete(scores_k, classes[k], axis=1).max(axis=1)
-            value[i] = np.minimum(margin, typical).mean() / typical
-            share[i] = (margin > 0).mean()
-        return value, share
+        for k, length in zip(which, lengths):
+            batch[start:start + length, rows[k]:rows[k] + size, cols[k]:cols[k] + size, :] = pixels[k]
+            start += length
+        inputs = {key: value[chosen] for key, value in samples.inputs.items() if key != name}
+        inputs[name] = from_images(batch, original, axes)
+        out = np.asarray(classify(Samples(inputs, None, samples.source)), dtype=np.float64).reshape(len(chosen), -1)
+        # each row's margin: its class's score minus the best other score
+        own = np.repeat(classes[which], lengths)
+        every = np.arange(len(chosen))
+        rival = out.copy()
+        rival[every, own] = -np.inf
+        margin = out[every, own] - rival.max(axis=1)
+        plan = split(tuple(lengths.tolist()))
+        return segment_means(np.minimum(margin, typical), plan) / typical, segment_means(margin > 0, plan)
 
     live = np.arange(len(classes))
     best, shares = evaluate(rows, cols, pixels, live)
@@ -286,8 +309,8 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
             if draw < MOVE:
                 new_rows[k], new_cols[k] = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
             elif draw < MOVE + NUDGE:
-                new_rows[k] = np.clip(rows[k] + rng.integers(-2, 3), 0, height - size)
-                new_cols[k] = np.clip(cols[k] + rng.integers(-2, 3), 0, width - size)
+                new_rows[k] = min(max(int(rows[k]) + int(rng.integers(-2, 3)), 0), height - size)
+                new_cols[k] = min(max(int(cols[k]) + int(rng.integers(-2, 3)), 0), width - size)
             else:
                 r, c = rng.integers(0, size - block + 1, 2)
                 new_pixels[k, r:r + block, c:c + block, :] = values[rng.integers(0, len(values), channels)]

@@ -244,3 +244,16 @@ def test_a_weak_patch_verdict_still_gets_the_occlusion_within_tighter_bounds(tmp
     before, after = before_after(entry, model, out, test, triggered)
     assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
     assert before.accuracy - after.accuracy < 0.02
+
+
+@pytest.mark.parametrize("lengths", [(9,), (9, 8, 9, 10), (1, 2, 3, 1, 2, 3), (5, 5, 5)])
+def test_segment_means_are_bit_identical_to_each_segments_own_mean(lengths: tuple[int, ...]) -> None:
+    """The search scores every class's patch from one batch; its segment means must equal what
+    averaging each class's rows alone gives, to the bit, or a tie in the search could break otherwise."""
+    rng = np.random.default_rng(len(lengths))
+    values = rng.normal(size=sum(lengths)) * 37.0
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    expected = [values[s:s + n].mean() for s, n in zip(starts, lengths)]
+    assert patch.segment_means(values, patch.segments(lengths)).tolist() == expected
+    flags = values > 0
+    assert patch.segment_means(flags, patch.segments(lengths)).tolist() == [flags[s:s + n].mean() for s, n in zip(starts, lengths)]
