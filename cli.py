@@ -267,6 +267,11 @@ def repair_command(
             out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} {kind} "
                       f"samples it took and {unlearned['anchors']} clean samples of that class "
                       f"(their weight {unlearned['weight']:g}, penalty {unlearned['strength']:g})")
+            if before is None:
+                t, k = unlearned["target"], unlearned["anchors"]
+                out.print(f"caution: class {t}'s own accuracy was guarded by {k} clean sample{'s' if k != 1 else ''} of it "
+                          f"only, and unlearning can cost that class more than the agreement shows: check it with "
+                          f"--test TEST.npz --target {t}")
         elif unlearned is not None and report.verdict.get("basis") in SHORTCUT_BASES and report.verdict["suspicious"]:
             out.print(f"unlearning: not applied: {unlearned['reason']}")
         left = r.get("probe")

@@ -222,3 +222,23 @@ def test_divergence_spares_only_the_target_and_only_on_other_rows() -> None:
     reshuffled = np.array([[0.3, 0.3, 0.4]])
     assert divergence(reference[:1], reshuffled, label[:1], spare=1) > 0.2
     assert divergence(reference[1:], emptied[1:], label[1:], spare=1) == divergence(reference[1:], emptied[1:], label[1:]) > 0.1
+
+
+def test_the_cli_says_to_check_the_target_class_after_unlearning(tmp_path: Path) -> None:
+    """Unlearning is judged on the few clean samples of the target class: without a test set the
+    CLI says so and how to check; with one, the table shows that class's accuracy instead."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    entry = MANIFEST["keras_cnn_blended_s1"]
+    clean, test, triggered = _data(entry, tmp_path)
+    args = ["repair", str(ZOO / entry["file"]), "--data", str(clean), "--limit", "10", "--device", "cpu"]
+    blind = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a.onnx")], terminal_width=400)
+    assert blind.exit_code == 0, blind.output
+    assert f"caution: class {entry['target']}'s own accuracy was guarded by" in blind.output
+    assert f"--target {entry['target']}" in blind.output
+    seen = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b.onnx"), "--test", str(test), "--triggered", str(triggered),
+                                    "--target", str(entry["target"])], terminal_width=400)
+    assert seen.exit_code == 0, seen.output
+    assert "caution:" not in seen.output and "target class" in seen.output
