@@ -218,10 +218,10 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
 def segments(lengths: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
     """How to average consecutive segments of the given lengths: per distinct length, the
     segments that have it and the index [segments, length] of their values."""
-    lengths_ = np.asarray(lengths)
-    starts = np.concatenate([[0], np.cumsum(lengths_)[:-1]]).astype(np.int64)
+    sizes = np.asarray(lengths)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     return [(which, starts[which][:, None] + np.arange(length))
-            for length in np.unique(lengths_) for which in [np.flatnonzero(lengths_ == length)]]
+            for length in np.unique(sizes) for which in [np.flatnonzero(sizes == length)]]
 
 
 def segment_means(values: np.ndarray, plan: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
