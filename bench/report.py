@@ -26,6 +26,11 @@ SHARE_NEEDED = 0.8
 MAX_ACC_DROP = 2.0  # points
 # Accuracies are ratios of counts: a drop computed in floats as 2.0000000000000018 points is 2.
 POINTS_TOLERANCE = 1e-9
+
+
+def over(points: float, limit: float) -> bool:
+    """Whether an accuracy drop in points is over its limit, float noise aside (POINTS_TOLERANCE)."""
+    return points > limit + POINTS_TOLERANCE
 # Not one of the issue's criteria: a per-model mark, so that a repair's cost to the attack's target
 # class (which head unlearning lowers) is not hidden in the overall accuracy.
 MAX_TARGET_DROP = 10.0
@@ -247,7 +252,7 @@ def criteria(results: list[dict], method: str, ns: list[int], label: str) -> lis
     out.append({
         "criterion": f"N={CRITERION_N}: median clean-accuracy drop <= {MAX_ACC_DROP:g} points, all models that ran ({label})",
         "value": "–" if row is None else f"{fmt(drop)} points over {row['ok']} models",
-        "passed": None if drop is None else drop <= MAX_ACC_DROP + POINTS_TOLERANCE,
+        "passed": None if drop is None else not over(drop, MAX_ACC_DROP),
     })
     auc = None if row is None else row.get("auc")
     out.append({
@@ -282,9 +287,9 @@ def shortfalls(result: dict, method: str, n: int) -> list[str]:
     flags = []
     if result["kind"] == "backdoored" and c.get("asr") is not None and not halved(result, c):
         flags.append("ASR not halved")
-    if c.get("acc_drop_points") is not None and c["acc_drop_points"] > MAX_ACC_DROP + POINTS_TOLERANCE:
+    if c.get("acc_drop_points") is not None and over(c["acc_drop_points"], MAX_ACC_DROP):
         flags.append(f"ACC drop > {MAX_ACC_DROP:g}")
-    if c.get("target_drop_points") is not None and c["target_drop_points"] > MAX_TARGET_DROP + POINTS_TOLERANCE:
+    if c.get("target_drop_points") is not None and over(c["target_drop_points"], MAX_TARGET_DROP):
         flags.append(f"target-class ACC drop {c['target_drop_points']:.1f} > {MAX_TARGET_DROP:g}")
     if c.get("suspicious") is not None:
         if result["kind"] == "backdoored" and not c["suspicious"]:
@@ -472,7 +477,7 @@ def main(command: str | None = None, grid_seconds: float | None = None) -> int:
     choices = []
     for method in [m for m in methods if m in AUDITOR_METHODS]:
         a = aggregate(tuning, CRITERION_N, method)
-        meets_drop = a["median_acc_drop"] is not None and a["median_acc_drop"] <= MAX_ACC_DROP + POINTS_TOLERANCE
+        meets_drop = a["median_acc_drop"] is not None and not over(a["median_acc_drop"], MAX_ACC_DROP)
         choices.append(((meets_drop, a["share_asr_halved"] or 0.0, a.get("auc") or 0.0, method == default), method, a))
     tuned_method = max(choices)[1] if choices else None
     thresholds = {}

@@ -176,6 +176,7 @@ def run_methods(entry, methods, clean, work: Path, n: int, baseline, test, trigg
     method's repeats in a row, so a stretch of load on the machine slows every method alike and the
     time ratios stay fair; each method's wall time is the median of its runs (repairs are
     deterministic, repeats only steady the time)."""
+    paths = {m: work / f"repaired-{m}-n{n}.onnx" for m in methods}
     walls: dict[str, list[float]] = {m: [] for m in methods}
     last: dict[str, object] = {}
     records: dict[str, dict] = {}
@@ -184,19 +185,18 @@ def run_methods(entry, methods, clean, work: Path, n: int, baseline, test, trigg
             if method in records:
                 continue  # failed or not applicable: not retried within this run
             try:
-                seconds, last[method] = timed_run(entry, method, clean, work / f"repaired-{method}-n{n}.onnx")
+                seconds, last[method] = timed_run(entry, method, clean, paths[method])
                 walls[method].append(seconds)
             except Exception as exc:
                 records[method] = _failure(exc)
     for method in methods:
         if method in records:
             continue
-        out_path = work / f"repaired-{method}-n{n}.onnx"
         try:
             if method == "anp":
-                records[method] = anp_record(entry, last[method], walls[method], out_path, baseline, test, triggered)
+                records[method] = anp_record(entry, last[method], walls[method], paths[method], baseline, test, triggered)
             else:
-                records[method] = auditor_record(entry, method, last[method], walls[method], clean, out_path, baseline,
+                records[method] = auditor_record(entry, method, last[method], walls[method], clean, paths[method], baseline,
                                                  test, triggered)
         except Exception as exc:
             records[method] = _failure(exc)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import pkgutil
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import zoo
+from bench.run import _save
 
 OUTPUT = zoo.RESULTS / "verdict_sets.json"
 VARIANTS = zoo.RESULTS / "variants"
@@ -171,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
               "models": models}
     if args.overrides:
         result.update(overrides=args.overrides, note=args.note)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp")
-    temporary.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(temporary, output)
+    _save(output, result)
     print(f"verdict: {len(models)} models x {args.sets} sets -> {output.relative_to(zoo.ROOT)}")
     return 0
 
