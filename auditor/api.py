@@ -53,6 +53,8 @@ class _Analysis:
     batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
     patch: patch.Patch | None = None  # the patch search's best patch (`sus` on image inputs)
     fourier: fourier.Fourier | None = None  # the Fourier probe's best class (`sus` on image inputs)
+    # samples -> class scores through a plain session on the original model, made on first use
+    classify: Callable[[data.Samples], np.ndarray] | None = None
 
 
 def _analyse(model_path, data_path, limit, method, device, threshold, command, patch_search: bool = True,
@@ -104,22 +106,23 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
         )
         layers.append(LayerRecord(unit.name, unit.op, unit.output, unit.channels, unit.prunable, unit.head,
                                   unit.activation, unit.bn is not None, records))
-    probed = probe.probe(samples, captured.scores, captured.classify) if method == "sus" else None
+    # The probe's, the searches' and the notch's many passes need no instruments: a plain session
+    # (the instrumented one runs the probe three to four times slower), made on first use.
+    plain = _lazy_classifier(loaded.proto, index, provider, batch)
+    probed = probe.probe(samples, captured.scores, plain) if method == "sus" else None
     # The head's reachable margins decide the verdict only where the probe cannot run (no float input).
     head = _head_margin(index, units, captured) if probed is not None and not probed.shares else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
     found, waved = None, None
     if probed is not None and probed.shares:
-        # the searches' many passes need no instruments: a plain session, made once a search runs
-        plain = functools.cache(lambda: classifier(loaded.proto, index, provider, batch))
         # Each search runs only while it could still raise the verdict's score (score.*_REACH).
         reached = probed.score
         if fourier_probe and reached < score.FOURIER_REACH:
-            waved = fourier.search(samples, captured.scores, plain())
+            waved = fourier.search(samples, captured.scores, plain)
             if waved is not None:
                 reached = max(reached, waved.score * score.FOURIER_REACH)
         if patch_search and reached < score.PATCH_REACH:
-            found = patch.search(samples, captured.scores, plain())
+            found = patch.search(samples, captured.scores, plain)
     timings["fourier"] = 0.0 if waved is None else waved.seconds
     timings["patch"] = 0.0 if found is None else found.seconds
     if probed is not None and probed.shares:
@@ -148,7 +151,15 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
         layers=layers, skipped=skipped, timings=timings,
     )
     timings["total"] = time.perf_counter() - start
-    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, found, waved)
+    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, found, waved, plain)
+
+
+def _lazy_classifier(proto: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,
+                     batch: int) -> Callable[[data.Samples], np.ndarray]:
+    """samples -> class scores through a plain session on `proto`, built on the first call only
+    (`scan --method clp` never needs one)."""
+    made = functools.cache(lambda: classifier(proto, index, provider, batch))
+    return lambda samples: made()(samples)
 
 
 def _coverage(captured: Capture) -> dict:
@@ -338,7 +349,7 @@ def _notch(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[in
         """The whole frequency (whatever the trigger's phase), then, only if needed, the narrower
         filter, whose phase search costs forward passes."""
         yield found
-        yield fourier.phase_notch(analysis.samples, analysis.capture.scores, analysis.fourier, analysis.capture.classify)
+        yield fourier.phase_notch(analysis.samples, analysis.capture.scores, analysis.fourier, analysis.classify)
 
     kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, widest_first(),
                                             lambda n: "every phase" if n.phase is None else f"phase {n.phase:.3f}")

@@ -59,13 +59,12 @@ class ChannelStats:
 
 @dataclass(frozen=True)
 class Capture:
-    """Statistics per unit name, the model's class scores on the samples [N, K], and seconds;
-    `classify` gives class scores of more samples through the same session (the corruption probe)."""
+    """Statistics per unit name, the model's class scores on the samples [N, K], and seconds.
+    Further passes go through `classifier`'s plain session: the instruments slow them."""
 
     stats: dict[str, ChannelStats]
     scores: np.ndarray
     seconds: float
-    classify: Callable[[Samples], np.ndarray]
 
     @property
     def labels(self) -> np.ndarray:
@@ -255,8 +254,7 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
         )
 
-    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start,
-                   classify=_classify(session, scores_name, batch))
+    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start)
 
 
 def _classify(session, scores_name: str, batch: int) -> Callable[[Samples], np.ndarray]:
