@@ -468,14 +468,14 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     ranked = ranking(prunable, analysis.suspicion, threshold, layer_cap, max_prune)
     unlearning = method == "sus" and unlearning is not False
     head = _dense_head(analysis.index, analysis.units) if unlearning else None
-    fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider,
-                           batch=min(analysis.batch, guard.BATCH), head=head)
     if bound is None:
         bound = method == "sus"
     if zero is None:
         zero = method != "sus" or threshold is not None or max_prune is not None
     if not zero:
         ranked = []
+    fidelity = guard.Guard(analysis.index, prunable, analysis.samples, analysis.provider,
+                           batch=min(analysis.batch, guard.BATCH), head=head, masks=bool(ranked))
     capped = guard.Bound(None, None, {}, guard.Fidelity(1.0, 0.0))
     if bound:
         capped = fidelity.bound(analysis.capture.stats, floor, max_divergence, positions=_static_inputs(analysis.loaded.proto))

@@ -202,10 +202,11 @@ def weight_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], bound: bool = False,
-                     clamp: tuple[str, ...] = ()) -> onnx.ModelProto:
+                     clamp: tuple[str, ...] = (), masks: bool = True) -> onnx.ModelProto:
     """The model with a float mask input per unit (feed ones to reproduce the original); with
     `bound`, a per-channel upper bound after it (feed +inf to reproduce the original); with `clamp`,
-    low and high inputs that clamp those float32 graph inputs first (feed -inf and +inf)."""
+    low and high inputs that clamp those float32 graph inputs first (feed -inf and +inf). Without
+    `masks` (a repair that zeroes nothing), no mask inputs: their all-ones Muls only cost time."""
     position = {u.name: i for i, u in enumerate(units)}
     types = weight_types(model)
     casts: list[onnx.NodeProto] = []
@@ -219,13 +220,14 @@ def with_mask_inputs(model: onnx.ModelProto, units: list[Unit], bound: bool = Fa
         return f"{name}__auditor_cast"
 
     bound_name = (lambda u: read(BOUND_PREFIX, u)) if bound else None
-    out = _with_muls(model, units, lambda u: read(MASK_PREFIX, u), bound_name)
+    out = _with_muls(model, units, (lambda u: read(MASK_PREFIX, u)) if masks else (lambda u: None), bound_name)
     if casts:  # graph inputs exist from the start: the casts go first, in topological order
         rest = [copy.deepcopy(node) for node in out.graph.node]
         del out.graph.node[:]
         out.graph.node.extend([*casts, *rest])
     for i, unit in enumerate(units):
-        out.graph.input.append(helper.make_tensor_value_info(MASK_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
+        if masks:
+            out.graph.input.append(helper.make_tensor_value_info(MASK_PREFIX + str(i), TensorProto.FLOAT, mask_shape(unit)))
         if bound:  # any shape that broadcasts: per channel [C, 1, ..] or per position (one sample's shape)
             out.graph.input.append(helper.make_tensor_value_info(BOUND_PREFIX + str(i), TensorProto.FLOAT, None))
     if clamp:
@@ -248,14 +250,17 @@ def clamp_feed(clamp: tuple[str, ...], bounds: dict[str, np.ndarray] | None) -> 
 
 
 def mask_feed(units: list[Unit], zeroed: dict[str, list[int]],
-              bounds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Feeds for `with_mask_inputs`: zeros at the listed channels, ones elsewhere;
+              bounds: dict[str, np.ndarray] | None = None, masks: bool = True) -> dict[str, np.ndarray]:
+    """Feeds for `with_mask_inputs`: zeros at the listed channels, ones elsewhere (with `masks`);
     with `bounds` (a dict, possibly empty), each unit's bound [C] or +inf where none is given."""
+    if zeroed and not masks:
+        raise ValueError("channels to zero, but the graph was built without mask inputs")
     feed = {}
     for position, unit in enumerate(units):
-        mask = np.ones(unit.channels, dtype=np.float32)
-        mask[zeroed.get(unit.name, [])] = 0.0
-        feed[MASK_PREFIX + str(position)] = mask.reshape(mask_shape(unit))
+        if masks:
+            mask = np.ones(unit.channels, dtype=np.float32)
+            mask[zeroed.get(unit.name, [])] = 0.0
+            feed[MASK_PREFIX + str(position)] = mask.reshape(mask_shape(unit))
         if bounds is not None:
             bound = bounds.get(unit.name)
             bound = np.full(mask_shape(unit), np.inf, np.float32) if bound is None else np.asarray(bound, np.float32)

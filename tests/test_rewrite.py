@@ -273,6 +273,21 @@ def test_bounds_of_infinity_reproduce_the_original(case: Case) -> None:
     np.testing.assert_array_equal(got, plain)
 
 
+@pytest.mark.parametrize("per_position", [False, True], ids=["per-channel", "per-position"])
+def test_bounds_without_masks_match_the_masked_graph_with_nothing_zeroed(case: Case, per_position: bool) -> None:
+    bounds = _bounds_at_half_the_clean_max(case, per_position)
+    bare = rewrite.with_mask_inputs(case.model, case.units, bound=True, masks=False)
+    assert not [i for i in bare.graph.input if i.name.startswith(rewrite.MASK_PREFIX)]
+    muls = lambda m: sum(n.op_type == "Mul" for n in m.graph.node)  # noqa: E731
+    assert muls(bare) == muls(case.model)
+    (got,) = graphs.run(bare, case.x, ["logits"], rewrite.mask_feed(case.units, {}, bounds=bounds, masks=False))
+    masked = rewrite.with_mask_inputs(case.model, case.units, bound=True)
+    (want,) = graphs.run(masked, case.x, ["logits"], rewrite.mask_feed(case.units, {}, bounds=bounds))
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="without mask inputs"):
+        rewrite.mask_feed(case.units, case.zeroed, bounds=bounds, masks=False)
+
+
 def test_dilate_takes_the_largest_value_nearby_but_never_across_channels() -> None:
     from auditor.guard import dilate
 
