@@ -93,7 +93,12 @@ def dilate(values: np.ndarray, radius: int, channel_axis: int | None) -> np.ndar
             continue
         padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(values.ndim)], mode="edge")
         length = values.shape[axis]
-        out = np.max([np.take(padded, np.arange(shift, shift + length), axis=axis) for shift in range(2 * radius + 1)], axis=0)
+        window = [slice(None)] * values.ndim
+        window[axis] = slice(0, length)
+        out = padded[tuple(window)].copy()
+        for shift in range(1, 2 * radius + 1):  # a running maximum over views: no copy per shift
+            window[axis] = slice(shift, shift + length)
+            np.maximum(out, padded[tuple(window)], out=out)
     return out
 
 
@@ -413,7 +418,7 @@ class Guard:
         def holds(length: int) -> bool:
             return self.fidelity(_grouped(chosen[:length]), bounds).within(floor, max_divergence)
 
-        if holds(len(chosen)):
+        if not chosen or holds(len(chosen)):  # nothing chosen: nothing to cut back, and no run to spend
             return chosen
         low, high = 0, len(chosen)  # holds(low) is assumed: the bound alone passed the guard
         while high - low > 1:

@@ -300,6 +300,22 @@ def test_dilate_takes_the_largest_value_nearby_but_never_across_channels() -> No
     np.testing.assert_array_equal(dilate(values, 0, channel_axis=0), values)
 
 
+@pytest.mark.parametrize("channel_axis", [None, 0, -3])
+def test_dilate_equals_the_maximum_over_every_window(channel_axis: int | None) -> None:
+    from auditor.guard import dilate
+
+    values = np.random.default_rng(3).normal(size=(3, 1, 6, 7))
+    radius = 2
+    want = np.empty_like(values)
+    for index in np.ndindex(values.shape):
+        window = tuple(
+            slice(i, i + 1) if channel_axis is not None and axis == channel_axis % values.ndim
+            else slice(max(0, i - radius), i + radius + 1)
+            for axis, i in enumerate(index))
+        want[index] = values[window].max()
+    np.testing.assert_array_equal(dilate(values, radius, channel_axis), want)
+
+
 def test_input_clamp_is_applied_first_and_matches_the_guard_graph(case: Case) -> None:
     (name,) = [i.name for i in case.model.graph.input if i.name not in {t.name for t in case.model.graph.initializer}]
     x = case.x.astype(np.float32)
