@@ -51,10 +51,9 @@ class _Analysis:
     suspicion: dict[str, score.Suspicion]
     report: Report
     batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
+    classify: Callable[[data.Samples], np.ndarray]  # class scores through a plain session on the original
     patch: patch.Patch | None = None  # the patch search's best patch (`sus` on image inputs)
     fourier: fourier.Fourier | None = None  # the Fourier probe's best class (`sus` on image inputs)
-    # samples -> class scores through a plain session on the original model, made on first use
-    classify: Callable[[data.Samples], np.ndarray] | None = None
 
 
 def _analyse(model_path, data_path, limit, method, device, threshold, command, patch_search: bool = True,
@@ -151,7 +150,7 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
         layers=layers, skipped=skipped, timings=timings,
     )
     timings["total"] = time.perf_counter() - start
-    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, found, waved, plain)
+    return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, plain, found, waved)
 
 
 def _lazy_classifier(proto: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,
