@@ -292,13 +292,28 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
         plan = split(tuple(lengths.tolist()))
         return segment_means(np.minimum(margin, typical), plan) / typical, segment_means(margin > 0, plan)
 
+    # A step often proposes a patch already scored (a pixel set to the value it has, a nudge
+    # against the border, a patch tried before): its score is known, so only new patches run
+    # (the ResNet's search: 0.76 -> 0.52 s). On the CPU onnxruntime scores a row the same whatever
+    # shares its batch (tests/test_patch.py), so the search ends exactly where it did without this.
+    scored: dict[tuple, tuple[float, float]] = {}
+
+    def evaluate_new(rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys = [(others is everyone, int(k), int(rows[k]), int(cols[k]), pixels[k].tobytes()) for k in which]
+        todo = [i for i, key in enumerate(keys) if key not in scored]
+        if todo:
+            for i, value, share in zip(todo, *evaluate(rows, cols, pixels, which[todo])):
+                scored[keys[i]] = (float(value), float(share))
+        found = np.array([scored[key] for key in keys], dtype=np.float64).reshape(len(keys), 2)
+        return found[:, 0], found[:, 1]
+
     live = np.arange(len(classes))
-    best, shares = evaluate(rows, cols, pixels, live)
+    best, shares = evaluate_new(rows, cols, pixels, live)
     for step in range(ITERATIONS):
         if others is not everyone and (step == SCREEN or best.max() >= 1.0 - 1e-9):
             # the screen ends: every class's patch is scored again on all its samples, and the best go on
             others = everyone
-            best, shares = evaluate(rows, cols, pixels, live)
+            best, shares = evaluate_new(rows, cols, pixels, live)
             live = np.sort(np.argsort(-best, kind="stable")[:SHORTLIST])
         if best.max() >= 1.0 - 1e-9:
             break  # every sample sent at clean confidence: the score is capped there, nothing can beat it
@@ -314,7 +329,7 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
             else:
                 r, c = rng.integers(0, size - block + 1, 2)
                 new_pixels[k, r:r + block, c:c + block, :] = values[rng.integers(0, len(values), channels)]
-        value, share = evaluate(new_rows, new_cols, new_pixels, live)
+        value, share = evaluate_new(new_rows, new_cols, new_pixels, live)
         better = live[value > best[live]]
         kept = value > best[live]
         rows[better], cols[better], pixels[better] = new_rows[better], new_cols[better], new_pixels[better]

@@ -116,6 +116,25 @@ def test_restarts_keep_the_better_of_independent_searches(monkeypatch: pytest.Mo
     assert both.summary() == better.summary() and np.array_equal(both.pixels, better.pixels)
 
 
+def test_a_row_scores_the_same_whatever_shares_its_batch() -> None:
+    """The search reuses the score of a patch it has seen, while the rows around it in a batch
+    change from step to step: that returns what running it again would only because onnxruntime
+    scores each row independently of its batch-mates (checked here bit for bit on the CPU)."""
+    from auditor import capture, data
+    from auditor.graph import GraphIndex
+    from auditor.runtime import select_provider
+
+    example = Path(__file__).resolve().parent.parent / "models" / "example"
+    model = onnx.load(example / "model.onnx")
+    samples = data.load(example / "clean.npz", data.input_specs(model), limit=30)
+    x = samples.inputs["x"].copy()
+    x[:, :, 20:24, 20:24] = np.random.default_rng(0).integers(0, 2, (30, 1, 4, 4))  # a patch on every row
+    classify = capture.classifier(model, GraphIndex(model), select_provider("cpu"))
+    whole = classify(Samples({"x": x}, None, "x"))
+    for start, stop in ((0, 1), (3, 10), (10, 27), (29, 30)):
+        np.testing.assert_array_equal(classify(Samples({"x": x[start:stop]}, None, "x")), whole[start:stop])
+
+
 @pytest.mark.parametrize(("shape", "axes"), [((2, 3, 12, 10), (2, 3)), ((2, 12, 10, 3), (1, 2)), ((2, 12, 10), (1, 2)),
                                              ((2, 144), (1, 2))])
 def test_images_round_trip_in_every_layout(shape: tuple[int, ...], axes: tuple[int, ...]) -> None:
