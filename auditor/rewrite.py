@@ -150,6 +150,9 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, bound_nam
     out.CopyFrom(model)
     taken = {name for node in model.graph.node for name in (*node.input, *node.output)}
     taken |= {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
+    plans = {u.name: [step for step in (("Mul", factor_name(u), "mul"), ("Min", bound_name(u) if bound_name else None, "bound_min"))
+                      if step[1] is not None] for u in units}
+    units = [u for u in units if plans[u.name]]  # a unit with nothing to insert keeps its output's name
     renamed: dict[str, str] = {}
     for u in units:  # fresh names: a repaired model already holds "<output>__auditor_masked"
         renamed[u.output] = _fresh(f"{u.output}__auditor_masked", taken)
@@ -157,8 +160,7 @@ def _with_muls(model: onnx.ModelProto, units: list[Unit], factor_name, bound_nam
     node_names = {node.name for node in model.graph.node}  # onnxruntime refuses duplicate node names
     inserted: dict[str, list[onnx.NodeProto]] = {}
     for i, u in enumerate(units):
-        steps = [("Mul", factor_name(u), "mul"), ("Min", bound_name(u) if bound_name else None, "bound_min")]
-        steps = [step for step in steps if step[1] is not None]
+        steps = plans[u.name]
         chain, current = [], u.output
         for k, (op, operand, tag) in enumerate(steps):
             name = _fresh(f"__auditor_{tag}_{i}", node_names)

@@ -286,6 +286,12 @@ def test_bounds_without_masks_match_the_masked_graph_with_nothing_zeroed(case: C
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="without mask inputs"):
         rewrite.mask_feed(case.units, case.zeroed, bounds=bounds, masks=False)
+    # neither masks nor bounds: nothing is inserted, and the graph is the original's
+    untouched = rewrite.with_mask_inputs(case.model, case.units, masks=False)
+    assert [n.op_type for n in untouched.graph.node] == [n.op_type for n in case.model.graph.node]
+    (same,) = graphs.run(untouched, case.x, ["logits"], {})
+    (plain,) = graphs.run(case.model, case.x, ["logits"])
+    np.testing.assert_array_equal(same, plain)
 
 
 def test_dilate_takes_the_largest_value_nearby_but_never_across_channels() -> None:
