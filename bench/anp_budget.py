@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench import anp, zoo
-from bench.run import _effects, _evaluate, _save, torch_threads
+from bench.run import _effects, _evaluate, torch_threads
 
 OUTPUT = zoo.RESULTS / "anp_budget.json"
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {entry['name']}: {result.seconds:.1f} s", flush=True)
     data = {"command": command, "n": args.n, "iterations": args.iterations, "seconds": time.perf_counter() - started,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": models}
-    _save(OUTPUT, data)
+    zoo.save_json(OUTPUT, data)
     print(f"anp_budget: {len(models)} models -> {OUTPUT.relative_to(zoo.ROOT)}")
     return 0
 

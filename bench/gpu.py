@@ -30,7 +30,6 @@ import auditor
 from auditor import model, runtime
 from auditor.errors import AuditorError
 from bench import zoo
-from bench.run import _save
 
 OUTPUT = zoo.RESULTS / "gpu.json"
 
@@ -124,7 +123,7 @@ def write(path: Path, argv: list[str] | None, provider: runtime.Provider, sizes:
                 "max_score_difference": float(max(r["score_difference"] for r in chosen)),
                 "errors": sum(1 for r in rows if r["n"] == n and "error" in r),
             }
-    _save(path, {
+    zoo.save_json(path, {
         "command": "python -m bench.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
         "provider": provider.name, "onnxruntime": ort.__version__, "python": platform.python_version(),
         "accelerator": accelerator(), "cpus": os.cpu_count(),

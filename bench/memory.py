@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 from bench import zoo
-from bench.run import _save
 
 KINDS = ("plain", "sus", "anp")
 DEFAULT_N = (10, 100, 500)
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k} {row[k]['peak_mb']:.0f} MiB" if row[k]["status"] == "ok" else f"{k} error" for k in KINDS), flush=True)
     command = " ".join([".venv/bin/python -m bench.memory", *(sys.argv[1:] if argv is None else argv)]).strip()
     result = {"command": command, "seconds": time.perf_counter() - started, "rows": rows}
-    _save(OUTPUT, result)
+    zoo.save_json(OUTPUT, result)
     print(f"memory: {len(entries)} models -> {OUTPUT.relative_to(zoo.ROOT)}")
     return 0
 

@@ -506,9 +506,7 @@ def main(command: str | None = None, grid_seconds: float | None = None) -> int:
     total = sum(r.get("bench_seconds", 0.0) for r in results)
     summary["bench_seconds_sum"] = total
     summary["grid_seconds_last_invocation"] = grid_seconds
-    with open(zoo.RESULTS / "summary.json", "w") as handle:
-        json.dump(summary, handle, indent=1, default=float)
-        handle.write("\n")
+    zoo.save_json(zoo.RESULTS / "summary.json", summary)
     BENCHMARKS.write_text(render(summary, results, seed_of, arch_of, ns, methods, default, tuned_method, thresholds, made))
     print(f"report: {len(results)} models -> {BENCHMARKS.relative_to(zoo.ROOT)}, bench/results/summary.json, {len(made)} plots")
     return 0

@@ -210,15 +210,6 @@ def _failure(exc: BaseException) -> dict:
     return {"status": "error", "reason": _reason(exc), "traceback": traceback.format_exc()[-2000:]}
 
 
-def _save(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(result, handle, indent=1, sort_keys=False, default=float)
-        handle.write("\n")
-    os.replace(temporary, path)
-
-
 def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, command: str, jobs: int,
                 repeat: int = 1) -> dict:
     """Fill bench/results/<name>.json with every requested cell; returns a short status."""
@@ -249,7 +240,7 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
     triggered = zoo.materialise(entry["triggered"], layout) if result["kind"] == "backdoored" and entry.get("triggered") else None
     if "baseline" not in result or force:
         result["baseline"] = _evaluate(entry["file"], entry, test, triggered)
-        _save(path, result)
+        zoo.save_json(path, result)
     baseline = result["baseline"]
     available = zoo.pool_size(entry["clean_pool"])
     for n in ns:
@@ -257,7 +248,7 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
         if available < n:
             cell.update(status="skipped", methods={},
                         reason=f"clean pool {os.path.relpath(entry['clean_pool'], zoo.ROOT)} holds {available} samples < N={n}")
-            _save(path, result)
+            zoo.save_json(path, result)
             continue
         cell["status"] = "ok"
         cell.pop("reason", None)
@@ -272,12 +263,12 @@ def bench_model(entry: dict, ns: list[int], methods: list[str], force: bool, com
             record["jobs"] = jobs
             cell["methods"][method] = record
             done += 1
-        _save(path, result)
+        zoo.save_json(path, result)
     if done:
         result["command"] = command
         result["bench_seconds"] = result.get("bench_seconds", 0.0) + time.perf_counter() - started
     result["environment"] = environment(jobs)
-    _save(path, result)
+    zoo.save_json(path, result)
     return {"name": name, "cells": done, "seconds": time.perf_counter() - started}
 
 

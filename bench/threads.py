@@ -23,7 +23,6 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bench import zoo
-from bench.run import _save
 
 OUTPUT = zoo.RESULTS / "threads.json"
 DEFAULT_MODELS = ("cnn-mnist-badnets-s0,cnn_bn-fmnist-wanet-s1,keras_cnn_blended_s1,mlp-mnist-trojan-s1,"
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                               capture_output=True, text=True, check=True, cwd=zoo.ROOT)
         rows[str(count)] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"threads {count or 'default'}: " + ", ".join(f"{k} {v:.2f} s" for k, v in rows[str(count)].items()), file=sys.stderr)
-    _save(args.output, {
+    zoo.save_json(args.output, {
         "command": "python -m bench.threads " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
         "onnxruntime": ort.__version__, "python": platform.python_version(), "seconds": rows})

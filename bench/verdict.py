@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from bench import zoo
-from bench.run import _save
 
 OUTPUT = zoo.RESULTS / "verdict_sets.json"
 VARIANTS = zoo.RESULTS / "variants"
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               "models": models}
     if args.overrides:
         result.update(overrides=args.overrides, note=args.note)
-    _save(output, result)
+    zoo.save_json(output, result)
     print(f"verdict: {len(models)} models x {args.sets} sets -> {output.relative_to(zoo.ROOT)}")
     return 0
 

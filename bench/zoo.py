@@ -101,6 +101,16 @@ def _save_atomic(path: Path, **arrays) -> None:
     os.replace(temporary, path)
 
 
+def save_json(path: Path, result: dict) -> None:
+    """Write `result` as JSON to `path` atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(result, handle, indent=1, sort_keys=False, default=float)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
 def materialise(source: str, layout: str, first: int | None = None) -> Path:
     """`source` rewritten in `layout` (first `first` samples only when given), cached in bench/work/data."""
     stem = Path(source).stem
