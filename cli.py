@@ -351,6 +351,20 @@ def version() -> None:
     out.print(auditor.__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(auditor.__version__)
+        raise typer.Exit(EXIT_CLEAN)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    """Audit ONNX classifiers for backdoors from a few clean samples, and repair them."""
+
+
 def _terminate(signum, frame) -> None:
     """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so partial outputs are removed; a second
     SIGTERM is ignored so that the clean-up it started is not itself interrupted."""

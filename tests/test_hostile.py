@@ -732,3 +732,12 @@ def test_a_file_size_limit_mid_write_leaves_no_output(tmp_path: Path) -> None:
     before = {name: sha256(EXAMPLE / name) for name in ("model.onnx", "clean.npz")}
     result = _full_disk_run(tmp_path, preexec=limit)
     _assert_refused_cleanly(result, tmp_path, before)
+
+
+def test_version_flag_and_command_print_the_package_version() -> None:
+    import auditor
+
+    for args in (["--version"], ["version"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == auditor.__version__
