@@ -38,6 +38,11 @@ ANCHOR_SLACK = 0.0
 # cost; with the full slack, weak filters cost up to 5 points on held-back ResNets.
 FILTER_GATE = 0.4
 WEAK_SLACK = 0.5
+# Head unlearning runs only when some clean sample is classified as the suspected target: those
+# samples are all that protects that class's own accuracy. Without the check (measured with
+# `python -m bench.verdict --set api.REQUIRE_ANCHOR=false`) 22 more pairs of the zoo's five sample
+# sets got a correction; on the 10 it newly halved, the target class lost 51-96 points.
+REQUIRE_ANCHOR = True
 
 
 @dataclass
@@ -195,7 +200,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     clean = guard.distribution(np.asarray(analysis.capture.scores).reshape(len(analysis.samples), -1))
     labels, anchored, shortcut = _shortcut_rows(analysis, fidelity, target)
     entry["anchors"] = anchors = int((labels == target).sum())
-    if anchors == 0:
+    if anchors == 0 and REQUIRE_ANCHOR:
         entry["cause"] = "no_anchor"
         entry["reason"] = f"no clean sample is classified as class {target}: add some, or its accuracy is not protected"
         return entry

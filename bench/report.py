@@ -675,11 +675,32 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
                          f"{pct(got['tpr'])} / {pct(got['fpr'])}",
                          f"{sum(cut)}/{len(cut)}" if cut else "–",
                          f"{fmt(median(drops))} / {fmt(max(drops))}" if drops else "–",
-                         f"{len(target_drops)}: {fmt(median(target_drops))} / {fmt(max(target_drops))}" if target_drops else "–"])
+                         f"{len(target_drops)}: {fmt(median(target_drops))} / {fmt(max(target_drops))}" if target_drops else "–",
+                         "–" if data is shipped else _changed_pairs(shipped, data, label, seed_of)])
     lines += table(["half (by seed)", "variant", "verdict AUC", "TPR / FPR", "ASR halved", "ACC drop median / worst",
-                    "unlearned: target-class ACC drop median / worst"], rows)
+                    "unlearned: target-class ACC drop median / worst",
+                    "pairs halved only by the variant / only by the shipped method (target-class ACC drop on the first)"], rows)
     lines += [""] + [f"* `{' '.join(v.get('overrides', []))}`: {v['note']}" for v in variants if v.get("note")]
     return lines
+
+
+def _changed_pairs(shipped: dict, variant: dict, label: str, seed_of: dict[str, str]) -> str:
+    """'gained / lost (target-class drop on the gained pairs, median / worst)': the (backdoored model,
+    set) pairs of half `label` whose ASR the variant halves and the shipped method does not, and the
+    reverse; what the pairs it gains cost their target class shows whether the attack went because
+    the class went."""
+    def outcomes(data: dict) -> dict[tuple[str, int], tuple[bool, float | None]]:
+        return {(m["name"], s["start"]): (halved(m, s), s.get("target_drop_points"))
+                for m in data["models"] if m["kind"] == "backdoored" and seed_of.get(m["name"]) == label
+                for s in m["sets"] if s.get("asr") is not None}
+
+    before, after = outcomes(shipped), outcomes(variant)
+    common = before.keys() & after.keys()
+    gained = [key for key in common if after[key][0] and not before[key][0]]
+    lost = [key for key in common if before[key][0] and not after[key][0]]
+    drops = [after[key][1] for key in gained if after[key][1] is not None]
+    cost = f" ({fmt(median(drops))} / {fmt(max(drops))})" if drops else ""
+    return f"{len(gained)} / {len(lost)}{cost}"
 
 
 # Why a (backdoored model, set) pair's ASR was not halved, first match wins; the repair's own

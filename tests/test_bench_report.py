@@ -109,8 +109,8 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
     def model(name, kind, scores, halved):
         return {"name": name, "kind": kind, "target": 1 if kind == "backdoored" else None,
                 "baseline": {"asr": 1.0 if kind == "backdoored" else None},
-                "sets": [{"score": s, "suspicious": s >= 0.6, "asr": (0.1 if h else 0.9) if kind == "backdoored" else None,
-                          "acc_drop_points": 1.0} for s, h in zip(scores, halved)]}
+                "sets": [{"start": 10 * k, "score": s, "suspicious": s >= 0.6, "asr": (0.1 if h else 0.9) if kind == "backdoored" else None,
+                          "acc_drop_points": 1.0, "target_drop_points": 4.0 * k} for k, (s, h) in enumerate(zip(scores, halved))]}
 
     shipped = {"sets": 2, "seconds": 10.0, "models": [model("b", "backdoored", [0.9, 0.5], [True, False]),
                                                       model("c", "clean", [0.2, 0.7], [False, False])]}
@@ -122,8 +122,9 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
     (tmp_path / "verdict_sets.json").write_text(json.dumps(shipped))
     (tmp_path / "variants" / "patch.RESTARTS=2.json").write_text(json.dumps(variant))
     text = "\n".join(report.variants_section({"b": "tuning", "c": "tuning"}))
-    assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – |" in text
-    assert "| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5) | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – |" in text
+    assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – | – |" in text
+    # the variant halves the second set too: one pair gained, none lost, at a 4-point target-class cost
+    assert "| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5) | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – | 1 / 0 (4.00 / 4.00) |" in text
     assert "* `patch.RESTARTS=2`: twice the search" in text
 
 
