@@ -21,7 +21,7 @@ accelerated gradient descent on a convex problem, deterministic.
 
 Class t's clean accuracy rests on the clean samples the model puts in t: with none, nothing
 holds the row in place (on the zoo's five sample sets, where a correction without one halved
-the attack, class t lost 50 to 96 points of its own accuracy). So unlearning needs at least one
+the attack, class t lost 51 to 96 points of its own accuracy: `api.REQUIRE_ANCHOR`). So unlearning needs at least one
 such sample and says so otherwise. Even with one, the correction costs class t more than the
 overall accuracy shows, and the guard, which fits on those few samples, cannot see it: they weigh
 more than the corrupted samples, and the benchmark measures class t's own accuracy.
