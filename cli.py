@@ -130,6 +130,11 @@ def _threads_text(threads: int | None) -> str:
     return "" if threads is None else f", {threads} thread{'s' * (threads != 1)}"
 
 
+def _note(message: str) -> None:
+    """A heads-up while the work runs (a long search ahead), on standard output like the other notes."""
+    out.print(f"note: {message}", markup=False, soft_wrap=True)
+
+
 def _say_provider(report: auditor.Report) -> None:
     provider = report.provider
     out.print(f"provider: {provider['name']} ({provider['reason']})" + _threads_text(provider.get("threads")))
@@ -170,7 +175,7 @@ def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodO
     def work():
         _outputs([json, sarif, html], force, _inputs(model, data))
         report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold,
-                               patch_search=patch_search, fourier_probe=fourier_probe, threads=threads)
+                               patch_search=patch_search, fourier_probe=fourier_probe, threads=threads, notice=_note)
         _check_verdict(report)
         _say_provider(report)
         _render(report)
@@ -233,7 +238,7 @@ def repair_command(
                                 max_prune=max_prune, floor=floor, layer_cap=layer_cap,
                                 max_divergence=max_divergence, force=force, bound=bound, zero=zero, unlearning=unlearn,
                                 patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
-                                occlude=occlude, threads=threads)
+                                occlude=occlude, threads=threads, notice=_note)
         _say_provider(report)
         _render(report)
         r = report.repair

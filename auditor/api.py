@@ -43,6 +43,10 @@ WEAK_SLACK = 0.5
 # `python -m bench.verdict --set api.REQUIRE_ANCHOR=false`) 22 more pairs of the zoo's five sample
 # sets got a correction; on the 10 it newly halved, the target class lost 51-96 points.
 REQUIRE_ANCHOR = True
+# The searches run thousands of forward passes: on a large image model that is minutes. Where the
+# probe's pace forecasts more than this many seconds for them, `notice` is told, with the flags
+# that skip them, before they start.
+NOTICE_SECONDS = 30.0
 
 
 @dataclass
@@ -62,7 +66,8 @@ class _Analysis:
 
 
 def _analyse(model_path, data_path, limit, method, device, threshold, command, patch_search: bool = True,
-             fourier_probe: bool = True, threads: int | None = None) -> _Analysis:
+             fourier_probe: bool = True, threads: int | None = None,
+             notice: Callable[[str], None] | None = None) -> _Analysis:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if method not in score.METHODS:
@@ -121,6 +126,12 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
     if probed is not None and probed.shares:
         # Each search runs only while it could still raise the verdict's score (score.*_REACH).
         reached = probed.score
+        if notice is not None:
+            classes = int(np.asarray(captured.scores).reshape(len(samples), -1).shape[1])
+            forecast = _forecast(samples, probed, fourier_probe and reached < score.FOURIER_REACH,
+                                 patch_search and reached < score.PATCH_REACH, classes)
+            if forecast is not None:
+                notice(forecast)
         if fourier_probe and reached < score.FOURIER_REACH:
             waved = fourier.search(samples, captured.scores, plain)
             if waved is not None:
@@ -156,6 +167,24 @@ def _analyse(model_path, data_path, limit, method, device, threshold, command, p
     )
     timings["total"] = time.perf_counter() - start
     return _Analysis(loaded, index, units, samples, provider, captured, suspicion, report, batch, plain, found, waved)
+
+
+def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, patch_runs: bool, classes: int) -> str | None:
+    """What the searches about to run will cost, at the probe's pace per forward pass, when that is
+    over NOTICE_SECONDS (else None). An upper bound: a search stops early once nothing can beat its best."""
+    planned = {"the Fourier probe": (fourier.planned_passes(samples) if fourier_runs else 0, "--no-fourier-probe"),
+               "the patch search": (patch.planned_passes(samples, classes) if patch_runs else 0, "--no-patch-search")}
+    planned = {name: item for name, item in planned.items() if item[0]}
+    passes = sum(count for count, _ in planned.values())
+    if not passes or probed.pace is None:
+        return None
+    seconds = passes * probed.pace
+    if seconds <= NOTICE_SECONDS:
+        return None
+    when = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    names, flags = " and ".join(planned), " / ".join(flag for _, flag in planned.values())
+    return (f"{names} will run up to {passes:,} forward passes, about {when} on this model at the probe's pace; "
+            f"{flags} skip{'s' if len(planned) == 1 else ''} {'it' if len(planned) == 1 else 'them'}")
 
 
 def _lazy_classifier(proto: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,
@@ -401,13 +430,15 @@ def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture) -> tup
 
 def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
           device: str = "auto", threshold: float | None = None, patch_search: bool = True,
-          fourier_probe: bool = True, threads: int | None = None) -> Report:
+          fourier_probe: bool = True, threads: int | None = None, notice: Callable[[str], None] | None = None) -> Report:
     """Score every channel of every hidden layer and decide whether the model looks backdoored.
 
     With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
     switched off, the patch search (auditor/patch.py, about 10,000 single-sample forward passes) and
-    the Fourier probe (auditor/fourier.py, about 4,500)."""
-    return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe, threads).report
+    the Fourier probe (auditor/fourier.py, about 4,500). `notice` (a message -> None) hears, before
+    they start, when they are forecast to take more than NOTICE_SECONDS."""
+    return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe, threads,
+                    notice).report
 
 
 def ranking(units: list[Unit], suspicion: dict[str, score.Suspicion], threshold: float | None = None,
@@ -442,7 +473,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            layer_cap: float = DEFAULT_LAYER_CAP, max_divergence: float = DEFAULT_MAX_DIVERGENCE,
            force: bool = False, bound: bool | None = None, zero: bool | None = None, unlearning: bool | None = None,
            patch_search: bool = True, fourier_probe: bool = True, notch: bool | None = None,
-           occlude: bool | None = None, threads: int | None = None) -> Report:
+           occlude: bool | None = None, threads: int | None = None, notice: Callable[[str], None] | None = None) -> Report:
     """Repair the model as far as the fidelity guard allows and write it.
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum
@@ -465,7 +496,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     if max_prune is not None and max_prune <= 0:
         raise ModelError(f"--max-prune must be positive, got {max_prune}")
     # `threshold` is the channel-score cut for zeroing here; the verdict keeps its own default
-    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair", patch_search, fourier_probe, threads)
+    analysis = _analyse(model_path, data_path, limit, method, device, None, "repair", patch_search, fourier_probe, threads,
+                        notice)
     report = analysis.report
     tick = time.perf_counter()
     prunable = [u for u in analysis.units if u.prunable]

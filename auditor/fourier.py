@@ -107,6 +107,13 @@ def _with_images(samples: Samples, name: str, axes: tuple[int, ...], moved: np.n
     return Samples(inputs, None, samples.source)
 
 
+def planned_passes(samples: Samples) -> int:
+    """How many single-sample forward passes `search` runs on `samples` (0 without an image input)."""
+    if image_input(samples) is None:
+        return 0
+    return len(frequencies()) * len(AMPLITUDES) * min(len(samples), MAX_SAMPLES)
+
+
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray]) -> Fourier | None:
     """Run every basis at every amplitude through `classify` (samples -> class scores [N, K]); the
     class with the largest lift, or None when the samples have no image input or too few samples."""

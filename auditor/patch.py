@@ -198,6 +198,20 @@ def target_share(samples: Samples, clean_labels: np.ndarray, found: Patch, class
     return class_share(predicted, clean_labels, found.target) or 0.0
 
 
+def planned_passes(samples: Samples, classes: int) -> int:
+    """At most how many single-sample forward passes `search` runs on `samples` for a model with
+    `classes` classes (0 without an image input): every candidate class screened on
+    SCREEN_SAMPLES of its samples, then the shortlist on all of them. Patches already scored and an
+    early stop make the real count lower."""
+    if image_input(samples) is None:
+        return 0
+    count = min(len(samples), MAX_SAMPLES)
+    candidates = min(classes, MAX_CLASSES)
+    screened = candidates * min(SCREEN_SAMPLES, count) * (SCREEN + 1) if candidates > SHORTLIST else 0
+    shortlist = min(candidates, SHORTLIST) * (count - 1) * (ITERATIONS - (SCREEN if screened else 0))
+    return RESTARTS * (screened + candidates * (count - 1) + shortlist)
+
+
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
            seed: int = SEED) -> Patch | None:
     """The best of RESTARTS searches (`_search`) with seeds seed, seed + 1, ...; the first that

@@ -41,6 +41,7 @@ class Probe:
     shares: dict[str, float]  # per corruption: its largest share (rounded for the report)
     seconds: float
     focus_share: float | None = None  # with `focus`: the largest share that class takes
+    pace: float | None = None  # seconds per corrupted sample, over the runs after the first (which may build the session)
 
 
 def spatial_axes(array: np.ndarray) -> tuple[int, ...] | None:
@@ -147,12 +148,17 @@ def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sample
     classes = clean_scores.shape[1]
     best, target, where, focused = 0.0, None, None, 0.0
     shares = {}
+    timed = []  # (samples, seconds) per run
     for name, corrupted, origin in corruptions(samples, seed):
+        tick = time.perf_counter()
         predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
+        timed.append((len(corrupted), time.perf_counter() - tick))
         share, cls = largest_share(predicted, clean[origin], classes)
         shares[name] = round(share, 6)
         if share > best:
             best, target, where = share, cls, name
         if focus is not None:
             focused = max(focused, class_share(predicted, clean[origin], focus) or 0.0)
-    return Probe(best, target, where, shares, time.perf_counter() - start, None if focus is None else focused)
+    later = timed[1:]
+    pace = sum(t for _, t in later) / sum(n for n, _ in later) if later and sum(n for n, _ in later) else None
+    return Probe(best, target, where, shares, time.perf_counter() - start, None if focus is None else focused, pace)

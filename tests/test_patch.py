@@ -276,3 +276,55 @@ def test_segment_means_are_bit_identical_to_each_segments_own_mean(lengths: tupl
     assert patch.segment_means(values, patch.segments(lengths)).tolist() == expected
     flags = values > 0
     assert patch.segment_means(flags, patch.segments(lengths)).tolist() == [flags[s:s + n].mean() for s, n in zip(starts, lengths)]
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_the_planned_passes_bound_what_the_searches_run(restarts: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forecast counts the forward passes before the searches run: the Fourier probe's exactly,
+    the patch search's as a bound (patches already scored do not run again). Counted on the example."""
+    from auditor import capture, data, fourier
+    from auditor.graph import GraphIndex
+    from auditor.runtime import select_provider
+
+    example = Path(__file__).resolve().parent.parent / "models" / "example"
+    model = onnx.load(example / "model.onnx")
+    samples = data.load(example / "clean.npz", data.input_specs(model), limit=10)
+    plain = capture.classifier(model, GraphIndex(model), select_provider("cpu"))
+    scores = plain(samples)
+    ran = []
+
+    def classify(more: Samples) -> np.ndarray:
+        ran.append(len(more))
+        return plain(more)
+
+    monkeypatch.setattr(patch, "RESTARTS", restarts)
+    fourier.search(samples, scores, classify)
+    assert sum(ran) == fourier.planned_passes(samples) == 448 * 10
+    ran.clear()
+    patch.search(samples, scores, classify)
+    planned = patch.planned_passes(samples, scores.shape[1])
+    assert 0 < sum(ran) <= planned == restarts * 10_540
+    assert fourier.planned_passes(Samples({"x": np.zeros((10, 7), dtype=np.float32)}, None, "x")) == 0
+
+
+def test_a_long_search_is_announced_before_it_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the probe's pace forecasts the searches over NOTICE_SECONDS, `notice` hears it first,
+    with the flags that skip them; the example's searches (well under a second) stay quiet at the default."""
+    from auditor import api
+
+    example = Path(__file__).resolve().parent.parent / "models" / "example"
+    heard: list[str] = []
+    auditor.audit(example / "model.onnx", example / "clean.npz", limit=10, device="cpu", notice=heard.append)
+    assert heard == []
+    monkeypatch.setattr(api, "NOTICE_SECONDS", 0.0)
+    auditor.audit(example / "model.onnx", example / "clean.npz", limit=10, device="cpu", notice=heard.append)
+    assert len(heard) == 1 and "up to 15,020 forward passes" in heard[0]
+    assert "--no-fourier-probe / --no-patch-search skip them" in heard[0]
+    heard.clear()
+    auditor.audit(example / "model.onnx", example / "clean.npz", limit=10, device="cpu", notice=heard.append,
+                  fourier_probe=False)
+    assert len(heard) == 1 and heard[0].startswith("the patch search will run") and heard[0].endswith("--no-patch-search skips it")
+    result = CliRunner().invoke(app, ["scan", str(example / "model.onnx"), "--data", str(example / "clean.npz"),
+                                      "--limit", "10", "--device", "cpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "note: the Fourier probe and the patch search will run up to 15,020 forward passes" in result.stdout
