@@ -21,7 +21,7 @@ from rich.table import Table
 import auditor
 from auditor import model as model_io
 from auditor.errors import AuditorError
-from auditor.patch import window_text
+from auditor.patch import fill_text, window_text
 from auditor.report import basis_text, notch_text
 from auditor.score import SHORTCUT_BASES
 
@@ -262,7 +262,8 @@ def repair_command(
             out.print(f"notch: not applied: {notched['reason']}")
         occluded = r.get("occlusion")
         if occluded is not None and occluded["applied"]:
-            out.print(f"occlusion: covered {window_text(occluded['window'])}, around the found patch, with the clean samples' mean"
+            out.print(f"occlusion: covered {window_text(occluded['window'])}, around the found patch, with "
+                      f"{fill_text(occluded.get('fill') or 'mean')}"
                       + (weak if occluded["weak"] else ""))
         elif occluded is not None and occluded["window"] is not None:
             out.print(f"occlusion: not applied: {occluded['reason']}")

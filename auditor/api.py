@@ -399,22 +399,24 @@ def _occlude(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     the clean samples' mean before anything reads the input, if that keeps the fidelity bounds
     (installed in `fidelity` as its prefilter). Like the notch it needs no clean sample of the
     target class; it costs whatever clean content the window holds. Returns the report entry."""
-    entry: dict = {"applied": False, "window": None, "weak": False, "reason": None}
+    entry: dict = {"applied": False, "window": None, "fill": None, "weak": False, "reason": None}
     limits = _filter_gate(analysis, "patch", entry, floor, max_divergence)
     if limits is None:
         return entry
-    # the widest window first; building one costs no forward pass
-    candidates = [patch.occlusion(analysis.samples, analysis.patch, around) for around in patch.OCCLUSION_MARGINS]
-    if candidates[0] is None:
+    # the widest window first, each with every fill; building one costs no forward pass
+    candidates = [patch.occlusion(analysis.samples, analysis.patch, around, fill)
+                  for around in patch.OCCLUSION_MARGINS for fill in ("mean", "ring")[:1 + patch.OCCLUSION_RING]]
+    tried = [c for c in candidates if c is not None]
+    if not tried:
         entry["reason"] = "no image input"
         return entry
-    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, candidates,
-                                            lambda o: f"window {tuple(o.window)}")
-    entry["window"] = list((kept or candidates[-1]).window)
+    kept, judged, failures = _install_first(analysis, fidelity, zeroed, bounds, limits, tried,
+                                            lambda o: f"window {tuple(o.window)} ({o.kind})")
+    entry["window"] = list((kept or tried[-1]).window)
     if kept is None:
         entry["reason"] = f"covering the found patch broke the fidelity bounds ({'; '.join(failures)})"
         return entry
-    entry.update(applied=True, filter=kept, fidelity=judged)
+    entry.update(applied=True, fill=kept.kind, filter=kept, fidelity=judged)
     return entry
 
 
@@ -541,7 +543,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
                               capped.input_radius, None if fitted is None else fitted.target,
                               None if found_notch is None else found_notch.frequency,
                               None if found_notch is None else found_notch.phase,
-                              None if found_occlusion is None else found_occlusion.window)
+                              None if found_occlusion is None else found_occlusion.window,
+                              "mean" if found_occlusion is None else found_occlusion.kind)
     result = rewrite.zero_channels(analysis.loaded.proto, prunable, zeroed, meta, capped.values)
     repaired = result.model
     if fitted is not None:
@@ -552,7 +555,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         repaired = rewrite.with_input_notch(repaired, found_notch.input, found_notch.axes, found_notch.basis)
         _filtered_input(result.how, found_notch.input, "notch")
     if found_occlusion is not None:  # the same: first of all
-        repaired = rewrite.with_input_fill(repaired, found_occlusion.input, found_occlusion.keep, found_occlusion.fill)
+        repaired = rewrite.with_input_fill(repaired, found_occlusion.input, found_occlusion.keep, found_occlusion.fill,
+                                           found_occlusion.ring, found_occlusion.axes)
         _filtered_input(result.how, found_occlusion.input, "occlude")
     _verify(repaired, analysis, fidelity, zeroed, capped.values)
     residual, patched, waved = None, None, None

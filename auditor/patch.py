@@ -133,23 +133,47 @@ SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # where unlearning pastes t
 # The occlusion covers the found patch and this many pixels around it, widest first: the patch a
 # search finds often sits a pixel beside the trigger it answers to (a convolution answers both).
 OCCLUSION_MARGINS = (1, 0)
+# What covers the window, tried in this order at each margin: the clean samples' mean there, then
+# the mean of the ring of pixels just outside the window, on each sample and channel (an inpainting:
+# the covered pixels take the colour of what surrounds them, so less clean content changes where
+# the window sits on an object). Off: over the five sample sets (bench/results/variants/) the ring
+# let the occlusion through on one tuning pair where the mean broke the bounds (its target class
+# lost 14 points instead of 30 to the head unlearning that ran there), but on a held-back pair it
+# covered a found patch beside the trigger: nothing was left for unlearning to fit, and the attack
+# stayed (ASR 18% -> 100%). Tuning pairs halved: 46 of 65 either way.
+OCCLUSION_RING = False
 
 
 @dataclass(frozen=True)
 class Occlusion:
     """An input filter that replaces one window of an image input, on every channel, by the clean
-    samples' mean there: `keep` and `fill` have one sample's shape in the model's layout, and the
-    filter is x * keep + fill (what the rewritten graph computes)."""
+    samples' mean there (`fill`) or by the mean of the ring of pixels around the window on each
+    sample (`ring`): `keep`, `fill` and `ring` have one sample's shape in the model's layout, and
+    the filter is x * keep + fill, plus sum(x * ring over `axes`) * (1 - keep) with a ring (what the
+    rewritten graph computes)."""
 
     input: str
     window: tuple[int, int, int, int]  # row, column, height, width
     keep: np.ndarray  # 0 inside the window, 1 elsewhere
-    fill: np.ndarray  # the clean mean inside the window, 0 elsewhere
+    fill: np.ndarray  # the clean mean inside the window (0 with a ring), 0 elsewhere
+    ring: np.ndarray | None = None  # 1 / (ring pixels) on the ring around the window, 0 elsewhere
+    axes: tuple[int, ...] = ()  # the batch's image axes, summed over for the ring's mean
+
+    @property
+    def kind(self) -> str:
+        return "mean" if self.ring is None else "ring"
 
     def apply(self, samples: Samples) -> Samples:
         original = samples.inputs[self.input]
-        filtered = (original * self.keep + self.fill).astype(original.dtype)
-        return Samples({**samples.inputs, self.input: filtered}, samples.labels, samples.source)
+        filtered = original * self.keep + self.fill
+        if self.ring is not None:
+            filtered = filtered + (original * self.ring).sum(axis=self.axes, keepdims=True) * (1 - self.keep)
+        return Samples({**samples.inputs, self.input: filtered.astype(original.dtype)}, samples.labels, samples.source)
+
+
+def fill_text(kind: str) -> str:
+    """What an occlusion of `kind` ("mean" or "ring") puts in its window, in words."""
+    return "the mean of the pixels around it" if kind == "ring" else "the clean samples' mean"
 
 
 def window_text(window: tuple[int, int, int, int] | list[int]) -> str:
@@ -158,9 +182,10 @@ def window_text(window: tuple[int, int, int, int] | list[int]) -> str:
     return f"rows {top}-{top + height - 1}, columns {left}-{left + width - 1}"
 
 
-def occlusion(samples: Samples, found: Patch, margin: int) -> Occlusion | None:
+def occlusion(samples: Samples, found: Patch, margin: int, fill: str = "mean") -> Occlusion | None:
     """The filter that covers the found patch and `margin` pixels around it (clipped to the image)
-    with the samples' mean, or None without an image input."""
+    with the samples' mean (`fill` "mean") or each sample's mean on the ring of pixels around the
+    window ("ring"), or None without an image input (or, for a ring, without a pixel around it)."""
     where = image_input(samples)
     if where is None:
         return None
@@ -173,11 +198,22 @@ def occlusion(samples: Samples, found: Patch, margin: int) -> Occlusion | None:
     bottom, right = min(height, found.row + size + margin), min(width, found.column + size + margin)
     inside = np.zeros(images.shape[1:], dtype=bool)
     inside[top:bottom, left:right, :] = True
-    mean = images.astype(np.float64).mean(axis=0)
     like = original[:1]
     keep = from_images((~inside)[None].astype(original.dtype), like, axes)[0]
-    fill = from_images(np.where(inside, mean, 0.0)[None].astype(original.dtype), like, axes)[0]
-    return Occlusion(name, (top, left, bottom - top, right - left), keep, fill)
+    window = (top, left, bottom - top, right - left)
+    if fill == "ring":
+        ring = np.zeros(images.shape[1:], dtype=bool)
+        ring[max(0, top - 1):bottom + 1, max(0, left - 1):right + 1, :] = True
+        ring &= ~inside
+        pixels = int(ring[:, :, 0].sum())
+        if not pixels:
+            return None  # the window covers the whole image
+        weights = from_images((ring / pixels)[None].astype(original.dtype), like, axes)[0]
+        summed = (1,) if original.ndim == 2 else axes  # a flat vector is one channel
+        return Occlusion(name, window, keep, np.zeros_like(keep), weights, tuple(summed))
+    mean = images.astype(np.float64).mean(axis=0)
+    filled = from_images(np.where(inside, mean, 0.0)[None].astype(original.dtype), like, axes)[0]
+    return Occlusion(name, window, keep, filled)
 
 
 def variants(samples: Samples, found: Patch) -> Iterator[tuple[str, Samples, np.ndarray]]:

@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/8` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/9` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
@@ -46,9 +46,11 @@ Schema `auditor.report/8` (JSON, keys sorted, floats rounded to 6 decimals):
               removed from the image input before anything reads it, when it keeps the fidelity bounds,
               occlusion (sus only, else null): {applied, window ([row, column, height, width] covered: the
               patch search's patch and one pixel around it, or the patch alone when that broke the fidelity
-              bounds; when not applied, the last one tried; null when none was tried), weak (as the
-              notch's), reason (why not applied)}: that window of the image input replaced by the clean
-              samples' mean before anything reads it, when it keeps the fidelity bounds,
+              bounds; when not applied, the last one tried; null when none was tried), fill ("mean": the
+              clean samples' mean there; "ring": each sample's mean on the ring of pixels around the
+              window, tried where the mean broke the fidelity bounds; null when not applied), weak (as
+              the notch's), reason (why not applied)}: that window of the image input replaced before
+              anything reads it, when it keeps the fidelity bounds,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
               code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
@@ -78,10 +80,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from auditor.patch import window_text
+from auditor.patch import fill_text, window_text
 from auditor.score import DEFAULT_THRESHOLD
 
-SCHEMA = "auditor.report/8"
+SCHEMA = "auditor.report/9"
 
 
 def notch_text(notched: dict) -> str:
@@ -223,7 +225,7 @@ class Report:
                 head = f"{notch_text(notched)} removed from the input, " + head
             occluded = r.get("occlusion") or {}
             if occluded.get("applied"):
-                head = f"input {window_text(occluded['window'])} covered by the clean mean, " + head
+                head = f"input {window_text(occluded['window'])} covered by {fill_text(occluded.get('fill') or 'mean')}, " + head
             repair = (f"<h2>Repair</h2><p>{capped}{head}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
                       f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
         return (

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from auditor.graph import GraphIndex
-from auditor.patch import window_text
+from auditor.patch import fill_text, window_text
 from auditor.units import Unit
 
 MASK_PREFIX = "__auditor_mask_"
@@ -111,22 +111,41 @@ def with_input_notch(model: onnx.ModelProto, name: str, axes: tuple[int, ...], b
     return out
 
 
-def with_input_fill(model: onnx.ModelProto, name: str, keep: np.ndarray, fill: np.ndarray) -> onnx.ModelProto:
-    """Copy of `model` in which the input `name` becomes x * keep + fill before anything reads it
-    (`keep`, `fill`: one sample's shape, broadcast over the batch; see auditor.patch.Occlusion)."""
+def with_input_fill(model: onnx.ModelProto, name: str, keep: np.ndarray, fill: np.ndarray,
+                    ring: np.ndarray | None = None, axes: tuple[int, ...] = ()) -> onnx.ModelProto:
+    """Copy of `model` in which the input `name` becomes x * keep + fill before anything reads it,
+    plus, with a `ring`, ReduceSum(x * ring, axes) * (1 - keep): the window takes the mean of the
+    pixels around it (`keep`, `fill`, `ring`: one sample's shape, broadcast over the batch; see
+    auditor.patch.Occlusion)."""
     tensor = next(v.type.tensor_type for v in model.graph.input if v.name == name)
     dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
     taken = _names(model) | {t.name for t in model.graph.initializer}
     made = []
-    for suffix in ("keep", "fill", "kept", "result"):
+    for suffix in ("keep", "fill", "kept", "result", "ring", "inside", "weighed", "around", "spread", "filled", "axes"):
         made.append(_fresh(f"{name}__auditor_occlude_{suffix}", taken))
         taken.add(made[-1])
-    keep_name, fill_name, kept, result = made
-    front = [helper.make_node("Mul", [name, keep_name], [kept], name="__auditor_occlude_0"),
-             helper.make_node("Add", [kept, fill_name], [result], name="__auditor_occlude_1")]
+    keep_name, fill_name, kept, result, ring_name, inside_name, weighed, around, spread, filled, axes_name = made
+    constants = {keep_name: keep, fill_name: fill}
+    if ring is None:
+        front = [helper.make_node("Mul", [name, keep_name], [kept], name="__auditor_occlude_0"),
+                 helper.make_node("Add", [kept, fill_name], [result], name="__auditor_occlude_1")]
+    else:
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        if opset >= 13:  # the axes of ReduceSum became an input in opset 13
+            reduce = helper.make_node("ReduceSum", [weighed, axes_name], [around], keepdims=1, name="__auditor_occlude_3")
+        else:
+            reduce = helper.make_node("ReduceSum", [weighed], [around], axes=list(axes), keepdims=1, name="__auditor_occlude_3")
+        front = [helper.make_node("Mul", [name, keep_name], [kept], name="__auditor_occlude_0"),
+                 helper.make_node("Add", [kept, fill_name], [filled], name="__auditor_occlude_1"),
+                 helper.make_node("Mul", [name, ring_name], [weighed], name="__auditor_occlude_2"),
+                 reduce,
+                 helper.make_node("Mul", [around, inside_name], [spread], name="__auditor_occlude_4"),
+                 helper.make_node("Add", [filled, spread], [result], name="__auditor_occlude_5")]
+        constants.update({ring_name: ring, inside_name: 1 - np.asarray(keep)})
     out = _in_front(model, front, {name: result})
-    out.graph.initializer.extend([numpy_helper.from_array(np.asarray(keep, dtype=dtype), keep_name),
-                                  numpy_helper.from_array(np.asarray(fill, dtype=dtype), fill_name)])
+    out.graph.initializer.extend([numpy_helper.from_array(np.asarray(value, dtype=dtype), key) for key, value in constants.items()])
+    if ring is not None and opset >= 13:
+        out.graph.initializer.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), axes_name))
     return out
 
 
@@ -443,7 +462,7 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
                bound_factor: float | None = None, position: tuple[int, float] | None = None,
                input_radius: int | None = None, unlearned: int | None = None,
                notch: tuple[int, int] | None = None, notch_phase: float | None = None,
-               occlusion: tuple[int, int, int, int] | None = None) -> dict[str, str]:
+               occlusion: tuple[int, int, int, int] | None = None, occlusion_fill: str = "mean") -> dict[str, str]:
     """metadata_props written into a repaired model (deterministic, no timestamps)."""
     meta = {
         "auditor.version": version,
@@ -466,7 +485,7 @@ def provenance(version: str, source_sha256: str, zeroed: dict[str, list[int]], m
             what = f"the basis image of {what} at phase {notch_phase:.6f}"
         meta["auditor.input_notch"] = f"{what} removed from the image input"
     if occlusion is not None:
-        meta["auditor.input_occlusion"] = f"{window_text(occlusion)} of the image input replaced by the clean samples' mean"
+        meta["auditor.input_occlusion"] = f"{window_text(occlusion)} of the image input replaced by {fill_text(occlusion_fill)}"
     if unlearned is not None:
         meta["auditor.head_correction"] = f"class {unlearned}: head row refit so that corrupted clean inputs leave it"
     return meta

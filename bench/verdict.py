@@ -72,8 +72,8 @@ def constants() -> dict[str, object]:
     for info in sorted(pkgutil.iter_modules(auditor.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"auditor.{info.name}")
         for name, value in vars(module).items():
-            if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and isinstance(value, (bool, int, float, str)):
-                out[f"{info.name}.{name}"] = value
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and isinstance(value, (bool, int, float, str)) and name != "SCHEMA":
+                out[f"{info.name}.{name}"] = value  # a report schema is the format, not the method
     return out
 
 

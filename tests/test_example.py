@@ -97,7 +97,7 @@ def test_scan_flags_the_example_by_its_patch():
     is a natural sink below the threshold. The patch search finds the trigger's class and place."""
     report = auditor.audit(MODEL, CLEAN, limit=10)
     data = json.loads(report.to_json())
-    assert data["schema"] == "auditor.report/8"
+    assert data["schema"] == "auditor.report/9"
     verdict = data["verdict"]
     assert verdict["basis"] == "patch" and verdict["suspicious"] and verdict["target"] == TARGET
     assert verdict["score"] == pytest.approx(verdict["patch"]["score"] * PROBE_THRESHOLD / PATCH_THRESHOLD, abs=1e-5)

@@ -212,6 +212,44 @@ def test_the_occlusion_graph_covers_the_window_as_the_guard_does(shape: tuple[in
     assert np.array_equal(images[:, outside], before[:, outside])
 
 
+@pytest.mark.parametrize(("shape", "axes", "elem"), [
+    ((3, 2, 28, 28), (2, 3), TensorProto.FLOAT),  # NCHW, two channels
+    ((3, 28, 28, 3), (1, 2), TensorProto.FLOAT),  # NHWC (Keras)
+    ((3, 784), (1, 2), TensorProto.DOUBLE),  # flat float64 vectors (scikit-learn)
+])
+@pytest.mark.parametrize("opset", [11, 17])
+def test_the_ring_occlusion_fills_the_window_with_each_samples_surroundings(
+        shape: tuple[int, ...], axes: tuple[int, ...], elem: int, opset: int) -> None:
+    """With the ring fill, each sample's window holds, on each channel, the mean of the pixels that
+    border it (clipped to the image), the rest passes, and the graph (ReduceSum's axes an attribute
+    before opset 13, an input after) computes what Occlusion.apply does."""
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    x = np.random.default_rng(1).random(shape).astype(dtype)
+    samples = Samples({"x": x}, None, "x")
+    found = patch.Patch(1.0, 0, 1.0, 24, 5, np.ones((4, 4, 1), dtype), 0.0)
+    occlusion = patch.occlusion(samples, found, 1, fill="ring")
+    assert occlusion is not None and occlusion.kind == "ring" and occlusion.window == (23, 4, 5, 6)
+    tensor = helper.make_tensor_value_info("x", elem, ["n", *shape[1:]])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [tensor],
+                              [helper.make_tensor_value_info("y", elem, ["n", *shape[1:]])])
+    model = rewrite.with_input_fill(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8),
+                                    "x", occlusion.keep, occlusion.fill, occlusion.ring, occlusion.axes)
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x})
+    assert np.allclose(got, occlusion.apply(samples).inputs["x"], atol=1e-6)
+    images, before = patch.to_images(got, axes), patch.to_images(x, axes)
+    # the ring: rows 22-27 x columns 3-10 (the image ends at row 27), less the window's rows 23-27 x columns 4-9
+    ring = np.zeros(images.shape[1:3], dtype=bool)
+    ring[22:28, 3:11] = True
+    ring[23:28, 4:10] = False
+    expected = before[:, ring, :].mean(axis=1)  # [N, C]
+    assert np.allclose(images[:, 23:28, 4:10, :], expected[:, None, None, :], atol=1e-6)
+    outside = np.ones(images.shape[1:], dtype=bool)
+    outside[23:28, 4:10, :] = False
+    assert np.array_equal(images[:, outside], before[:, outside])
+
+
 def test_the_occlusion_removes_a_patch_trigger_without_a_clean_sample_of_its_target(tmp_path: Path) -> None:
     """The scikit-learn MLP on pool samples 10-19: no clean sample of the target, so no unlearning,
     and the whole-image clamp breaks fidelity; covering the found patch keeps it and stops the real
@@ -242,6 +280,31 @@ def test_the_occlusion_removes_a_patch_trigger_without_a_clean_sample_of_its_tar
                                       "-o", str(tmp_path / "off.onnx"), "--no-occlude", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["repair"]["occlusion"] is None
+
+
+def test_the_ring_fill_covers_the_patch_where_the_mean_breaks_the_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Keras CNN on pool samples 20-29, with the ring fill switched on (off by default,
+    BENCHMARKS.md's variants): covering the found patch with the clean mean breaks the fidelity
+    bounds at both margins, its surroundings' mean holds them and stops the trigger; the report,
+    the CLI and the model's metadata say which fill went in."""
+    entry = MANIFEST["keras_cnn_badnets_s0"]
+    model, data = ZOO / entry["file"], clean(entry, tmp_path, start=20)
+    shipped = auditor.repair(model, data, tmp_path / "mean.onnx", limit=10, device="cpu").repair["occlusion"]
+    assert not shipped["applied"] and "(mean)" in shipped["reason"]
+    monkeypatch.setattr(patch, "OCCLUSION_RING", True)
+    out = tmp_path / "ring.onnx"
+    report = auditor.repair(model, data, out, limit=10, device="cpu")
+    occluded = report.repair["occlusion"]
+    assert occluded["applied"] and occluded["fill"] == "ring" and occluded["window"] == [23, 22, 5, 6]  # clipped at the last row
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["auditor.input_occlusion"].endswith("replaced by the mean of the pixels around it")
+    before, after = before_after(entry, model, out, dataset(entry, "test", tmp_path), dataset(entry, "triggered", tmp_path))
+    assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.05
+    assert before.accuracy - after.accuracy < 0.02
+    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
+                                      "-o", str(tmp_path / "cli.onnx")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "with the mean of the pixels around it" in result.stdout, result.output
+    assert (tmp_path / "cli.onnx").read_bytes() == out.read_bytes()
 
 
 def test_a_weak_patch_verdict_still_gets_the_occlusion_within_tighter_bounds(tmp_path: Path) -> None:
