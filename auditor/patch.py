@@ -244,8 +244,8 @@ def planned_passes(samples: Samples, classes: int) -> int:
     count = min(len(samples), MAX_SAMPLES)
     candidates = min(classes, MAX_CLASSES)
     screened = candidates * min(SCREEN_SAMPLES, count) * (SCREEN + 1) if candidates > SHORTLIST else 0
-    shortlist = min(candidates, SHORTLIST) * (count - 1) * (ITERATIONS - (SCREEN if screened else 0))
-    return RESTARTS * (screened + candidates * (count - 1) + shortlist)
+    shortlist = min(candidates, SHORTLIST) * count * (ITERATIONS - (SCREEN if screened else 0))
+    return RESTARTS * (screened + candidates * count + shortlist)
 
 
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
