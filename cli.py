@@ -140,7 +140,9 @@ def _say_provider(report: auditor.Report) -> None:
     out.print(f"provider: {provider['name']} ({provider['reason']})" + _threads_text(provider.get("threads")))
     covered, classes = report.data.get("predicted_classes"), report.data.get("classes")
     if covered is not None and classes is not None and covered < classes:
-        out.print(f"note: the model puts the {report.data['samples']} clean samples in {covered} of its {classes} classes; "
+        missing = report.data.get("missing_classes") or []
+        named = f" (none in {', '.join(map(str, missing))})" if 0 < len(missing) <= 20 else ""
+        out.print(f"note: the model puts the {report.data['samples']} clean samples in {covered} of its {classes} classes{named}; "
                   "samples of every class let repair protect each of them")
 
 

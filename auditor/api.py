@@ -199,7 +199,9 @@ def _coverage(captured: Capture) -> dict:
     """How many classes the model gives the clean samples, of how many it has: unlearning can only
     protect a class that some clean sample falls in."""
     classes = int(captured.scores.reshape(len(captured.scores), -1).shape[1])
-    return {"classes": classes, "predicted_classes": int(np.unique(captured.labels).size)}
+    seen = np.unique(captured.labels)
+    return {"classes": classes, "predicted_classes": int(seen.size),
+            "missing_classes": [int(c) for c in np.setdiff1d(np.arange(classes), seen)]}
 
 
 def _dense_head(index: GraphIndex, units: list[Unit]) -> Unit | None:

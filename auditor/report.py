@@ -3,7 +3,8 @@
 Schema `auditor.report/9` (JSON, keys sorted, floats rounded to 6 decimals):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
-  data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples)}
+  data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples),
+              missing_classes[] (the classes it gives none of them: unlearning cannot protect those)}
   provider   {name, reason, threads (onnxruntime's threads per session; null: its default)}
   verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins}
              basis "corruption" (sus with a float input): score = the largest share of noisy or

@@ -107,6 +107,7 @@ def test_scan_flags_the_example_by_its_patch():
     assert data["provider"]["name"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     assert data["data"]["samples"] == 10 and data["data"]["classes"] == 10
     assert data["data"]["predicted_classes"] == len(set(_predicted(10)))
+    assert data["data"]["missing_classes"] == sorted(set(range(10)) - set(_predicted(10)))
     assert 0 <= report.timings["capture"] <= report.timings["total"]  # a stage's seconds, not a clock reading
     heads = [layer for layer in data["layers"] if layer["head"]]
     assert len(heads) == 1 and not heads[0]["prunable"]
@@ -135,3 +136,15 @@ def test_cli_evaluate_prints_the_target_class_accuracy(tmp_path):
     expected = auditor.evaluate(str(MODEL), str(TEST), target=TARGET).target_accuracy
     assert f"accuracy on the samples of class {TARGET}: {100 * expected:.2f}%" in result.output
     assert json.loads(report.read_text())["target_accuracy"] == pytest.approx(expected)
+
+
+def test_cli_scan_names_the_classes_no_clean_sample_falls_in():
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["scan", str(MODEL), "--data", str(CLEAN), "--limit", "10"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1, result.output
+    seen = set(_predicted(10))
+    missing = ", ".join(str(c) for c in range(10) if c not in seen)
+    assert missing and f"in {len(seen)} of its 10 classes (none in {missing});" in result.stdout
