@@ -361,7 +361,7 @@ def version() -> None:
 
 def _print_version(value: bool) -> None:
     if value:
-        out.print(auditor.__version__)
+        version()
         raise typer.Exit(EXIT_CLEAN)
 
 
@@ -370,7 +370,7 @@ def _root(
     show_version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
                                                help="Print the version and exit.")] = False,
 ) -> None:
-    """Audit ONNX classifiers for backdoors from a few clean samples, and repair them."""
+    """The options of `auditor` itself; the help text shown is the app's."""
 
 
 def _terminate(signum, frame) -> None:

@@ -406,8 +406,9 @@ def _occlude(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     if limits is None:
         return entry
     # the widest window first, each with every fill; building one costs no forward pass
+    fills = ("mean", "ring") if patch.OCCLUSION_RING else ("mean",)
     candidates = [patch.occlusion(analysis.samples, analysis.patch, around, fill)
-                  for around in patch.OCCLUSION_MARGINS for fill in ("mean", "ring")[:1 + patch.OCCLUSION_RING]]
+                  for around in patch.OCCLUSION_MARGINS for fill in fills]
     tried = [c for c in candidates if c is not None]
     if not tried:
         entry["reason"] = "no image input"

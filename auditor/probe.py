@@ -159,6 +159,6 @@ def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sample
             best, target, where = share, cls, name
         if focus is not None:
             focused = max(focused, class_share(predicted, clean[origin], focus) or 0.0)
-    later = timed[1:]
-    pace = sum(t for _, t in later) / sum(n for n, _ in later) if later and sum(n for n, _ in later) else None
+    later = sum(n for n, _ in timed[1:])
+    pace = sum(t for _, t in timed[1:]) / later if later else None
     return Probe(best, target, where, shares, time.perf_counter() - start, None if focus is None else focused, pace)

@@ -120,32 +120,36 @@ def with_input_fill(model: onnx.ModelProto, name: str, keep: np.ndarray, fill: n
     tensor = next(v.type.tensor_type for v in model.graph.input if v.name == name)
     dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
     taken = _names(model) | {t.name for t in model.graph.initializer}
-    made = []
-    for suffix in ("keep", "fill", "kept", "result", "ring", "inside", "weighed", "around", "spread", "filled", "axes"):
-        made.append(_fresh(f"{name}__auditor_occlude_{suffix}", taken))
-        taken.add(made[-1])
-    keep_name, fill_name, kept, result, ring_name, inside_name, weighed, around, spread, filled, axes_name = made
-    constants = {keep_name: keep, fill_name: fill}
+
+    def fresh(*suffixes: str) -> list[str]:
+        made = []
+        for suffix in suffixes:
+            made.append(_fresh(f"{name}__auditor_occlude_{suffix}", taken))
+            taken.add(made[-1])
+        return made
+
+    keep_name, fill_name, kept, result = fresh("keep", "fill", "kept", "result")
+    constants = {keep_name: np.asarray(keep, dtype=dtype), fill_name: np.asarray(fill, dtype=dtype)}
+    front = [helper.make_node("Mul", [name, keep_name], [kept], name="__auditor_occlude_0")]
     if ring is None:
-        front = [helper.make_node("Mul", [name, keep_name], [kept], name="__auditor_occlude_0"),
-                 helper.make_node("Add", [kept, fill_name], [result], name="__auditor_occlude_1")]
+        front.append(helper.make_node("Add", [kept, fill_name], [result], name="__auditor_occlude_1"))
     else:
+        ring_name, inside_name, weighed, around, spread, filled, axes_name = fresh(
+            "ring", "inside", "weighed", "around", "spread", "filled", "axes")
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         if opset >= 13:  # the axes of ReduceSum became an input in opset 13
             reduce = helper.make_node("ReduceSum", [weighed, axes_name], [around], keepdims=1, name="__auditor_occlude_3")
+            constants[axes_name] = np.asarray(axes, dtype=np.int64)
         else:
             reduce = helper.make_node("ReduceSum", [weighed], [around], axes=list(axes), keepdims=1, name="__auditor_occlude_3")
-        front = [helper.make_node("Mul", [name, keep_name], [kept], name="__auditor_occlude_0"),
-                 helper.make_node("Add", [kept, fill_name], [filled], name="__auditor_occlude_1"),
-                 helper.make_node("Mul", [name, ring_name], [weighed], name="__auditor_occlude_2"),
-                 reduce,
-                 helper.make_node("Mul", [around, inside_name], [spread], name="__auditor_occlude_4"),
-                 helper.make_node("Add", [filled, spread], [result], name="__auditor_occlude_5")]
-        constants.update({ring_name: ring, inside_name: 1 - np.asarray(keep)})
+        front += [helper.make_node("Add", [kept, fill_name], [filled], name="__auditor_occlude_1"),
+                  helper.make_node("Mul", [name, ring_name], [weighed], name="__auditor_occlude_2"),
+                  reduce,
+                  helper.make_node("Mul", [around, inside_name], [spread], name="__auditor_occlude_4"),
+                  helper.make_node("Add", [filled, spread], [result], name="__auditor_occlude_5")]
+        constants.update({ring_name: np.asarray(ring, dtype=dtype), inside_name: 1 - constants[keep_name]})
     out = _in_front(model, front, {name: result})
-    out.graph.initializer.extend([numpy_helper.from_array(np.asarray(value, dtype=dtype), key) for key, value in constants.items()])
-    if ring is not None and opset >= 13:
-        out.graph.initializer.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), axes_name))
+    out.graph.initializer.extend([numpy_helper.from_array(value, key) for key, value in constants.items()])
     return out
 
 
