@@ -181,11 +181,15 @@ def test_the_cli_flags_the_example_unless_the_search_is_off(tmp_path: Path) -> N
     assert json.loads((tmp_path / "off.json").read_text())["verdict"]["patch"] is None
 
 
-@pytest.mark.parametrize(("shape", "axes", "elem"), [
+# One image input per layout the occlusion must handle: (batch shape, image axes, element type).
+OCCLUSION_LAYOUTS = [
     ((3, 2, 28, 28), (2, 3), TensorProto.FLOAT),  # NCHW, two channels
     ((3, 28, 28, 3), (1, 2), TensorProto.FLOAT),  # NHWC (Keras)
     ((3, 784), (1, 2), TensorProto.DOUBLE),  # flat float64 vectors (scikit-learn)
-])
+]
+
+
+@pytest.mark.parametrize(("shape", "axes", "elem"), OCCLUSION_LAYOUTS)
 def test_the_occlusion_graph_covers_the_window_as_the_guard_does(shape: tuple[int, ...], axes: tuple[int, ...], elem: int) -> None:
     """onnxruntime runs the rewritten input: inside the window (the patch and one pixel around it,
     clipped to the image) every channel holds the samples' mean, outside it the input passes, and
@@ -212,11 +216,7 @@ def test_the_occlusion_graph_covers_the_window_as_the_guard_does(shape: tuple[in
     assert np.array_equal(images[:, outside], before[:, outside])
 
 
-@pytest.mark.parametrize(("shape", "axes", "elem"), [
-    ((3, 2, 28, 28), (2, 3), TensorProto.FLOAT),  # NCHW, two channels
-    ((3, 28, 28, 3), (1, 2), TensorProto.FLOAT),  # NHWC (Keras)
-    ((3, 784), (1, 2), TensorProto.DOUBLE),  # flat float64 vectors (scikit-learn)
-])
+@pytest.mark.parametrize(("shape", "axes", "elem"), OCCLUSION_LAYOUTS)
 @pytest.mark.parametrize("opset", [11, 17])
 def test_the_ring_occlusion_fills_the_window_with_each_samples_surroundings(
         shape: tuple[int, ...], axes: tuple[int, ...], elem: int, opset: int) -> None:
