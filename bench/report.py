@@ -593,7 +593,9 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
               "a repair that costs many points on one draw of ten samples shows in the tail, not the median. "
               "Target-class ACC drop: the accuracy lost on the test samples of the attack's target class alone, on "
               "the pairs where head unlearning went in; unlearning lowers that class's score, and a 20-point loss "
-              "on one class of ten is a 2-point loss overall.", ""]
+              "on one class of ten is a 2-point loss overall. A class no attack aims at: the suspected target of a "
+              "flagged clean model, or a wrong suspected target, which head unlearning lowers all the same (all "
+              "(model, set) pairs, clean ones included).", ""]
     rows = []
     for label, chosen in halves.items():
         pairs = [(m, s) for m in chosen if m["kind"] == "backdoored" for s in m["sets"] if s.get("asr") is not None]
@@ -607,9 +609,10 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
                      fmt(float(np.quantile(drops, 0.9))) if drops else "–", fmt(max(drops)) if drops else "–",
                      f"{unlearned}/{len(pairs)}",
                      f"{fmt(median(target_drops))} / {fmt(max(target_drops))}" if target_drops else "–",
-                     f"{filtered}/{len(pairs)}"])
+                     _false_drops(got), f"{filtered}/{len(pairs)}"])
     lines += table(["half (by seed)", "ASR halved", "per set", "median ACC drop", "90th pct ACC drop", "worst ACC drop",
-                    "unlearned", "unlearned: target-class ACC drop, median / worst", "input filter"], rows)
+                    "unlearned", "unlearned: target-class ACC drop, median / worst",
+                    "unlearned a class no attack aims at: pairs: its ACC drop, median / worst", "input filter"], rows)
     if any("filtered" in s for m in models for s in m["sets"]):
         lines += shortfall_causes(models, seed_of)
     return lines
@@ -640,7 +643,21 @@ def _pooled(chosen: list[dict], sets: int) -> dict:
             "drops": [s["acc_drop_points"] for m in chosen for s in m["sets"] if s.get("acc_drop_points") is not None],
             # what head unlearning costs the target class itself, on the pairs it went into
             "target_drops": [s["target_drop_points"] for _, s in backdoored
-                             if s.get("unlearned") and s.get("target_drop_points") is not None]}
+                             if s.get("unlearned") and s.get("target_drop_points") is not None],
+            # what head unlearning costs a class no attack aims at (a flagged clean model, a wrong
+            # suspected target): None where the run predates the measure
+            "false_drops": [s["unlearned_class_drop_points"] for m in chosen for s in m["sets"]
+                            if s.get("unlearned") and (m["kind"] == "clean" or s["target"] != m["target"])
+                            and s.get("unlearned_class_drop_points") is not None]
+            if any("unlearned_class_drop_points" in s for m in chosen for s in m["sets"]) else None}
+
+
+def _false_drops(got: dict) -> str:
+    """'count: median / worst' of the false-class drops in a _pooled result."""
+    drops = got["false_drops"]
+    if drops is None:
+        return "not measured"
+    return f"{len(drops)}: {fmt(median(drops))} / {fmt(max(drops))}" if drops else "0"
 
 
 def variants_section(seed_of: dict[str, str]) -> list[str]:
@@ -676,9 +693,10 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
                          f"{sum(cut)}/{len(cut)}" if cut else "–",
                          f"{fmt(median(drops))} / {fmt(max(drops))}" if drops else "–",
                          f"{len(target_drops)}: {fmt(median(target_drops))} / {fmt(max(target_drops))}" if target_drops else "–",
+                         _false_drops(got),
                          "–" if data is shipped else _changed_pairs(shipped, data, label, seed_of)])
     lines += table(["half (by seed)", "variant", "verdict AUC", "TPR / FPR", "ASR halved", "ACC drop median / worst",
-                    "unlearned: target-class ACC drop median / worst",
+                    "unlearned: target-class ACC drop median / worst", "unlearned a class no attack aims at: ACC drop median / worst",
                     "pairs halved only by the variant / only by the shipped method (target-class ACC drop on the first)"], rows)
     lines += [""] + [f"* `{' '.join(v.get('overrides', []))}`: {v['note']}" for v in variants if v.get("note")]
     return lines

@@ -100,9 +100,24 @@ def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, b
                    acc_drop_points=zoo.points_lost(baseline["accuracy"], after.accuracy),
                    target_drop_points=zoo.points_lost(baseline.get("target_accuracy"), after.target_accuracy),
                    unlearned=bool((report.repair.get("unlearning") or {}).get("applied")),
+                   unlearned_class_drop_points=_unlearned_class_drop(entry, report.repair, str(repaired)),
                    unlearning_cause=(report.repair.get("unlearning") or {}).get("cause"),
                    filtered=_filter_applied(report.repair))
     return out
+
+
+def _unlearned_class_drop(entry: dict, repair: dict, repaired: str) -> float | None:
+    """Points of accuracy lost on the test samples of the class head unlearning lowered (the
+    suspected target, right or wrong, on clean models too), or None when nothing was unlearned."""
+    import auditor
+
+    unlearned = repair.get("unlearning") or {}
+    if not unlearned.get("applied"):
+        return None
+    test = str(zoo.materialise(entry["test"], entry.get("layout", "nchw")))
+    before, after = (auditor.evaluate(path, test, device="cpu", target=unlearned["target"]).target_accuracy
+                     for path in (entry["file"], repaired))
+    return zoo.points_lost(before, after)
 
 
 def _filter_applied(repair: dict) -> str | None:

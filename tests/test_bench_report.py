@@ -117,14 +117,20 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
     variant = {"sets": 2, "seconds": 20.0, "overrides": ["patch.RESTARTS=2"], "note": "twice the search",
                "constants": {"patch.RESTARTS": 2, "patch.SEED": 5},  # measured when the seed's default was 5
                "models": [model("b", "backdoored", [0.9, 0.8], [True, True]), model("c", "clean", [0.2, 0.3], [False, False])]}
+    # the variant unlearned the clean model's suspected class once, at a 12-point cost to that class
+    variant["models"][1]["sets"][1].update(unlearned=True, target=3, unlearned_class_drop_points=12.0)
+    for record in variant["models"][0]["sets"]:
+        record.update(target=1, unlearned_class_drop_points=None)
     monkeypatch.setattr(zoo, "RESULTS", tmp_path)
     (tmp_path / "variants").mkdir()
     (tmp_path / "verdict_sets.json").write_text(json.dumps(shipped))
     (tmp_path / "variants" / "patch.RESTARTS=2.json").write_text(json.dumps(variant))
     text = "\n".join(report.variants_section({"b": "tuning", "c": "tuning"}))
-    assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – | – |" in text
+    # the shipped run predates the measure of what unlearning costs a class no attack aims at
+    assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – | not measured | – |" in text
     # the variant halves the second set too: one pair gained, none lost, at a 4-point target-class cost
-    assert "| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5) | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – | 1 / 0 (4.00 / 4.00) |" in text
+    assert ("| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5) | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – "
+            "| 1: 12.00 / 12.00 | 1 / 0 (4.00 / 4.00) |") in text
     assert "* `patch.RESTARTS=2`: twice the search" in text
 
 

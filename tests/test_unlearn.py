@@ -242,3 +242,29 @@ def test_the_cli_says_to_check_the_target_class_after_unlearning(tmp_path: Path)
                                     "--target", str(entry["target"])], terminal_width=400)
     assert seen.exit_code == 0, seen.output
     assert "caution:" not in seen.output and "target class" in seen.output
+
+
+def test_weak_unlearning_is_off_because_it_lowers_a_clean_models_class(tmp_path: Path, monkeypatch) -> None:
+    """api.WEAK_UNLEARN (off; a variant bench/results/variants/ measured): on a weak verdict the
+    clean MNIST MLP (pool samples 30-39) would have its suspected class unlearned within the tighter
+    limits, and that class would lose a third of its accuracy; by default the weak verdict unlearns nothing."""
+    from auditor import api
+
+    entry = MANIFEST["mlp-mnist-clean-s0"]
+    with np.load(ZOO / entry["clean_pool"]) as archive:
+        np.savez(clean := tmp_path / "clean.npz", x=to_layout(archive["x"][30:40], entry["layout"]))
+    with np.load(ZOO / entry["test"]) as archive:
+        np.savez(test := tmp_path / "test.npz", x=to_layout(archive["x"], entry["layout"]), y=archive["y"])
+    model = ZOO / entry["file"]
+    shipped = auditor.repair(model, clean, tmp_path / "shipped.onnx", limit=10, device="cpu")
+    verdict = shipped.verdict
+    assert not verdict["suspicious"] and api.FILTER_GATE <= verdict["score"] < verdict["threshold"]
+    assert shipped.repair["unlearning"]["cause"] == "not_flagged"
+    monkeypatch.setattr(api, "WEAK_UNLEARN", True)
+    weak = auditor.repair(model, clean, out := tmp_path / "weak.onnx", limit=10, device="cpu")
+    done = weak.repair["unlearning"]
+    assert done["applied"] and done["weak"] and done["target"] == verdict["target"]
+    assert weak.repair["agreement"] >= 1.0 - api.WEAK_SLACK * (1.0 - weak.repair["floor"])
+    before, after = (auditor.evaluate(path, test, target=verdict["target"], device="cpu").target_accuracy
+                     for path in (model, out))
+    assert before - after > 0.2
