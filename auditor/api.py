@@ -449,7 +449,7 @@ def audit(model_path: str | Path, data_path: str | Path, limit: int | None = Non
     """Score every channel of every hidden layer and decide whether the model looks backdoored.
 
     With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
-    switched off, the patch search (auditor/patch.py, about 10,000 single-sample forward passes) and
+    switched off, the patch search (auditor/patch.py, about 12,000 single-sample forward passes) and
     the Fourier probe (auditor/fourier.py, about 4,500). `notice` (a message -> None) hears, before
     they start, when they are forecast to take more than NOTICE_SECONDS."""
     return _analyse(model_path, data_path, limit, method, device, threshold, "scan", patch_search, fourier_probe, threads,

@@ -4,7 +4,8 @@ A patch trigger (BadNets, Trojan) is exactly that: a few pixels that override th
 corruption probe rarely meets such a trigger by chance, so we look for one, gradient-free, the
 way query-based universal-patch attacks do (Sparse-RS, Croce et al. 2022): random search over
 the position and the pixels of one square patch per class, pasted on the clean samples, kept
-when it raises the class's margin over the samples the model puts elsewhere. In a clean model a
+when it raises the class's margin over the samples the model puts elsewhere; then the best
+patch's pixels are swept over every position. In a clean model a
 patch this small rarely overrides many images with clean-level confidence; a backdoor's target
 takes them all.
 
@@ -47,6 +48,20 @@ SEED = 0
 # twice the search's time (the second search runs wherever the first stays under the cap); two
 # searches of half the steps each did worse than one on both halves. Judged on the tuning half: one.
 RESTARTS = 1
+# After the search, the best patch's pixels are tried at every position (on a grid of at most
+# SWEEP_POSITIONS on large images), and the best position kept. The random search moves a patch
+# little once its pixels fit: on a model that reads the image in tokens (a ViT) or through strided
+# filters, a trigger's pattern also works one token away from where it was trained, and the
+# search can end there (the zoo's ViT BadNets: one token to the left). Over the five sample sets
+# (bench/results/variants/patch.SWEEP=false.json is the run without it) it raised the score of 7
+# BadNets (model, set) pairs, each with the right target, and of no clean one; the tuning half's
+# outcomes stayed the same, the held-back half gained one halved attack. It was designed after
+# reading a held-back failure, so for it the held-back half is not an untouched test.
+SWEEP = True
+SWEEP_POSITIONS = 625  # 25 x 25: every position of a 4-pixel patch on a 28-pixel image
+SWEEP_SCREEN = 3  # samples every position is tried on; the SWEEP_KEEP best positions are scored on all
+SWEEP_KEEP = 5
+CHUNK = 1 << 24  # input values per batch of the sweep (bounds memory for large images)
 
 
 @dataclass(frozen=True)
@@ -237,15 +252,19 @@ def target_share(samples: Samples, clean_labels: np.ndarray, found: Patch, class
 def planned_passes(samples: Samples, classes: int) -> int:
     """At most how many single-sample forward passes `search` runs on `samples` for a model with
     `classes` classes (0 without an image input): every candidate class screened on
-    SCREEN_SAMPLES of its samples, then the shortlist on all of them. Patches already scored and an
-    early stop make the real count lower."""
+    SCREEN_SAMPLES of its samples, then the shortlist on all of them, then the sweep. Patches already
+    scored and an early stop make the real count lower."""
     if image_input(samples) is None:
         return 0
     count = min(len(samples), MAX_SAMPLES)
     candidates = min(classes, MAX_CLASSES)
     screened = candidates * min(SCREEN_SAMPLES, count) * (SCREEN + 1) if candidates > SHORTLIST else 0
     shortlist = min(candidates, SHORTLIST) * count * (ITERATIONS - (SCREEN if screened else 0))
-    return RESTARTS * (screened + candidates * count + shortlist)
+    name, axes = image_input(samples)
+    height, width = to_images(samples.inputs[name][:1], axes).shape[1:3]
+    grid = len(sweep_grid(height, width, patch_side(height, width)))
+    swept = (grid * min(SWEEP_SCREEN, count) + min(grid, SWEEP_KEEP) * count) if SWEEP else 0
+    return RESTARTS * (screened + candidates * count + shortlist + swept)
 
 
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
@@ -308,7 +327,7 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
     original = samples.inputs[name]
     images = to_images(original, axes)
     _, height, width, channels = images.shape
-    size = max(2, round(SIZE * min(height, width)))
+    size = patch_side(height, width)
     low, high = float(original.min()), float(original.max())
     values = np.asarray([low + level * (high - low) for level in LEVELS], dtype=original.dtype)
     rng = np.random.default_rng(seed)
@@ -385,5 +404,65 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
         rows[better], cols[better], pixels[better] = new_rows[better], new_cols[better], new_pixels[better]
         best[better], shares[better] = value[kept], share[kept]
     k = int(np.argmax(best))
-    return Patch(float(best[k]), int(classes[k]), float(shares[k]), int(rows[k]), int(cols[k]), pixels[k].copy(),
-                 time.perf_counter() - start)
+    row, col, value, share = int(rows[k]), int(cols[k]), float(best[k]), float(shares[k])
+    if SWEEP and value < 1.0 - 1e-9:
+        row, col, value, share = _sweep(samples, name, axes, classify, everyone[k], int(classes[k]), pixels[k], typical,
+                                        (row, col, value, share))
+    return Patch(value, int(classes[k]), share, row, col, pixels[k].copy(), time.perf_counter() - start)
+
+
+def patch_side(height: int, width: int) -> int:
+    """The side of the searched square patch, in pixels."""
+    return max(2, round(SIZE * min(height, width)))
+
+
+def sweep_grid(height: int, width: int, size: int) -> list[tuple[int, int]]:
+    """The positions the sweep tries: every one, or an even grid of at most SWEEP_POSITIONS."""
+    rows, cols = height - size + 1, width - size + 1
+    stride = max(1, math.ceil(math.sqrt(rows * cols / SWEEP_POSITIONS)))
+    return [(r, c) for r in range(0, rows, stride) for c in range(0, cols, stride)]
+
+
+def _sweep(samples: Samples, name: str, axes: tuple[int, ...], classify: Callable[[Samples], np.ndarray], others: np.ndarray,
+           target: int, pixels: np.ndarray, typical: float, found: tuple[int, int, float, float]) -> tuple[int, int, float, float]:
+    """(row, column, score, share) of the best position for `pixels` on the samples `others` (the
+    ones not in `target`), `found` unless a position beats its score. Every position of the grid is
+    screened on SWEEP_SCREEN of the samples, the SWEEP_KEEP best are scored on all, as the search scores."""
+    height, width = to_images(samples.inputs[name][:1], axes).shape[1:3]
+    positions = sweep_grid(height, width, pixels.shape[0])
+    if len(others) > SWEEP_SCREEN:
+        screened, _ = _score_positions(samples, name, axes, classify, others[:SWEEP_SCREEN], target, pixels, typical, positions)
+        positions = [positions[k] for k in sorted(np.argsort(-screened, kind="stable")[:SWEEP_KEEP])]
+    value, share = _score_positions(samples, name, axes, classify, others, target, pixels, typical, positions)
+    k = int(np.argmax(value))  # the first best: deterministic
+    if value[k] > found[2]:
+        return positions[k][0], positions[k][1], float(value[k]), float(share[k])
+    return found
+
+
+def _score_positions(samples: Samples, name: str, axes: tuple[int, ...], classify: Callable[[Samples], np.ndarray],
+                     others: np.ndarray, target: int, pixels: np.ndarray, typical: float, positions: list[tuple[int, int]]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(score, share) of `pixels` pasted at each of `positions` on the samples `others`."""
+    original = samples.inputs[name]
+    images = to_images(original, axes)[others]
+    count, size = len(images), pixels.shape[0]
+    per_chunk = max(1, CHUNK // max(1, images[0].size * count))
+    values, shares = [], []
+    for first in range(0, len(positions), per_chunk):
+        chunk = positions[first:first + per_chunk]
+        batch = np.repeat(images[None], len(chunk), axis=0)
+        for i, (r, c) in enumerate(chunk):
+            batch[i, :, r:r + size, c:c + size, :] = pixels
+        batch = batch.reshape(-1, *images.shape[1:])
+        inputs = {key: np.tile(value[others], (len(chunk),) + (1,) * (value.ndim - 1))
+                  for key, value in samples.inputs.items() if key != name}
+        inputs[name] = from_images(batch, original, axes)
+        out = np.asarray(classify(Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)),
+                         dtype=np.float64).reshape(len(batch), -1)
+        rival = out.copy()
+        rival[:, target] = -np.inf
+        margin = (out[:, target] - rival.max(axis=1)).reshape(len(chunk), count)
+        values.append(np.minimum(margin, typical).mean(axis=1) / typical)
+        shares.append((margin > 0).mean(axis=1))
+    return np.concatenate(values), np.concatenate(shares)

@@ -30,6 +30,7 @@ import auditor
 from auditor import model, runtime
 from auditor.errors import AuditorError
 from bench import zoo
+from bench.verdict import constants
 
 OUTPUT = zoo.RESULTS / "gpu.json"
 
@@ -126,7 +127,7 @@ def write(path: Path, argv: list[str] | None, provider: runtime.Provider, sizes:
     zoo.save_json(path, {
         "command": "python -m bench.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
         "provider": provider.name, "onnxruntime": ort.__version__, "python": platform.python_version(),
-        "accelerator": accelerator(), "cpus": os.cpu_count(),
+        "accelerator": accelerator(), "cpus": os.cpu_count(), "constants": constants(),
         "summary": summary, "rows": rows})
     return summary
 

@@ -660,6 +660,21 @@ def _false_drops(got: dict) -> str:
     return f"{len(drops)}: {fmt(median(drops))} / {fmt(max(drops))}" if drops else "0"
 
 
+# What the method did before a constant came in, for runs older than it (their constants lack it).
+BEFORE: dict[str, object] = {"patch.SWEEP": False}
+
+
+def measured_when(data: dict, current: dict[str, object]) -> str:
+    """' (measured when K=V, ...)': the constants a run had that differ from auditor's now (other
+    than its own overrides), those it predates (BEFORE) included; '' when none differ."""
+    own = {text.split("=", 1)[0] for text in data.get("overrides", [])}
+    constants = data.get("constants", {})
+    old = [f"{k}={v}" for k, v in constants.items() if k in current and current[k] != v and k not in own]
+    # a constant the run did not have yet ran as its value before it came in
+    old += [f"{k}={v}" for k, v in BEFORE.items() if k not in constants and k not in own and current.get(k) != v]
+    return f" (measured when {', '.join(old)})" if old else ""
+
+
 def variants_section(seed_of: dict[str, str]) -> list[str]:
     """Variants of the method (`bench.verdict --set ...`) beside the shipped one, per half by seed."""
     shipped = _experiment("verdict_sets.json")
@@ -676,10 +691,7 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
     current = constants()
 
     def then(data: dict) -> str:
-        """The constants this run had that differ from auditor's now (other than its own overrides)."""
-        own = {text.split("=", 1)[0] for text in data.get("overrides", [])}
-        old = [f"{k}={v}" for k, v in data.get("constants", {}).items() if k in current and current[k] != v and k not in own]
-        return f" (measured when {', '.join(old)})" if old else ""
+        return measured_when(data, current)
 
     rows = []
     for label in ("tuning", "held-back"):
@@ -838,8 +850,10 @@ def gpu_section() -> list[str]:
         return []
     machine = ", ".join(part for part in (data.get("accelerator"), data.get("cpus") and f"{data['cpus']} CPU cores",
                                           f"onnxruntime {data['onnxruntime']}", f"Python {data['python']}") if part)
+    from bench.verdict import constants
+
     lines = ["", "## GPU", "",
-             f"`{data['command']}` on one machine ({machine}): `auditor.audit` + `auditor.repair` under the CUDA "
+             f"`{data['command']}` on one machine ({machine}){measured_when(data, constants())}: `auditor.audit` + `auditor.repair` under the CUDA "
              "and the CPU execution providers, plain inference of the same N samples under each, and, where "
              "measured, ANP on PyTorch's CUDA and CPU devices. Times in seconds (plain inference in ms); "
              "'same' says whether both providers reached the same verdict, target, zeroed channels and unlearning decision.", ""]

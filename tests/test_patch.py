@@ -366,7 +366,7 @@ def test_the_planned_passes_bound_what_the_searches_run(restarts: int, monkeypat
     ran.clear()
     patch.search(samples, scores, classify)
     planned = patch.planned_passes(samples, scores.shape[1])
-    assert 0 < sum(ran) <= planned == restarts * 11_150
+    assert 0 < sum(ran) <= planned == restarts * (11_150 + 625 * 3 + 5 * 10)  # search, then the sweep
     assert fourier.planned_passes(Samples({"x": np.zeros((10, 7), dtype=np.float32)}, None, "x")) == 0
 
 
@@ -381,7 +381,7 @@ def test_a_long_search_is_announced_before_it_starts(tmp_path: Path, monkeypatch
     assert heard == []
     monkeypatch.setattr(api, "NOTICE_SECONDS", 0.0)
     auditor.audit(example / "model.onnx", example / "clean.npz", limit=10, device="cpu", notice=heard.append)
-    assert len(heard) == 1 and "up to 15,630 forward passes" in heard[0]
+    assert len(heard) == 1 and "up to 17,555 forward passes" in heard[0]
     assert "--no-fourier-probe / --no-patch-search skip them" in heard[0]
     heard.clear()
     auditor.audit(example / "model.onnx", example / "clean.npz", limit=10, device="cpu", notice=heard.append,
@@ -390,4 +390,41 @@ def test_a_long_search_is_announced_before_it_starts(tmp_path: Path, monkeypatch
     result = CliRunner().invoke(app, ["scan", str(example / "model.onnx"), "--data", str(example / "clean.npz"),
                                       "--limit", "10", "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output
-    assert "note: the Fourier probe and the patch search will run up to 15,630 forward passes" in result.stdout
+    assert "note: the Fourier probe and the patch search will run up to 17,555 forward passes" in result.stdout
+
+
+def test_the_sweep_grid_is_every_position_or_an_even_grid_of_at_most_its_cap() -> None:
+    assert patch.patch_side(28, 28) == 4
+    small = patch.sweep_grid(28, 28, 4)
+    assert len(small) == 625 and small[0] == (0, 0) and small[-1] == (24, 24)
+    large = patch.sweep_grid(224, 224, patch.patch_side(224, 224))
+    assert 0 < len(large) <= patch.SWEEP_POSITIONS and large[0] == (0, 0)
+    assert len({r for r, _ in large}) == len({c for _, c in large})  # as many rows as columns, evenly spaced
+
+
+def test_the_sweep_moves_the_vits_found_patch_from_the_next_token_onto_the_trigger(tmp_path: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ViT reads 7x7-pixel tokens through one shared embedding: its BadNets checker (rows and
+    columns 23-26) also works one token to the left, where the random search ends on the first ten
+    samples. Tried at every position, the found pixels score highest on the trigger itself."""
+    from auditor import capture, data
+    from auditor.graph import GraphIndex
+    from auditor.runtime import select_provider
+
+    entry = MANIFEST["vit-fmnist-badnets-s1"]
+    path = clean(entry, tmp_path)
+    monkeypatch.setattr(patch, "SWEEP", False)
+    before = auditor.audit(ZOO / entry["file"], path, limit=10, device="cpu").verdict
+    assert before["patch"]["column"] == 16 and before["patch"]["score"] < PATCH_THRESHOLD and not before["suspicious"]
+    monkeypatch.setattr(patch, "SWEEP", True)
+    after = auditor.audit(ZOO / entry["file"], path, limit=10, device="cpu").verdict
+    found = after["patch"]
+    assert (found["row"], found["column"], found["target"]) == (23, 23, entry["target"]) and found["score"] == 1.0
+    assert after["suspicious"] and after["basis"] == "patch"
+    # the forecast still bounds the passes, the sweep's included
+    model = onnx.load(ZOO / entry["file"])
+    samples = data.load(path, data.input_specs(model), limit=10)
+    plain = capture.classifier(model, GraphIndex(model), select_provider("cpu"))
+    scores, ran = plain(samples), []
+    patch.search(samples, scores, lambda more: ran.append(len(more)) or plain(more))
+    assert 0 < sum(ran) <= patch.planned_passes(samples, scores.shape[1])
