@@ -225,9 +225,11 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
     target = verdict.get("target")
     entry: dict = {"applied": False, "target": target, "reason": None, "cause": None, "surrogates": 0, "anchors": 0, "strength": None,
                    "weight": None, "shortcut_guard_samples": 0, "downward": None}
-    limits = _filter_limits(verdict, floor, max_divergence) if WEAK_UNLEARN else (floor, max_divergence, False)
-    if (verdict.get("basis") not in score.SHORTCUT_BASES or target is None or limits is None
-            or not (verdict["suspicious"] or WEAK_UNLEARN)):
+    if WEAK_UNLEARN:
+        limits = _filter_limits(verdict, floor, max_divergence)
+    else:
+        limits = (floor, max_divergence, False) if verdict["suspicious"] else None
+    if verdict.get("basis") not in score.SHORTCUT_BASES or target is None or limits is None:
         entry["cause"] = "not_flagged"
         entry["reason"] = "neither the corruption probe, the patch search nor the Fourier probe found a shortcut"
         return entry

@@ -254,13 +254,14 @@ def planned_passes(samples: Samples, classes: int) -> int:
     `classes` classes (0 without an image input): every candidate class screened on
     SCREEN_SAMPLES of its samples, then the shortlist on all of them, then the sweep. Patches already
     scored and an early stop make the real count lower."""
-    if image_input(samples) is None:
+    where = image_input(samples)
+    if where is None:
         return 0
     count = min(len(samples), MAX_SAMPLES)
     candidates = min(classes, MAX_CLASSES)
     screened = candidates * min(SCREEN_SAMPLES, count) * (SCREEN + 1) if candidates > SHORTLIST else 0
     shortlist = min(candidates, SHORTLIST) * count * (ITERATIONS - (SCREEN if screened else 0))
-    name, axes = image_input(samples)
+    name, axes = where
     height, width = to_images(samples.inputs[name][:1], axes).shape[1:3]
     grid = len(sweep_grid(height, width, patch_side(height, width)))
     swept = (grid * min(SWEEP_SCREEN, count) + min(grid, SWEEP_KEEP) * count) if SWEEP else 0
@@ -406,8 +407,8 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
     k = int(np.argmax(best))
     row, col, value, share = int(rows[k]), int(cols[k]), float(best[k]), float(shares[k])
     if SWEEP and value < 1.0 - 1e-9:
-        row, col, value, share = _sweep(samples, name, axes, classify, everyone[k], int(classes[k]), pixels[k], typical,
-                                        (row, col, value, share))
+        row, col, value, share = _sweep(samples, name, axes, images, classify, everyone[k], int(classes[k]), pixels[k],
+                                        typical, (row, col, value, share))
     return Patch(value, int(classes[k]), share, row, col, pixels[k].copy(), time.perf_counter() - start)
 
 
@@ -423,29 +424,32 @@ def sweep_grid(height: int, width: int, size: int) -> list[tuple[int, int]]:
     return [(r, c) for r in range(0, rows, stride) for c in range(0, cols, stride)]
 
 
-def _sweep(samples: Samples, name: str, axes: tuple[int, ...], classify: Callable[[Samples], np.ndarray], others: np.ndarray,
-           target: int, pixels: np.ndarray, typical: float, found: tuple[int, int, float, float]) -> tuple[int, int, float, float]:
+def _sweep(samples: Samples, name: str, axes: tuple[int, ...], images: np.ndarray, classify: Callable[[Samples], np.ndarray],
+           others: np.ndarray, target: int, pixels: np.ndarray, typical: float,
+           found: tuple[int, int, float, float]) -> tuple[int, int, float, float]:
     """(row, column, score, share) of the best position for `pixels` on the samples `others` (the
-    ones not in `target`), `found` unless a position beats its score. Every position of the grid is
-    screened on SWEEP_SCREEN of the samples, the SWEEP_KEEP best are scored on all, as the search scores."""
-    height, width = to_images(samples.inputs[name][:1], axes).shape[1:3]
-    positions = sweep_grid(height, width, pixels.shape[0])
+    ones not in `target`; `images`: the samples' image input as [N, H, W, C]), `found` unless a
+    position beats its score. Every position of the grid is screened on SWEEP_SCREEN of the
+    samples, the SWEEP_KEEP best are scored on all, as the search scores."""
+    positions = sweep_grid(images.shape[1], images.shape[2], pixels.shape[0])
+    score = functools.partial(_score_positions, samples, name, axes, images, classify, target=target, pixels=pixels,
+                              typical=typical)
     if len(others) > SWEEP_SCREEN:
-        screened, _ = _score_positions(samples, name, axes, classify, others[:SWEEP_SCREEN], target, pixels, typical, positions)
+        screened, _ = score(others[:SWEEP_SCREEN], positions=positions)
         positions = [positions[k] for k in sorted(np.argsort(-screened, kind="stable")[:SWEEP_KEEP])]
-    value, share = _score_positions(samples, name, axes, classify, others, target, pixels, typical, positions)
+    value, share = score(others, positions=positions)
     k = int(np.argmax(value))  # the first best: deterministic
     if value[k] > found[2]:
         return positions[k][0], positions[k][1], float(value[k]), float(share[k])
     return found
 
 
-def _score_positions(samples: Samples, name: str, axes: tuple[int, ...], classify: Callable[[Samples], np.ndarray],
-                     others: np.ndarray, target: int, pixels: np.ndarray, typical: float, positions: list[tuple[int, int]]
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _score_positions(samples: Samples, name: str, axes: tuple[int, ...], all_images: np.ndarray,
+                     classify: Callable[[Samples], np.ndarray], others: np.ndarray, *, target: int, pixels: np.ndarray,
+                     typical: float, positions: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     """(score, share) of `pixels` pasted at each of `positions` on the samples `others`."""
     original = samples.inputs[name]
-    images = to_images(original, axes)[others]
+    images = all_images[others]
     count, size = len(images), pixels.shape[0]
     per_chunk = max(1, CHUNK // max(1, images[0].size * count))
     values, shares = [], []

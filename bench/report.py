@@ -690,9 +690,6 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
 
     current = constants()
 
-    def then(data: dict) -> str:
-        return measured_when(data, current)
-
     rows = []
     for label in ("tuning", "held-back"):
         for name, data in [("shipped", shipped)] + [(f"`{' '.join(v.get('overrides', []))}`", v) for v in variants]:
@@ -700,7 +697,7 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
             got = _pooled(chosen, data["sets"])
             aucs, cut, drops = got["aucs"], got["halved"], got["drops"]
             target_drops = got["target_drops"]
-            rows.append([label, name + then(data), f"{statistics.mean(aucs):.3f}" if aucs else "–",
+            rows.append([label, name + measured_when(data, current), f"{statistics.mean(aucs):.3f}" if aucs else "–",
                          f"{pct(got['tpr'])} / {pct(got['fpr'])}",
                          f"{sum(cut)}/{len(cut)}" if cut else "–",
                          f"{fmt(median(drops))} / {fmt(max(drops))}" if drops else "–",

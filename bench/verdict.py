@@ -21,6 +21,7 @@ only when it does better on the tuning half.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import pkgutil
@@ -115,9 +116,16 @@ def _unlearned_class_drop(entry: dict, repair: dict, repaired: str) -> float | N
     if not unlearned.get("applied"):
         return None
     test = str(zoo.materialise(entry["test"], entry.get("layout", "nchw")))
-    before, after = (auditor.evaluate(path, test, device="cpu", target=unlearned["target"]).target_accuracy
-                     for path in (entry["file"], repaired))
-    return zoo.points_lost(before, after)
+    after = auditor.evaluate(repaired, test, device="cpu", target=unlearned["target"]).target_accuracy
+    return zoo.points_lost(_class_accuracy(str(entry["file"]), test, unlearned["target"]), after)
+
+
+@functools.cache
+def _class_accuracy(model: str, test: str, target: int) -> float | None:
+    """The accuracy of an original zoo model on the test samples of class `target` (once per model and class)."""
+    import auditor
+
+    return auditor.evaluate(model, test, device="cpu", target=target).target_accuracy
 
 
 def _filter_applied(repair: dict) -> str | None:
