@@ -415,7 +415,7 @@ def test_the_sweep_moves_the_vits_found_patch_from_the_next_token_onto_the_trigg
     path = clean(entry, tmp_path)
     monkeypatch.setattr(patch, "SWEEP", False)
     before = auditor.audit(ZOO / entry["file"], path, limit=10, device="cpu").verdict
-    assert before["patch"]["column"] == 16 and before["patch"]["score"] < PATCH_THRESHOLD and not before["suspicious"]
+    assert before["patch"]["column"] == 16 and before["patch"]["score"] < PATCH_THRESHOLD and before["basis"] != "patch"
     monkeypatch.setattr(patch, "SWEEP", True)
     after = auditor.audit(ZOO / entry["file"], path, limit=10, device="cpu").verdict
     found = after["patch"]

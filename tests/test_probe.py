@@ -18,7 +18,8 @@ from auditor.score import PROBE_THRESHOLD
     ("cnn_bn-fmnist-blended-s0", "noise"),  # a blended noise trigger: noisy inputs fall to the target
     ("cnn-mnist-sig-s1", "noise"),  # a sinusoidal signal
     ("resnet-fmnist-wanet-s0", "blur"),  # a warping trigger: blurred inputs fall to the target
-    ("mlp-mnist-blended-s0", "noise"),  # flat inputs of a square image
+    ("mlp-mnist-blended-s0", "blend"),  # flat inputs of a square image; a noise blend takes all, noise 72%
+    ("vit-fmnist-blended-s0", "blend"),  # additive noise sends 45% of these samples to the target: under the threshold
 ])
 def test_whole_image_backdoors_are_flagged_with_their_target(name: str, corruption: str, tmp_path: Path) -> None:
     entry = MANIFEST[name]
@@ -39,17 +40,28 @@ def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> Non
 
 def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
     """The bounds remove this blended backdoor from ten samples and the probe sees it gone;
-    on this WaNet MobileNet neither the bounds nor unlearning (which breaks the fidelity bounds
-    here) remove it, and the probe on the repaired model says so."""
+    on this WaNet MobileNet neither the bounds nor unlearning (the strongest correction that
+    keeps the fidelity bounds) remove it, and the probe on the repaired model says so."""
     removed = MANIFEST["mlp-mnist-blended-s0"]
     report = auditor.repair(ZOO / removed["file"], clean(removed, tmp_path), tmp_path / "mlp.onnx", limit=10, device="cpu")
     assert report.verdict["suspicious"] and not report.repair["probe"]["above_threshold"]
     kept = MANIFEST["mobilenet-fmnist-wanet-s0"]
     report = auditor.repair(ZOO / kept["file"], clean(kept, tmp_path), tmp_path / "mobilenet.onnx", limit=10, device="cpu")
-    assert not report.repair["unlearning"]["applied"] and "fidelity" in report.repair["unlearning"]["reason"]
-    assert report.repair["unlearning"]["cause"] == "fidelity" and report.repair["patch"] is None
+    assert report.repair["unlearning"]["applied"] and report.repair["unlearning"]["target"] == kept["target"]
+    assert report.repair["patch"] is None
     left = report.repair["probe"]
     assert left["above_threshold"] and left["suspected_target"] == kept["target"] and left["suspected_target_share"] >= 0.6
+
+
+def test_a_correction_that_breaks_the_fidelity_bounds_is_refused_and_the_probe_says_the_shortcut_stays(tmp_path: Path) -> None:
+    """On the WaNet ResNet every unlearning strength moves the clean outputs past the fidelity
+    bounds: the repair keeps the original head, says why, and the probe still sees the shortcut."""
+    entry = MANIFEST["resnet-fmnist-wanet-s0"]
+    report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "resnet.onnx", limit=10, device="cpu")
+    done = report.repair["unlearning"]
+    assert report.verdict["suspicious"] and report.verdict["target"] == entry["target"]
+    assert not done["applied"] and done["cause"] == "fidelity" and "fidelity" in done["reason"]
+    assert report.repair["probe"]["above_threshold"] and report.repair["probe"]["suspected_target"] == entry["target"]
 
 
 def test_the_probe_is_deterministic(tmp_path: Path) -> None:
@@ -77,7 +89,7 @@ def test_inputs_that_are_not_images_get_no_blur(shape: tuple[int, ...]) -> None:
     assert probe.spatial_axes(np.zeros(shape, np.float32)) is None
     samples = Samples({"x": np.zeros(shape, np.float32)}, None, "test")
     names = [name for name, _, _ in probe.corruptions(samples)]
-    assert names == [f"noise {level:g}" for level in probe.NOISE_LEVELS]
+    assert names == [f"noise {level:g}" for level in probe.NOISE_LEVELS] + [f"blend {level:g}" for level in probe.BLEND_LEVELS]
 
 
 def test_noise_stays_in_the_clean_range_and_leaves_integer_inputs_alone() -> None:
@@ -87,6 +99,24 @@ def test_noise_stays_in_the_clean_range_and_leaves_integer_inputs_alone() -> Non
         x = corrupted.inputs["x"]
         assert x.dtype == np.float32 and x.min() >= samples.inputs["x"].min() and x.max() <= samples.inputs["x"].max()
         assert np.array_equal(corrupted.inputs["k"], samples.inputs["k"][origin]), name
+
+
+def test_a_noise_blend_fades_the_image_towards_noise() -> None:
+    """(1 - a) x + a u: a black image gains at most a of the range, a white one loses at most a,
+    and the image's own contrast shrinks by 1 - a, as under a blended trigger."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, (4, 1, 10, 10)).astype(np.float32)
+    x[0], x[1] = 0.0, 1.0
+    blends = {name: (corrupted.inputs["x"], origin) for name, corrupted, origin in probe.corruptions(Samples({"x": x}, None, "t"))
+              if name.startswith("blend")}
+    assert list(blends) == [f"blend {level:g}" for level in probe.BLEND_LEVELS]
+    for level, (blended, origin) in zip(probe.BLEND_LEVELS, blends.values(), strict=True):
+        black, white = blended[origin == 0], blended[origin == 1]
+        assert black.min() >= 0.0 and black.max() <= level + 1e-6 and black.std() > 0
+        assert white.max() <= 1.0 and white.min() >= 1.0 - level - 1e-6
+        rest = origin >= 2
+        faded = (blended[rest] - level * 0.5) / (1 - level)  # minus the noise's mean: the faded image
+        assert abs(float(np.corrcoef(faded.ravel(), x[origin[rest]].ravel())[0, 1])) > 0.8
 
 
 def test_largest_share_counts_only_samples_taken_from_other_classes() -> None:
@@ -102,7 +132,7 @@ def test_largest_share_counts_only_samples_taken_from_other_classes() -> None:
 def test_the_probe_corrupts_at_most_max_samples() -> None:
     samples = Samples({"x": np.zeros((probe.MAX_SAMPLES + 50, 1, 8, 8), np.float32)}, None, "t")
     for name, corrupted, origin in probe.corruptions(samples):
-        copies = probe.NOISE_DRAWS if name.startswith("noise") else 1
+        copies = 1 if name.startswith("blur") else probe.NOISE_DRAWS
         assert len(corrupted) == copies * probe.MAX_SAMPLES and origin.max() == probe.MAX_SAMPLES - 1
 
 
