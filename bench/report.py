@@ -661,7 +661,7 @@ def _false_drops(got: dict) -> str:
 
 
 # What the method did before a constant came in, for runs older than it (their constants lack it).
-BEFORE: dict[str, object] = {"patch.SWEEP": False}
+BEFORE: dict[str, object] = {"patch.SWEEP": False, "probe.BLEND": False}
 
 
 def measured_when(data: dict, current: dict[str, object]) -> str:
