@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -97,6 +98,31 @@ def blur(array: np.ndarray, sigma: float) -> np.ndarray | None:
     return out.reshape(array.shape).astype(array.dtype)
 
 
+def _noise(rng: np.random.Generator, level: float, array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`array` plus uniform noise of +-level x the clean range."""
+    span = (high - low) or 1.0
+    return array + rng.uniform(-level * span, level * span, array.shape)
+
+
+def _blend(rng: np.random.Generator, level: float, array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(1 - level) x `array` + level x uniform noise over the clean range."""
+    return (1 - level) * array + level * rng.uniform(low, high, array.shape)
+
+
+def _copies(samples: Samples, floats: dict[str, np.ndarray],
+            copy: Callable[[np.ndarray, float, float], np.ndarray]) -> dict[str, np.ndarray]:
+    """NOISE_DRAWS copies of every input, one after another: each float input through `copy`
+    (array, clean low, clean high -> one copy), clipped to the clean range; the others repeated."""
+    inputs = {}
+    for name, array in samples.inputs.items():
+        if name not in floats:
+            inputs[name] = np.concatenate([array] * NOISE_DRAWS)
+            continue
+        low, high = float(array.min()), float(array.max())
+        inputs[name] = np.concatenate([np.clip(copy(array, low, high), low, high) for _ in range(NOISE_DRAWS)]).astype(array.dtype)
+    return inputs
+
+
 def corruptions(samples: Samples, seed: int = SEED) -> Iterator[tuple[str, Samples, np.ndarray]]:
     """(name, corrupted samples, row -> original sample) for every corruption that applies, one at
     a time (a corruption holds NOISE_DRAWS copies of the samples; the probe takes at most
@@ -110,27 +136,11 @@ def corruptions(samples: Samples, seed: int = SEED) -> Iterator[tuple[str, Sampl
     count = len(samples)
     if not floats:
         return
+    every = np.tile(np.arange(count), NOISE_DRAWS)
     for level in NOISE_LEVELS:
-        inputs = {}
-        for name, array in samples.inputs.items():
-            if name not in floats:
-                inputs[name] = np.concatenate([array] * NOISE_DRAWS)
-                continue
-            low, high = float(array.min()), float(array.max())
-            span = (high - low) or 1.0
-            copies = [np.clip(array + rng.uniform(-level * span, level * span, array.shape), low, high) for _ in range(NOISE_DRAWS)]
-            inputs[name] = np.concatenate(copies).astype(array.dtype)
-        yield f"noise {level:g}", Samples(inputs, None, samples.source), np.tile(np.arange(count), NOISE_DRAWS)
+        yield f"noise {level:g}", Samples(_copies(samples, floats, partial(_noise, rng, level)), None, samples.source), every
     for level in BLEND_LEVELS if BLEND else ():
-        inputs = {}
-        for name, array in samples.inputs.items():
-            if name not in floats:
-                inputs[name] = np.concatenate([array] * NOISE_DRAWS)
-                continue
-            low, high = float(array.min()), float(array.max())
-            copies = [(1 - level) * array + level * rng.uniform(low, high, array.shape) for _ in range(NOISE_DRAWS)]
-            inputs[name] = np.clip(np.concatenate(copies), low, high).astype(array.dtype)
-        yield f"blend {level:g}", Samples(inputs, None, samples.source), np.tile(np.arange(count), NOISE_DRAWS)
+        yield f"blend {level:g}", Samples(_copies(samples, floats, partial(_blend, rng, level)), None, samples.source), every
     for sigma in BLUR_SIGMAS:
         inputs, blurred = {}, False
         for name, array in samples.inputs.items():

@@ -86,9 +86,9 @@ def test_gpu_section_tables_both_providers_and_a_failed_model(tmp_path, monkeypa
     import json
 
     older = json.loads((tmp_path / "gpu.json").read_text())
-    del older["constants"]  # a run from before the patch sweep came in says so
+    del older["constants"]  # a run from before the patch sweep and the probe's blends came in says so
     (tmp_path / "gpu.json").write_text(json.dumps(older))
-    assert "(measured when patch.SWEEP=False)" in "\n".join(report.gpu_section())
+    assert "(measured when patch.SWEEP=False, probe.BLEND=False)" in "\n".join(report.gpu_section())
 
 
 def test_a_variant_override_is_cast_to_the_constant_type_or_refused_with_the_reason():
@@ -119,10 +119,11 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
                 "sets": [{"start": 10 * k, "score": s, "suspicious": s >= 0.6, "asr": (0.1 if h else 0.9) if kind == "backdoored" else None,
                           "acc_drop_points": 1.0, "target_drop_points": 4.0 * k} for k, (s, h) in enumerate(zip(scores, halved))]}
 
-    shipped = {"sets": 2, "seconds": 10.0, "constants": {"patch.SWEEP": True}, "models": [model("b", "backdoored", [0.9, 0.5], [True, False]),
-                                                      model("c", "clean", [0.2, 0.7], [False, False])]}
+    shipped = {"sets": 2, "seconds": 10.0, "constants": {"patch.SWEEP": True, "probe.BLEND": True},
+               "models": [model("b", "backdoored", [0.9, 0.5], [True, False]),
+                          model("c", "clean", [0.2, 0.7], [False, False])]}
     variant = {"sets": 2, "seconds": 20.0, "overrides": ["patch.RESTARTS=2"], "note": "twice the search",
-               # measured when the seed's default was 5, and before the patch sweep came in
+               # measured when the seed's default was 5, and before the patch sweep and the probe's blends came in
                "constants": {"patch.RESTARTS": 2, "patch.SEED": 5},
                "models": [model("b", "backdoored", [0.9, 0.8], [True, True]), model("c", "clean", [0.2, 0.3], [False, False])]}
     # the variant unlearned the clean model's suspected class once, at a 12-point cost to that class
@@ -137,8 +138,8 @@ def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(t
     # the shipped run predates the measure of what unlearning costs a class no attack aims at
     assert "| tuning | shipped | 0.500 | 50% / 50% | 1/2 | 1.00 / 1.00 | – | not measured | – |" in text
     # the variant halves the second set too: one pair gained, none lost, at a 4-point target-class cost
-    assert ("| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5, patch.SWEEP=False) | 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – "
-            "| 1: 12.00 / 12.00 | 1 / 0 (4.00 / 4.00) |") in text
+    assert ("| tuning | `patch.RESTARTS=2` (measured when patch.SEED=5, patch.SWEEP=False, probe.BLEND=False) "
+            "| 1.000 | 100% / 0% | 2/2 | 1.00 / 1.00 | – | 1: 12.00 / 12.00 | 1 / 0 (4.00 / 4.00) |") in text
     assert "* `patch.RESTARTS=2`: twice the search" in text
 
 
