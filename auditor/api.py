@@ -54,6 +54,13 @@ WEAK_UNLEARN = False
 # MobileNet a correction that costs its target class without removing the warp, but halved 47
 # tuning pairs instead of 50 (58 held-back pairs either way): off.
 SURROGATES_OF_VERDICT = False
+# With a share s > 0, a correction must also take the stand-ins for triggered inputs off the
+# target out of sample: fitted on one half of the samples, it may leave at most s of the other
+# half's stand-ins on the target. A correction that keeps the fidelity bounds but not this costs
+# the target class for nothing. Off: at s = 0.5, over the five sample sets, it withheld 10
+# corrections, 5 of which had halved the attack, and did not catch the two failed corrections of
+# the N = 10 grid; 46 tuning pairs halved instead of 50 (57 held-back instead of 58).
+REMOVAL_SHARE = 0.0
 # The searches run thousands of forward passes: on a large image model that is minutes. Where the
 # probe's pace forecasts more than this many seconds for them, `notice` is told, with the flags
 # that skip them, before they start.
@@ -294,6 +301,7 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
         return fitted, fidelity.fidelity(zeroed, bounds, judged, spare=target)
 
     every_source = np.ones(len(sources), dtype=bool)
+    not_removed = False
     for weight, strength in unlearn.LADDER:  # the strongest unlearning that keeps the fidelity bounds
         # cross-fit as the bounds do: a correction fitted on one half of the samples (and their
         # copies) must keep the bounds on the other half, with the half's slack. The samples of
@@ -304,9 +312,12 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
             other = clean_rows & ~mine & ~anchored
             if not other.any():
                 continue  # nothing left to judge this half on
-            _, judged = fit_and_judge(clean_rows & (mine | anchored), sources % 2 == half, other, weight, strength)
+            fitted, judged = fit_and_judge(clean_rows & (mine | anchored), sources % 2 == half, other, weight, strength)
             if not judged.within(floor, max_divergence, guard.HALF_SLACK):
                 held = False
+                break
+            if REMOVAL_SHARE and _left_on_target(features[sources % 2 != half], matrix, bias, fitted) > REMOVAL_SHARE:
+                held, not_removed = False, True
                 break
         if not held:
             continue
@@ -316,10 +327,23 @@ def _unlearn(analysis: _Analysis, fidelity: guard.Guard, zeroed: dict[str, list[
             entry.update(applied=True, correction=fitted, strength=strength, weight=weight, fidelity=judged)
             return entry
     fidelity.correct(None)
+    if not_removed:
+        entry["cause"] = "not_removed"
+        entry["reason"] = ("no correction within the fidelity bounds took the held-out stand-ins for triggered "
+                           "inputs off the target")
+        return entry
     entry["cause"] = "fidelity"
     entry["reason"] = (f"every correction broke the fidelity bounds (at the weakest: agreement "
                        f"{judged.agreement:.3f}, divergence {judged.divergence:.4f})")
     return entry
+
+
+def _left_on_target(features: np.ndarray, matrix: np.ndarray, bias: np.ndarray, fitted: unlearn.Correction) -> float:
+    """The share of stand-ins (their head features) the corrected head still sends to the target."""
+    if not len(features):
+        return 0.0
+    scores = features @ (matrix + fitted.matrix).T + bias + fitted.bias
+    return float((scores.argmax(axis=1) == fitted.target).mean())
 
 
 def _filter_limits(verdict: dict, floor: float, max_divergence: float) -> tuple[float, float, bool] | None:

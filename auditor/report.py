@@ -53,7 +53,7 @@ Schema `auditor.report/9` (JSON, keys sorted, floats rounded to 6 decimals):
               the notch's), reason (why not applied)}: that window of the image input replaced before
               anything reads it, when it keeps the fidelity bounds,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
-              code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
+              code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity | not_removed), surrogates
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
               and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
               the original sent to the target from another class: fitted as corrupted samples and left out of

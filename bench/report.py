@@ -530,7 +530,8 @@ def _how(record: dict) -> str:
     if unlearned.get("applied"):
         parts.append(f"unlearned class {unlearned['target']}")
     elif unlearned.get("cause") not in (None, "not_flagged"):
-        said = {"no_anchor": "no clean sample of the target", "fidelity": "fidelity", "bounds_removed": "nothing left to unlearn"}
+        said = {"no_anchor": "no clean sample of the target", "fidelity": "fidelity", "bounds_removed": "nothing left to unlearn",
+                "not_removed": "stand-ins stayed on the target"}
         parts.append("not unlearned: " + said.get(unlearned["cause"], unlearned.get("reason") or unlearned["cause"]))
     return ", ".join(parts) or "nothing"
 
@@ -742,6 +743,8 @@ CAUSES = (
     ("flagged, wrong target class", lambda m, s: s["target"] != m["target"]),
     ("flagged, right target, no clean sample of it: not unlearned", lambda m, s: s.get("unlearning_cause") == "no_anchor"),
     ("flagged, right target, every unlearning broke the fidelity bounds", lambda m, s: s.get("unlearning_cause") == "fidelity"),
+    ("flagged, right target, no unlearning within the bounds took held-out stand-ins off the target",
+     lambda m, s: s.get("unlearning_cause") == "not_removed"),
     ("flagged, right target, repaired, the attack survived", lambda m, s: True),
 )
 

@@ -145,6 +145,35 @@ def test_the_anchor_check_refuses_a_correction_its_target_samples_would_not_keep
     assert not done["applied"] and done["cause"] == "fidelity" and done["anchors"] == 1
 
 
+def test_the_removal_check_withholds_a_correction_that_leaves_held_out_stand_ins_on_the_target(tmp_path: Path, monkeypatch) -> None:
+    """api.REMOVAL_SHARE (off by default, a variant bench/results/variants/ measured): on the Keras
+    SIG model the correction keeps the fidelity bounds, but fitted on one half of the samples it
+    leaves most of the other half's corrupted samples on the target, so with the check it is withheld."""
+    from auditor import api
+
+    entry = MANIFEST["keras_cnn_sig_s1"]
+    clean, _, _ = _data(entry, tmp_path)
+    report = auditor.repair(ZOO / entry["file"], clean, tmp_path / "repaired.onnx", limit=10, device="cpu")
+    assert report.repair["unlearning"]["applied"]
+    monkeypatch.setattr(api, "REMOVAL_SHARE", 0.5)
+    report = auditor.repair(ZOO / entry["file"], clean, tmp_path / "checked.onnx", limit=10, device="cpu")
+    done = report.repair["unlearning"]
+    assert not done["applied"] and done["cause"] == "not_removed" and "stand-ins" in done["reason"]
+
+
+def test_left_on_target_counts_the_corrected_heads_choices() -> None:
+    from auditor import api
+    from auditor.unlearn import Correction
+
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    matrix, bias = np.eye(2), np.zeros(2)  # class 0 reads feature 0, class 1 feature 1
+    none = Correction(target=0, matrix=np.zeros((2, 2)), bias=np.zeros(2), surrogates=3, anchors=1)
+    assert api._left_on_target(features, matrix, bias, none) == pytest.approx(2 / 3)  # the tie goes to class 0
+    lowered = Correction(target=0, matrix=np.array([[-1.0, 0.0], [0.0, 0.0]]), bias=np.array([-0.5, 0.0]), surrogates=3, anchors=1)
+    assert api._left_on_target(features, matrix, bias, lowered) == 0.0
+    assert api._left_on_target(features[:0], matrix, bias, lowered) == 0.0
+
+
 def test_with_every_class_among_the_samples_the_row_may_move_both_ways(tmp_path: Path) -> None:
     """Fifty samples show every class, so the guard measures every class and the fit is free;
     the WaNet trigger goes at little cost."""
