@@ -29,6 +29,7 @@ def test_shortfall_causes_counts_each_surviving_pair_once_by_its_first_cause():
         _set(0.9, True, "corruption", 5, 1.0, cause="no_anchor"),            # wrong target wins over no_anchor
         _set(0.9, True, "corruption", 2, 1.0, cause="no_anchor"),
         _set(0.9, True, "corruption", 2, 1.0, cause="fidelity"),
+        _set(0.9, True, "corruption", 2, 1.0, cause="not_removed"),           # stand-ins stayed on the target
         _set(0.9, True, "patch", 2, 0.8, filtered="occlusion"),              # repaired, survived
         _set(0.9, True, "patch", 2, 0.5, filtered="occlusion"),              # halved: not counted
     ]}
