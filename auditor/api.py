@@ -26,10 +26,14 @@ DEFAULT_LAYER_CAP = 0.3  # at most this fraction of a layer's channels is zeroed
 DEFAULT_MAX_DIVERGENCE = 0.05  # mean KL(original || repaired) on the augmented clean samples, nats
 # With a value s > 0, head unlearning must also keep the fidelity bounds (slack s) on the copies of
 # the target's own clean samples alone, where its cost shows, not only diluted among all guard
-# samples. Off: over the five sample sets (bench/results/variants/, with unlearn.ANCHOR_WEIGHT
-# then 1) s = 1 cut the worst target-class loss on the tuning half from 41 to 16 points but
-# halved the attack on 33 of 65 pairs instead of 38; s = 2 halved 35 and left the worst loss at 41.
-ANCHOR_SLACK = 0.0
+# samples. Tight, it costs repairs: over the five sample sets (bench/results/variants/, with
+# unlearn.ANCHOR_WEIGHT then 1) s = 1 cut the worst target-class loss on the tuning half from 41
+# to 16 points but halved the attack on 33 of 65 pairs instead of 38; s = 2 halved 35. With the
+# probe's noise blends, s = 4 halved 47 tuning pairs instead of 50; s = 8 (agreement >= 60% and
+# divergence <= 0.4 nats on those copies) halved the same 50 and 58 held-back pairs and withheld
+# only the WaNet MobileNet's correction on one set, which had cost its target class 44 points
+# without halving the attack: a guard against a correction that wrecks the class, not a tuning.
+ANCHOR_SLACK = 8.0
 # The input filters (notch, occlusion) act on one found pattern and cost only what clean content
 # it covers, so they also run on weaker evidence: from this verdict score up to the threshold,
 # within WEAK_SLACK x the fidelity slack (agreement >= 0.975, divergence <= 0.025 by default).
