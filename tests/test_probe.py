@@ -40,15 +40,17 @@ def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> Non
 
 def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
     """The bounds remove this blended backdoor from ten samples and the probe sees it gone;
-    on this WaNet MobileNet neither the bounds nor unlearning (the strongest correction that
-    keeps the fidelity bounds) remove it, and the probe on the repaired model says so."""
+    on this WaNet MobileNet neither the bounds nor unlearning remove it (every correction that
+    keeps the fidelity bounds on all guard samples moves the target's own clean copies past the
+    anchor check: it would cost the class, as it did before that check, 44 points), and the probe
+    on the repaired model says so."""
     removed = MANIFEST["mlp-mnist-blended-s0"]
     report = auditor.repair(ZOO / removed["file"], clean(removed, tmp_path), tmp_path / "mlp.onnx", limit=10, device="cpu")
     assert report.verdict["suspicious"] and not report.repair["probe"]["above_threshold"]
     kept = MANIFEST["mobilenet-fmnist-wanet-s0"]
     report = auditor.repair(ZOO / kept["file"], clean(kept, tmp_path), tmp_path / "mobilenet.onnx", limit=10, device="cpu")
-    assert report.repair["unlearning"]["applied"] and report.repair["unlearning"]["target"] == kept["target"]
-    assert report.repair["patch"] is None
+    assert not report.repair["unlearning"]["applied"] and "fidelity" in report.repair["unlearning"]["reason"]
+    assert report.repair["unlearning"]["cause"] == "fidelity" and report.repair["patch"] is None
     left = report.repair["probe"]
     assert left["above_threshold"] and left["suspected_target"] == kept["target"] and left["suspected_target_share"] >= 0.6
 
