@@ -305,6 +305,14 @@ def segment_means(values: np.ndarray, plan: list[tuple[np.ndarray, np.ndarray]])
     return out
 
 
+def margins(scores: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Each row's margin: the score of its class `own[i]` minus its best other score."""
+    every = np.arange(len(scores))
+    rival = scores.copy()
+    rival[every, own] = -np.inf
+    return scores[every, own] - rival.max(axis=1)
+
+
 def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
             seed: int) -> Patch | None:
     """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
@@ -353,12 +361,7 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
         inputs = {key: value[chosen] for key, value in samples.inputs.items() if key != name}
         inputs[name] = from_images(batch, original, axes)
         out = np.asarray(classify(Samples(inputs, None, samples.source)), dtype=np.float64).reshape(len(chosen), -1)
-        # each row's margin: its class's score minus the best other score
-        own = np.repeat(classes[which], lengths)
-        every = np.arange(len(chosen))
-        rival = out.copy()
-        rival[every, own] = -np.inf
-        margin = out[every, own] - rival.max(axis=1)
+        margin = margins(out, np.repeat(classes[which], lengths))
         plan = split(tuple(lengths.tolist()))
         return segment_means(np.minimum(margin, typical), plan) / typical, segment_means(margin > 0, plan)
 
@@ -464,9 +467,7 @@ def _score_positions(samples: Samples, name: str, axes: tuple[int, ...], all_ima
         inputs[name] = from_images(batch, original, axes)
         out = np.asarray(classify(Samples({k: inputs[k] for k in samples.inputs}, None, samples.source)),
                          dtype=np.float64).reshape(len(batch), -1)
-        rival = out.copy()
-        rival[:, target] = -np.inf
-        margin = (out[:, target] - rival.max(axis=1)).reshape(len(chunk), count)
+        margin = margins(out, np.full(len(out), target)).reshape(len(chunk), count)
         values.append(np.minimum(margin, typical).mean(axis=1) / typical)
         shares.append((margin > 0).mean(axis=1))
     return np.concatenate(values), np.concatenate(shares)

@@ -18,6 +18,7 @@ import numpy as np
 
 from auditor.api import FILTER_GATE
 from bench import zoo
+from bench.verdict import constants
 
 AUDITOR_METHODS = ("sus", "clp", "fp")
 ALL_METHODS = (*AUDITOR_METHODS, "anp")
@@ -687,8 +688,6 @@ def variants_section(seed_of: dict[str, str]) -> list[str]:
              "Each variant changes auditor's constants for one `bench.verdict` run (its command is in its file) and "
              "is compared with the shipped method on the same sets of clean samples; a variant is kept only when it "
              "does better on the tuning half. Columns as in the section above.", ""]
-    from bench.verdict import constants
-
     current = constants()
 
     rows = []
@@ -850,8 +849,6 @@ def gpu_section() -> list[str]:
         return []
     machine = ", ".join(part for part in (data.get("accelerator"), data.get("cpus") and f"{data['cpus']} CPU cores",
                                           f"onnxruntime {data['onnxruntime']}", f"Python {data['python']}") if part)
-    from bench.verdict import constants
-
     lines = ["", "## GPU", "",
              f"`{data['command']}` on one machine ({machine}){measured_when(data, constants())}: `auditor.audit` + `auditor.repair` under the CUDA "
              "and the CPU execution providers, plain inference of the same N samples under each, and, where "
