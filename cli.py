@@ -1,7 +1,8 @@
 """The `auditor` command: parse, call the library, render, map outcomes to exit codes.
 
 Exit codes: 0 clean verdict / output written, 1 the model looks backdoored (scan),
-2 bad usage or input (one line on stderr, nothing written), 130 interrupted (SIGINT or SIGTERM; no partial output).
+2 bad usage or input (one line on stderr, nothing written), 3 a bug in auditor (one line asking to
+report it), 130 interrupted (SIGINT or SIGTERM; no partial output).
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 import auditor
-from auditor import model as model_io
-from auditor.errors import AuditorError
-from auditor.patch import fill_text, window_text
-from auditor.report import basis_text, notch_text
-from auditor.score import SHORTCUT_BASES
+from auditor.errors import AuditorError, InternalError
+from auditor.io import model as model_io
+from auditor.report import repair_lines, verdict_text
+from auditor.settings import Settings, parse_overrides
 
-EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Audit ONNX classifiers for backdoors from a few clean samples, and repair them.")
@@ -56,6 +56,9 @@ PatchOpt = Annotated[bool, typer.Option(
 FourierOpt = Annotated[bool, typer.Option(
     "--fourier-probe/--no-fourier-probe", help="sus: add faint low-frequency cosine patterns to the clean samples and see "
     "whether one sends them to one class (about 4,500 batched forward passes: under 0.4 s on the zoo's models on CPU).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override one setting of the method, SECTION.NAME=VALUE (repeatable), e.g. verdict.probe_threshold=0.7; "
+    "see auditor/settings.py.", show_default=False)]
 
 
 def _one_line(text: str) -> str:
@@ -68,6 +71,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_ERROR)
 
 
+def _bug(message: str) -> None:
+    """Our fault, not the input's: its own exit code and a request to report it."""
+    err.print(f"internal error: {_one_line(message)[:300]}; this is a bug in auditor {auditor.__version__}: "
+              "please report it (rerun with AUDITOR_DEBUG=1 for the traceback)", markup=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BUG)
+
+
 _interruption_said = []
 
 
@@ -78,8 +88,8 @@ def _say_interrupted() -> None:
 
 
 def _guarded(work):
-    """Run `work`, turning every failure into one line and exit code 2 (library warnings silenced:
-    stderr carries the one line only)."""
+    """Run `work`, turning every failure into one line: exit code 2 for bad input, 3 for a bug in
+    auditor (library warnings silenced: stderr carries the one line only)."""
     try:
         with warnings.catch_warnings():
             if not os.environ.get("AUDITOR_DEBUG"):
@@ -96,11 +106,14 @@ def _guarded(work):
         _fail("out of memory: try fewer samples (--limit)")
     except RecursionError:
         _fail("the model is nested too deeply to analyse (recursion limit)")
+    except InternalError as exc:
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        _bug(str(exc))
     except Exception as exc:  # a release gate must never dump a traceback
         if os.environ.get("AUDITOR_DEBUG"):
             raise
-        _fail(f"unexpected failure ({type(exc).__name__}: {_one_line(str(exc))[:200]}); "
-              "rerun with AUDITOR_DEBUG=1 for details and report it")
+        _bug(f"unexpected {type(exc).__name__}: {_one_line(str(exc))}")
 
 
 def _inputs(model: Path, *others: Optional[Path]) -> tuple[Path, ...]:
@@ -157,14 +170,19 @@ def _render(report: auditor.Report) -> None:
         table.add_row(layer.unit, layer.op, str(layer.channels), f"{max(r.score for r in layer.records):.2f}",
                       ", ".join(f"{r.channel} ({r.score:.2f})" for r in top))
     out.print(table)
-    v = report.verdict
-    word = "[bold red]SUSPICIOUS[/]" if v["suspicious"] else "[bold green]clean[/]"
-    out.print(f"verdict: {word}  score {v['score']:.3f} vs threshold {v['threshold']:.3f} ({basis_text(v)})")
+    style = "bold red" if report.verdict.suspicious else "bold green"
+    out.print(f"verdict: [{style}]{verdict_text(report.verdict)}[/]", soft_wrap=True)
+    if report.settings:
+        out.print("settings changed: " + ", ".join(f"{k}={v}" for k, v in sorted(report.settings.items())), markup=False)
+
+
+def _settings(overrides: Optional[list[str]]) -> Settings:
+    return Settings().override(parse_overrides(overrides or []))
 
 
 def _check_verdict(report: auditor.Report) -> None:
     """A NaN score compares as 'not suspicious': never let it pass the gate as clean."""
-    if not math.isfinite(report.verdict["score"]):
+    if not math.isfinite(report.verdict.score):
         raise auditor.ModelError("the audit produced no finite score: the model computes NaN or Inf on the clean samples")
 
 
@@ -172,12 +190,14 @@ def _check_verdict(report: auditor.Report) -> None:
 def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodOpt = "sus",
          device: DeviceOpt = "auto", threshold: ThresholdOpt = None, json: JsonOpt = None,
          sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False, patch_search: PatchOpt = True,
-         fourier_probe: FourierOpt = True, threads: ThreadsOpt = None) -> None:
+         fourier_probe: FourierOpt = True, threads: ThreadsOpt = None, set_: SetOpt = None) -> None:
     """Probe for a shortcut (corruptions, a patch, a Fourier pattern), score every channel; exit 1 when it looks backdoored."""
     def work():
+        settings = _settings(set_)
         _outputs([json, sarif, html], force, _inputs(model, data))
         report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold,
-                               patch_search=patch_search, fourier_probe=fourier_probe, threads=threads, notice=_note)
+                               patch_search=patch_search, fourier_probe=fourier_probe, threads=threads, notice=_note,
+                               settings=settings)
         _check_verdict(report)
         _say_provider(report)
         _render(report)
@@ -194,13 +214,15 @@ def repair_command(
     limit: LimitOpt = None, method: MethodOpt = "sus", device: DeviceOpt = "auto", threshold: ThresholdOpt = None,
     max_prune: Annotated[Optional[float], typer.Option(
         "--max-prune", help="At most this many channels (>= 1) or this fraction of all (< 1).")] = None,
-    floor: Annotated[float, typer.Option(
-        "--floor", help="Least agreement with the original on augmented clean samples.")] = auditor.api.DEFAULT_FLOOR,
-    layer_cap: Annotated[float, typer.Option(
-        "--layer-cap", help="At most this fraction of one layer's channels.")] = auditor.api.DEFAULT_LAYER_CAP,
-    max_divergence: Annotated[float, typer.Option(
-        "--max-divergence", help="Largest mean KL(original || repaired) on augmented clean samples, in nats.",
-    )] = auditor.api.DEFAULT_MAX_DIVERGENCE,
+    floor: Annotated[Optional[float], typer.Option(
+        "--floor", help=f"Least agreement with the original on augmented clean samples (repair.floor, default "
+        f"{Settings().repair.floor}).", show_default=False)] = None,
+    layer_cap: Annotated[Optional[float], typer.Option(
+        "--layer-cap", help=f"At most this fraction of one layer's channels (repair.layer_cap, default {Settings().repair.layer_cap}).",
+        show_default=False)] = None,
+    max_divergence: Annotated[Optional[float], typer.Option(
+        "--max-divergence", help="Largest mean KL(original || repaired) on augmented clean samples, in nats "
+        f"(repair.max_divergence, default {Settings().repair.max_divergence}).", show_default=False)] = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="Labelled test set: print accuracy before and after.")] = None,
     triggered: Annotated[Optional[Path], typer.Option(
         "--triggered", help="Triggered set: print attack success rate before and after (needs --target).")] = None,
@@ -226,9 +248,13 @@ def repair_command(
     patch_search: PatchOpt = True,
     fourier_probe: FourierOpt = True,
     threads: ThreadsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Bound activations, filter out a found trigger, unlearn its shortcut, as far as fidelity allows; write the model."""
     def work():
+        limits = {f"repair.{k}": v for k, v in (("floor", floor), ("layer_cap", layer_cap), ("max_divergence", max_divergence))
+                  if v is not None}
+        settings = Settings().override({**parse_overrides(set_ or []), **limits})
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
         _outputs([output, json, sarif, html], force, _inputs(model, data, test, triggered))
@@ -237,67 +263,22 @@ def repair_command(
         before = None if test is None else auditor.evaluate(model, test, triggered=triggered, target=target, device=device,
                                                             threads=threads)
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
-                                max_prune=max_prune, floor=floor, layer_cap=layer_cap,
-                                max_divergence=max_divergence, force=force, bound=bound, zero=zero, unlearning=unlearn,
+                                max_prune=max_prune, force=force, bound=bound, zero=zero, unlearning=unlearn,
                                 patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
-                                occlude=occlude, threads=threads, notice=_note)
+                                occlude=occlude, threads=threads, notice=_note, settings=settings)
         _say_provider(report)
         _render(report)
-        r = report.repair
-        factor = r["bound"]["factor"]
-        clamped = r["bound"].get("input_radius")
-        capped = f"capped {r['bound']['units']} layers at {factor:g}x their clean maxima" if factor is not None else ""
-        if capped and r["bound"]["position"]:
-            capped += f" and per position (radius {r['bound']['position']['radius']})"
-        if clamped is not None:
-            capped = f"clamped inputs to their clean range (radius {clamped})" + (f", {capped}" if capped else "")
-        capped += ", " if capped else ""
-        out.print(f"repair: {capped}zeroed {r['count']} channels in {len(r['zeroed'])} layers "
-                  f"(agreement {r['agreement']:.3f} >= {r['floor']}, divergence {r['divergence']:.4f} <= {r['max_divergence']}) "
-                  f"-> {r['output']}")
-        notched = r.get("notch")
-        weak = " (a weak verdict: within tighter fidelity bounds)"
-        if notched is not None and notched["applied"]:
-            out.print(f"notch: removed {notch_text(notched)}, the found Fourier pattern's, from the image input"
-                      + (weak if notched["weak"] else ""))
-        elif notched is not None and notched["frequency"] is not None:
-            out.print(f"notch: not applied: {notched['reason']}")
-        occluded = r.get("occlusion")
-        if occluded is not None and occluded["applied"]:
-            out.print(f"occlusion: covered {window_text(occluded['window'])}, around the found patch, with "
-                      f"{fill_text(occluded.get('fill') or 'mean')}"
-                      + (weak if occluded["weak"] else ""))
-        elif occluded is not None and occluded["window"] is not None:
-            out.print(f"occlusion: not applied: {occluded['reason']}")
-        unlearned = r.get("unlearning")
-        if unlearned is not None and unlearned["applied"]:
-            kind = {"patch": "patched", "fourier": "perturbed"}.get(report.verdict.get("basis"), "corrupted")
-            out.print(f"unlearning: refit the head's row for class {unlearned['target']} on {unlearned['surrogates']} {kind} "
-                      f"samples it took and {unlearned['anchors']} clean samples of that class "
-                      f"(their weight {unlearned['weight']:g}, penalty {unlearned['strength']:g})")
-            if before is None:
-                t, k = unlearned["target"], unlearned["anchors"]
-                out.print(f"caution: class {t}'s own accuracy was guarded by {k} clean sample{'s' if k != 1 else ''} of it "
-                          f"only, and unlearning can cost that class more than the agreement shows: check it with "
-                          f"--test TEST.npz --target {t}")
-        elif unlearned is not None and report.verdict.get("basis") in SHORTCUT_BASES and report.verdict["suspicious"]:
-            out.print(f"unlearning: not applied: {unlearned['reason']}")
-        left = r.get("probe")
-        if left is not None and report.verdict["suspicious"]:
-            side = ">=" if left["above_threshold"] else "<"
-            line = (f"after repair: class {left['suspected_target']} takes {left['suspected_target_share']:.3f} of the corrupted "
-                    f"samples ({side} threshold {report.verdict['threshold']:.3f}, was {report.verdict['score']:.3f})")
-            if left["target"] is not None and left["target"] != left["suspected_target"]:
-                line += f"; the largest share is now class {left['target']}'s, {left['score']:.3f} under {left['corruption']}"
-            out.print(line)
-        for key, found in (("patch", "the found patch"), ("fourier", "the found Fourier pattern")):
-            moved = r.get(key)
-            if moved is not None and report.verdict["suspicious"]:
-                out.print(f"after repair: {found} sends {moved['share_after']:.3f} of the other clean samples to "
-                          f"class {moved['target']} (was {moved['share_before']:.3f})")
+        for line in repair_lines(report.repair, report.verdict):
+            out.print(f"repair: {line}", markup=False, soft_wrap=True)
+        unlearned = report.repair.plan.unlearning
+        if unlearned is not None and unlearned.applied and before is None:
+            t, k = unlearned.target, unlearned.anchors
+            out.print(f"caution: class {t}'s own accuracy was guarded by {k} clean sample{'s' if k != 1 else ''} of it "
+                      f"only, and unlearning can cost that class more than the agreement shows: check it with "
+                      f"--test TEST.npz --target {t}", markup=False, soft_wrap=True)
         if before is not None:
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device, threads=threads)
-            report.repair["evaluation"] = {"before": before.to_dict(), "after": after.to_dict()}
+            report.repair.evaluation = {"before": before.to_dict(), "after": after.to_dict()}
             _render_before_after(before, after)
         _write_reports(report, json, sarif, html)
         return report

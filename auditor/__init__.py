@@ -1,12 +1,15 @@
-"""auditor: find and remove backdoor channels in ONNX classifiers from a few clean samples."""
+"""auditor: find and remove backdoors in ONNX classifiers from a few clean samples."""
 
 from auditor.api import audit, repair
-from auditor.errors import AuditorError, DataError, DeviceError, ModelError, OutputError
+from auditor.detect.verdict import Verdict
+from auditor.errors import AuditorError, DataError, DeviceError, InternalError, ModelError, OutputError, SettingsError
 from auditor.evaluate import Evaluation, evaluate
+from auditor.mitigation.plan import RepairOutcome
 from auditor.report import Report
+from auditor.settings import Settings
 from auditor.version import __version__
 
 __all__ = [
-    "AuditorError", "DataError", "DeviceError", "Evaluation", "ModelError", "OutputError",
-    "Report", "__version__", "audit", "evaluate", "repair",
+    "AuditorError", "DataError", "DeviceError", "Evaluation", "InternalError", "ModelError", "OutputError", "RepairOutcome",
+    "Report", "Settings", "SettingsError", "Verdict", "__version__", "audit", "evaluate", "repair",
 ]

@@ -15,14 +15,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from auditor import runtime
-from auditor.data import Samples
 from auditor.errors import DataError, ModelError
-from auditor.graph import GraphIndex
-from auditor.model import default_opset
-from auditor.units import Unit
-
-BATCH = 64
+from auditor.graph.index import GraphIndex
+from auditor.graph.units import Unit
+from auditor.io import runtime
+from auditor.io.data import Samples
+from auditor.io.model import default_opset
 
 
 @dataclass(frozen=True)
@@ -199,7 +197,7 @@ def run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarr
 
 
 def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider,
-            batch: int = BATCH) -> Capture:
+            batch: int) -> Capture:
     """Stream `samples` through the instrumented model and accumulate statistics in float64."""
     start = time.perf_counter()
     ranks = probe_ranks(model, index, units, samples, provider)
@@ -266,7 +264,7 @@ def _classify(session, scores_name: str, batch: int) -> Callable[[Samples], np.n
 
 
 def classifier(model: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,
-               batch: int = BATCH) -> Callable[[Samples], np.ndarray]:
+               batch: int) -> Callable[[Samples], np.ndarray]:
     """samples -> class scores [N, K] through a plain session on the model: for the many forward
     passes of the patch search and the Fourier probe, which the instrumented session would slow
     several times over."""

@@ -1,4 +1,8 @@
-"""Error types. The CLI maps every one of them to a single line and exit code 2."""
+"""Error types, split by whose fault it is.
+
+`AuditorError` and its subclasses: a problem with what the user gave (the CLI: one line, exit 2).
+`InternalError`: a bug in auditor (an internal check failed); the CLI asks to report it (exit 3).
+"""
 
 from __future__ import annotations
 
@@ -21,3 +25,11 @@ class OutputError(AuditorError):
 
 class DeviceError(AuditorError):
     """The requested execution device is not available."""
+
+
+class SettingsError(AuditorError):
+    """A setting that does not exist, or a value it cannot take."""
+
+
+class InternalError(Exception):
+    """A bug in auditor: an internal check failed. Not an `AuditorError`: the input is not at fault."""

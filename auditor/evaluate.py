@@ -6,12 +6,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from auditor import data, model, runtime
 from auditor.capture import classifier
 from auditor.errors import DataError
-from auditor.graph import GraphIndex
-
-BATCH = 256  # test samples per run (1 when the model fixes its batch at 1)
+from auditor.graph.index import GraphIndex
+from auditor.io import data, model, runtime
+from auditor.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class Evaluation:
         return asdict(self)
 
 
-def predict(index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int = BATCH) -> tuple[np.ndarray, int]:
+def predict(index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int) -> tuple[np.ndarray, int]:
     """Arg-max class of the model's class scores for every sample, and the number of classes."""
     scores = classifier(index.model, index, provider, batch)(samples)
     return scores.argmax(axis=1), scores.shape[1]
@@ -52,19 +51,21 @@ def evaluate(
     limit: int | None = None,
     device: str = "auto",
     threads: int | None = None,
+    settings: Settings | None = None,
 ) -> Evaluation:
     """Measure `model_path` on a labelled test set, a triggered set and against a reference model."""
+    settings = settings or Settings()
     if triggered is not None and target is None:
-        raise DataError("--triggered needs --target K, the class the attack aims for")
+        raise DataError("a triggered set needs a target: the class the attack aims for")
     provider = runtime.select_provider(device, threads)
     loaded = model.load(model_path)
     index = GraphIndex(loaded.proto)
     specs = data.input_specs(loaded.proto)
-    batch = data.batch_size(specs, BATCH)
+    batch = data.batch_size(specs, settings.run.evaluate_batch)
     test = data.load(data_path, specs, limit)
     predicted, classes = predict(index, test, provider, batch)
     if target is not None and not 0 <= target < classes:
-        raise DataError(f"--target {target} is not a class of the model (0..{classes - 1})")
+        raise DataError(f"target {target} is not a class of the model (0..{classes - 1})")
     accuracy, target_accuracy = None, None
     if test.labels is not None:
         _check_labels(test.labels, classes, data_path)
@@ -91,7 +92,7 @@ def evaluate(
         reference_index = GraphIndex(reference_model.proto)
         reference_specs = data.input_specs(reference_model.proto)
         reference_test = data.load(data_path, reference_specs, limit)
-        reference_batch = data.batch_size(reference_specs, BATCH)
+        reference_batch = data.batch_size(reference_specs, settings.run.evaluate_batch)
         agreement = float((predict(reference_index, reference_test, provider, reference_batch)[0] == predicted).mean())
     return Evaluation(
         model=str(model_path), samples=len(test), accuracy=accuracy, attack_success_rate=asr,

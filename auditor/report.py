@@ -1,6 +1,7 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/9` (JSON, keys sorted, floats rounded to 6 decimals):
+Schema `auditor.report/10` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
+a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples),
@@ -36,7 +37,8 @@ Schema `auditor.report/9` (JSON, keys sorted, floats rounded to 6 decimals):
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
   repair     null | {output, sha256, zeroed{unit: [channels]}, count,
               how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned);
-                  "@input:NAME": clamp|notch|notch+clamp|occlude|occlude+clamp (graph inputs)},
+                  "input:NAME": clamp|notch|notch+clamp|occlude|occlude+clamp (graph inputs)},
+              actions[] (each step applied, in words: the same text as the model's metadata),
               bound{factor (multiple of each channel's clean maximum, null: none), units},
               agreement, divergence, floor, max_divergence, layer_cap, guard_samples, evaluations,
               notch (sus only, else null): {applied, frequency ([u, v] of the Fourier probe's best basis, null
@@ -48,12 +50,11 @@ Schema `auditor.report/9` (JSON, keys sorted, floats rounded to 6 decimals):
               occlusion (sus only, else null): {applied, window ([row, column, height, width] covered: the
               patch search's patch and one pixel around it, or the patch alone when that broke the fidelity
               bounds; when not applied, the last one tried; null when none was tried), fill ("mean": the
-              clean samples' mean there; "ring": each sample's mean on the ring of pixels around the
-              window, tried where the mean broke the fidelity bounds; null when not applied), weak (as
+              clean samples' mean there; null when not applied), weak (as
               the notch's), reason (why not applied)}: that window of the image input replaced before
               anything reads it, when it keeps the fidelity bounds,
               unlearning (sus only, else null): {applied, target, reason (why not applied), cause (the same as a
-              code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity | not_removed), surrogates
+              code: not_flagged | no_dense_head | no_anchor | bounds_removed | per_token_head | fidelity), surrogates
               (corrupted, patched or perturbed samples fitted), anchors (clean samples of the target), weight (of the corrupted samples)
               and strength (the L2 penalty) of the step of the ladder kept, shortcut_guard_samples (guard copies
               the original sent to the target from another class: fitted as corrupted samples and left out of
@@ -70,6 +71,7 @@ Schema `auditor.report/9` (JSON, keys sorted, floats rounded to 6 decimals):
               first ten samples, those the search used) and after (over every sample) the repair,
               fourier (basis "fourier" only, else null): the same for the Fourier probe's best basis image,
               evaluation{before, after} (CLI only, with --test)}
+  settings   {"section.name": value}: the settings that differ from the defaults (auditor/settings.py)
   timings    {seconds per stage}: the only part that differs between identical runs
 """
 
@@ -78,21 +80,14 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from auditor.patch import fill_text, window_text
-from auditor.score import DEFAULT_THRESHOLD
+from auditor.detect.verdict import SHORTCUT_BASES, Verdict
+from auditor.mitigation.plan import RepairOutcome
 
-SCHEMA = "auditor.report/9"
-
-
-def notch_text(notched: dict) -> str:
-    """What an applied notch removed, in words: a whole spatial frequency or one phase of it."""
-    u, v = notched["frequency"]
-    if notched.get("phase") is None:
-        return f"spatial frequency ({u}, {v})"
-    return f"phase {notched['phase']:.3f} of spatial frequency ({u}, {v})"
+SCHEMA = "auditor.report/10"
 
 
 @dataclass(frozen=True)
@@ -123,24 +118,26 @@ class Report:
     command: str
     tool_version: str
     method: str
-    model: dict
-    data: dict
-    provider: dict
-    verdict: dict
+    model: dict  # {path, sha256, ir_version, opset, notes}
+    data: dict  # {path, samples, classes, predicted_classes, missing_classes}
+    provider: dict  # {name, reason, threads}
+    verdict: Verdict
     layers: list[LayerRecord]
     skipped: list[dict]
-    repair: dict | None = None
+    channel_threshold: float = 3.0  # the channel scores' own threshold (the HTML strips' red line)
+    settings: dict[str, Any] = field(default_factory=dict)  # the settings that differ from the defaults
+    repair: RepairOutcome | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def suspicious(self) -> bool:
-        return bool(self.verdict["suspicious"])
+        return bool(self.verdict.suspicious)
 
     def to_dict(self, timings: bool = True) -> dict:
         layers = []
         for layer in self.layers:
             detail = [_record(r) for r in layer.records]
-            top = sorted(detail, key=lambda r: (-r["score"], r["channel"]))[:10]
+            top = sorted(detail, key=lambda r: (-(r["score"] if r["score"] is not None else -np.inf), r["channel"]))[:10]
             layers.append({
                 "unit": layer.unit, "op": layer.op, "output": layer.output, "channels": layer.channels,
                 "prunable": layer.prunable, "head": layer.head, "activation": layer.activation,
@@ -148,33 +145,30 @@ class Report:
             })
         out = {
             "schema": SCHEMA, "tool_version": self.tool_version, "command": self.command, "method": self.method,
-            "model": self.model, "data": self.data, "provider": self.provider, "verdict": _rounded(self.verdict),
-            "layers": layers, "skipped": self.skipped, "repair": _rounded(self.repair),
+            "model": self.model, "data": self.data, "provider": self.provider, "verdict": _rounded(self.verdict.to_dict()),
+            "layers": layers, "skipped": self.skipped, "settings": self.settings,
+            "repair": None if self.repair is None else _rounded(self.repair.to_dict()),
         }
         if timings:
             out["timings"] = _rounded(self.timings)
         return out
 
     def to_json(self, timings: bool = True) -> str:
-        return json.dumps(self.to_dict(timings), indent=1, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(timings), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     def to_sarif(self) -> str:
         """SARIF 2.1.0: one result for the verdict, one note per top channel of the top layers."""
         verdict = self.verdict
-        level = "error" if verdict["suspicious"] else "none"
         results = [{
             "ruleId": "AUD001",
-            "level": level,
-            "message": {"text": (
-                f"backdoor suspicion score {verdict['score']:.3f} "
-                f"{'>=' if verdict['suspicious'] else '<'} threshold {verdict['threshold']:.3f}"
-                f" ({basis_text(verdict)})"
-            )},
+            "level": "error" if verdict.suspicious else "none",
+            "message": {"text": verdict_text(verdict)},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}}}],
-            "properties": {"score": round(verdict["score"], 6), "threshold": verdict["threshold"]},
+            "properties": {"score": _round(verdict.score), "threshold": verdict.threshold},
         }]
         ranked = sorted(
-            ((r.score, layer.unit, r.channel) for layer in self.layers if layer.prunable for r in layer.records),
+            ((r.score, layer.unit, r.channel) for layer in self.layers if layer.prunable for r in layer.records
+             if np.isfinite(r.score)),
             key=lambda item: (-item[0], item[1], item[2]),
         )
         for score, unit, channel in ranked[:20]:
@@ -183,7 +177,7 @@ class Report:
                 "message": {"text": f"channel {channel} of {unit}: suspicion {score:.3f}"},
                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}},
                                "logicalLocations": [{"name": f"{unit}[{channel}]", "kind": "member"}]}],
-                "properties": {"score": round(score, 6)},
+                "properties": {"score": _round(score)},
             })
         sarif = {
             "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
@@ -197,69 +191,99 @@ class Report:
                 "results": results,
             }],
         }
-        return json.dumps(sarif, indent=1, sort_keys=True) + "\n"
+        return json.dumps(sarif, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     def to_html(self) -> str:
         """A self-contained page: verdict, repair summary, and per-layer score strips (inline SVG)."""
         v = self.verdict
-        state = "SUSPICIOUS" if v["suspicious"] else "clean"
-        channel_threshold = DEFAULT_THRESHOLD.get(self.method, 3.0)  # channel scores, not the verdict's
         rows = []
         for layer in self.layers:
             scores = [r.score for r in layer.records]
+            finite = [s for s in scores if np.isfinite(s)]
             rows.append(
                 f"<tr><td>{html.escape(layer.unit)}</td><td>{layer.op}</td><td>{layer.channels}</td>"
-                f"<td>{'head (never pruned)' if layer.head else ''}</td><td>{_svg_strip(scores, channel_threshold)}</td>"
-                f"<td>{max(scores):.2f}</td></tr>"
+                f"<td>{'head (never pruned)' if layer.head else ''}</td><td>{_svg_strip(finite, self.channel_threshold)}</td>"
+                f"<td>{max(finite):.2f}</td></tr>" if finite else ""
             )
         repair = ""
-        if self.repair:
-            r = self.repair
-            bound = r.get("bound") or {}
-            capped = (f"activations capped at {bound['factor']:g}x their clean maxima in {bound['units']} layers, "
-                      if bound.get("factor") is not None else "")
-            unlearned = r.get("unlearning") or {}
-            head = (f"head row for class {unlearned['target']} refit on {unlearned['surrogates']} corrupted samples, "
-                    if unlearned.get("applied") else "")
-            notched = r.get("notch") or {}
-            if notched.get("applied"):
-                head = f"{notch_text(notched)} removed from the input, " + head
-            occluded = r.get("occlusion") or {}
-            if occluded.get("applied"):
-                head = f"input {window_text(occluded['window'])} covered by {fill_text(occluded.get('fill') or 'mean')}, " + head
-            repair = (f"<h2>Repair</h2><p>{capped}{head}{r['count']} channels zeroed, agreement {r['agreement']:.3f} "
-                      f"(floor {r['floor']}), written to <code>{html.escape(str(r['output']))}</code></p>")
+        if self.repair is not None:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in repair_lines(self.repair, v))
+            repair = f"<h2>Repair</h2><ul>{items}</ul>"
+        state = "SUSPICIOUS" if v.suspicious else "clean"
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>auditor report</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
             ".bad{color:#b00}.ok{color:#070}</style></head><body>"
-            f"<h1>auditor: <span class='{'bad' if v['suspicious'] else 'ok'}'>{state}</span></h1>"
+            f"<h1>auditor: <span class='{'bad' if v.suspicious else 'ok'}'>{state}</span></h1>"
             f"<p>Model <code>{html.escape(self.model['path'])}</code> (sha256 {self.model['sha256'][:16]}…), "
             f"method {self.method}, {self.data['samples']} clean samples, {html.escape(self.provider['name'])}.</p>"
-            f"<p>Score {v['score']:.3f}, threshold {v['threshold']:.3f}: {html.escape(basis_text(v))}.</p>{repair}"
-            f"<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach {channel_threshold:g}.</p>"
+            f"<p>{html.escape(verdict_text(v))}.</p>{repair}"
+            f"<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach {self.channel_threshold:g}.</p>"
             "<table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th><th>max</th></tr>"
             + "".join(rows) + "</table></body></html>\n"
         )
 
 
-def basis_text(verdict: dict) -> str:
+def basis_text(verdict: Verdict) -> str:
     """What the verdict's score measured, in one phrase."""
-    if verdict.get("basis") == "corruption":
-        corruption = (verdict.get("probe") or {}).get("corruption")
-        return f"corruption probe: class {verdict['target']} takes that share of clean samples under {corruption}"
-    if verdict.get("basis") == "patch":
-        found = verdict.get("patch") or {}
-        return (f"patch search: a {found.get('size')}x{found.get('size')} patch at ({found.get('row')}, {found.get('column')}) "
-                f"sends {found.get('share', 0.0):.0%} of the other clean samples to class {verdict['target']}")
-    if verdict.get("basis") == "fourier":
-        found = verdict.get("fourier") or {}
-        u, v = found.get("frequency") or (None, None)
-        return (f"Fourier probe: a faint cosine pattern (frequency ({u}, {v}), amplitude {found.get('amplitude')} of the range) "
-                f"sends {found.get('share', 0.0):.0%} of the other clean samples to class {verdict['target']}")
-    if verdict.get("basis") == "margin":
-        return f"head margin z-score: class {verdict['target']} reachable most at {verdict['layer']}"
-    return f"most suspicious layer: {verdict['layer']}"
+    if verdict.basis == "corruption":
+        corruption = None if verdict.probe is None else verdict.probe.corruption
+        return f"corruption probe: class {verdict.target} takes that share of clean samples under {corruption}"
+    if verdict.basis == "patch" and verdict.patch is not None:
+        found = verdict.patch.summary()
+        return (f"patch search: a {found['size']}x{found['size']} patch at ({found['row']}, {found['column']}) "
+                f"sends {found['share']:.0%} of the other clean samples to class {verdict.target}")
+    if verdict.basis == "fourier" and verdict.fourier is not None:
+        found = verdict.fourier
+        u, v = found.frequency
+        return (f"Fourier probe: a faint cosine pattern (frequency ({u}, {v}), amplitude {found.amplitude} of the range) "
+                f"sends {found.share:.0%} of the other clean samples to class {verdict.target}")
+    if verdict.basis == "margin":
+        return f"head margin z-score: class {verdict.target} reachable most at {verdict.layer}"
+    return f"most suspicious layer: {verdict.layer}"
+
+
+def verdict_text(verdict: Verdict) -> str:
+    """The verdict in one line: outcome, score against threshold, and what the score measured."""
+    word = "SUSPICIOUS" if verdict.suspicious else "clean"
+    side = ">=" if verdict.suspicious else "<"
+    return f"{word}: score {verdict.score:.3f} {side} threshold {verdict.threshold:.3f} ({basis_text(verdict)})"
+
+
+def repair_lines(outcome: RepairOutcome, verdict: Verdict) -> list[str]:
+    """What the repair did and found, one fact per line: the console and the HTML page print these."""
+    plan, limits = outcome.plan, outcome.settings.repair
+    lines = [*outcome.actions(),
+             f"{plan.count} channels zeroed in {len(plan.zeroed)} layers; agreement {plan.fidelity.agreement:.3f} "
+             f"(floor {limits.floor}), divergence {plan.fidelity.divergence:.4f} (at most {limits.max_divergence}); "
+             f"written to {outcome.output}"]
+    weak = " (a weak verdict: within tighter fidelity bounds)"
+    for step in (plan.notch, plan.occlusion):
+        if step is not None and step.applied and step.weak:
+            lines.append(f"{step.kind}: applied on a weak verdict{weak}")
+        elif step is not None and not step.applied and (step.frequency is not None or step.window is not None):
+            lines.append(f"{step.kind}: not applied: {step.reason}")
+    unlearned = plan.unlearning
+    if unlearned is not None and unlearned.applied:
+        kind = {"patch": "patched", "fourier": "perturbed"}.get(verdict.basis, "corrupted")
+        lines.append(f"unlearning: fitted on {unlearned.surrogates} {kind} samples the model sent to class {unlearned.target} "
+                     f"and {unlearned.anchors} clean samples of that class (their weight {unlearned.weight:g}, "
+                     f"penalty {unlearned.strength:g})")
+    elif unlearned is not None and verdict.basis in SHORTCUT_BASES and verdict.suspicious:
+        lines.append(f"unlearning: not applied: {unlearned.reason}")
+    left = outcome.probe
+    if left is not None and verdict.suspicious:
+        side = ">=" if left.above_threshold else "<"
+        line = (f"after repair: class {left.suspected_target} takes {left.suspected_target_share:.3f} of the corrupted "
+                f"samples ({side} threshold {verdict.threshold:.3f}, was {verdict.score:.3f})")
+        if left.target is not None and left.target != left.suspected_target:
+            line += f"; the largest share is now class {left.target}'s, {left.score:.3f} under {left.corruption}"
+        lines.append(line)
+    for moved, found in ((outcome.patch, "the found patch"), (outcome.fourier, "the found Fourier pattern")):
+        if moved is not None and verdict.suspicious:
+            lines.append(f"after repair: {found} sends {moved.share_after:.3f} of the other clean samples to "
+                         f"class {moved.target} (was {moved.share_before:.3f})")
+    return lines
 
 
 def _svg_strip(scores: list[float], threshold: float) -> str:
@@ -279,9 +303,10 @@ def _record(record: ChannelRecord) -> dict:
             "z": {k: _round(v) for k, v in sorted(record.z.items())}}
 
 
-def _round(value: float) -> float:
+def _round(value: float) -> float | None:
+    """Six decimals; None (JSON null) for NaN or infinity, which no reader should take for a number."""
     value = float(value)
-    return 0.0 if not np.isfinite(value) else round(value, 6)
+    return None if not np.isfinite(value) else round(value, 6)
 
 
 def _rounded(value):
@@ -291,6 +316,8 @@ def _rounded(value):
         return [_rounded(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return _round(value)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     if isinstance(value, np.integer):
         return int(value)
     return value

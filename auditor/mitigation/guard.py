@@ -9,50 +9,20 @@ estimate of how much clean behaviour the pruning changes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from onnx import TensorProto, helper
 
-from auditor import runtime
 from auditor.capture import ChannelStats, channel_max, run, scores_output
-from auditor.data import Samples
-from auditor.graph import GraphIndex
-from auditor.margin import head_affine
-from auditor.rewrite import (
-    HEAD_INPUTS,
-    clamp_feed,
-    input_key,
-    mask_feed,
-    mask_shape,
-    reads,
-    weight_types,
-    with_head_correction,
-    with_mask_inputs,
-)
-from auditor.units import Unit
-
-BATCH = 256  # guard samples per run (1 when the model fixes its batch at 1)
-
-AUGMENTED_PER_SAMPLE = 15
-BLOCK = 8  # candidates tried together by the walk
-PATIENCE = 4  # consecutive fully rejected blocks that end the walk
-MAX_GUARD_SAMPLES = 2000
-# Activation bounds tried, tightest first, as multiples of each channel's clean maximum.
-BOUND_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
-# Then, per position (channel x spatial or token position), tightest first: (radius, floor): the
-# largest clean value within `radius` positions (clean content moves by a few pixels; a patch
-# trigger sits where no clean input reaches), but never below `floor` x the channel's bound.
-POSITION_STEPS = ((1, 0.25), (2, 0.25), (3, 0.25), (1, 0.5), (2, 0.5), (3, 0.5))
-# First of all, graph inputs: clamped to the clean range within this radius (positions), tightest first.
-INPUT_RADII = (0, 1, 2)
-# Fidelity slack of a cross-fit half relative to the whole (see Guard.bound; head unlearning
-# cross-fits the same way): a half holds half the samples, so what is fitted on the other half
-# misses more there. The whole must still keep the bounds without slack. Chosen on the zoo's
-# tuning half over five sets of ten samples (bench/results/variants/): the attack was halved in
-# 40, 42, 46 and 45 of 65 pairs at 1.5, 2, 3 and 4, at a median accuracy cost of 0.4, 0.6, 0.75
-# and 0.95 points (the worst pair lost 8.4 at 4).
-HALF_SLACK = 3.0
+from auditor.graph.index import GraphIndex
+from auditor.graph.passes.edit import mask_shape, reads, weight_types
+from auditor.graph.passes.head import correct_head
+from auditor.graph.passes.instruments import HEAD_INPUTS, clamp_feed, instrument, mask_feed
+from auditor.graph.units import Unit, head_affine
+from auditor.io import runtime
+from auditor.io.data import Samples
+from auditor.settings import GuardSettings
 
 
 @dataclass(frozen=True)
@@ -68,14 +38,27 @@ class Fidelity:
 
 
 @dataclass(frozen=True)
-class Bound:
-    """Per-unit upper bounds on activations, each shaped to broadcast against one sample of the
-    unit's output: `factor` x each channel's clean maximum, tightened where that held too to the
-    largest clean value near each position, but never below a floor share of the channel's bound."""
+class Bounds:
+    """What the repair caps: per unit, an upper bound on its activations (shaped to broadcast
+    against one sample of the unit's output), and per float graph input, the clamp [2, ...] =
+    (low, high) of every input value. Empty: nothing capped."""
 
-    factor: float | None  # None: no factor kept the fidelity bounds, nothing is capped
+    channels: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+NO_BOUNDS = Bounds()
+
+
+@dataclass(frozen=True)
+class BoundPlan:
+    """The bounds the guard chose: `factor` x each channel's clean maximum, tightened where that
+    held too to the largest clean value near each position (never below a floor share of the
+    channel's bound), and graph inputs clamped to their clean range within a radius."""
+
+    factor: float | None  # None: no factor kept the fidelity bounds, no channel is capped
     position: tuple[int, float] | None  # (radius, floor) of the per-position bound, if one held
-    values: dict[str, np.ndarray]
+    bounds: Bounds
     fidelity: Fidelity
     input_radius: int | None = None  # graph inputs clamped to their clean range within this radius
 
@@ -117,7 +100,7 @@ def input_clamps(samples: Samples, names: tuple[str, ...], radius: int, fit: int
         high, low = chosen.max(axis=0), chosen.min(axis=0)
         if radius:
             high, low = dilate(high, radius, None), -dilate(-low, radius, None)
-        out[input_key(name)] = np.stack([low, high]).astype(np.float32)
+        out[name] = np.stack([low, high]).astype(np.float32)
     return out
 
 
@@ -182,11 +165,11 @@ def distribution(scores: np.ndarray) -> np.ndarray:
     return np.clip(shifted / shifted.sum(axis=1, keepdims=True), 1e-9, 1.0)
 
 
-def augment(samples: Samples, seed: int = 0) -> Samples:
+def augment(samples: Samples, settings: GuardSettings, seed: int = 0) -> Samples:
     """Originals plus deterministic shifted / noisy / mixed copies of every float input."""
     rng = np.random.default_rng(seed)
     count = len(samples)
-    copies = max(0, min(AUGMENTED_PER_SAMPLE, MAX_GUARD_SAMPLES // max(count, 1) - 1))
+    copies = max(0, min(settings.augmented_per_sample, settings.max_guard_samples // max(count, 1) - 1))
     if copies == 0:
         return samples
     partner = [rng.permutation(count) for _ in range(copies)]
@@ -220,19 +203,20 @@ class Guard:
     `head`, a dense classifier head) a correction added to the head's output, all fed to one
     session, and measures agreement with the original."""
 
-    def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider, batch: int = BATCH,
-                 head: Unit | None = None, masks: bool = True) -> None:
+    def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider,
+                 settings: GuardSettings, batch: int, head: Unit | None = None, masks: bool = True) -> None:
+        self.settings = settings
         self.units = units
         self.originals = len(samples)
         self.original = samples
         self.clamp = clampable(samples)
-        self.samples = augment(samples)
+        self.samples = augment(samples, settings)
         self.origin = np.arange(len(self.samples)) % max(self.originals, 1)  # guard row -> original sample
         self.batch = batch
         self.provider = provider
         # without `masks` nothing can be zeroed, and each run saves a Mul per unit (the ResNet's runs ~10%)
         self.masks = masks
-        self.masked = with_mask_inputs(index.model, units, bound=True, clamp=self.clamp, masks=masks)
+        self.masked = instrument(index.model, units, bound=True, clamp=self.clamp, masks=masks).model
         self.head = head
         self.head_input = None if head is None else reads(self.masked, index.node(head.node))
         self.affine = None if head is None else head_affine(index, head)  # (W [K, F], b [K]) of the head
@@ -245,7 +229,7 @@ class Guard:
             if self.head_input not in {o.name for o in self.masked.graph.output}:
                 self.masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
             # the head correction is fed, so trying one costs a run, not a new session
-            self.masked = with_head_correction(self.masked, head, self.head_input, inputs=HEAD_INPUTS)
+            self.masked = correct_head(self.masked, head, self.head_input, inputs=HEAD_INPUTS).model
             classes, features = self.affine[0].shape
             dtype = helper.tensor_dtype_to_np_dtype(elem)
             self.zero_correction = {HEAD_INPUTS[0]: np.zeros((features, classes), dtype), HEAD_INPUTS[1]: np.zeros(classes, dtype)}
@@ -255,22 +239,22 @@ class Guard:
         self.reference = distribution(self.scores({}))
         self.reference_label = self.reference.argmax(axis=1)
 
-    def scores(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def scores(self, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> np.ndarray:
         """Class scores [guard samples, classes] with the given channels zeroed and activations capped."""
         self.evaluations += 1
         return self.classify(self.samples, zeroed, bounds)
 
-    def classify(self, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def classify(self, samples: Samples, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> np.ndarray:
         """Class scores [samples, classes] of any samples through the model as repaired by `zeroed` and `bounds`."""
         return self._fetch(self.output, samples, zeroed, bounds)
 
-    def features(self, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def features(self, samples: Samples, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> np.ndarray:
         """What the head reads [samples, features] with the given channels zeroed and activations capped."""
         if self.head_input is None:
             raise ValueError("the guard was built without a head")
         return self._fetch(self.head_input, samples, zeroed, bounds).astype(np.float64)
 
-    def _fetch(self, name: str, samples: Samples, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None) -> np.ndarray:
+    def _fetch(self, name: str, samples: Samples, zeroed: dict[str, list[int]], bounds: Bounds) -> np.ndarray:
         """The tensor `name`, one row per sample [samples, -1], with everything `feeds` sets."""
         masks = self.feeds(zeroed, bounds)
         out = []
@@ -287,9 +271,9 @@ class Guard:
         """From now on, run the model with this correction added to the head's output (None: without)."""
         self.correction = None if matrix is None or self.head_input is None else (matrix, bias)
 
-    def feeds(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def feeds(self, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> dict[str, np.ndarray]:
         """Everything but the samples: masks, bounds, input clamps and the head correction."""
-        out = {**mask_feed(self.units, zeroed, bounds=bounds or {}, masks=self.masks), **clamp_feed(self.clamp, bounds)}
+        out = {**mask_feed(self.units, zeroed, caps=bounds.channels, masks=self.masks), **clamp_feed(self.clamp, bounds.inputs)}
         if self.zero_correction:
             out.update(self.zero_correction)
             if self.correction is not None:
@@ -298,7 +282,7 @@ class Guard:
                 out[HEAD_INPUTS[1]] = np.asarray(self.correction[1], bias.dtype)
         return out
 
-    def fidelity(self, zeroed: dict[str, list[int]], bounds: dict[str, np.ndarray] | None = None,
+    def fidelity(self, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS,
                  rows: np.ndarray | None = None, spare: int | None = None) -> Fidelity:
         """Agreement and divergence on the guard samples, or on the boolean selection `rows` of them
         (only those rows run: the cross-fits judge on half the samples, at half the cost).
@@ -316,7 +300,7 @@ class Guard:
         agreement = float((pruned.argmax(axis=1) == label).mean())
         return Fidelity(agreement, divergence(reference, pruned, label, spare))
 
-    def bound(self, stats: dict[str, ChannelStats], floor: float, max_divergence: float, positions: bool = True) -> Bound:
+    def bound(self, stats: dict[str, ChannelStats], floor: float, max_divergence: float, positions: bool = True) -> BoundPlan:
         """The tightest bounds that keep the fidelity bounds, in three stages.
 
         1. Inputs (with `positions`: the input shape is fixed): each input value clamped to the
@@ -335,16 +319,15 @@ class Guard:
         halves = halves if self.originals >= 4 else 0
         plan: dict = {"radius": None, "factor": None, "position": None}
 
-        def make(fit: int | None, **change) -> dict[str, np.ndarray]:
+        def make(fit: int | None, **change) -> Bounds:
             step = {**plan, **change}
-            made = bounds_for(stats, self.units, step["factor"], step["position"], fit)
-            if step["radius"] is not None:
-                made.update(input_clamps(self.original, self.clamp, step["radius"], fit))
-            return made
+            channels = bounds_for(stats, self.units, step["factor"], step["position"], fit)
+            inputs = {} if step["radius"] is None else input_clamps(self.original, self.clamp, step["radius"], fit)
+            return Bounds(channels, inputs)
 
         def holds(**change) -> Fidelity | None:
-            # a half holds half the samples, so its maxima miss more: it gets HALF_SLACK times the slack
-            trials = [(make(fit, **change), self.origin % 2 != fit, HALF_SLACK) for fit in range(halves)]
+            # a half holds half the samples, so its maxima miss more: it gets `half_slack` times the slack
+            trials = [(make(fit, **change), self.origin % 2 != fit, self.settings.half_slack) for fit in range(halves)]
             trials.append((make(None, **change), None, 1.0))
             for trial, rows, slack in trials:
                 fidelity = self.fidelity({}, trial, rows)
@@ -356,8 +339,9 @@ class Guard:
         spatial = any(stats[u.name].half_position_max.ndim > 2 for u in self.units)
         # inputs first: on the zoo's tuning half, clamping first and capping with what budget was left
         # halved more attacks (5 of 13) than capping first (4 of 13); half the budget for inputs did worse
-        stages = [("radius", INPUT_RADII if positions and self.clamp else ()), ("factor", BOUND_FACTORS),
-                  ("position", POSITION_STEPS if positions and spatial else ())]
+        chosen = self.settings
+        stages = [("radius", chosen.input_radii if positions and self.clamp else ()), ("factor", chosen.bound_factors),
+                  ("position", chosen.position_steps if positions and spatial else ())]
         for key, ladder in stages:
             if key == "position" and plan["factor"] is None:
                 continue
@@ -381,11 +365,11 @@ class Guard:
             if found is not None:
                 plan[key], kept = found
         if all(value is None for value in plan.values()):
-            return Bound(None, None, {}, Fidelity(1.0, 0.0))
-        return Bound(plan["factor"], plan["position"], make(None), kept, plan["radius"])
+            return BoundPlan(None, None, NO_BOUNDS, Fidelity(1.0, 0.0))
+        return BoundPlan(plan["factor"], plan["position"], make(None), kept, plan["radius"])
 
     def walk(self, ranking: list[tuple[str, int]], floor: float, max_divergence: float,
-             bounds: dict[str, np.ndarray] | None = None) -> Walk:
+             bounds: Bounds = NO_BOUNDS) -> Walk:
         """Zero channels in ranking order, skipping any whose zeroing would break the fidelity
         bounds (agreement >= floor, mean divergence <= max_divergence), then keep only the
         prefix of that choice that also holds on samples the walk never looked at.
@@ -400,12 +384,13 @@ class Guard:
         search = self.origin % 2 == 0 if self.originals >= 4 else None
         chosen: list[tuple[str, int]] = []
         rejected_blocks = 0
-        for start in range(0, len(ranking), BLOCK):
-            block = ranking[start : start + BLOCK]
+        block_size = self.settings.block
+        for start in range(0, len(ranking), block_size):
+            block = ranking[start : start + block_size]
             accepted, _ = self._admit(chosen, block, floor, max_divergence, bounds, search)
             chosen += accepted
             rejected_blocks = 0 if accepted else rejected_blocks + 1
-            if rejected_blocks >= PATIENCE:
+            if rejected_blocks >= self.settings.patience:
                 break  # the budget is spent: further candidates only cost runs
         if search is not None:
             chosen = self._trim(chosen, floor, max_divergence, bounds)

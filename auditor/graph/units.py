@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from auditor.graph import GraphIndex, attribute
+from auditor.graph.index import GraphIndex, attribute
 
 # activation op -> whether f(0) == 0 (then zeroing before it zeroes after it)
 _ACTIVATIONS = {
@@ -290,3 +290,35 @@ def kernel_rows(weights: np.ndarray, unit: Unit) -> np.ndarray:
     if moved.ndim == 2:
         return moved[:, :, None]
     return moved.reshape(moved.shape[0], moved.shape[1], -1)
+
+
+def head_affine(index: GraphIndex, unit: Unit) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W [K, F], b [K]) of a dense head (Gemm or MatMul + Add/Sub/Mul by constants), else None."""
+    if unit.op not in ("Gemm", "MatMul") or unit.bn is not None or unit.activation is not None:
+        return None
+    node = index.node(unit.node)
+    weight = np.asarray(index.constant(unit.weight), dtype=np.float64)
+    if weight.ndim != 2 or (unit.op == "Gemm" and int(attribute(node, "transA", 0))):
+        return None
+    matrix = weight if unit.weight_axis == 0 else weight.T  # [K, F]
+    bias = np.zeros(matrix.shape[0])
+    if unit.op == "Gemm":
+        matrix = matrix * float(attribute(node, "alpha", 1.0))
+        if unit.bias is not None:
+            value = np.asarray(index.constant(unit.bias), dtype=np.float64).reshape(-1)
+            if value.size not in (1, matrix.shape[0]):
+                return None
+            bias = bias + float(attribute(node, "beta", 1.0)) * value
+    for affine in unit.affines:
+        value = np.asarray(index.constant(affine.constant), dtype=np.float64).reshape(-1)
+        if value.size not in (1, matrix.shape[0]):
+            return None
+        if affine.op == "Add":
+            bias = bias + value
+        elif affine.op == "Sub" and list(index.node(affine.node).input).index(affine.constant) == 1:
+            bias = bias - value
+        elif affine.op == "Mul":
+            matrix, bias = matrix * value[:, None] if value.size > 1 else matrix * value, bias * value
+        else:
+            return None
+    return matrix, bias

@@ -1,4 +1,5 @@
-"""Per-channel signals of suspicion, from one capture and one read of the weights.
+"""Channel suspicion (the paper's method): per-channel signals from one capture and one read of
+the weights, standardised within each layer and combined per method.
 
 Each signal is oriented so that larger means more suspicious:
 - activation: minus the mean post-activation value (backdoor channels are dormant on clean data)
@@ -18,10 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor.capture import ChannelStats
-from auditor.graph import GraphIndex, attribute
-from auditor.units import Unit, kernel_rows
+from auditor.graph.index import GraphIndex, attribute
+from auditor.graph.units import Unit, kernel_rows
 
 SIGNALS = ("activation", "weight", "relationship", "bn_drift")
+# Signal weights per method. `sus` combines; `clp` and `fp` are the baselines run through
+# the same stages (CLP: weight alone, data-free; Fine-Pruning: activation alone).
+METHODS: dict[str, dict[str, float]] = {
+    "sus": {"activation": 1.0, "weight": 1.0, "relationship": 1.0, "bn_drift": 1.0},
+    "clp": {"weight": 1.0},
+    "fp": {"activation": 1.0},
+}
 
 
 @dataclass(frozen=True)
@@ -109,3 +117,40 @@ def compute(index: GraphIndex, unit: Unit, stats: ChannelStats) -> Signals:
     if drift is not None:
         values["bn_drift"] = drift
     return Signals(values=values)
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """Per-channel scores of one unit [C] and each standardised signal [C]."""
+
+    score: np.ndarray
+    z: dict[str, np.ndarray]
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 MAD), falling back to the mean absolute deviation, else 0."""
+    values = np.asarray(values, dtype=np.float64)
+    center = np.median(values)
+    spread = 1.4826 * np.median(np.abs(values - center))
+    if spread <= 1e-12 * max(1.0, abs(center)):
+        spread = 1.2533 * np.mean(np.abs(values - center))
+    if spread <= 1e-12 * max(1.0, abs(center)):
+        return np.zeros_like(values)
+    return (values - center) / spread
+
+
+def suspicion(signals: Signals, method: str) -> Suspicion:
+    """Weighted mean of the robust z-scores of the signals the method uses and the unit has."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    weights = {name: w for name, w in METHODS[method].items() if name in signals.values and w}
+    z = {name: robust_z(value) for name, value in signals.values.items()}
+    total = sum(weights.values())
+    score = sum(w * z[name] for name, w in weights.items()) / total
+    return Suspicion(score=np.asarray(score, dtype=np.float64), z=z)
+
+
+def layer_score(score: np.ndarray, top_fraction: float) -> float:
+    """A layer's score: the mean of its top `top_fraction` channel scores."""
+    count = max(1, round(top_fraction * len(score)))
+    return float(np.sort(score)[::-1][:count].mean())

@@ -26,8 +26,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, external_data_helper, helper, version_converter
 
-from auditor import runtime
 from auditor.errors import ModelError, OutputError
+from auditor.io import runtime
 
 _UNSUPPORTED_OPS = {"If", "Loop", "Scan"}
 _ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auditor.graph import GraphIndex, attribute
-from auditor.units import Unit
-
-STEPS = 300  # projected subgradient ascent steps per class
+from auditor.graph.index import GraphIndex
+from auditor.graph.units import Unit, head_affine
 
 
 @dataclass(frozen=True)
@@ -30,39 +28,7 @@ class Margin:
     score: float
 
 
-def head_affine(index: GraphIndex, unit: Unit) -> tuple[np.ndarray, np.ndarray] | None:
-    """(W [K, F], b [K]) of a dense head (Gemm or MatMul + Add/Sub/Mul by constants), else None."""
-    if unit.op not in ("Gemm", "MatMul") or unit.bn is not None or unit.activation is not None:
-        return None
-    node = index.node(unit.node)
-    weight = np.asarray(index.constant(unit.weight), dtype=np.float64)
-    if weight.ndim != 2 or (unit.op == "Gemm" and int(attribute(node, "transA", 0))):
-        return None
-    matrix = weight if unit.weight_axis == 0 else weight.T  # [K, F]
-    bias = np.zeros(matrix.shape[0])
-    if unit.op == "Gemm":
-        matrix = matrix * float(attribute(node, "alpha", 1.0))
-        if unit.bias is not None:
-            value = np.asarray(index.constant(unit.bias), dtype=np.float64).reshape(-1)
-            if value.size not in (1, matrix.shape[0]):
-                return None
-            bias = bias + float(attribute(node, "beta", 1.0)) * value
-    for affine in unit.affines:
-        value = np.asarray(index.constant(affine.constant), dtype=np.float64).reshape(-1)
-        if value.size not in (1, matrix.shape[0]):
-            return None
-        if affine.op == "Add":
-            bias = bias + value
-        elif affine.op == "Sub" and list(index.node(affine.node).input).index(affine.constant) == 1:
-            bias = bias - value
-        elif affine.op == "Mul":
-            matrix, bias = matrix * value[:, None] if value.size > 1 else matrix * value, bias * value
-        else:
-            return None
-    return matrix, bias
-
-
-def reachable_margins(matrix: np.ndarray, bias: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def reachable_margins(matrix: np.ndarray, bias: np.ndarray, low: np.ndarray, high: np.ndarray, steps: int) -> np.ndarray:
     """For each class k, max over h in [low, high] of min over j != k of (w_k - w_j) h + (b_k - b_j).
 
     A concave piecewise-linear maximisation: projected subgradient ascent from the box centre
@@ -73,7 +39,7 @@ def reachable_margins(matrix: np.ndarray, bias: np.ndarray, low: np.ndarray, hig
     for k in range(classes):
         others = np.delete(np.arange(classes), k)
         h = low + width / 2
-        for step in range(STEPS):
+        for step in range(steps):
             logits = matrix @ h + bias
             rival = others[np.argmax(logits[others])]
             out[k] = max(out[k], float(logits[k] - logits[rival]))
@@ -87,12 +53,12 @@ def reachable_margins(matrix: np.ndarray, bias: np.ndarray, low: np.ndarray, hig
     return out
 
 
-def margin(index: GraphIndex, unit: Unit, low: np.ndarray, high: np.ndarray) -> Margin | None:
+def margin(index: GraphIndex, unit: Unit, low: np.ndarray, high: np.ndarray, steps: int) -> Margin | None:
     """The verdict statistic for `unit` (the classifier head) given its input's clean range [F]."""
     affine = head_affine(index, unit)
     if affine is None or len(affine[0]) < 3 or affine[0].shape[1] != len(high):
         return None
-    margins = reachable_margins(*affine, np.asarray(low, np.float64), np.asarray(high, np.float64))
+    margins = reachable_margins(*affine, np.asarray(low, np.float64), np.asarray(high, np.float64), steps)
     target = int(np.argmax(margins))
     center = float(np.median(margins))
     spread = 1.4826 * float(np.median(np.abs(margins - center)))

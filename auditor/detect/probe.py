@@ -1,0 +1,123 @@
+"""The corruption probe: where does the model send clean inputs that have been corrupted?
+
+A backdoor is a shortcut to its target class. A clean model meets noisy or blurred inputs
+with scattered mistakes; a backdoored one sends many of them down the shortcut, to one
+class they do not belong to. On the zoo this holds for whole-image triggers (blended and
+SIG triggers collapse under additive noise, blended ones also under blends with noise
+pictures, WaNet's warps under blur), the attacks whose channels no activation bound
+separates from clean ones; patch triggers (BadNets, Trojan) mostly do not show it. Forward
+passes only, no trigger, no gradients.
+
+The score is the largest share of the corrupted samples, over corruptions and classes,
+that a class takes from samples the model put elsewhere when clean; that class is the
+suspected target.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from auditor.detect.images import blur
+from auditor.detect.shares import class_share, largest_share
+from auditor.io.data import Samples
+from auditor.settings import ProbeSettings
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The largest share of corrupted samples one class takes, which class, under which corruption."""
+
+    score: float  # in [0, 1]
+    target: int | None
+    corruption: str | None
+    shares: dict[str, float]  # per corruption: its largest share (rounded for the report)
+    seconds: float
+    focus_share: float | None = None  # with `focus`: the largest share that class takes
+    pace: float | None = None  # seconds per corrupted sample, over the runs after the first (which may build the session)
+
+
+def _noise(rng: np.random.Generator, level: float, array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`array` plus uniform noise of +-level x the clean range."""
+    span = (high - low) or 1.0
+    return array + rng.uniform(-level * span, level * span, array.shape)
+
+
+def _blend(rng: np.random.Generator, level: float, array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(1 - level) x `array` + level x uniform noise over the clean range."""
+    return (1 - level) * array + level * rng.uniform(low, high, array.shape)
+
+
+def _copies(samples: Samples, floats: dict[str, np.ndarray], draws: int,
+            copy: Callable[[np.ndarray, float, float], np.ndarray]) -> dict[str, np.ndarray]:
+    """`draws` copies of every input, one after another: each float input through `copy`
+    (array, clean low, clean high -> one copy), clipped to the clean range; the others repeated."""
+    inputs = {}
+    for name, array in samples.inputs.items():
+        if name not in floats:
+            inputs[name] = np.concatenate([array] * draws)
+            continue
+        low, high = float(array.min()), float(array.max())
+        inputs[name] = np.concatenate([np.clip(copy(array, low, high), low, high) for _ in range(draws)]).astype(array.dtype)
+    return inputs
+
+
+def corruptions(samples: Samples, settings: ProbeSettings) -> Iterator[tuple[str, Samples, np.ndarray]]:
+    """(name, corrupted samples, row -> original sample) for every corruption that applies, one at
+    a time (a corruption holds `noise_draws` copies of the samples; the probe takes at most
+    `max_samples` of them, so memory stays bounded for large inputs).
+
+    Only float inputs are corrupted; others are repeated. Noise and blends stay in the clean range."""
+    rng = np.random.default_rng(settings.seed)
+    draws = settings.noise_draws
+    if len(samples) > settings.max_samples:
+        samples = samples.take(np.arange(settings.max_samples))
+    floats = {k: v for k, v in samples.inputs.items() if v.dtype.kind == "f" and v.size}
+    count = len(samples)
+    if not floats:
+        return
+    for level in settings.noise_levels:
+        noisy = _copies(samples, floats, draws, partial(_noise, rng, level))
+        yield f"noise {level:g}", Samples(noisy, None, samples.source), np.tile(np.arange(count), draws)
+    for level in settings.blend_levels:
+        blended = _copies(samples, floats, draws, partial(_blend, rng, level))
+        yield f"blend {level:g}", Samples(blended, None, samples.source), np.tile(np.arange(count), draws)
+    for sigma in settings.blur_sigmas:
+        inputs, blurred = {}, False
+        for name, array in samples.inputs.items():
+            smooth = blur(array, sigma) if name in floats else None
+            blurred |= smooth is not None
+            inputs[name] = array if smooth is None else smooth
+        if blurred:
+            yield f"blur {sigma:g}", Samples(inputs, None, samples.source), np.arange(count)
+
+
+def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], settings: ProbeSettings,
+          min_others: int, focus: int | None = None) -> Probe:
+    """Run every corruption of `samples` through `classify` (samples -> class scores [N, K]) and
+    compare with the classes of the clean samples (`clean_scores` [N, K]). With `focus`, also the
+    largest share that class takes (after a repair: is the suspected target's shortcut still there?)."""
+    start = time.perf_counter()
+    clean_scores = np.asarray(clean_scores).reshape(len(samples), -1)
+    clean = clean_scores.argmax(axis=1)
+    classes = clean_scores.shape[1]
+    best, target, where, focused = 0.0, None, None, 0.0
+    shares = {}
+    timed = []  # (samples, seconds) per run
+    for name, corrupted, origin in corruptions(samples, settings):
+        tick = time.perf_counter()
+        predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
+        timed.append((len(corrupted), time.perf_counter() - tick))
+        share, cls = largest_share(predicted, clean[origin], classes, min_others)
+        shares[name] = round(share, 6)
+        if share > best:
+            best, target, where = share, cls, name
+        if focus is not None:
+            focused = max(focused, class_share(predicted, clean[origin], focus, min_others) or 0.0)
+    later = sum(n for n, _ in timed[1:])
+    pace = sum(t for _, t in timed[1:]) / later if later else None
+    return Probe(best, target, where, shares, time.perf_counter() - start, None if focus is None else focused, pace)

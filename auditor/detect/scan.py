@@ -1,0 +1,169 @@
+"""The detection stage: capture the clean samples' statistics, run the detectors, decide.
+
+One forward pass through the instrumented graph gives the per-channel statistics and the clean
+class scores; then, with `sus`, the corruption probe, and on image inputs, while each could still
+raise the verdict's score, the Fourier probe and the patch search, all through a plain session.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from auditor.capture import Capture, capture, classifier
+from auditor.detect import channels, fourier, margin, patch, probe
+from auditor.detect.verdict import Verdict, decide
+from auditor.errors import DataError, ModelError
+from auditor.graph.index import GraphIndex
+from auditor.graph.units import Unit, find_units
+from auditor.io import data, model, runtime
+from auditor.settings import Settings
+
+_QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QuantizeLinear", "DequantizeLinear"}
+
+
+@dataclass
+class Scan:
+    """Everything detection found, and what the repair stage reuses (the loaded model, its units,
+    the samples, the clean capture and a classifier through a plain session)."""
+
+    loaded: model.Model
+    index: GraphIndex
+    units: list[Unit]
+    samples: data.Samples
+    provider: runtime.Provider
+    capture: Capture
+    suspicion: dict[str, channels.Suspicion]
+    signals: dict[str, channels.Signals]
+    verdict: Verdict
+    batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
+    classify: Callable[[data.Samples], np.ndarray]  # class scores through a plain session on the original
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> int:
+        return int(np.asarray(self.capture.scores).reshape(len(self.samples), -1).shape[1])
+
+
+def prunable_units(index: GraphIndex, units: list[Unit]) -> list[Unit]:
+    """The units auditor may bound or zero; a model without any cannot be audited (ModelError)."""
+    prunable = [u for u in units if u.prunable]
+    if not prunable:
+        quantized = sorted({n.op_type for n in index.graph.node if n.op_type in _QUANTIZED})
+        if quantized:
+            raise ModelError(f"the model is quantized ({', '.join(quantized)}): auditor needs float weights; "
+                             "audit the float model before quantization")
+        raise ModelError(
+            "no prunable unit found (needs Conv/Gemm/MatMul layers with constant float weights "
+            "before the classifier); quantized or weight-less graphs cannot be audited"
+        )
+    return prunable
+
+
+def scan(model_path, data_path, limit: int | None, method: str, provider: runtime.Provider, settings: Settings,
+         threshold: float | None = None, patch_search: bool = True, fourier_probe: bool = True,
+         notice: Callable[[str], None] | None = None) -> Scan:
+    """Load, capture, run the detectors and decide (`threshold`: the verdict's, else its basis's default)."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if method not in channels.METHODS:
+        raise ModelError(f"unknown method {method!r}: use one of {', '.join(channels.METHODS)}")
+    loaded = model.load(model_path)
+    index = GraphIndex(loaded.proto)
+    units = find_units(index)
+    prunable_units(index, units)
+    specs = data.input_specs(loaded.proto)
+    batch = data.batch_size(specs, settings.capture.batch)
+    samples = data.load(data_path, specs, limit)
+    timings["load"] = time.perf_counter() - start
+    captured = capture(loaded.proto, index, units, samples, provider, batch)
+    timings["capture"] = captured.seconds
+    classes = int(np.asarray(captured.scores).reshape(len(samples), -1).shape[1])
+    if samples.labels is not None and samples.labels.size and int(samples.labels.max()) >= classes:
+        raise DataError(f"{data_path}: label {int(samples.labels.max())} is out of range "
+                        f"for a model with {classes} classes; fix the labels 'y' or drop them")
+    tick = time.perf_counter()
+    signals, suspicion = {}, {}
+    for unit in units:
+        signals[unit.name] = channels.compute(index, unit, captured.stats[unit.name])
+        suspicion[unit.name] = channels.suspicion(signals[unit.name], method)
+    # The probe's, the searches' and the notch's many passes need no instruments: a plain session
+    # (the instrumented one runs the probe three to four times slower), made on first use.
+    plain = _lazy_classifier(loaded.proto, index, provider, batch)
+    chosen, others = settings.verdict, settings.verdict.min_others
+    probed = probe.probe(samples, captured.scores, plain, settings.probe, others) if method == "sus" else None
+    # The head's reachable margins decide the verdict only where the probe cannot run (no float input).
+    head = _head_margin(index, units, captured, settings) if probed is not None and not probed.shares else None
+    timings["probe"] = 0.0 if probed is None else probed.seconds
+    found, waved = None, None
+    if probed is not None and probed.shares:
+        reached = probed.score  # each search runs only while it could still raise the verdict's score
+        fourier_runs = fourier_probe and reached < chosen.fourier_reach
+        if notice is not None:
+            forecast = _forecast(samples, probed, fourier_runs, patch_search and reached < chosen.patch_reach, classes, settings)
+            if forecast is not None:
+                notice(forecast)
+        if fourier_runs:
+            waved = fourier.search(samples, captured.scores, plain, settings.fourier, others)
+            if waved is not None:
+                reached = max(reached, waved.score * chosen.fourier_reach)
+        if patch_search and reached < chosen.patch_reach:
+            found = patch.search(samples, captured.scores, plain, settings.patch, others)
+    timings["fourier"] = 0.0 if waved is None else waved.seconds
+    timings["patch"] = 0.0 if found is None else found.seconds
+    verdict = decide(settings, threshold, {u.name: suspicion[u.name].score for u in units if u.prunable},
+                     probed, found, waved, head)
+    timings["score"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+    return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, batch, plain, timings)
+
+
+def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, patch_runs: bool, classes: int,
+              settings: Settings) -> str | None:
+    """What the searches about to run will cost, at the probe's pace per forward pass, when that is
+    over `run.notice_seconds` (else None). An upper bound: a search stops early once nothing can beat its best."""
+    planned = {"the Fourier probe": (fourier.planned_passes(samples, settings.fourier) if fourier_runs else 0, "--no-fourier-probe"),
+               "the patch search": (patch.planned_passes(samples, classes, settings.patch) if patch_runs else 0, "--no-patch-search")}
+    planned = {name: item for name, item in planned.items() if item[0]}
+    passes = sum(count for count, _ in planned.values())
+    if not passes or probed.pace is None:
+        return None
+    seconds = passes * probed.pace
+    if seconds <= settings.run.notice_seconds:
+        return None
+    when = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    names, flags = " and ".join(planned), " / ".join(flag for _, flag in planned.values())
+    return (f"{names} will run up to {passes:,} forward passes, about {when} on this model at the probe's pace; "
+            f"{flags} skip{'s' if len(planned) == 1 else ''} {'it' if len(planned) == 1 else 'them'}")
+
+
+def _lazy_classifier(proto: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,
+                     batch: int) -> Callable[[data.Samples], np.ndarray]:
+    """samples -> class scores through a plain session on `proto`, built on the first call only
+    (`scan --method clp` never needs one)."""
+    made = functools.cache(lambda: classifier(proto, index, provider, batch))
+    return lambda samples: made()(samples)
+
+
+def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture, settings: Settings) -> tuple[str, margin.Margin] | None:
+    """The reachable-margin statistic of the last dense classifier head whose input range was captured."""
+    for unit in reversed([u for u in units if u.head]):
+        stats = captured.stats[unit.name]
+        found = margin.margin(index, unit, stats.input_low, stats.input_high, settings.margin.steps) if stats.input_high.size else None
+        if found is not None:
+            return unit.name, found
+    return None
+
+
+def coverage(captured: Capture) -> dict:
+    """How many classes the model gives the clean samples, of how many it has: unlearning can only
+    protect a class that some clean sample falls in."""
+    classes = int(captured.scores.reshape(len(captured.scores), -1).shape[1])
+    seen = np.unique(captured.labels)
+    return {"classes": classes, "predicted_classes": int(seen.size),
+            "missing_classes": [int(c) for c in np.setdiff1d(np.arange(classes), seen)]}

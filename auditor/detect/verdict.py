@@ -1,0 +1,78 @@
+"""The one place that turns the detectors' evidence into a verdict.
+
+With a float input (`sus`), the verdict is the corruption probe's share, or the patch search's or
+the Fourier probe's score rescaled onto the same threshold, whichever is largest. Without one, the
+head's reachable margins decide; the baselines (`clp`, `fp`) and models with neither judge by
+their top channel scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor.detect.channels import layer_score
+from auditor.detect.fourier import Fourier
+from auditor.detect.margin import Margin
+from auditor.detect.patch import Patch
+from auditor.detect.probe import Probe
+from auditor.settings import Settings
+
+# The verdict bases that come with stand-ins for triggered inputs (corrupted, patched or perturbed
+# clean samples): the ones head unlearning and the input filters can act on.
+SHORTCUT_BASES = ("corruption", "patch", "fourier")
+BASES = ("channels", "margin", *SHORTCUT_BASES)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Model-level suspiciousness compared with its threshold, and the evidence behind it."""
+
+    score: float
+    threshold: float
+    suspicious: bool
+    basis: str  # one of BASES: which evidence gave the score
+    target: int | None = None  # the suspected target class (every basis but "channels")
+    layer: str | None = None  # "channels": the most suspicious unit; "margin": the head
+    probe: Probe | None = None
+    patch: Patch | None = None
+    fourier: Fourier | None = None
+    margin: Margin | None = None
+
+    def to_dict(self) -> dict:
+        """The report's `verdict` object (schema in auditor/report.py)."""
+        return {"score": self.score, "threshold": self.threshold, "suspicious": self.suspicious, "layer": self.layer,
+                "basis": self.basis, "target": self.target,
+                "probe": None if self.probe is None else {"score": self.probe.score, "target": self.probe.target,
+                                                          "corruption": self.probe.corruption, "shares": self.probe.shares},
+                "patch": None if self.patch is None else self.patch.summary(),
+                "fourier": None if self.fourier is None else self.fourier.summary(),
+                "margins": None if self.margin is None else [float(v) for v in self.margin.margins]}
+
+
+def decide(settings: Settings, threshold: float | None, channel_scores: dict[str, np.ndarray], probe: Probe | None = None,
+           patch: Patch | None = None, fourier: Fourier | None = None, margin: tuple[str, Margin] | None = None) -> Verdict:
+    """The verdict from whatever evidence ran (`threshold`: the caller's, else the basis's default)."""
+    chosen = settings.verdict
+    if probe is not None and probe.shares:
+        limit = chosen.probe_threshold if threshold is None else float(threshold)
+        value, basis, target = probe.score, "corruption", probe.target
+        if patch is not None and max(0.0, patch.score) * chosen.patch_reach > value:
+            value, basis, target = max(0.0, patch.score) * chosen.patch_reach, "patch", patch.target
+        if fourier is not None and max(0.0, fourier.score) * chosen.fourier_reach > value:
+            value, basis, target = max(0.0, fourier.score) * chosen.fourier_reach, "fourier", fourier.target
+        return Verdict(value, limit, bool(value >= limit), basis, target, None, probe, patch, fourier)
+    if margin is not None:
+        head, found = margin
+        limit = chosen.margin_threshold if threshold is None else float(threshold)
+        return Verdict(found.score, limit, bool(found.score >= limit), "margin", found.target, head, probe, margin=found)
+    limit = settings.channels.threshold if threshold is None else float(threshold)
+    best_layer, best = None, float("-inf")
+    for name, scores in channel_scores.items():
+        value = layer_score(scores, settings.channels.top_fraction)
+        if value > best:
+            best_layer, best = name, value
+    if best_layer is None:
+        best = 0.0
+    return Verdict(best, limit, bool(best >= limit), "channels", None, best_layer, probe)

@@ -1,0 +1,324 @@
+"""The repair stage: plan with the fidelity guard, rewrite the graph with the passes, verify.
+
+Planning runs the steps in a fixed order, each measured on top of the ones before it:
+activation bounds (input clamps, channel caps, position caps), zeroing of ranked channels (only
+when asked), an input filter (notch or occlusion, for the verdict's basis), head unlearning. The
+result is one `RepairPlan`; `build` turns it into a model by running one pass per step, in the
+order the graph reads them: input filter, input clamp, the network with its caps, the head's
+correction. `verify` checks the written graph computes what the guard measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from auditor.capture import run, scores_output
+from auditor.detect import fourier, patch, probe
+from auditor.detect.channels import Suspicion
+from auditor.detect.scan import Scan
+from auditor.errors import InternalError
+from auditor.graph.index import GraphIndex
+from auditor.graph.passes import PassResult
+from auditor.graph.passes.channels import zero_and_cap
+from auditor.graph.passes.clamp import clamp_inputs
+from auditor.graph.passes.edit import reads
+from auditor.graph.passes.head import correct_head
+from auditor.graph.passes.notch import notch_input
+from auditor.graph.passes.occlusion import occlude_input
+from auditor.graph.passes.provenance import stamp
+from auditor.graph.units import Unit, head_affine
+from auditor.io import data, runtime
+from auditor.mitigation.filters import FilterOutcome, Notch, plan_notch, plan_occlusion, window_text
+from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Fidelity, Guard
+from auditor.mitigation.unlearn import UnlearnOutcome, plan_unlearning
+from auditor.settings import Settings
+
+
+@dataclass(frozen=True)
+class RepairChoices:
+    """Which repair steps run. None: the method's default (sus: bounds, filters and unlearning on,
+    zeroing only with a channel threshold or max_prune; clp / fp: zeroing alone, as published)."""
+
+    method: str = "sus"
+    threshold: float | None = None  # zero only channels scoring at or above it
+    max_prune: int | float | None = None  # at most this many channels (>= 1) or this share of all (< 1)
+    bound: bool | None = None
+    zero: bool | None = None
+    notch: bool | None = None
+    occlude: bool | None = None
+    unlearn: bool | None = None
+
+
+@dataclass(frozen=True)
+class RepairPlan:
+    """What the repair will write, every step measured by the guard."""
+
+    zeroed: dict[str, list[int]]  # unit -> channels zeroed
+    count: int
+    bounds: BoundPlan
+    notch: FilterOutcome | None
+    occlusion: FilterOutcome | None
+    unlearning: UnlearnOutcome | None
+    head: Unit | None
+    fidelity: Fidelity  # of the whole plan on the guard samples (see RepairOutcome.agreement)
+    guard_samples: int
+    evaluations: int
+
+
+@dataclass(frozen=True)
+class ShareCheck:
+    """A found trigger (patch or Fourier pattern) on the repaired model: the share of the other clean
+    samples it sends to its class, before (the search's samples) and after (every sample)."""
+
+    target: int | None
+    share_before: float
+    share_after: float
+
+
+@dataclass(frozen=True)
+class ProbeCheck:
+    """The corruption probe run again on the repaired model."""
+
+    score: float
+    target: int | None
+    corruption: str | None
+    suspected_target: int | None  # the verdict's
+    suspected_target_share: float | None  # the largest share that class still takes
+    above_threshold: bool
+
+
+@dataclass
+class RepairOutcome:
+    """What the repair did (schema in auditor/report.py)."""
+
+    output: str
+    sha256: str
+    plan: RepairPlan
+    changes: dict[str, str]  # unit or graph input -> what the passes did there
+    bound_units: int
+    settings: Settings
+    probe: ProbeCheck | None = None
+    patch: ShareCheck | None = None
+    fourier: ShareCheck | None = None
+    meta: dict[str, str] = field(default_factory=dict)  # the model's provenance metadata (see `provenance`)
+    evaluation: dict | None = None  # {before, after}: the CLI's test-set measurement, when given
+
+    def actions(self) -> list[str]:
+        """Each step applied, in words: what the console, the HTML page and the model's metadata say."""
+        return [text for key, text in self.meta.items() if key in ACTION_KEYS]
+
+    def to_dict(self) -> dict:
+        plan, bound = self.plan, self.plan.bounds
+        limits = self.settings.repair
+        return {
+            "output": self.output, "sha256": self.sha256, "zeroed": plan.zeroed, "count": plan.count,
+            "how": dict(sorted(self.changes.items())),
+            "bound": {"factor": bound.factor, "units": self.bound_units, "input_radius": bound.input_radius,
+                      "position": None if bound.position is None else {"radius": bound.position[0], "floor": bound.position[1]}},
+            "agreement": plan.fidelity.agreement, "divergence": plan.fidelity.divergence,
+            "max_divergence": limits.max_divergence, "floor": limits.floor, "layer_cap": limits.layer_cap,
+            "guard_samples": plan.guard_samples, "evaluations": plan.evaluations,
+            "notch": None if plan.notch is None else plan.notch.to_dict(),
+            "occlusion": None if plan.occlusion is None else plan.occlusion.to_dict(),
+            "unlearning": None if plan.unlearning is None else plan.unlearning.to_dict(),
+            "probe": None if self.probe is None else vars(self.probe).copy(),
+            "patch": None if self.patch is None else vars(self.patch).copy(),
+            "fourier": None if self.fourier is None else vars(self.fourier).copy(),
+            "evaluation": self.evaluation,
+            "actions": self.actions(),
+        }
+
+
+def ranking(units: list[Unit], suspicion: dict[str, Suspicion], threshold: float | None, layer_cap: float,
+            max_prune: int | float | None = None) -> list[tuple[str, int]]:
+    """Prunable channels, most suspicious first, bounded by threshold, per-layer cap and max count."""
+    candidates = []
+    for order, unit in enumerate(units):
+        if not unit.prunable:
+            continue
+        for channel, value in enumerate(suspicion[unit.name].score):
+            if threshold is None or value >= threshold:
+                candidates.append((-float(value), order, channel, unit))
+    candidates.sort(key=lambda item: item[:3])
+    taken: dict[str, int] = {}
+    ranked = []
+    for _, _, channel, unit in candidates:
+        cap = int(np.floor(layer_cap * unit.channels))
+        if taken.get(unit.name, 0) >= cap:
+            continue
+        taken[unit.name] = taken.get(unit.name, 0) + 1
+        ranked.append((unit.name, channel))
+    if max_prune is not None:
+        total = sum(u.channels for u in units if u.prunable)
+        limit = int(max_prune) if max_prune >= 1 else int(np.floor(max_prune * total))
+        ranked = ranked[:limit]
+    return ranked
+
+
+def dense_head(index: GraphIndex, units: list[Unit]) -> Unit | None:
+    """The last classifier head whose map from its input to the scores is affine (Gemm / MatMul)."""
+    for unit in reversed([u for u in units if u.head]):
+        if head_affine(index, unit) is not None:
+            return unit
+    return None
+
+
+def static_inputs(proto: onnx.ModelProto) -> bool:
+    """Every input dimension but the batch is fixed: only then may a bound be shaped per position."""
+    for spec in data.input_specs(proto):
+        if spec.shape is None or any(d is None or d <= 0 for d in spec.shape[1:]):
+            return False
+    return True
+
+
+def plan(found: Scan, choices: RepairChoices, settings: Settings) -> tuple[RepairPlan, Guard]:
+    """Measure every step with the fidelity guard and return the plan (and the guard, which holds
+    the plan's input filter and head correction installed, for `verify`)."""
+    sus = choices.method == "sus"
+    limits = settings.repair
+    prunable = [u for u in found.units if u.prunable]
+    zero = choices.zero if choices.zero is not None else (not sus or choices.threshold is not None or choices.max_prune is not None)
+    ranked = ranking(prunable, found.suspicion, choices.threshold, limits.layer_cap, choices.max_prune) if zero else []
+    unlearning = sus and choices.unlearn is not False
+    head = dense_head(found.index, found.units) if unlearning else None
+    guard = Guard(found.index, prunable, found.samples, found.provider, settings.guard,
+                  batch=min(found.batch, settings.guard.batch), head=head, masks=bool(ranked))
+    bounds = BoundPlan(None, None, NO_BOUNDS, Fidelity(1.0, 0.0))
+    if choices.bound if choices.bound is not None else sus:
+        bounds = guard.bound(found.capture.stats, limits.floor, limits.max_divergence, positions=static_inputs(found.loaded.proto))
+    walk = guard.walk(ranked, limits.floor, limits.max_divergence, bounds.bounds)
+    zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
+    verdict, labels, fixed = found.verdict, found.capture.labels, static_inputs(found.loaded.proto)
+    notched = occluded = unlearned = None
+    if sus and choices.notch is not False:
+        notched = plan_notch(found.samples, found.capture.scores, labels, verdict, found.classify, guard, zeroed, bounds.bounds,
+                             fixed, limits, settings.fourier)
+    if sus and choices.occlude is not False:
+        occluded = plan_occlusion(found.samples, labels, verdict, guard, zeroed, bounds.bounds, fixed, limits,
+                                  settings.patch.occlusion_margins)
+    if unlearning:
+        unlearned = plan_unlearning(verdict, found.samples, found.capture.scores, labels, guard, zeroed, bounds.bounds, settings)
+    # with a filter or unlearning, fidelity is measured without the guard copies that took the shortcut
+    final = Fidelity(walk.agreement, walk.divergence)
+    for step in (notched, occluded, unlearned):
+        if step is not None and step.applied:
+            final = step.fidelity
+    return RepairPlan(zeroed, walk.count, bounds, notched, occluded, unlearned, head, final,
+                      walk.guard_samples, guard.evaluations), guard
+
+
+def build(found: Scan, planned: RepairPlan, meta: dict[str, str]) -> PassResult:
+    """The repaired model: one pass per step of the plan. Input filters end up first of all (each
+    puts its nodes in front of every reader of the input), then the clamp, then the network."""
+    prunable = [u for u in found.units if u.prunable]
+    steps = [zero_and_cap(found.loaded.proto, prunable, planned.zeroed, planned.bounds.bounds.channels)]
+    steps.append(clamp_inputs(steps[-1].model, planned.bounds.bounds.inputs))
+    on_inputs = [1]  # the steps whose changes name graph inputs, not units
+    unlearned = planned.unlearning
+    if unlearned is not None and unlearned.applied:
+        fitted = unlearned.correction
+        features = reads(steps[-1].model, found.index.node(planned.head.node))
+        steps.append(correct_head(steps[-1].model, planned.head, features, fitted.matrix, fitted.bias))
+    for outcome in (planned.notch, planned.occlusion):
+        if outcome is None or not outcome.applied:
+            continue
+        chosen = outcome.filter
+        if isinstance(chosen, Notch):
+            steps.append(notch_input(steps[-1].model, chosen.input, chosen.axes, chosen.basis))
+        else:
+            steps.append(occlude_input(steps[-1].model, chosen.input, chosen.keep, chosen.fill))
+        on_inputs.append(len(steps) - 1)
+    steps.append(stamp(steps[-1].model, meta))
+    changes: dict[str, str] = {}
+    for position, step in enumerate(steps[:-1]):
+        for name, what in step.changes.items():
+            key = f"input:{name}" if position in on_inputs else name
+            # on a graph input the filter runs before the clamp: word them in that order
+            changes[key] = f"{what}+{changes[key]}" if key in changes else what
+    return PassResult(steps[-1].model, changes)
+
+
+def verify(repaired: onnx.ModelProto, found: Scan, guard: Guard, planned: RepairPlan) -> None:
+    """Postconditions: the checker passes, onnxruntime loads it, and it computes exactly what
+    the guard measured (the original with the plan's masks, caps, filter and correction fed)."""
+    if runtime.proto_size(repaired) < 2**31 - 1:
+        try:
+            onnx.checker.check_model(repaired)
+        except onnx.checker.ValidationError as exc:
+            raise InternalError(f"the repaired model does not pass onnx.checker: {exc}") from exc
+    session = runtime.session(repaired, found.provider)
+    name = scores_output(found.index)
+    masks = guard.feeds(planned.zeroed, planned.bounds.bounds)
+    filtered = guard.filtered(found.samples).batches(found.batch)
+    for feed, seen in zip(found.samples.batches(found.batch), filtered):
+        (got,) = run(session, [name], feed)
+        (want,) = run(guard.session, [name], {**seen, **masks})
+        scale = max(1.0, float(np.abs(want).max()))
+        # a few units in the last place of the scores' type: float16 graphs round differently when rewritten
+        tolerance = max(1e-4, 4 * float(np.finfo(np.asarray(want).dtype).eps)) if np.asarray(want).dtype.kind == "f" else 1e-4
+        if not np.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
+            raise InternalError("the repaired model differs from what the fidelity guard measured")
+
+
+def checks(found: Scan, guard: Guard, planned: RepairPlan, settings: Settings
+           ) -> tuple[ProbeCheck | None, ShareCheck | None, ShareCheck | None]:
+    """The verdict's own evidence, run again on the repaired model (through the guard)."""
+    verdict, others = found.verdict, settings.verdict.min_others
+
+    def repaired(samples: data.Samples) -> np.ndarray:
+        return guard.classify(samples, planned.zeroed, planned.bounds.bounds)
+
+    residual = shared = waved = None
+    if verdict.basis == "corruption":
+        left = probe.probe(found.samples, found.capture.scores, repaired, settings.probe, others, focus=verdict.target)
+        residual = ProbeCheck(left.score, left.target, left.corruption, verdict.target, left.focus_share,
+                              bool((left.focus_share or 0.0) >= verdict.threshold))
+    if verdict.basis == "patch" and verdict.patch is not None:
+        shared = ShareCheck(verdict.patch.target, verdict.patch.share,
+                            patch.target_share(found.samples, found.capture.labels, verdict.patch, repaired, others))
+    if verdict.basis == "fourier" and verdict.fourier is not None:
+        waved = ShareCheck(verdict.fourier.target, verdict.fourier.share,
+                           fourier.target_share(found.samples, found.capture.labels, verdict.fourier, repaired, settings.fourier,
+                                                others))
+    return residual, shared, waved
+
+
+# The metadata keys that word an applied step (the others identify the source and the tool).
+ACTION_KEYS = ("auditor.activation_bound", "auditor.input_notch", "auditor.input_occlusion", "auditor.head_correction")
+
+
+def provenance(planned: RepairPlan, version: str, source_sha256: str, method: str) -> dict[str, str]:
+    """The repaired model's metadata_props, which also word each applied step for every report
+    (deterministic, no timestamps)."""
+    meta = {
+        "auditor.version": version,
+        "auditor.source_sha256": source_sha256,
+        "auditor.method": method,
+        "auditor.zeroed_channels": json.dumps({k: sorted(v) for k, v in sorted(planned.zeroed.items()) if v}, sort_keys=True),
+    }
+    bound = planned.bounds
+    caps = []
+    if bound.input_radius is not None:
+        caps.append(f"inputs clamped to their clean range within {bound.input_radius} positions")
+    if bound.factor is not None:
+        caps.append(f"{bound.factor:g} x clean maximum per channel")
+    if bound.position is not None:
+        caps.append(f"per position: the clean maximum within {bound.position[0]} positions, at least {bound.position[1]:g} x the channel's cap")
+    if caps:
+        meta["auditor.activation_bound"] = ", ".join(caps)
+    notched, occluded, unlearned = planned.notch, planned.occlusion, planned.unlearning
+    if notched is not None and notched.applied:
+        what = f"spatial frequency ({notched.frequency[0]}, {notched.frequency[1]})"
+        if notched.phase is not None:
+            what = f"the basis image of {what} at phase {notched.phase:.6f}"
+        meta["auditor.input_notch"] = f"{what} removed from the image input"
+    if occluded is not None and occluded.applied:
+        meta["auditor.input_occlusion"] = f"{window_text(occluded.window)} of the image input replaced by the clean samples' mean"
+    if unlearned is not None and unlearned.applied:
+        meta["auditor.head_correction"] = f"class {unlearned.target}: head row refit so that corrupted clean inputs leave it"
+    return meta
+

@@ -1,0 +1,286 @@
+"""Every tunable of the method, in one frozen tree: `Settings`, passed explicitly into the stages.
+
+Defaults live here and only here. Why each value is what it is: docs/EXPERIMENTS.md (the numbers
+behind it: BENCHMARKS.md). A variant of the method is an override (`Settings().override(...)`);
+a name that does not exist is refused. Derived values (`VerdictSettings.patch_reach`) are
+computed from the settings, never stored beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditor.errors import SettingsError
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """The pass that captures per-channel statistics."""
+
+    batch: int = 64  # samples per run (1 when the model fixes its batch dimension at 1)
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """Channel suspicion (the paper's signals): ranks channels; gives the verdict only without a probe."""
+
+    top_fraction: float = 0.05  # a layer's score: the mean of its top this share of channel scores
+    threshold: float = 3.0  # robust z-score at which a layer's score flags the model
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    """Thresholds that turn the detectors' evidence into a verdict (chosen on the zoo's tuning half)."""
+
+    probe_threshold: float = 0.6  # the corruption probe's largest class share; the one threshold of the verdict
+    patch_threshold: float = 0.9  # the patch search's score that flags; rescaled onto probe_threshold
+    fourier_threshold: float = 0.7  # the Fourier probe's lift that flags; rescaled onto probe_threshold
+    margin_threshold: float = 2.9  # robust z of the head's largest reachable margin (no float input)
+    min_others: int = 3  # a class's share is measured on at least this many samples predicted elsewhere
+
+    @property
+    def patch_reach(self) -> float:
+        """The largest verdict score the patch search can give (its own score is at most 1)."""
+        return self.probe_threshold / self.patch_threshold
+
+    @property
+    def fourier_reach(self) -> float:
+        """The largest verdict score the Fourier probe can give."""
+        return self.probe_threshold / self.fourier_threshold
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The corruption probe: noise, noise blends and blur on the clean samples."""
+
+    noise_levels: tuple[float, ...] = (0.1, 0.2, 0.3)  # uniform noise amplitude, share of the clean range
+    noise_draws: int = 5  # noisy (and blended) copies per sample and level
+    blend_levels: tuple[float, ...] = (0.1, 0.2)  # weights a of (1 - a) x + a u, u uniform noise
+    blur_sigmas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # Gaussian blur over the image axes, in positions
+    max_samples: int = 100  # the probe corrupts at most the first this many clean samples
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """The patch search (random search, then a sweep of the best patch over every position)."""
+
+    size: float = 0.15  # side of the square patch, share of the image's shorter side (4 pixels of 28)
+    iterations: int = 300  # random-search steps
+    screen: int = 100  # steps over every class before only the `shortlist` best go on
+    shortlist: int = 3
+    screen_samples: int = 5  # while screening, a class's patch is pasted on at most this many samples
+    max_classes: int = 10  # with more classes, the ones clean samples rank highest after their own
+    max_samples: int = 10  # patches are pasted on at most the first this many clean samples
+    levels: tuple[float, ...] = (0.0, 1.0)  # pixel values a patch may take, shares of the clean range
+    move: float = 0.15  # share of steps that move a patch anywhere
+    nudge: float = 0.2  # share of steps that move a patch by up to two positions
+    seed: int = 0
+    restarts: int = 1  # independent searches (seeds seed, seed + 1, ...), the best kept
+    sweep_positions: int = 625  # the sweep's grid: at most this many positions (25 x 25)
+    sweep_screen: int = 3  # samples every position is tried on ...
+    sweep_keep: int = 5  # ... before this many best positions are scored on all
+    chunk: int = 1 << 24  # input values per batch of the sweep (bounds memory on large images)
+    unlearn_shifts: tuple[tuple[int, int], ...] = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # where unlearning pastes the patch
+    occlusion_margins: tuple[int, ...] = (1, 0)  # pixels around the found patch the occlusion covers, widest first
+
+
+@dataclass(frozen=True)
+class FourierSettings:
+    """The Fourier probe: one low-frequency basis image added to the clean samples at a time."""
+
+    fmax: int = 7  # largest frequency, cycles per image on each axis
+    amplitudes: tuple[float, ...] = (0.1,)  # of the clean value range
+    phases: tuple[float, ...] = (0.0, 0.5 * math.pi, math.pi, 1.5 * math.pi)
+    quantile: float = 0.9  # a class's typical share over the bases, against which its best share is measured
+    max_samples: int = 10  # the probe perturbs at most the first this many clean samples
+    chunk: int = 1 << 24  # input values per batch of perturbed samples
+    unlearn_bases: int = 8  # with a verdict on this probe, unlearning uses the target's best this many bases
+    phase_steps: int = 5  # the narrow notch refines the phase over this many steps within +-pi/4
+
+
+@dataclass(frozen=True)
+class MarginSettings:
+    """The head's reachable margins (the verdict when no float input can be probed)."""
+
+    steps: int = 300  # projected subgradient ascent steps per class
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The fidelity guard: augmented copies of the clean samples and the ladders it searches."""
+
+    batch: int = 256  # guard samples per run
+    augmented_per_sample: int = 15
+    max_guard_samples: int = 2000
+    block: int = 8  # ranked channels tried together when zeroing
+    patience: int = 4  # consecutive fully rejected blocks that end the zeroing walk
+    bound_factors: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)  # x each channel's clean maximum
+    position_steps: tuple[tuple[int, float], ...] = ((1, 0.25), (2, 0.25), (3, 0.25), (1, 0.5), (2, 0.5), (3, 0.5))  # (radius, floor)
+    input_radii: tuple[int, ...] = (0, 1, 2)  # input clamps: clean range within this many positions
+    half_slack: float = 3.0  # a cross-fit half's fidelity slack relative to the whole
+
+
+@dataclass(frozen=True)
+class UnlearnSettings:
+    """Head unlearning: refit the suspected target's row of a dense head."""
+
+    weights: tuple[float, ...] = (1.0, 0.3, 0.1)  # of the stand-ins for triggered inputs, strongest first
+    penalty: float = 1e-3  # L2 penalty on the change of the row
+    steps: int = 500
+    anchor_weight: float = 3.0  # the target's own clean samples weigh at least this many times the stand-ins
+
+    @property
+    def ladder(self) -> tuple[tuple[float, float], ...]:
+        """(weight, penalty) from the strongest unlearning to the weakest."""
+        return tuple((weight, self.penalty) for weight in self.weights)
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    """The fidelity limits every repair step must keep, measured on augmented clean samples."""
+
+    floor: float = 0.95  # agreement with the original's classes
+    max_divergence: float = 0.05  # mean KL(original || repaired), nats
+    layer_cap: float = 0.3  # at most this share of a layer's channels is zeroed
+    anchor_slack: float = 8.0  # a head correction must also keep the limits x this slack on the target's own samples
+    filter_gate: float = 0.4  # input filters also run on a verdict score from here up to the threshold ...
+    weak_slack: float = 0.5  # ... within this share of the limits' slack
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.floor <= 1.0:
+            raise SettingsError(f"repair.floor must be in (0, 1], got {self.floor}")
+        if not 0.0 < self.layer_cap <= 1.0:
+            raise SettingsError(f"repair.layer_cap must be in (0, 1], got {self.layer_cap}")
+        if not self.max_divergence > 0:
+            raise SettingsError(f"repair.max_divergence must be positive, got {self.max_divergence}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the work is run, not what it decides."""
+
+    notice_seconds: float = 30.0  # forecast searches longer than this are announced before they start
+    evaluate_batch: int = 256  # test samples per run in `evaluate`
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole tree. `Settings()` is the shipped method."""
+
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    channels: ChannelSettings = field(default_factory=ChannelSettings)
+    verdict: VerdictSettings = field(default_factory=VerdictSettings)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    patch: PatchSettings = field(default_factory=PatchSettings)
+    fourier: FourierSettings = field(default_factory=FourierSettings)
+    margin: MarginSettings = field(default_factory=MarginSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
+    repair: RepairSettings = field(default_factory=RepairSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def override(self, changes: Mapping[str, Any]) -> Settings:
+        """A copy with `changes` ({"section.name": value}; a string value is parsed as the field's
+        type, so command-line text works). An unknown name or a value of the wrong type is refused."""
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            section, name = _split(key)
+            current = getattr(self, section)
+            kind = _field_types(type(current))[name]
+            sections.setdefault(section, {})[name] = _coerce(key, kind, value)
+        return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **v) for s, v in sections.items()})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """{section: {name: value}}, tuples as lists (JSON)."""
+        return {f.name: {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, f.name)).items()} for f in dataclasses.fields(self)}
+
+    def differences(self) -> dict[str, Any]:
+        """{"section.name": value} for every setting that differs from the default (what a report records)."""
+        mine, shipped = self.to_dict(), Settings().to_dict()
+        return {f"{s}.{k}": v for s, values in mine.items() for k, v in values.items() if shipped[s][k] != v}
+
+
+def parse_overrides(texts: list[str]) -> dict[str, str]:
+    """["section.name=value", ...] -> {"section.name": "value"} (values parsed by `Settings.override`)."""
+    out = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"setting {text!r}: give SECTION.NAME=VALUE, e.g. verdict.probe_threshold=0.7")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _split(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    if section not in sections:
+        raise SettingsError(f"unknown setting {key!r}: sections are {', '.join(sections)}")
+    names = _field_types(typing.get_type_hints(Settings)[section])
+    if name not in names:
+        raise SettingsError(f"unknown setting {key!r}: {section} has {', '.join(names)}")
+    return section, name
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    """`value` as `kind` (bool, int, float, str or a tuple of them), parsing strings."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if isinstance(value, str):
+            value = _parse_tuple(key, value)
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"setting {key!r} takes a tuple, got {value!r}")
+        element = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, element, v) for v in value)
+        if len(args) != len(value):
+            raise SettingsError(f"setting {key!r} takes {len(args)} values, got {value!r}")
+        return tuple(_coerce(key, a, v) for a, v in zip(args, value))
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting {key!r} takes a {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def _parse_tuple(key: str, text: str) -> list:
+    """"1,2,3" -> ["1", "2", "3"]; "(1,0.5),(2,0.5)" -> [["1", "0.5"], ["2", "0.5"]]."""
+    text = text.strip()
+    if "(" in text:
+        groups = [g.strip(" ,") for g in text.replace(")", "(").split("(") if g.strip(" ,")]
+        return [[v.strip() for v in g.split(",") if v.strip()] for g in groups]
+    return [v.strip() for v in text.strip("[]").split(",") if v.strip()]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value

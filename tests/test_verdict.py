@@ -1,0 +1,60 @@
+"""The one place that makes the verdict: which evidence wins, and on which threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from auditor.detect.fourier import Fourier
+from auditor.detect.margin import Margin
+from auditor.detect.patch import Patch
+from auditor.detect.probe import Probe
+from auditor.detect.verdict import decide
+from auditor.settings import Settings
+
+
+def _probe(score: float, target: int = 3) -> Probe:
+    return Probe(score, target, "noise 0.1", {"noise 0.1": score}, 0.0)
+
+
+def _patch(score: float, target: int = 7) -> Patch:
+    return Patch(score, target, 1.0, 0, 0, np.zeros((4, 4, 1)), 0.0)
+
+
+def test_probe_alone_flags_at_its_threshold():
+    settings = Settings()
+    assert decide(settings, None, {}, _probe(0.6)).suspicious
+    verdict = decide(settings, None, {}, _probe(0.59))
+    assert not verdict.suspicious and verdict.basis == "corruption" and verdict.target == 3 and verdict.threshold == 0.6
+
+
+def test_patch_wins_rescaled_onto_the_probe_threshold():
+    verdict = decide(Settings(), None, {}, _probe(0.3), patch=_patch(0.95))
+    assert verdict.basis == "patch" and verdict.target == 7
+    assert np.isclose(verdict.score, 0.95 * 0.6 / 0.9) and verdict.suspicious
+    # moving the probe threshold moves the patch's reach with it (derived, not stored)
+    stricter = decide(Settings().override({"verdict.probe_threshold": 0.9}), None, {}, _probe(0.3), patch=_patch(0.95))
+    assert np.isclose(stricter.score, 0.95) and stricter.suspicious
+
+
+def test_fourier_wins_only_when_larger():
+    lifted = Fourier(0.5, 2, 0.6, (0, 3), 0.0, 0.1, (0,), 0.0)
+    assert decide(Settings(), None, {}, _probe(0.5), fourier=lifted).basis == "corruption"  # 0.5 * 0.6 / 0.7 < 0.5
+    assert decide(Settings(), None, {}, _probe(0.2), fourier=lifted).basis == "fourier"
+
+
+def test_without_probe_shares_the_margin_then_the_channels_decide():
+    empty = Probe(0.0, None, None, {}, 0.0)
+    margin = Margin(np.array([1.0, 5.0, 1.2]), 1, 3.5)
+    by_margin = decide(Settings(), None, {}, empty, margin=("head", margin))
+    assert by_margin.basis == "margin" and by_margin.suspicious and by_margin.layer == "head" and by_margin.threshold == 2.9
+    scores = {"a": np.r_[np.zeros(39), 10.0], "b": np.zeros(40)}
+    by_channels = decide(Settings(), None, scores)
+    assert by_channels.basis == "channels" and by_channels.layer == "a" and by_channels.score == 5.0  # top 5%: 2 channels
+    assert by_channels.suspicious and not decide(Settings(), 6.0, scores).suspicious
+
+
+def test_to_dict_keeps_the_report_shape():
+    verdict = decide(Settings(), None, {}, _probe(0.3), patch=_patch(0.95))
+    shape = verdict.to_dict()
+    assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "margins"}
+    assert shape["patch"]["size"] == 4 and shape["probe"]["corruption"] == "noise 0.1" and shape["fourier"] is None
