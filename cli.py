@@ -143,8 +143,16 @@ def _threads_text(threads: int | None) -> str:
     return "" if threads is None else f", {threads} thread{'s' * (threads != 1)}"
 
 
+# The library's switches, as this command's flags (the library never names a flag).
+_FLAGS = {"switched off by: fourier_probe, patch_search": "--no-fourier-probe / --no-patch-search skip them",
+          "switched off by: fourier_probe": "--no-fourier-probe skips it",
+          "switched off by: patch_search": "--no-patch-search skips it"}
+
+
 def _note(message: str) -> None:
     """A heads-up while the work runs (a long search ahead), on standard output like the other notes."""
+    for switch, flag in _FLAGS.items():
+        message = message.replace(switch, flag)
     out.print(f"note: {message}", markup=False, soft_wrap=True)
 
 

@@ -2,7 +2,7 @@
 
 The ONNX model is converted to PyTorch with onnx2torch. Every hidden unit that auditor can
 prune (every Conv/Gemm/MatMul output channel except the classifier head, as found by
-`auditor.units.find_units`) gets a neuron mask m in [0, 1] and multiplicative noise
+`auditor.graph.units.find_units`) gets a neuron mask m in [0, 1] and multiplicative noise
 delta, xi in [-eps, eps], applied to the unit's pre-activation output o = w + c, where c
 is the per-channel constant (the BatchNormalization beta when the unit has a BN node,
 as in the original code, else the Conv/Linear bias, else none):
@@ -17,8 +17,8 @@ alpha * L(clean) + (1 - alpha) * L(perturbed), clip the masks to [0, 1]. Finally
 channels with mask < 0.2 are pruned.
 
 Because the perturbed units are auditor's units, the pruned channels map one-to-one onto
-auditor units and are written to the ONNX model by `auditor.rewrite.zero_channels` (the
-same rewrite `auditor repair` uses): the pruned channels output exactly zero.
+auditor units and are written to the ONNX model by `auditor.graph.passes.channels.zero_and_cap`
+(the same pass `auditor repair` uses): the pruned channels output exactly zero.
 
 Deviations from the paper's setting, all forced by the few-sample budget: BN layers stay
 in eval mode (running statistics; batch statistics of 10 samples are meaningless), the
@@ -37,12 +37,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from auditor import data as auditor_data
-from auditor import model as auditor_model
-from auditor import rewrite
 from auditor.capture import scores_output
-from auditor.graph import GraphIndex
-from auditor.units import find_units
+from auditor.graph.index import GraphIndex
+from auditor.graph.passes import channels as channel_pass
+from auditor.graph.passes import provenance
+from auditor.graph.units import find_units
+from auditor.io import data as auditor_data
+from auditor.io import model as auditor_model
 
 EPS = 0.4
 ALPHA = 0.2
@@ -297,8 +298,9 @@ def run_anp(model_path: str | Path, clean_path: str | Path, output: str | Path, 
         if chosen:
             zeroed[unit.name] = chosen
     meta = {"bench.method": "anp", "bench.zeroed_channels": str({k: v for k, v in sorted(zeroed.items())})}
-    result = rewrite.zero_channels(proto, units, zeroed, meta)
-    _write(Path(output), result.model.SerializeToString(deterministic=True))
+    pruned = channel_pass.zero_and_cap(proto, units, zeroed).model
+    stamped = provenance.stamp(pruned, meta).model
+    _write(Path(output), stamped.SerializeToString(deterministic=True))
     seconds = time.perf_counter() - start
     return AnpResult(
         zeroed=zeroed, count=sum(len(v) for v in zeroed.values()), seconds=seconds,

@@ -1,4 +1,4 @@
-"""The experiment behind the Fourier probe's settings (auditor/fourier.py).
+"""The experiment behind the Fourier probe's settings (auditor/detect/fourier.py, `Settings().fourier`).
 
     .venv/bin/python -m bench.fourier_probe [--sets 5] [--n 10]
 
@@ -30,24 +30,26 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor import fourier, model, runtime
-from auditor.probe import MIN_OTHERS
+from auditor.detect import fourier
+from auditor.io import model, runtime
+from auditor.settings import Settings
 from bench import zoo
 from bench.report import roc_auc
 
 AMPLITUDES = (0.05, 0.1, 0.15)  # of the clean value range
 FMAX = (4, 7, 14)  # frequency caps compared; 14 is every frequency of a 28-wide image
 THETAS = (0.7, 0.8, 0.9)
+SHIPPED = Settings()  # the phases, the lift's quantile and the samples a class needs elsewhere: the shipped ones
 OUTPUT = zoo.RESULTS / "fourier_probe.json"
 
 
 def statistic(labels: np.ndarray, clean: np.ndarray, classes: int) -> tuple[float, int]:
-    """The shipped lift (auditor.fourier) of the best class with enough samples elsewhere, and
+    """The shipped lift (auditor.detect.fourier) of the best class with enough samples elsewhere, and
     that class (`labels` [B, N]: the class of every sample under every basis)."""
     best, target = 0.0, 0
     for c in range(classes):
-        if (clean != c).sum() >= MIN_OTHERS:
-            lifted = fourier.lift(fourier.class_shares(labels, clean, c))
+        if (clean != c).sum() >= SHIPPED.verdict.min_others:
+            lifted = fourier.lift(fourier.class_shares(labels, clean, c), SHIPPED.fourier.quantile)
             if lifted > best:
                 best, target = lifted, c
     return best, target
@@ -73,7 +75,7 @@ def baseline(entry: dict, stored: np.ndarray, folder: Path) -> float:
 
     path = folder / f"{entry['name']}.npz"
     np.savez(path, x=zoo.to_layout(stored, entry.get("layout", "nchw")))
-    return float(auditor.audit(entry["file"], str(path), limit=len(stored), device="cpu", fourier_probe=False).verdict["score"])
+    return float(auditor.audit(entry["file"], str(path), limit=len(stored), device="cpu", fourier_probe=False).verdict.score)
 
 
 def measure(entry: dict, sets: int, n: int, folder: Path) -> list[dict]:
@@ -82,9 +84,9 @@ def measure(entry: dict, sets: int, n: int, folder: Path) -> list[dict]:
         stored = archive["x"]
     pool = stored.astype(np.float32)
     if stored.dtype == np.uint8:
-        pool /= 255.0  # as auditor.data reads images stored as bytes
+        pool /= 255.0  # as auditor.io.data reads images stored as bytes
     span = float(pool.max() - pool.min()) or 1.0
-    keys = fourier.frequencies(max(FMAX))  # the shipped basis images, up to the largest cap compared
+    keys = fourier.frequencies(max(FMAX), SHIPPED.fourier.phases)  # the shipped basis images, up to the largest cap compared
     images = fourier.render(keys, pool.shape[2], pool.shape[3])
     reach = np.array([max(u, abs(v)) for u, v, _ in keys])
     rows = []

@@ -27,8 +27,8 @@ import numpy as np
 import onnxruntime as ort
 
 import auditor
-from auditor import model, runtime
 from auditor.errors import AuditorError
+from auditor.io import model, runtime
 from bench import zoo
 from bench.verdict import constants
 
@@ -69,7 +69,7 @@ def one(entry: dict, n: int, device: str, folder: Path, with_anp: bool) -> dict:
     with np.load(data) as archive:
         x = archive["x"]
     if x.dtype == np.uint8:
-        x = x.astype(np.float32) / np.float32(255.0)  # as auditor.data reads images stored as bytes
+        x = x.astype(np.float32) / np.float32(255.0)  # as auditor.io.data reads images stored as bytes
     tick = time.perf_counter()
     audited = auditor.audit(entry["file"], str(data), limit=n, device=device)
     audit_s = time.perf_counter() - tick
@@ -77,14 +77,15 @@ def one(entry: dict, n: int, device: str, folder: Path, with_anp: bool) -> dict:
     repaired = auditor.repair(entry["file"], str(data), str(folder / f"{entry['name']}-{n}-{device}.onnx"), limit=n,
                               device=device, force=True)
     repair_s = time.perf_counter() - tick
-    unlearning = repaired.repair.get("unlearning") or {}
+    outcome = repaired.repair.to_dict()
+    unlearning = outcome.get("unlearning") or {}
+    verdict = audited.verdict
     return {
         "provider": audited.provider["name"],
         "audit_s": audit_s, "repair_s": repair_s,
         "plain_s": plain_seconds(entry["file"], x, runtime.select_provider(device)),
-        "score": audited.verdict["score"], "suspicious": audited.verdict["suspicious"],
-        "basis": audited.verdict["basis"], "target": audited.verdict["target"],
-        "zeroed": repaired.repair["zeroed"], "unlearned": bool(unlearning.get("applied")),
+        "score": verdict.score, "suspicious": verdict.suspicious, "basis": verdict.basis, "target": verdict.target,
+        "zeroed": outcome["zeroed"], "unlearned": bool(unlearning.get("applied")),
         "anp_s": anp_seconds(entry, data, device, folder) if with_anp else None,
     }
 

@@ -45,7 +45,7 @@ def child(kind: str, name: str, n: int) -> dict:
     import onnxruntime as ort
 
     if kind == "plain":
-        from auditor import data, model
+        from auditor.io import data, model
     elif kind == "sus":
         import auditor
     else:

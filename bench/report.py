@@ -10,15 +10,18 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from auditor.api import FILTER_GATE
+from auditor.settings import Settings
 from bench import zoo
 from bench.verdict import constants
+
+SHIPPED = Settings()  # the method as it ships: the input filters' gate below comes from it
 
 AUDITOR_METHODS = ("sus", "clp", "fp")
 ALL_METHODS = (*AUDITOR_METHODS, "anp")
@@ -663,17 +666,73 @@ def _false_drops(got: dict) -> str:
 
 
 # What the method did before a constant came in, for runs older than it (their constants lack it).
+# Names in the vocabulary of the runs it applies to: these came in under the module-level layout.
 BEFORE: dict[str, object] = {"patch.SWEEP": False, "probe.BLEND": False}
+
+# Runs recorded before auditor.settings name auditor's module-level constants (MODULE.NAME, e.g.
+# "patch.RESTARTS"). Each one that a setting took the place of -> that setting ("section.name"), so
+# that an old run still says where it differs from the method now; the old names stay in the text.
+LEGACY_NAMES: dict[str, str] = {
+    "api.BATCH": "capture.batch", "capture.BATCH": "capture.batch",
+    "api.DEFAULT_FLOOR": "repair.floor", "api.DEFAULT_LAYER_CAP": "repair.layer_cap",
+    "api.DEFAULT_MAX_DIVERGENCE": "repair.max_divergence", "api.ANCHOR_SLACK": "repair.anchor_slack",
+    "api.FILTER_GATE": "repair.filter_gate", "api.WEAK_SLACK": "repair.weak_slack",
+    "api.NOTICE_SECONDS": "run.notice_seconds", "evaluate.BATCH": "run.evaluate_batch",
+    "fourier.MIN_OTHERS": "verdict.min_others", "patch.MIN_OTHERS": "verdict.min_others",
+    "probe.MIN_OTHERS": "verdict.min_others",
+    "fourier.FMAX": "fourier.fmax", "fourier.QUANTILE": "fourier.quantile", "fourier.MAX_SAMPLES": "fourier.max_samples",
+    "fourier.CHUNK": "fourier.chunk", "fourier.UNLEARN_BASES": "fourier.unlearn_bases",
+    "fourier.PHASE_STEPS": "fourier.phase_steps",
+    "guard.BATCH": "guard.batch", "guard.AUGMENTED_PER_SAMPLE": "guard.augmented_per_sample", "guard.BLOCK": "guard.block",
+    "guard.PATIENCE": "guard.patience", "guard.MAX_GUARD_SAMPLES": "guard.max_guard_samples",
+    "guard.HALF_SLACK": "guard.half_slack", "margin.STEPS": "margin.steps",
+    "patch.SIZE": "patch.size", "patch.ITERATIONS": "patch.iterations", "patch.SCREEN": "patch.screen",
+    "patch.SHORTLIST": "patch.shortlist", "patch.SCREEN_SAMPLES": "patch.screen_samples",
+    "patch.MAX_CLASSES": "patch.max_classes", "patch.MAX_SAMPLES": "patch.max_samples", "patch.MOVE": "patch.move",
+    "patch.NUDGE": "patch.nudge", "patch.SEED": "patch.seed", "patch.RESTARTS": "patch.restarts",
+    "patch.SWEEP_POSITIONS": "patch.sweep_positions", "patch.SWEEP_SCREEN": "patch.sweep_screen",
+    "patch.SWEEP_KEEP": "patch.sweep_keep", "patch.CHUNK": "patch.chunk",
+    "probe.NOISE_DRAWS": "probe.noise_draws", "probe.MAX_SAMPLES": "probe.max_samples", "probe.SEED": "probe.seed",
+    "score.TOP_FRACTION": "channels.top_fraction", "score.PROBE_THRESHOLD": "verdict.probe_threshold",
+    "score.PATCH_THRESHOLD": "verdict.patch_threshold", "score.FOURIER_THRESHOLD": "verdict.fourier_threshold",
+    "score.MARGIN_THRESHOLD": "verdict.margin_threshold",
+    "unlearn.STEPS": "unlearn.steps", "unlearn.ANCHOR_WEIGHT": "unlearn.anchor_weight",
+}
+# Old constants whose variants were removed -> what the method does now in their stead (always).
+LEGACY_NOW: dict[str, object] = {
+    "api.REQUIRE_ANCHOR": True, "api.WEAK_UNLEARN": False, "api.SURROGATES_OF_VERDICT": False,
+    "api.REMOVAL_SHARE": 0.0, "patch.SWEEP": True, "patch.OCCLUSION_RING": False, "probe.BLEND": True,
+}
+# Any other old name (the graph rewrite's tensor prefixes: the format, not the method) is history.
+
+
+def _legacy(data: dict) -> bool:
+    """Whether a run predates auditor.settings: no constants recorded, or module-level names."""
+    recorded = data.get("constants")
+    return not recorded or any(re.fullmatch(r"\w+\.[A-Z][A-Z0-9_]*", key) for key in recorded)
+
+
+def _legacy_view(current: dict[str, object]) -> dict[str, object]:
+    """The method now (`current`: "section.name" -> value) under the old module-level names."""
+    view = {old: current[new] for old, new in LEGACY_NAMES.items() if new in current}
+    threshold = current.get("verdict.probe_threshold")
+    for old, new in (("score.PATCH_REACH", "verdict.patch_threshold"), ("score.FOURIER_REACH", "verdict.fourier_threshold")):
+        if threshold is not None and current.get(new):  # derived: probe_threshold / the basis's own threshold
+            view[old] = threshold / current[new]
+    return {**view, **LEGACY_NOW}
 
 
 def measured_when(data: dict, current: dict[str, object]) -> str:
-    """' (measured when K=V, ...)': the constants a run had that differ from auditor's now (other
-    than its own overrides), those it predates (BEFORE) included; '' when none differ."""
-    own = {text.split("=", 1)[0] for text in data.get("overrides", [])}
-    constants = data.get("constants", {})
-    old = [f"{k}={v}" for k, v in constants.items() if k in current and current[k] != v and k not in own]
+    """' (measured when K=V, ...)': the constants a run had that differ from auditor's now
+    (`current`, "section.name" -> value as `bench.verdict.constants` records it; other than the
+    run's own overrides), those it predates (BEFORE) included; '' when none differ. A run from
+    before auditor.settings is compared under its own, module-level names."""
+    own = {text.split("=", 1)[0].strip() for text in data.get("overrides", [])}
+    constants = data.get("constants") or {}
+    now = _legacy_view(current) if _legacy(data) else current
+    old = [f"{k}={v}" for k, v in constants.items() if k in now and now[k] != v and k not in own]
     # a constant the run did not have yet ran as its value before it came in
-    old += [f"{k}={v}" for k, v in BEFORE.items() if k not in constants and k not in own and current.get(k) != v]
+    old += [f"{k}={v}" for k, v in BEFORE.items() if k not in constants and k not in own and k in now and now[k] != v]
     return f" (measured when {', '.join(old)})" if old else ""
 
 
@@ -733,7 +792,7 @@ def _changed_pairs(shipped: dict, variant: dict, label: str, seed_of: dict[str, 
 # Why a (backdoored model, set) pair's ASR was not halved, first match wins; the repair's own
 # report gives the same causes per run.
 CAUSES = (
-    ("score under the input filters' gate: only the bounds ran", lambda m, s: not s["suspicious"] and s["score"] < FILTER_GATE),
+    ("score under the input filters' gate: only the bounds ran", lambda m, s: not s["suspicious"] and s["score"] < SHIPPED.repair.filter_gate),
     ("weak verdict (gate <= score < threshold) from the corruption probe: no input filter applies",
      lambda m, s: not s["suspicious"] and s["basis"] not in ("patch", "fourier")),
     ("weak verdict from the patch search or the Fourier probe: its filter broke the tighter bounds",
@@ -761,7 +820,7 @@ def shortfall_causes(models: list[dict], seed_of: dict[str, str]) -> list[str]:
     rows = [[text] + [str(counts[label][i]) for label in counts] for i, (text, _) in enumerate(CAUSES)]
     rows.append(["total not halved"] + [str(sum(counts[label])) for label in counts])
     text = ("Why the ASR was not halved, (backdoored model, set) pairs by half (by seed); the first cause that "
-            f"applies counts. The input filters (notch, occlusion) also run on weak verdicts, score >= {FILTER_GATE}, "
+            f"applies counts. The input filters (notch, occlusion) also run on weak verdicts, score >= {SHIPPED.repair.filter_gate}, "
             "with tighter fidelity bounds; head unlearning waits for a flagged verdict.")
     return ["", text, "", *table(["cause", "held-back", "tuning"], rows)]
 
@@ -1049,8 +1108,8 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
               "m in [0, 1] and multiplicative noise delta, xi in [-0.4, 0.4] on its pre-activation output (BN gamma/beta "
               "when the unit has a BN node); per iteration one signed ascent step on the noise and one SGD step "
               "(lr 0.2, momentum 0.9) on the masks for 0.2 L(clean) + 0.8 L(perturbed); channels with mask < 0.2 are "
-              "then zeroed in the ONNX model with `auditor.rewrite.zero_channels`, so ANP's result is evaluated with "
-              "the same rewrite and the same `auditor.evaluate` as auditor's.", "",
+              "then zeroed in the ONNX model with `auditor.graph.passes.channels.zero_and_cap`, so ANP's result is "
+              "evaluated with the same rewrite and the same `auditor.evaluate` as auditor's.", "",
               f"* Iterations: {', '.join(map(str, iterations)) or '–'}; batch: {', '.join(map(str, batches)) or '–'} "
               "(min(N, 128)); the paper uses 2000 iterations of batch 128 on 1% of CIFAR-10 (500 images).",
               "* **ANP uses the labels of the N clean samples; auditor's methods do not.** That is an advantage for ANP.",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.model import file_sha256
+from auditor.io.model import file_sha256
 from bench import anp, zoo
 
 AUDITOR_METHODS = ("sus", "clp", "fp")
@@ -83,7 +83,7 @@ def plain_inference(model_path: str, data_path: Path) -> float:
     """Median of PLAIN_REPEATS: CPU session creation + one run over all samples of data_path."""
     import onnxruntime as ort
 
-    from auditor import data, model
+    from auditor.io import data, model
 
     loaded = model.load(model_path)  # same normalisation auditor applies (never changes the graph's maths)
     samples = data.load(data_path, data.input_specs(loaded.proto))
@@ -142,20 +142,21 @@ def auditor_record(entry, method, report, walls, clean, out_path, baseline, test
     """The cell of one auditor method: its last repair's decisions and effects, and its verdict."""
     import auditor
 
+    repaired = report.repair.to_dict()
     record = {"status": "ok", "wall_s": statistics.median(walls), "wall_runs": walls,
-              "count": report.repair["count"], "zeroed": report.repair["zeroed"],
-              "agreement": report.repair["agreement"], "how": report.repair["how"], "bound": report.repair.get("bound"),
-              "unlearning": report.repair.get("unlearning"), "notch": report.repair.get("notch"),
-              "occlusion": report.repair.get("occlusion"), "probe_after": report.repair.get("probe"),
-              "patch_after": report.repair.get("patch"), "fourier_after": report.repair.get("fourier"),
+              "count": repaired["count"], "zeroed": repaired["zeroed"],
+              "agreement": repaired["agreement"], "how": repaired["how"], "bound": repaired.get("bound"),
+              "unlearning": repaired.get("unlearning"), "notch": repaired.get("notch"),
+              "occlusion": repaired.get("occlusion"), "probe_after": repaired.get("probe"),
+              "patch_after": repaired.get("patch"), "fourier_after": repaired.get("fourier"),
               "repair_timings": {k: round(v, 4) for k, v in report.timings.items()}}
     record.update(_effects(_evaluate(out_path, entry, test, triggered), baseline))
     start = time.perf_counter()
-    scan = auditor.audit(entry["file"], str(clean), method=method, device="cpu")
-    record.update({"audit_s": time.perf_counter() - start, "verdict_score": scan.verdict["score"],
-                   "verdict_threshold": scan.verdict["threshold"], "suspicious": scan.verdict["suspicious"],
-                   "verdict_layer": scan.verdict["layer"], "verdict_target": scan.verdict.get("target"),
-                   "verdict_basis": scan.verdict.get("basis")})
+    verdict = auditor.audit(entry["file"], str(clean), method=method, device="cpu").verdict
+    record.update({"audit_s": time.perf_counter() - start, "verdict_score": verdict.score,
+                   "verdict_threshold": verdict.threshold, "suspicious": verdict.suspicious,
+                   "verdict_layer": verdict.layer, "verdict_target": verdict.target,
+                   "verdict_basis": verdict.basis})
     return record
 
 

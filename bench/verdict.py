@@ -2,7 +2,7 @@
 depend on which ten.
 
     .venv/bin/python -m bench.verdict [--sets 5] [--n 10] [--no-repair]
-    .venv/bin/python -m bench.verdict --set patch.RESTARTS=2 --note "why"   # a variant of the method
+    .venv/bin/python -m bench.verdict --set patch.restarts=2 --note "why"   # a variant of the method
 
 For every zoo model, `auditor.audit` and `auditor.repair` run on clean-pool samples
 [k*n, (k+1)*n) for k < sets, and the repaired model is evaluated on the test and triggered
@@ -10,21 +10,20 @@ sets. Writes bench/results/verdict_sets.json; `bench.report` puts its summary in
 BENCHMARKS.md. The bench's main grid uses only the first set, so this is the check on luck
 of the draw.
 
-`--set MODULE.NAME=VALUE` (repeatable) runs a variant of the method instead: the module-level
-constant NAME of auditor.MODULE (a number, string or flag that auditor reads when it runs: not
-one that only gave a default argument its value, nor one another constant was computed from) takes
-VALUE for this run, and the result goes to bench/results/variants/ (`bench.report` sets each
-variant beside the shipped method, per half). That is how the method is tuned: a variant is kept
-only when it does better on the tuning half.
+`--set SECTION.NAME=VALUE` (repeatable) runs a variant of the method instead: the setting NAME of
+section SECTION of `auditor.settings.Settings` takes VALUE for this run (parsed by the setting's
+type; an unknown name is refused), passed to `auditor.audit` and `auditor.repair` as `settings=`,
+and the result goes to bench/results/variants/ (`bench.report` sets each variant beside the
+shipped method, per half). That is how the method is tuned: a variant is kept only when it does
+better on the tuning half. Every run records the settings it ran with ("constants"), so that a
+variant measured before a default changed says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import os
-import pkgutil
 import re
 import shlex
 import sys
@@ -34,48 +33,34 @@ from pathlib import Path
 
 import numpy as np
 
+from auditor.errors import SettingsError
+from auditor.settings import Settings, parse_overrides
 from bench import zoo
 
 OUTPUT = zoo.RESULTS / "verdict_sets.json"
 VARIANTS = zoo.RESULTS / "variants"
 
 
-def parse_override(text: str) -> tuple[object, str, object]:
-    """'MODULE.NAME=VALUE' -> (auditor.MODULE, NAME, VALUE cast to the constant's type); ValueError
-    naming the problem where the module, the constant or the value does not fit."""
-    match = re.fullmatch(r"(\w+)\.([A-Z][A-Z0-9_]*)=(.+)", text)
-    if match is None:
-        raise ValueError(f"--set {text!r}: give MODULE.NAME=VALUE, e.g. patch.RESTARTS=2")
-    module_name, name, value = match.groups()
-    try:
-        module = importlib.import_module(f"auditor.{module_name}")
-    except ImportError:
-        raise ValueError(f"--set {text!r}: auditor has no module {module_name!r}") from None
-    current = getattr(module, name, None)
-    if isinstance(current, bool):
-        if value not in ("true", "false"):
-            raise ValueError(f"--set {text!r}: {module_name}.{name} is a flag: give true or false")
-        return module, name, value == "true"
-    if not isinstance(current, (int, float, str)):
-        raise ValueError(f"--set {text!r}: auditor.{module_name} has no number or string constant {name}")
-    try:
-        return module, name, type(current)(value)
-    except ValueError:
-        raise ValueError(f"--set {text!r}: {module_name}.{name} is {type(current).__name__}, not {value!r}") from None
+def parse_override(text: str) -> tuple[str, object]:
+    """'SECTION.NAME=VALUE' -> ('SECTION.NAME', VALUE parsed as the setting's type); SettingsError
+    naming the problem where the form, the name or the value does not fit."""
+    ((key, value),) = parse_overrides([text]).items()
+    section, name = key.split(".", 1)
+    return key, getattr(getattr(Settings().override({key: value}), section), name)
 
 
-def constants() -> dict[str, object]:
-    """Every number, string or flag constant of auditor's modules, as 'module.NAME': value: what a
-    result was measured with, so that a variant measured before a default changed says so."""
-    import auditor
+def variant_settings(overrides: list[str]) -> Settings:
+    """The shipped settings with every 'SECTION.NAME=VALUE' of `overrides` applied (SettingsError
+    where one does not fit)."""
+    return Settings().override(parse_overrides(overrides))
 
-    out = {}
-    for info in sorted(pkgutil.iter_modules(auditor.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"auditor.{info.name}")
-        for name, value in vars(module).items():
-            if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and isinstance(value, (bool, int, float, str)) and name != "SCHEMA":
-                out[f"{info.name}.{name}"] = value  # a report schema is the format, not the method
-    return out
+
+def constants(settings: Settings | None = None) -> dict[str, object]:
+    """Every setting of `settings` (default: the shipped ones) as 'section.name': value (tuples as
+    lists): what a result was measured with, so that a variant measured before a default changed
+    says so."""
+    tree = (settings or Settings()).to_dict()
+    return {f"{section}.{name}": value for section, values in tree.items() for name, value in values.items()}
 
 
 def variant_path(overrides: list[str]) -> Path:
@@ -83,33 +68,38 @@ def variant_path(overrides: list[str]) -> Path:
     return VARIANTS / (re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "+".join(overrides)) + ".json")
 
 
-def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, baseline: dict | None) -> dict:
+def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, baseline: dict | None,
+              settings: Settings | None = None) -> dict:
     import auditor
 
+    settings = settings or Settings()
     with np.load(entry["clean_pool"]) as archive:
         x = archive["x"][start : start + count]
     path = folder / f"{entry['name']}-{start}.npz"
     np.savez(path, x=zoo.to_layout(x, entry.get("layout", "nchw")))
-    verdict = auditor.audit(entry["file"], str(path), limit=count, device="cpu").verdict
-    out = {"start": start, "score": verdict["score"], "threshold": verdict["threshold"], "suspicious": verdict["suspicious"],
-           "basis": verdict["basis"], "target": verdict["target"]}
+    verdict = auditor.audit(entry["file"], str(path), limit=count, device="cpu", settings=settings).verdict
+    out = {"start": start, "score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious,
+           "basis": verdict.basis, "target": verdict.target}
     if repair and baseline is not None:
         repaired = folder / f"{entry['name']}-{start}.onnx"
-        report = auditor.repair(entry["file"], str(path), str(repaired), limit=count, device="cpu", force=True)
+        report = auditor.repair(entry["file"], str(path), str(repaired), limit=count, device="cpu", force=True,
+                                settings=settings)
+        outcome = report.repair.to_dict()
         after = _evaluate(str(repaired), entry)
         out.update(accuracy=after.accuracy, asr=after.attack_success_rate,
                    acc_drop_points=zoo.points_lost(baseline["accuracy"], after.accuracy),
                    target_drop_points=zoo.points_lost(baseline.get("target_accuracy"), after.target_accuracy),
-                   unlearned=bool((report.repair.get("unlearning") or {}).get("applied")),
-                   unlearned_class_drop_points=_unlearned_class_drop(entry, report.repair, str(repaired)),
-                   unlearning_cause=(report.repair.get("unlearning") or {}).get("cause"),
-                   filtered=_filter_applied(report.repair))
+                   unlearned=bool((outcome.get("unlearning") or {}).get("applied")),
+                   unlearned_class_drop_points=_unlearned_class_drop(entry, outcome, str(repaired)),
+                   unlearning_cause=(outcome.get("unlearning") or {}).get("cause"),
+                   filtered=_filter_applied(outcome))
     return out
 
 
 def _unlearned_class_drop(entry: dict, repair: dict, repaired: str) -> float | None:
     """Points of accuracy lost on the test samples of the class head unlearning lowered (the
-    suspected target, right or wrong, on clean models too), or None when nothing was unlearned."""
+    suspected target, right or wrong, on clean models too), or None when nothing was unlearned.
+    `repair`: the report's repair as a dict (`RepairOutcome.to_dict()`)."""
     import auditor
 
     unlearned = repair.get("unlearning") or {}
@@ -130,7 +120,7 @@ def _class_accuracy(model: str, test: str, target: int) -> float | None:
 
 def _filter_applied(repair: dict) -> str | None:
     """The input filter that went into the repaired model ("notch" or "occlusion", with " (weak)"
-    when it ran on a verdict under the threshold), else None."""
+    when it ran on a verdict under the threshold), else None (`repair` as in `_unlearned_class_drop`)."""
     for name in ("notch", "occlusion"):
         entry = repair.get(name) or {}
         if entry.get("applied"):
@@ -154,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=int, default=5, help="disjoint sample sets per model (default 5)")
     parser.add_argument("--n", type=int, default=10, help="clean samples per set (default 10)")
     parser.add_argument("--no-repair", action="store_true", help="audit only: do not repair and evaluate each set")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                        help="run a variant: auditor.MODULE's constant NAME takes VALUE (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                        help="run a variant: the setting SECTION.NAME (auditor/settings.py) takes VALUE (repeatable)")
     parser.add_argument("--note", default=None, help="with --set: what the variant tries (BENCHMARKS.md lists it)")
     args = parser.parse_args(argv)
     if args.sets < 1 or args.n < 1:
@@ -163,11 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.note is not None and not args.overrides:
         parser.error("--note describes a variant: it goes with --set")
     try:
-        changes = [parse_override(text) for text in args.overrides]
-    except ValueError as exc:
-        parser.error(str(exc))
-    for module, name, value in changes:
-        setattr(module, name, value)  # this process only: the variant's run
+        settings = variant_settings(args.overrides)  # the variant's run: passed to every audit and repair
+    except SettingsError as exc:
+        parser.error(f"--set: {exc}")
     output = variant_path(args.overrides) if args.overrides else OUTPUT
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
@@ -181,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 evaluated = _evaluate(entry["file"], entry)
                 before = {"accuracy": evaluated.accuracy, "asr": evaluated.attack_success_rate,
                           "target_accuracy": evaluated.target_accuracy}
-            sets = [audit_set(entry, k * args.n, args.n, Path(folder), not args.no_repair, before) for k in range(args.sets)]
+            sets = [audit_set(entry, k * args.n, args.n, Path(folder), not args.no_repair, before, settings)
+                    for k in range(args.sets)]
             kind = "clean" if entry.get("attack", "clean") == "clean" or entry.get("target") is None else "backdoored"
             models.append({"name": entry["name"], "kind": kind, "attack": entry.get("attack"), "target": entry.get("target"),
                            "seed": entry.get("seed"), "architecture": entry.get("architecture"), "baseline": before,
@@ -189,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {entry['name']}: " + " ".join(f"{s['score']:.2f}" for s in sets), flush=True)
     given = sys.argv[1:] if argv is None else argv
     result = {"command": " ".join([".venv/bin/python -m bench.verdict", shlex.join(given)]).strip(),
-              "sets": args.sets, "n": args.n, "seconds": time.perf_counter() - started, "constants": constants(),
+              "sets": args.sets, "n": args.n, "seconds": time.perf_counter() - started, "constants": constants(settings),
               "models": models}
     if args.overrides:
         result.update(overrides=args.overrides, note=args.note)

@@ -92,21 +92,63 @@ def test_gpu_section_tables_both_providers_and_a_failed_model(tmp_path, monkeypa
     assert "(measured when patch.SWEEP=False, probe.BLEND=False)" in "\n".join(report.gpu_section())
 
 
-def test_a_variant_override_is_cast_to_the_constant_type_or_refused_with_the_reason():
+def test_a_variant_override_is_cast_to_the_setting_type_or_refused_with_the_reason():
     import pytest
 
-    from auditor import guard, patch
+    from auditor.errors import SettingsError
     from bench import verdict
 
-    assert verdict.parse_override("patch.RESTARTS=2") == (patch, "RESTARTS", 2)
-    assert verdict.parse_override("guard.HALF_SLACK=1.5") == (guard, "HALF_SLACK", 1.5)
-    for text, reason in (("patch", "give MODULE.NAME=VALUE"), ("nothing.X=1", "no module 'nothing'"),
-                         ("patch.SHIFTS=1", "no number or string constant SHIFTS"),
-                         ("patch.RESTARTS=two", "RESTARTS is int, not 'two'")):
-        with pytest.raises(ValueError, match=reason):
+    assert verdict.parse_override("patch.restarts=2") == ("patch.restarts", 2)
+    assert verdict.parse_override("guard.half_slack=1.5") == ("guard.half_slack", 1.5)
+    assert verdict.parse_override("guard.input_radii=0,1") == ("guard.input_radii", (0, 1))
+    for text, reason in (("patch", "give SECTION.NAME=VALUE"), ("nothing.x=1", "unknown setting 'nothing.x'"),
+                         ("patch.RESTARTS=2", "unknown setting 'patch.RESTARTS'"),
+                         ("patch.restarts=two", "takes a int, got 'two'")):
+        with pytest.raises(SettingsError, match=reason):
             verdict.parse_override(text)
-    path = verdict.variant_path(["patch.RESTARTS=2", "patch.SCREEN=50"])
-    assert path.parent == verdict.VARIANTS and path.name == "patch.RESTARTS=2+patch.SCREEN=50.json"
+    settings = verdict.variant_settings(["patch.restarts=2", "verdict.probe_threshold=0.7"])
+    assert settings.patch.restarts == 2 and settings.verdict.probe_threshold == 0.7
+    assert settings.differences() == {"patch.restarts": 2, "verdict.probe_threshold": 0.7}
+    recorded = verdict.constants(settings)  # what a variant's run records: every setting, flattened
+    assert recorded["patch.restarts"] == 2 and recorded["probe.noise_levels"] == [0.1, 0.2, 0.3]
+    assert verdict.constants()["patch.restarts"] == 1
+    path = verdict.variant_path(["patch.restarts=2", "patch.screen=50"])
+    assert path.parent == verdict.VARIANTS and path.name == "patch.restarts=2+patch.screen=50.json"
+
+
+def test_an_unknown_setting_is_refused_before_anything_runs(capsys):
+    import pytest
+
+    from bench import verdict
+
+    with pytest.raises(SystemExit) as exited:
+        verdict.main(["--set", "patch.SWEEP=false"])
+    assert exited.value.code == 2
+    assert "unknown setting 'patch.SWEEP'" in capsys.readouterr().err
+
+
+def test_measured_when_compares_new_runs_by_setting_and_old_runs_by_their_module_constants():
+    from bench import verdict
+
+    current = verdict.constants()
+    # a run of today's settings, a variant of it, and one measured when a default differed
+    assert report.measured_when({"constants": current}, current) == ""
+    variant = {"overrides": ["patch.restarts=2"], "constants": {**current, "patch.restarts": 2}}
+    assert report.measured_when(variant, current) == ""
+    older = {"overrides": ["patch.restarts=2"], "constants": {**current, "patch.restarts": 2, "patch.seed": 5}}
+    assert report.measured_when(older, current) == " (measured when patch.seed=5)"
+    # a run from before auditor.settings: its module-level names, the removed ones and the format's ignored
+    legacy = {"overrides": ["api.WEAK_UNLEARN=true"],
+              "constants": {"api.WEAK_UNLEARN": True, "api.ANCHOR_SLACK": 0.0, "guard.HALF_SLACK": 3.0,
+                            "score.PATCH_REACH": 0.6666666666666666, "patch.OCCLUSION_RING": True,
+                            "rewrite.MASK_PREFIX": "__old_", "patch.SWEEP": True}}
+    assert report.measured_when(legacy, current) == (
+        " (measured when api.ANCHOR_SLACK=0.0, patch.OCCLUSION_RING=True, probe.BLEND=False)")
+    # every old constant shipped when the settings came in maps onto them unchanged
+    shipped_then = {"api.ANCHOR_SLACK": 8.0, "api.FILTER_GATE": 0.4, "api.REQUIRE_ANCHOR": True, "patch.SWEEP": True,
+                    "probe.BLEND": True, "score.FOURIER_REACH": 0.8571428571428572, "evaluate.BATCH": 256}
+    assert report.measured_when({"constants": shipped_then}, current) == ""
+    assert set(report.LEGACY_NAMES.values()) <= set(current)
 
 
 def test_variants_section_sets_each_variant_beside_the_shipped_method_per_half(tmp_path, monkeypatch):

@@ -50,7 +50,7 @@ def test_derived_values_follow_the_settings_they_come_from():
 
 def test_parse_overrides_needs_a_name_and_a_value():
     assert parse_overrides(["verdict.probe_threshold=0.7"]) == {"verdict.probe_threshold": "0.7"}
-    with pytest.raises(SettingsError, match="SECTION.NAME=VALUE"):
+    with pytest.raises(SettingsError, match=r"SECTION\.NAME=VALUE"):
         parse_overrides(["verdict.probe_threshold"])
 
 

@@ -127,8 +127,8 @@ def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, pa
               settings: Settings) -> str | None:
     """What the searches about to run will cost, at the probe's pace per forward pass, when that is
     over `run.notice_seconds` (else None). An upper bound: a search stops early once nothing can beat its best."""
-    planned = {"the Fourier probe": (fourier.planned_passes(samples, settings.fourier) if fourier_runs else 0, "--no-fourier-probe"),
-               "the patch search": (patch.planned_passes(samples, classes, settings.patch) if patch_runs else 0, "--no-patch-search")}
+    planned = {"the Fourier probe": (fourier.planned_passes(samples, settings.fourier) if fourier_runs else 0, "fourier_probe"),
+               "the patch search": (patch.planned_passes(samples, classes, settings.patch) if patch_runs else 0, "patch_search")}
     planned = {name: item for name, item in planned.items() if item[0]}
     passes = sum(count for count, _ in planned.values())
     if not passes or probed.pace is None:
@@ -137,9 +137,9 @@ def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, pa
     if seconds <= settings.run.notice_seconds:
         return None
     when = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-    names, flags = " and ".join(planned), " / ".join(flag for _, flag in planned.values())
-    return (f"{names} will run up to {passes:,} forward passes, about {when} on this model at the probe's pace; "
-            f"{flags} skip{'s' if len(planned) == 1 else ''} {'it' if len(planned) == 1 else 'them'}")
+    names, switches = " and ".join(planned), ", ".join(switch for _, switch in planned.values())
+    return (f"{names} will run up to {passes:,} forward passes, about {when} on this model at the probe's pace "
+            f"(switched off by: {switches})")
 
 
 def _lazy_classifier(proto: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,

@@ -92,7 +92,7 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
     if path.stat().st_size == 0:
         raise DataError(f"data file is empty (0 bytes): {path}")
     if limit is not None and limit < 1:
-        raise DataError(f"--limit must be at least 1, got {limit}")
+        raise DataError(f"the sample limit must be at least 1, got {limit}")
     arrays = _read_arrays(path)
     labels = arrays.pop("y", None)
     names = [s.name for s in specs]
@@ -119,7 +119,7 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
         labels = _labels(labels, count, path.name)
     if limit is not None:
         if limit > count:
-            raise DataError(f"{path.name} holds {count} samples, fewer than --limit {limit}")
+            raise DataError(f"{path.name} holds {count} samples, fewer than the limit of {limit}")
         inputs = {k: v[:limit] for k, v in inputs.items()}
         labels = None if labels is None else labels[:limit]
     return Samples(inputs, labels, str(path))

@@ -403,7 +403,7 @@ def check_output_path(path: str | os.PathLike[str], force: bool, inputs: tuple[P
     if path.exists() and not path.is_file():
         raise OutputError(f"output {path} exists and is not a regular file; refusing to replace it")
     if path.exists() and not force:
-        raise OutputError(f"output {path} already exists; pass --force to replace it")
+        raise OutputError(f"output {path} already exists; choose another path or allow replacing it (force)")
     if path.parent.exists() and not path.parent.is_dir():
         raise OutputError(f"output folder {path.parent} is a file, not a folder")
     if not path.parent.is_dir():

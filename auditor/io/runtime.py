@@ -93,7 +93,7 @@ def select_provider(device: str = "auto", threads: int | None = None) -> Provide
     16 and its MobileNet 1.6x faster on 8, but its ResNet 1.15x slower on 4: the default stays
     onnxruntime's, and the choice is the user's."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise DeviceError(f"--threads {threads}: give a whole number of at least 1 (or leave it out for onnxruntime's default)")
+        raise DeviceError(f"threads {threads}: give a whole number of at least 1 (or leave it out for onnxruntime's default)")
     if device == "cpu":
         return Provider("CPUExecutionProvider", "requested", threads)
     if device not in ("auto", "cuda"):
@@ -102,8 +102,8 @@ def select_provider(device: str = "auto", threads: int | None = None) -> Provide
         return Provider("CUDAExecutionProvider", "CUDA available", threads)
     if device == "cuda":
         raise DeviceError(
-            "--device cuda: onnxruntime cannot use CUDA here (needs onnxruntime-gpu with "
-            "CUDA 13 and cuDNN 9 libraries); use --device cpu or auto"
+            "device cuda: onnxruntime cannot use CUDA here (needs onnxruntime-gpu with "
+            "CUDA 13 and cuDNN 9 libraries); use device cpu or auto"
         )
     return Provider("CPUExecutionProvider", "CUDA unavailable", threads)
 
