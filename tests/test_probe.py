@@ -9,9 +9,14 @@ import pytest
 from zoo_samples import MANIFEST, ZOO, before_after, clean
 
 import auditor
-from auditor import probe
-from auditor.data import Samples
-from auditor.score import PROBE_THRESHOLD
+from auditor.detect import probe
+from auditor.detect.images import blur, spatial_axes
+from auditor.detect.shares import largest_share
+from auditor.io.data import Samples
+from auditor.settings import Settings
+
+SETTINGS = Settings()
+PROBE_THRESHOLD = SETTINGS.verdict.probe_threshold
 
 
 @pytest.mark.parametrize(("name", "corruption"), [
@@ -25,17 +30,18 @@ def test_whole_image_backdoors_are_flagged_with_their_target(name: str, corrupti
     entry = MANIFEST[name]
     report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     verdict = report.verdict
-    assert verdict["basis"] == "corruption" and verdict["suspicious"]
-    assert verdict["target"] == entry["target"]
-    assert verdict["probe"]["corruption"].startswith(corruption)
+    assert verdict.basis == "corruption" and verdict.suspicious
+    assert verdict.target == entry["target"] == verdict.probe.target
+    assert verdict.probe.corruption.startswith(corruption) and verdict.score == verdict.probe.score >= PROBE_THRESHOLD
+    assert verdict.probe.shares[verdict.probe.corruption] == pytest.approx(verdict.probe.score, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["cnn-mnist-clean-s1", "cnn_bn_folded-fmnist-clean-s1", "mlp-mnist-clean-s0"])
 def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> None:
     entry = MANIFEST[name]
     report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
-    assert report.verdict["basis"] in ("corruption", "patch") and not report.verdict["suspicious"]
-    assert report.verdict["probe"]["score"] < PROBE_THRESHOLD and report.verdict["score"] < PROBE_THRESHOLD
+    assert report.verdict.basis in ("corruption", "patch") and not report.verdict.suspicious
+    assert report.verdict.probe.score < PROBE_THRESHOLD and report.verdict.score < PROBE_THRESHOLD
 
 
 def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
@@ -46,13 +52,15 @@ def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
     on the repaired model says so."""
     removed = MANIFEST["mlp-mnist-blended-s0"]
     report = auditor.repair(ZOO / removed["file"], clean(removed, tmp_path), tmp_path / "mlp.onnx", limit=10, device="cpu")
-    assert report.verdict["suspicious"] and not report.repair["probe"]["above_threshold"]
+    assert report.verdict.suspicious and not report.repair.probe.above_threshold
+    assert report.repair.to_dict()["probe"]["above_threshold"] is False
     kept = MANIFEST["mobilenet-fmnist-wanet-s0"]
     report = auditor.repair(ZOO / kept["file"], clean(kept, tmp_path), tmp_path / "mobilenet.onnx", limit=10, device="cpu")
-    assert not report.repair["unlearning"]["applied"] and "fidelity" in report.repair["unlearning"]["reason"]
-    assert report.repair["unlearning"]["cause"] == "fidelity" and report.repair["patch"] is None
-    left = report.repair["probe"]
-    assert left["above_threshold"] and left["suspected_target"] == kept["target"] and left["suspected_target_share"] >= 0.6
+    unlearned = report.repair.plan.unlearning
+    assert not unlearned.applied and "fidelity" in unlearned.reason
+    assert unlearned.cause == "fidelity" and report.repair.patch is None
+    left = report.repair.probe
+    assert left.above_threshold and left.suspected_target == kept["target"] and left.suspected_target_share >= 0.6
 
 
 def test_a_correction_that_breaks_the_fidelity_bounds_is_refused_and_the_probe_says_the_shortcut_stays(tmp_path: Path) -> None:
@@ -60,44 +68,46 @@ def test_a_correction_that_breaks_the_fidelity_bounds_is_refused_and_the_probe_s
     bounds: the repair keeps the original head, says why, and the probe still sees the shortcut."""
     entry = MANIFEST["resnet-fmnist-wanet-s0"]
     report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "resnet.onnx", limit=10, device="cpu")
-    done = report.repair["unlearning"]
-    assert report.verdict["suspicious"] and report.verdict["target"] == entry["target"]
-    assert not done["applied"] and done["cause"] == "fidelity" and "fidelity" in done["reason"]
-    assert report.repair["probe"]["above_threshold"] and report.repair["probe"]["suspected_target"] == entry["target"]
+    done = report.repair.plan.unlearning
+    assert report.verdict.suspicious and report.verdict.target == entry["target"]
+    assert not done.applied and done.cause == "fidelity" and "fidelity" in done.reason and done.correction is None
+    assert report.repair.probe.above_threshold and report.repair.probe.suspected_target == entry["target"]
+    assert not any(what == "correction" for what in report.repair.changes.values())  # the original head is kept
 
 
 def test_the_probe_is_deterministic(tmp_path: Path) -> None:
     entry = MANIFEST["cnn-mnist-sig-s1"]
     first = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
     second = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
-    assert first.verdict == second.verdict
+    assert first.verdict.to_dict() == second.verdict.to_dict()
 
 
 def test_blur_is_the_same_image_operation_in_every_layout() -> None:
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (3, 12, 12)).astype(np.float32)
-    reference = probe.blur(images, 1.0)
+    reference = blur(images, 1.0)
     assert reference is not None and reference.shape == images.shape
-    assert np.allclose(probe.blur(images[:, None], 1.0)[:, 0], reference)  # NCHW
-    assert np.allclose(probe.blur(images[..., None], 1.0)[..., 0], reference)  # NHWC
-    assert np.allclose(probe.blur(images.reshape(3, -1), 1.0).reshape(3, 12, 12), reference)  # flat square
-    assert np.allclose(probe.blur(np.full((2, 1, 9, 9), 0.3, np.float32), 2.0), 0.3)  # constants stay
+    assert np.allclose(blur(images[:, None], 1.0)[:, 0], reference)  # NCHW
+    assert np.allclose(blur(images[..., None], 1.0)[..., 0], reference)  # NHWC
+    assert np.allclose(blur(images.reshape(3, -1), 1.0).reshape(3, 12, 12), reference)  # flat square
+    assert np.allclose(blur(np.full((2, 1, 9, 9), 0.3, np.float32), 2.0), 0.3)  # constants stay
     assert abs(float(reference.mean()) - float(images.mean())) < 0.02  # smoothing, not darkening
     assert float(reference.std()) < float(images.std())
 
 
 @pytest.mark.parametrize("shape", [(4, 10), (4, 50), (4, 6, 6), (4, 16, 3, 5), (4, 2, 3, 4, 5)])
 def test_inputs_that_are_not_images_get_no_blur(shape: tuple[int, ...]) -> None:
-    assert probe.spatial_axes(np.zeros(shape, np.float32)) is None
+    assert spatial_axes(np.zeros(shape, np.float32)) is None
     samples = Samples({"x": np.zeros(shape, np.float32)}, None, "test")
-    names = [name for name, _, _ in probe.corruptions(samples)]
-    assert names == [f"noise {level:g}" for level in probe.NOISE_LEVELS] + [f"blend {level:g}" for level in probe.BLEND_LEVELS]
+    chosen = SETTINGS.probe
+    names = [name for name, _, _ in probe.corruptions(samples, chosen)]
+    assert names == [f"noise {level:g}" for level in chosen.noise_levels] + [f"blend {level:g}" for level in chosen.blend_levels]
 
 
 def test_noise_stays_in_the_clean_range_and_leaves_integer_inputs_alone() -> None:
     rng = np.random.default_rng(1)
     samples = Samples({"x": rng.uniform(-2, 3, (5, 1, 8, 8)).astype(np.float32), "k": np.arange(5, dtype=np.int64)}, None, "t")
-    for name, corrupted, origin in probe.corruptions(samples):
+    for name, corrupted, origin in probe.corruptions(samples, SETTINGS.probe):
         x = corrupted.inputs["x"]
         assert x.dtype == np.float32 and x.min() >= samples.inputs["x"].min() and x.max() <= samples.inputs["x"].max()
         assert np.array_equal(corrupted.inputs["k"], samples.inputs["k"][origin]), name
@@ -109,10 +119,11 @@ def test_a_noise_blend_fades_the_image_towards_noise() -> None:
     rng = np.random.default_rng(2)
     x = rng.uniform(0, 1, (4, 1, 10, 10)).astype(np.float32)
     x[0], x[1] = 0.0, 1.0
-    blends = {name: (corrupted.inputs["x"], origin) for name, corrupted, origin in probe.corruptions(Samples({"x": x}, None, "t"))
-              if name.startswith("blend")}
-    assert list(blends) == [f"blend {level:g}" for level in probe.BLEND_LEVELS]
-    for level, (blended, origin) in zip(probe.BLEND_LEVELS, blends.values(), strict=True):
+    levels = SETTINGS.probe.blend_levels
+    blends = {name: (corrupted.inputs["x"], origin)
+              for name, corrupted, origin in probe.corruptions(Samples({"x": x}, None, "t"), SETTINGS.probe) if name.startswith("blend")}
+    assert list(blends) == [f"blend {level:g}" for level in levels]
+    for level, (blended, origin) in zip(levels, blends.values(), strict=True):
         black, white = blended[origin == 0], blended[origin == 1]
         assert black.min() >= 0.0 and black.max() <= level + 1e-6 and black.std() > 0
         assert white.max() <= 1.0 and white.min() >= 1.0 - level - 1e-6
@@ -125,17 +136,23 @@ def test_largest_share_counts_only_samples_taken_from_other_classes() -> None:
     clean = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     # class 3 takes 4 of the 6 samples that were not 3; its own two staying 3 do not count
     predicted = np.array([3, 3, 3, 1, 3, 2, 3, 3])
-    assert probe.largest_share(predicted, clean, 4) == (pytest.approx(4 / 6), 3)
-    assert probe.largest_share(clean, clean, 4) == (0.0, None)
-    # a class needs MIN_OTHERS samples from elsewhere to be measured at all
-    assert probe.largest_share(np.array([1, 1]), np.array([0, 0]), 2) == (0.0, None)
+    others = SETTINGS.verdict.min_others
+    assert largest_share(predicted, clean, 4, others) == (pytest.approx(4 / 6), 3)
+    assert largest_share(clean, clean, 4, others) == (0.0, None)
+    # a class needs min_others samples from elsewhere to be measured at all
+    assert largest_share(np.array([1, 1]), np.array([0, 0]), 2, others) == (0.0, None)
+    assert largest_share(np.array([1, 1]), np.array([0, 0]), 2, 2) == (1.0, 1)
 
 
 def test_the_probe_corrupts_at_most_max_samples() -> None:
-    samples = Samples({"x": np.zeros((probe.MAX_SAMPLES + 50, 1, 8, 8), np.float32)}, None, "t")
-    for name, corrupted, origin in probe.corruptions(samples):
-        copies = 1 if name.startswith("blur") else probe.NOISE_DRAWS
-        assert len(corrupted) == copies * probe.MAX_SAMPLES and origin.max() == probe.MAX_SAMPLES - 1
+    for chosen in (SETTINGS.probe, SETTINGS.override({"probe.max_samples": 7, "probe.noise_draws": 2}).probe):
+        samples = Samples({"x": np.zeros((chosen.max_samples + 50, 1, 8, 8), np.float32)}, None, "t")
+        seen = []
+        for name, corrupted, origin in probe.corruptions(samples, chosen):
+            copies = 1 if name.startswith("blur") else chosen.noise_draws
+            assert len(corrupted) == copies * chosen.max_samples and origin.max() == chosen.max_samples - 1
+            seen.append(name)
+        assert len(seen) == len(chosen.noise_levels) + len(chosen.blend_levels) + len(chosen.blur_sigmas)
 
 
 def test_unlearning_a_blur_shortcut_removes_wanet(tmp_path: Path) -> None:
@@ -145,8 +162,8 @@ def test_unlearning_a_blur_shortcut_removes_wanet(tmp_path: Path) -> None:
     inputs stop reaching the target at a small cost in accuracy."""
     entry = MANIFEST["cnn-mnist-wanet-s0"]
     report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "cnn.onnx", limit=10, device="cpu")
-    assert report.verdict["basis"] == "corruption" and report.verdict["target"] == entry["target"]
-    assert report.repair["unlearning"]["applied"]
+    assert report.verdict.basis == "corruption" and report.verdict.target == entry["target"]
+    assert report.repair.plan.unlearning.applied and report.repair.plan.unlearning.target == entry["target"]
     before, after = before_after(entry, ZOO / entry["file"], tmp_path / "cnn.onnx", ZOO / entry["test"], ZOO / entry["triggered"])
     assert after.attack_success_rate <= 0.5 * before.attack_success_rate
     assert before.accuracy - after.accuracy <= 0.02

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from auditor.graph.passes import PassResult
+from auditor.graph.passes import PassResult, ensure
 from auditor.graph.passes.edit import after_units, clamp_front, mask_shape, weight_types
 from auditor.graph.units import Unit
 
@@ -55,7 +55,7 @@ def instrument(model: onnx.ModelProto, units: list[Unit], bound: bool = False, c
             for side in ("low", "high"):
                 out.graph.input.append(helper.make_tensor_value_info(f"{CLAMP_PREFIX}{side}_{k}", TensorProto.FLOAT, None))
     changes = {u.name: "instrumented" for u in units if masks or bound} | {name: "instrumented" for name in clamp}
-    return PassResult(out, changes)
+    return ensure(model, PassResult(out, changes), "instrument")
 
 
 def clamp_feed(clamp: tuple[str, ...], clamps: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
