@@ -334,7 +334,7 @@ def samples(pattern: Pattern, count: int = 5, seed: int = 0) -> np.ndarray:
 
 def load(pattern: Pattern, folder) -> onnx.ModelProto:
     """The pattern's model as `auditor.model.load` returns it after a round trip through a file."""
-    from auditor import model as model_io
+    from auditor.io import model as model_io
 
     path = folder / f"{pattern.name}.onnx"
     onnx.save_model(pattern.build(), str(path))

@@ -6,11 +6,11 @@ import graphs
 import numpy as np
 import pytest
 
-from auditor import runtime
 from auditor.capture import build_capture_model, capture, channel_max, head_features, probe_ranks
-from auditor.data import Samples
-from auditor.graph import GraphIndex
-from auditor.units import find_units
+from auditor.graph.index import GraphIndex
+from auditor.graph.units import find_units
+from auditor.io import runtime
+from auditor.io.data import Samples
 
 CPU = runtime.Provider("CPUExecutionProvider", "test")
 SAMPLES, BATCH = 7, 3  # three batches, the last one short: accumulation across batches is tested
@@ -84,6 +84,6 @@ def test_capture_leaves_the_model_alone() -> None:
     captured, outputs = build_capture_model(model, index, units, ranks)
     assert model.SerializeToString() == before
     heads = sum(1 for u in units if head_features(index, u))
-    assert heads == 1  # the dense classifier head's input range is captured too (auditor.margin)
+    assert heads == 1  # the dense classifier head's input range is captured too (auditor.detect.margin)
     assert len(outputs) == 6 * len(units) + 2 * heads  # sum, sumsq, max, gram, count, per-position max; head min, max
     assert [o.name for o in captured.graph.output] == ["logits", *outputs]

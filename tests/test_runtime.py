@@ -1,16 +1,12 @@
-"""Provider selection and session options (auditor/runtime.py)."""
+"""Provider selection and session options (auditor/io/runtime.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from auditor import runtime
 from auditor.errors import DeviceError
-from auditor.model import load
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "models" / "example" / "model.onnx"
+from auditor.io import runtime
+from auditor.io.model import load
 
 
 def test_cuda_sessions_keep_float32_and_skip_the_cudnn_benchmarks() -> None:
@@ -35,18 +31,18 @@ def test_unknown_device_is_refused_in_one_line() -> None:
 def test_without_cuda_auto_falls_back_and_cuda_is_refused() -> None:
     chosen = runtime.select_provider("auto")
     assert (chosen.name, chosen.reason) == ("CPUExecutionProvider", "CUDA unavailable")
-    with pytest.raises(DeviceError, match="--device cpu or auto"):
+    with pytest.raises(DeviceError, match="use device cpu or auto"):
         runtime.select_provider("cuda")
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True])
 def test_threads_must_be_a_whole_number_of_at_least_one(threads) -> None:
-    with pytest.raises(DeviceError, match="--threads"):
+    with pytest.raises(DeviceError, match=rf"^threads {threads}: give a whole number of at least 1"):
         runtime.select_provider("cpu", threads)
 
 
-def test_threads_reach_the_session() -> None:
+def test_threads_reach_the_session(example) -> None:
     provider = runtime.select_provider("cpu", 1)
     assert provider.threads == 1
-    session = runtime.session(load(EXAMPLE).proto, provider)
+    session = runtime.session(load(example.model).proto, provider)
     assert session.get_session_options().intra_op_num_threads == 1

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from graphs import PATTERNS, Pattern
 
-from auditor import runtime
-from auditor.graph import GraphIndex
-from auditor.units import Unit, find_units
+from auditor.graph.index import GraphIndex
+from auditor.graph.units import Unit, find_units
+from auditor.io import runtime
 
 # output-channel axis of the weight array, by op (Gemm depends on transB)
 _WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "gemm_trans_b0": 1, "gemm_trans_b1": 0}
