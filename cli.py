@@ -133,10 +133,13 @@ def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...])
         seen.add(key)
 
 
-def _write_reports(report: auditor.Report, json_path, sarif_path, html_path) -> None:
+def _write_reports(report: auditor.Report, json_path, sarif_path, html_path, written: list[Path] | None = None) -> None:
+    """Each report atomically; `written` hears each path once it is in place."""
     for path, text in ((json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)):
         if path is not None:
             model_io.write_atomic(path, text().encode())
+            if written is not None:
+                written.append(Path(path))
 
 
 def _threads_text(threads: int | None) -> str:
@@ -274,6 +277,16 @@ def repair_command(
                                 max_prune=max_prune, force=force, bound=bound, zero=zero, unlearning=unlearn,
                                 patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
                                 occlude=occlude, threads=threads, notice=_note, settings=settings)
+        written = [Path(output)]
+        try:
+            _finish_repair(report, before, written)
+        except KeyboardInterrupt:  # an interrupted run leaves none of its outputs, the model it wrote included
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return report
+
+    def _finish_repair(report: auditor.Report, before, written: list[Path]) -> None:
         _say_provider(report)
         _render(report)
         for line in repair_lines(report.repair, report.verdict):
@@ -288,8 +301,7 @@ def repair_command(
             after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device, threads=threads)
             report.repair.evaluation = {"before": before.to_dict(), "after": after.to_dict()}
             _render_before_after(before, after)
-        _write_reports(report, json, sarif, html)
-        return report
+        _write_reports(report, json, sarif, html, written)
     _guarded(work)
     raise typer.Exit(EXIT_CLEAN)
 

@@ -509,9 +509,6 @@ auditor.evaluate = measure_then_cancel
 """
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: a SIGTERM after auditor.repair wrote the model (while --test is measured "
-                   "on it, or the console and reports are written) exits 130 saying no partial output was left behind, "
-                   "but the repaired model stays, without its JSON report")
 def test_sigterm_after_the_model_is_written_leaves_no_output(example, tmp_path: Path) -> None:
     """A real SIGTERM, sent deterministically once the repaired model is written and the test set is
     measured on it: an interrupted run (exit 130) must leave none of its outputs behind."""
