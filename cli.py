@@ -187,8 +187,11 @@ def _render(report: auditor.Report) -> None:
         out.print("settings changed: " + ", ".join(f"{k}={v}" for k, v in sorted(report.settings.items())), markup=False)
 
 
-def _settings(overrides: Optional[list[str]]) -> Settings:
-    return Settings().override(parse_overrides(overrides or []))
+def _settings(overrides: Optional[list[str]], **flags: Optional[float]) -> Settings:
+    """The settings from `--set` overrides, then from the flags that name a setting (`repair_floor=` for
+    repair.floor; None: not given)."""
+    given = {name.replace("_", ".", 1): value for name, value in flags.items() if value is not None}
+    return Settings().override({**parse_overrides(overrides or []), **given})
 
 
 def _check_verdict(report: auditor.Report) -> None:
@@ -263,9 +266,7 @@ def repair_command(
 ) -> None:
     """Bound activations, filter out a found trigger, unlearn its shortcut, as far as fidelity allows; write the model."""
     def work():
-        limits = {f"repair.{k}": v for k, v in (("floor", floor), ("layer_cap", layer_cap), ("max_divergence", max_divergence))
-                  if v is not None}
-        settings = Settings().override({**parse_overrides(set_ or []), **limits})
+        settings = _settings(set_, repair_floor=floor, repair_layer_cap=layer_cap, repair_max_divergence=max_divergence)
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
         _outputs([output, json, sarif, html], force, _inputs(model, data, test, triggered))

@@ -87,9 +87,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     mitigation.verify(built.model, found, guard, planned)
     residual, patched, waved = mitigation.checks(found, guard, planned, settings) if method == "sus" else (None, None, None)
     sha256 = model.save_model(built.model, output)
-    report.repair = mitigation.RepairOutcome(
-        str(output), sha256, planned, built.changes, sum(1 for u in found.units if u.prunable and u.name in planned.bounds.bounds.channels),
-        settings, residual, patched, waved, meta)
+    report.repair = mitigation.RepairOutcome(str(output), sha256, planned, built.changes, settings, residual, patched, waved, meta)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
     return report

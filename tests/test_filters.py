@@ -103,6 +103,18 @@ def test_the_phase_notch_finds_a_trigger_phase_between_the_probe_phases() -> Non
 # -- planning, in real repairs --------------------------------------------------------------
 
 
+def _cli_with_and_without(model: Path, data: Path, out: Path, worded: str, off: str, tmp_path: Path) -> dict:
+    """`repair` through the CLI: with the filter it prints the model's own words for it and writes
+    the library's model byte for byte; with `off` (its --no- flag) it runs too. The second run's JSON `repair`."""
+    common = ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "on.onnx")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and f"repair: {worded}" in result.output, result.output  # the model's own words
+    assert (tmp_path / "on.onnx").read_bytes() == out.read_bytes()  # the same model, byte for byte
+    result = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "off.onnx"), off, "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    return json.loads((tmp_path / "r.json").read_text())["repair"]
+
+
 def test_the_notch_removes_a_sig_trigger_without_a_clean_sample_of_its_target(tmp_path: Path) -> None:
     """Samples 20-29 of the pool hold no clean sample of the target class, so head unlearning is
     refused; the notch needs none and removes the real trigger at little cost."""
@@ -126,14 +138,7 @@ def test_the_notch_removes_a_sig_trigger_without_a_clean_sample_of_its_target(tm
     before, after = before_after(entry, model, out, test, triggered)
     assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
     assert before.accuracy - after.accuracy < 0.02
-    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
-                                      "-o", str(tmp_path / "on.onnx")], env={"COLUMNS": "200"})
-    assert result.exit_code == 0 and f"repair: {worded}" in result.output, result.output  # the model's own words
-    assert (tmp_path / "on.onnx").read_bytes() == out.read_bytes()  # the same model, byte for byte
-    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
-                                      "-o", str(tmp_path / "off.onnx"), "--no-notch", "--json", str(tmp_path / "r.json")])
-    assert result.exit_code == 0, result.output
-    written = json.loads((tmp_path / "r.json").read_text())["repair"]
+    written = _cli_with_and_without(model, data, out, worded, "--no-notch", tmp_path)
     assert written["notch"] is None
     assert "notch" not in written["how"].get("input:x", "")
 
@@ -180,14 +185,7 @@ def test_the_occlusion_removes_a_patch_trigger_without_a_clean_sample_of_its_tar
     before, after = before_after(entry, model, out, test, triggered)
     assert before.attack_success_rate > 0.9 and after.attack_success_rate < 0.1
     assert before.accuracy - after.accuracy < 0.02
-    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
-                                      "-o", str(tmp_path / "on.onnx")], env={"COLUMNS": "200"})
-    assert result.exit_code == 0 and f"repair: {worded}" in result.output, result.output  # the model's own words
-    assert (tmp_path / "on.onnx").read_bytes() == out.read_bytes()
-    result = CliRunner().invoke(app, ["repair", str(model), "--data", str(data), "--limit", "10", "--device", "cpu",
-                                      "-o", str(tmp_path / "off.onnx"), "--no-occlude", "--json", str(tmp_path / "r.json")])
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "r.json").read_text())["repair"]["occlusion"] is None
+    assert _cli_with_and_without(model, data, out, worded, "--no-occlude", tmp_path)["occlusion"] is None
 
 
 def test_an_occlusion_that_breaks_the_fidelity_bounds_is_refused_and_says_why(tmp_path: Path) -> None:

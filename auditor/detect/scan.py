@@ -11,6 +11,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -44,10 +45,6 @@ class Scan:
     batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
     classify: Callable[[data.Samples], np.ndarray]  # class scores through a plain session on the original
     timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def classes(self) -> int:
-        return int(np.asarray(self.capture.scores).reshape(len(self.samples), -1).shape[1])
 
 
 def prunable_units(index: GraphIndex, units: list[Unit]) -> list[Unit]:
@@ -85,7 +82,7 @@ def scan(model_path, data_path, limit: int | None, method: str, provider: runtim
     timings["capture"] = captured.seconds
     classes = int(np.asarray(captured.scores).reshape(len(samples), -1).shape[1])
     if samples.labels is not None and samples.labels.size and int(samples.labels.max()) >= classes:
-        raise DataError(f"{data_path}: label {int(samples.labels.max())} is out of range "
+        raise DataError(f"{Path(data_path).name}: label {int(samples.labels.max())} is out of range "
                         f"for a model with {classes} classes; fix the labels 'y' or drop them")
     tick = time.perf_counter()
     signals, suspicion = {}, {}

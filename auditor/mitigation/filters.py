@@ -3,14 +3,14 @@
 When the Fourier probe gives the verdict, a notch removes its basis image's spatial frequency (or
 only the phase of it that pushes hardest to the target); when the patch search does, an occlusion
 covers the found patch with the clean samples' mean. Each filter is tried, widest first, as the
-guard's prefilter, and kept only where the fidelity limits hold. Neither needs a clean sample of
+input filter of the edits the guard measures, and kept only where the fidelity limits hold. Neither needs a clean sample of
 the target class; each costs only the clean content it covers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from auditor.detect.images import first_images, from_images, image_input, to_ima
 from auditor.detect.patch import Patch
 from auditor.detect.verdict import Verdict
 from auditor.io.data import Samples
-from auditor.mitigation.guard import Bounds, Fidelity, Guard
+from auditor.mitigation.guard import Edits, Fidelity, Guard
 from auditor.settings import FourierSettings, RepairSettings
 
 
@@ -194,11 +194,11 @@ def _gate(verdict: Verdict, basis: str, static_inputs: bool, settings: RepairSet
     return (floor, max_divergence), weak, None
 
 
-def _install_first(clean_labels: np.ndarray, target: int, fidelity: Guard, zeroed: dict[str, list[int]], bounds: Bounds,
-                   allowed: tuple[float, float], candidates: Iterable[Any], describe: Callable[[Any], str]
-                   ) -> tuple[Any, Fidelity | None, list[str]]:
-    """Try the input filters `candidates` (None: skipped), in order, as the guard's prefilter; keep
-    the first that holds the fidelity limits `allowed` (measured without the guard copies that took
+def _first_within(clean_labels: np.ndarray, target: int, fidelity: Guard, edits: Edits,
+                  allowed: tuple[float, float], candidates: Iterable[Any], describe: Callable[[Any], str]
+                  ) -> tuple[Any, Fidelity | None, list[str]]:
+    """Try the input filters `candidates` (None: skipped), in order, on top of `edits`; keep the
+    first that holds the fidelity limits `allowed` (measured without the guard copies that took
     the shortcut). A lazy iterable builds a candidate only when the ones before it failed.
     Returns (that filter or None, its fidelity, what each failure cost, in words)."""
     _, shortcut = shortcut_rows(clean_labels, fidelity, target)
@@ -206,21 +206,19 @@ def _install_first(clean_labels: np.ndarray, target: int, fidelity: Guard, zeroe
     for candidate in candidates:
         if candidate is None:
             continue
-        fidelity.prefilter = candidate.apply
-        judged = fidelity.fidelity(zeroed, bounds, ~shortcut)
+        judged = fidelity.fidelity(replace(edits, prefilter=candidate.apply), ~shortcut)
         if judged.within(*allowed):
             return candidate, judged, failures
-        fidelity.prefilter = None
         failures.append(f"{describe(candidate)}: agreement {judged.agreement:.3f}, divergence {judged.divergence:.4f}")
     return None, None, failures
 
 
 def plan_notch(samples: Samples, clean_scores: np.ndarray, clean_labels: np.ndarray, verdict: Verdict,
-               classify: Callable[[Samples], np.ndarray], fidelity: Guard, zeroed: dict[str, list[int]], bounds: Bounds,
+               classify: Callable[[Samples], np.ndarray], fidelity: Guard, edits: Edits,
                static_inputs: bool, settings: RepairSettings, fourier_settings: FourierSettings) -> FilterOutcome:
     """When the Fourier probe gave the verdict: remove its basis image's spatial frequency from the
-    input, or, where that breaks the fidelity limits, only the phase of it that pushes hardest to
-    the target, if that keeps them (installed in `fidelity` as its prefilter)."""
+    input, or, where that breaks the fidelity limits on top of `edits`, only the phase of it that
+    pushes hardest to the target, if that keeps them."""
     allowed, weak, why = _gate(verdict, "fourier", static_inputs, settings)
     if allowed is None:
         return FilterOutcome("notch", reason=why)
@@ -237,27 +235,26 @@ def plan_notch(samples: Samples, clean_scores: np.ndarray, clean_labels: np.ndar
         yield found
         yield phase_notch(samples, clean_scores, verdict.fourier, classify, fourier_settings)
 
-    kept, judged, failures = _install_first(clean_labels, verdict.target, fidelity, zeroed, bounds, allowed, widest_first(),
-                                            lambda n: "every phase" if n.phase is None else f"phase {n.phase:.3f}")
+    kept, judged, failures = _first_within(clean_labels, verdict.target, fidelity, edits, allowed, widest_first(),
+                                           lambda n: "every phase" if n.phase is None else f"phase {n.phase:.3f}")
     if kept is None:
         return FilterOutcome("notch", weak=weak, frequency=found.frequency,
                              reason=f"removing frequency {tuple(found.frequency)} broke the fidelity bounds ({'; '.join(failures)})")
     return FilterOutcome("notch", True, weak, None, found.frequency, kept.phase, filter=kept, fidelity=judged)
 
 
-def plan_occlusion(samples: Samples, clean_labels: np.ndarray, verdict: Verdict, fidelity: Guard, zeroed: dict[str, list[int]],
-                   bounds: Bounds, static_inputs: bool, settings: RepairSettings, margins: tuple[int, ...]) -> FilterOutcome:
+def plan_occlusion(samples: Samples, clean_labels: np.ndarray, verdict: Verdict, fidelity: Guard, edits: Edits,
+                   static_inputs: bool, settings: RepairSettings, margins: tuple[int, ...]) -> FilterOutcome:
     """When the patch search gave the verdict: cover the found patch (and `margins` pixels around
-    it, widest first) with the clean samples' mean, if that keeps the fidelity limits (installed in
-    `fidelity` as its prefilter)."""
+    it, widest first) with the clean samples' mean, if that keeps the fidelity limits on top of `edits`."""
     allowed, weak, why = _gate(verdict, "patch", static_inputs, settings)
     if allowed is None:
         return FilterOutcome("occlusion", reason=why)
     tried = [c for c in (occlusion(samples, verdict.patch, around) for around in margins) if c is not None]
     if not tried:
         return FilterOutcome("occlusion", weak=weak, reason="no image input")
-    kept, judged, failures = _install_first(clean_labels, verdict.target, fidelity, zeroed, bounds, allowed, tried,
-                                            lambda o: f"window {tuple(o.window)} (mean)")
+    kept, judged, failures = _first_within(clean_labels, verdict.target, fidelity, edits, allowed, tried,
+                                           lambda o: f"window {tuple(o.window)} (mean)")
     if kept is None:
         return FilterOutcome("occlusion", weak=weak, window=tried[-1].window,
                              reason=f"covering the found patch broke the fidelity bounds ({'; '.join(failures)})")

@@ -51,6 +51,21 @@ NO_BOUNDS = Bounds()
 
 
 @dataclass(frozen=True)
+class Edits:
+    """Everything a candidate repair changes, as the guard feeds it to its one session: channels
+    zeroed, bounds, an input filter run before anything reads the input, and a head correction
+    (matrix [K, F], bias [K]) added to the head's output. The guard measures edits; it holds none."""
+
+    zeroed: dict[str, list[int]] = field(default_factory=dict)
+    bounds: Bounds = NO_BOUNDS
+    prefilter: Callable[[Samples], Samples] | None = None
+    correction: tuple[np.ndarray, np.ndarray] | None = None
+
+
+NO_EDITS = Edits()
+
+
+@dataclass(frozen=True)
 class BoundPlan:
     """The bounds the guard chose: `factor` x each channel's clean maximum, tightened where that
     held too to the largest clean value near each position (never below a floor share of the
@@ -220,8 +235,6 @@ class Guard:
         self.head = head
         self.head_input = None if head is None else reads(self.masked, index.node(head.node))
         self.affine = None if head is None else head_affine(index, head)  # (W [K, F], b [K]) of the head
-        self.correction: tuple[np.ndarray, np.ndarray] | None = None
-        self.prefilter: Callable[[Samples], Samples] | None = None  # an input filter the repair puts first
         self.zero_correction: dict[str, np.ndarray] = {}
         if self.head_input is not None:
             # onnxruntime fetches graph outputs only; the head's input is also what head unlearning fits on
@@ -236,54 +249,46 @@ class Guard:
         self.session = runtime.session(self.masked, provider)
         self.output = scores_output(index)
         self.evaluations = 0
-        self.reference = distribution(self.scores({}))
+        self.reference = distribution(self.scores(NO_EDITS))
         self.reference_label = self.reference.argmax(axis=1)
 
-    def scores(self, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> np.ndarray:
-        """Class scores [guard samples, classes] with the given channels zeroed and activations capped."""
+    def scores(self, edits: Edits) -> np.ndarray:
+        """Class scores [guard samples, classes] of the model with `edits`."""
         self.evaluations += 1
-        return self.classify(self.samples, zeroed, bounds)
+        return self.classify(self.samples, edits)
 
-    def classify(self, samples: Samples, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> np.ndarray:
-        """Class scores [samples, classes] of any samples through the model as repaired by `zeroed` and `bounds`."""
-        return self._fetch(self.output, samples, zeroed, bounds)
+    def classify(self, samples: Samples, edits: Edits) -> np.ndarray:
+        """Class scores [samples, classes] of any samples through the model with `edits`."""
+        return self._fetch(self.output, samples, edits)
 
-    def features(self, samples: Samples, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> np.ndarray:
-        """What the head reads [samples, features] with the given channels zeroed and activations capped."""
+    def features(self, samples: Samples, edits: Edits) -> np.ndarray:
+        """What the head reads [samples, features] in the model with `edits`."""
         if self.head_input is None:
             raise ValueError("the guard was built without a head")
-        return self._fetch(self.head_input, samples, zeroed, bounds).astype(np.float64)
+        return self._fetch(self.head_input, samples, edits).astype(np.float64)
 
-    def _fetch(self, name: str, samples: Samples, zeroed: dict[str, list[int]], bounds: Bounds) -> np.ndarray:
+    def _fetch(self, name: str, samples: Samples, edits: Edits) -> np.ndarray:
         """The tensor `name`, one row per sample [samples, -1], with everything `feeds` sets."""
-        masks = self.feeds(zeroed, bounds)
+        masks = self.feeds(edits)
         out = []
-        for feed in self.filtered(samples).batches(self.batch):
+        for feed in filtered(samples, edits).batches(self.batch):
             (values,) = run(self.session, [name], {**feed, **masks})
             out.append(np.asarray(values).reshape(len(next(iter(feed.values()))), -1))
         return np.concatenate(out)
 
-    def filtered(self, samples: Samples) -> Samples:
-        """`samples` as the repaired model's first nodes see them (through `prefilter`, if any)."""
-        return samples if self.prefilter is None else self.prefilter(samples)
-
-    def correct(self, matrix: np.ndarray | None, bias: np.ndarray | None = None) -> None:
-        """From now on, run the model with this correction added to the head's output (None: without)."""
-        self.correction = None if matrix is None or self.head_input is None else (matrix, bias)
-
-    def feeds(self, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS) -> dict[str, np.ndarray]:
+    def feeds(self, edits: Edits) -> dict[str, np.ndarray]:
         """Everything but the samples: masks, bounds, input clamps and the head correction."""
-        out = {**mask_feed(self.units, zeroed, caps=bounds.channels, masks=self.masks), **clamp_feed(self.clamp, bounds.inputs)}
+        bounds = edits.bounds
+        out = {**mask_feed(self.units, edits.zeroed, caps=bounds.channels, masks=self.masks), **clamp_feed(self.clamp, bounds.inputs)}
         if self.zero_correction:
             out.update(self.zero_correction)
-            if self.correction is not None:
+            if edits.correction is not None:
                 weight, bias = self.zero_correction.values()
-                out[HEAD_INPUTS[0]] = np.asarray(self.correction[0], weight.dtype).T.copy()
-                out[HEAD_INPUTS[1]] = np.asarray(self.correction[1], bias.dtype)
+                out[HEAD_INPUTS[0]] = np.asarray(edits.correction[0], weight.dtype).T.copy()
+                out[HEAD_INPUTS[1]] = np.asarray(edits.correction[1], bias.dtype)
         return out
 
-    def fidelity(self, zeroed: dict[str, list[int]], bounds: Bounds = NO_BOUNDS,
-                 rows: np.ndarray | None = None, spare: int | None = None) -> Fidelity:
+    def fidelity(self, edits: Edits, rows: np.ndarray | None = None, spare: int | None = None) -> Fidelity:
         """Agreement and divergence on the guard samples, or on the boolean selection `rows` of them
         (only those rows run: the cross-fits judge on half the samples, at half the cost).
 
@@ -291,11 +296,11 @@ class Guard:
         over the classes other than `spare`: taking the suspected target's share away from it is what
         unlearning is for, not a change of behaviour (its agreement still counts)."""
         if rows is None:
-            pruned = distribution(self.scores(zeroed, bounds))
+            pruned = distribution(self.scores(edits))
             reference, label = self.reference, self.reference_label
         else:
             self.evaluations += 1
-            pruned = distribution(self.classify(self.samples.take(np.flatnonzero(rows)), zeroed, bounds))
+            pruned = distribution(self.classify(self.samples.take(np.flatnonzero(rows)), edits))
             reference, label = self.reference[rows], self.reference_label[rows]
         agreement = float((pruned.argmax(axis=1) == label).mean())
         return Fidelity(agreement, divergence(reference, pruned, label, spare))
@@ -330,7 +335,7 @@ class Guard:
             trials = [(make(fit, **change), self.origin % 2 != fit, self.settings.half_slack) for fit in range(halves)]
             trials.append((make(None, **change), None, 1.0))
             for trial, rows, slack in trials:
-                fidelity = self.fidelity({}, trial, rows)
+                fidelity = self.fidelity(Edits(bounds=trial), rows)
                 if not fidelity.within(floor, max_divergence, slack):
                     return None
             return fidelity
@@ -394,14 +399,14 @@ class Guard:
                 break  # the budget is spent: further candidates only cost runs
         if search is not None:
             chosen = self._trim(chosen, floor, max_divergence, bounds)
-        best = self.fidelity(_grouped(chosen), bounds)
+        best = self.fidelity(Edits(_grouped(chosen), bounds))
         return Walk(_grouped(chosen), len(chosen), best.agreement, best.divergence, floor, max_divergence,
                     self.evaluations, len(self.samples))
 
     def _trim(self, chosen, floor, max_divergence, bounds) -> list[tuple[str, int]]:
         """The longest prefix of `chosen` within the fidelity bounds on all guard samples (bisection)."""
         def holds(length: int) -> bool:
-            return self.fidelity(_grouped(chosen[:length]), bounds).within(floor, max_divergence)
+            return self.fidelity(Edits(_grouped(chosen[:length]), bounds)).within(floor, max_divergence)
 
         if not chosen or holds(len(chosen)):  # nothing chosen: nothing to cut back, and no run to spend
             return chosen
@@ -413,7 +418,7 @@ class Guard:
 
     def _admit(self, chosen, block, floor, max_divergence, bounds, rows) -> tuple[list[tuple[str, int]], Fidelity]:
         """The part of `block` that can join `chosen` within the bounds on `rows` (recursive halving)."""
-        fidelity = self.fidelity(_grouped(chosen + block), bounds, rows)
+        fidelity = self.fidelity(Edits(_grouped(chosen + block), bounds), rows)
         if fidelity.within(floor, max_divergence):
             return list(block), fidelity
         if len(block) == 1:
@@ -424,3 +429,8 @@ class Guard:
         if second:
             return first + second, fidelity_second
         return first, fidelity_first
+
+
+def filtered(samples: Samples, edits: Edits) -> Samples:
+    """`samples` as the repaired model's first nodes see them (through the edits' input filter, if any)."""
+    return samples if edits.prefilter is None else edits.prefilter(samples)

@@ -11,7 +11,7 @@ correction. `verify` checks the written graph computes what the guard measured.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -33,7 +33,7 @@ from auditor.graph.passes.provenance import stamp
 from auditor.graph.units import Unit, head_affine
 from auditor.io import data, runtime
 from auditor.mitigation.filters import FilterOutcome, Notch, plan_notch, plan_occlusion, window_text
-from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Fidelity, Guard
+from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Edits, Fidelity, Guard, filtered
 from auditor.mitigation.unlearn import UnlearnOutcome, plan_unlearning
 from auditor.settings import Settings
 
@@ -68,6 +68,15 @@ class RepairPlan:
     guard_samples: int
     evaluations: int
 
+    @property
+    def edits(self) -> Edits:
+        """The plan as the guard feeds it: what `verify` and `checks` measure the written model against."""
+        chosen = next((step.filter for step in (self.notch, self.occlusion) if step is not None and step.applied), None)
+        unlearned = self.unlearning
+        fitted = unlearned.correction if unlearned is not None and unlearned.applied else None
+        return Edits(self.zeroed, self.bounds.bounds, None if chosen is None else chosen.apply,
+                     None if fitted is None else (fitted.matrix, fitted.bias))
+
 
 @dataclass(frozen=True)
 class ShareCheck:
@@ -99,13 +108,17 @@ class RepairOutcome:
     sha256: str
     plan: RepairPlan
     changes: dict[str, str]  # unit or graph input -> what the passes did there
-    bound_units: int
     settings: Settings
     probe: ProbeCheck | None = None
     patch: ShareCheck | None = None
     fourier: ShareCheck | None = None
     meta: dict[str, str] = field(default_factory=dict)  # the model's provenance metadata (see `provenance`)
     evaluation: dict | None = None  # {before, after}: the CLI's test-set measurement, when given
+
+    @property
+    def bound_units(self) -> int:
+        """Units with an activation bound (every prunable unit the guard bounded)."""
+        return len(self.plan.bounds.bounds.channels)
 
     def actions(self) -> list[str]:
         """Each step applied, in words: what the console, the HTML page and the model's metadata say."""
@@ -176,8 +189,8 @@ def static_inputs(proto: onnx.ModelProto) -> bool:
 
 
 def plan(found: Scan, choices: RepairChoices, settings: Settings) -> tuple[RepairPlan, Guard]:
-    """Measure every step with the fidelity guard and return the plan (and the guard, which holds
-    the plan's input filter and head correction installed, for `verify`)."""
+    """Measure every step with the fidelity guard, each on top of the ones before it, and return
+    the plan (and the guard, which `verify` and `checks` run the plan's edits through)."""
     sus = choices.method == "sus"
     limits = settings.repair
     prunable = [u for u in found.units if u.prunable]
@@ -188,20 +201,24 @@ def plan(found: Scan, choices: RepairChoices, settings: Settings) -> tuple[Repai
     guard = Guard(found.index, prunable, found.samples, found.provider, settings.guard,
                   batch=min(found.batch, settings.guard.batch), head=head, masks=bool(ranked))
     bounds = BoundPlan(None, None, NO_BOUNDS, Fidelity(1.0, 0.0))
+    fixed = static_inputs(found.loaded.proto)
     if choices.bound if choices.bound is not None else sus:
-        bounds = guard.bound(found.capture.stats, limits.floor, limits.max_divergence, positions=static_inputs(found.loaded.proto))
+        bounds = guard.bound(found.capture.stats, limits.floor, limits.max_divergence, positions=fixed)
     walk = guard.walk(ranked, limits.floor, limits.max_divergence, bounds.bounds)
     zeroed = {name: sorted(channels) for name, channels in walk.zeroed.items()}
-    verdict, labels, fixed = found.verdict, found.capture.labels, static_inputs(found.loaded.proto)
+    edits = Edits(zeroed, bounds.bounds)
+    verdict, labels = found.verdict, found.capture.labels
     notched = occluded = unlearned = None
     if sus and choices.notch is not False:
-        notched = plan_notch(found.samples, found.capture.scores, labels, verdict, found.classify, guard, zeroed, bounds.bounds,
+        notched = plan_notch(found.samples, found.capture.scores, labels, verdict, found.classify, guard, edits,
                              fixed, limits, settings.fourier)
     if sus and choices.occlude is not False:
-        occluded = plan_occlusion(found.samples, labels, verdict, guard, zeroed, bounds.bounds, fixed, limits,
-                                  settings.patch.occlusion_margins)
+        occluded = plan_occlusion(found.samples, labels, verdict, guard, edits, fixed, limits, settings.patch.occlusion_margins)
+    for step in (notched, occluded):
+        if step is not None and step.applied:
+            edits = replace(edits, prefilter=step.filter.apply)  # unlearning fits on what the filter lets through
     if unlearning:
-        unlearned = plan_unlearning(verdict, found.samples, found.capture.scores, labels, guard, zeroed, bounds.bounds, settings)
+        unlearned = plan_unlearning(verdict, found.samples, found.capture.scores, labels, guard, edits, settings)
     # with a filter or unlearning, fidelity is measured without the guard copies that took the shortcut
     final = Fidelity(walk.agreement, walk.divergence)
     for step in (notched, occluded, unlearned):
@@ -252,9 +269,9 @@ def verify(repaired: onnx.ModelProto, found: Scan, guard: Guard, planned: Repair
             raise InternalError(f"the repaired model does not pass onnx.checker: {exc}") from exc
     session = runtime.session(repaired, found.provider)
     name = scores_output(found.index)
-    masks = guard.feeds(planned.zeroed, planned.bounds.bounds)
-    filtered = guard.filtered(found.samples).batches(found.batch)
-    for feed, seen in zip(found.samples.batches(found.batch), filtered):
+    edits = planned.edits
+    masks = guard.feeds(edits)
+    for feed, seen in zip(found.samples.batches(found.batch), filtered(found.samples, edits).batches(found.batch)):
         (got,) = run(session, [name], feed)
         (want,) = run(guard.session, [name], {**seen, **masks})
         scale = max(1.0, float(np.abs(want).max()))
@@ -267,10 +284,10 @@ def verify(repaired: onnx.ModelProto, found: Scan, guard: Guard, planned: Repair
 def checks(found: Scan, guard: Guard, planned: RepairPlan, settings: Settings
            ) -> tuple[ProbeCheck | None, ShareCheck | None, ShareCheck | None]:
     """The verdict's own evidence, run again on the repaired model (through the guard)."""
-    verdict, others = found.verdict, settings.verdict.min_others
+    verdict, others, edits = found.verdict, settings.verdict.min_others, planned.edits
 
     def repaired(samples: data.Samples) -> np.ndarray:
-        return guard.classify(samples, planned.zeroed, planned.bounds.bounds)
+        return guard.classify(samples, edits)
 
     residual = shared = waved = None
     if verdict.basis == "corruption":

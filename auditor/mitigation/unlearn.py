@@ -27,13 +27,13 @@ overall accuracy shows, and the guard, which fits on those few samples, cannot s
 more than the corrupted samples, and the benchmark measures class t's own accuracy.
 
 The fidelity guard chooses how hard to unlearn (`unlearn.ladder`, cross-fitted over halves of the
-samples): `plan_unlearning` runs that search and installs the correction in the guard.
+samples): `plan_unlearning` runs that search, measuring each correction with the guard.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from auditor.detect import fourier, patch, probe
 from auditor.detect.verdict import SHORTCUT_BASES, Verdict
 from auditor.io.data import Samples
 from auditor.mitigation.filters import shortcut_rows
-from auditor.mitigation.guard import Bounds, Fidelity, Guard, distribution
+from auditor.mitigation.guard import Edits, Fidelity, Guard, distribution
 from auditor.settings import Settings
 
 
@@ -146,7 +146,7 @@ def surrogates(variants: Iterable[tuple[str, Samples, np.ndarray]], clean_labels
     return kept, (np.concatenate(sources) if sources else np.zeros(0, dtype=np.int64))
 
 
-# Why unlearning did not apply, as a code (the report's `cause`) and in words.
+# Why unlearning did not apply, as a code (the report's `cause`); `reason` says it in words.
 CAUSES = ("not_flagged", "no_dense_head", "no_anchor", "bounds_removed", "per_token_head", "fidelity")
 
 
@@ -174,10 +174,10 @@ class UnlearnOutcome:
 
 
 def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray, clean_labels: np.ndarray, fidelity: Guard,
-                    zeroed: dict[str, list[int]], bounds: Bounds, settings: Settings) -> UnlearnOutcome:
-    """Head unlearning after the bounds and filters, when a probe or search found a shortcut: the
-    strongest correction on the ladder that keeps the fidelity limits, cross-fitted over halves of
-    the samples, installed in `fidelity` when one holds."""
+                    edits: Edits, settings: Settings) -> UnlearnOutcome:
+    """Head unlearning on top of `edits` (the bounds and the input filter), when a probe or search
+    found a shortcut: the strongest correction on the ladder that keeps the fidelity limits,
+    cross-fitted over halves of the samples."""
     target = verdict.target
     limits = settings.repair
     if verdict.basis not in SHORTCUT_BASES or target is None or not verdict.suspicious:
@@ -197,7 +197,7 @@ def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray
         variants = fourier.variants(samples, verdict.fourier, settings.fourier)
     else:
         variants = probe.corruptions(samples, settings.probe)
-    kept, sources = surrogates(variants, clean_labels, target, lambda more: fidelity.classify(more, zeroed, bounds))
+    kept, sources = surrogates(variants, clean_labels, target, lambda more: fidelity.classify(more, edits))
     # The guard copies that took the shortcut join the corrupted samples and leave the fidelity
     # measure, which would otherwise insist on keeping the shortcut.
     counts = {"target": target, "anchors": anchors, "surrogates": int(sources.size + shortcut.sum()),
@@ -205,9 +205,9 @@ def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray
     if not kept:
         return UnlearnOutcome(**counts, cause="bounds_removed",
                               reason="the bounds and the input filter (notch or occlusion) removed the shortcut"
-                              if fidelity.prefilter is not None else "the bounds alone removed the shortcut")
-    guard_features = fidelity.features(fidelity.samples, zeroed, bounds)
-    features = np.concatenate([*(fidelity.features(corrupted, zeroed, bounds) for corrupted in kept), guard_features[shortcut]])
+                              if edits.prefilter is not None else "the bounds alone removed the shortcut")
+    guard_features = fidelity.features(fidelity.samples, edits)
+    features = np.concatenate([*(fidelity.features(corrupted, edits) for corrupted in kept), guard_features[shortcut]])
     sources = np.concatenate([sources, fidelity.origin[shortcut]])
     matrix, bias = fidelity.affine
     if guard_features.shape[1] != matrix.shape[1]:
@@ -226,8 +226,7 @@ def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray
         fitted = correction(matrix, bias, target, guard_features[fit_rows], fidelity.reference[fit_rows],
                             features[fit_sources], clean[sources[fit_sources]], anchors, weight, strength, steps.steps,
                             steps.anchor_weight, downward)
-        fidelity.correct(fitted.matrix, fitted.bias)
-        return fitted, fidelity.fidelity(zeroed, bounds, judged, spare=target)
+        return fitted, fidelity.fidelity(replace(edits, correction=(fitted.matrix, fitted.bias)), judged, spare=target)
 
     every_source = np.ones(len(sources), dtype=bool)
     for weight, strength in steps.ladder:  # the strongest unlearning that keeps the fidelity limits
@@ -248,10 +247,10 @@ def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray
             continue
         fitted, judged = fit_and_judge(clean_rows, every_source, clean_rows, weight, strength)
         # the correction must also keep loose limits on the copies of the target's own samples, where its cost shows
+        corrected = replace(edits, correction=(fitted.matrix, fitted.bias))
         if judged.within(limits.floor, limits.max_divergence) and (not limits.anchor_slack or fidelity.fidelity(
-                zeroed, bounds, anchored & clean_rows).within(limits.floor, limits.max_divergence, limits.anchor_slack)):
+                corrected, anchored & clean_rows).within(limits.floor, limits.max_divergence, limits.anchor_slack)):
             return UnlearnOutcome(True, **counts, weight=weight, strength=strength, correction=fitted, fidelity=judged)
-    fidelity.correct(None)
     return UnlearnOutcome(**counts, cause="fidelity",
                           reason=f"every correction broke the fidelity bounds (at the weakest: agreement "
                                  f"{judged.agreement:.3f}, divergence {judged.divergence:.4f})")
