@@ -80,14 +80,19 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     found = detection.scan(model_path, data_path, limit, method, provider, settings, None, patch_search, fourier_probe, notice)
     report = _report(found, "repair", method, model_path, data_path, settings)
     tick = time.perf_counter()
+    branches = mitigation.remove_branches(found, settings)
+    if branches is not None:  # the branch-free model is repaired as any other: its own scan, its own plan
+        found = detection.scan(branches.loaded, data_path, limit, method, provider, settings, None, patch_search,
+                               fourier_probe, notice)
     choices = mitigation.RepairChoices(method, threshold, max_prune, bound, zero, notch, occlude, unlearning)
     planned, guard = mitigation.plan(found, choices, settings)
-    meta = mitigation.provenance(planned, __version__, found.loaded.sha256, method)
-    built = mitigation.build(found, planned, meta)
+    meta = mitigation.provenance(planned, __version__, found.loaded.sha256, method, branches)
+    built = mitigation.build(found, planned, meta, branches)
     mitigation.verify(built.model, found, guard, planned)
     residual, patched, waved = mitigation.checks(found, guard, planned, settings) if method == "sus" else (None, None, None)
     sha256 = model.save_model(built.model, output)
-    report.repair = mitigation.RepairOutcome(str(output), sha256, planned, built.changes, settings, residual, patched, waved, meta)
+    report.repair = mitigation.RepairOutcome(str(output), sha256, planned, built.changes, settings, residual, patched, waved, meta,
+                                             branches=() if branches is None else branches.removed)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
     return report

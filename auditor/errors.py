@@ -31,5 +31,9 @@ class SettingsError(AuditorError):
     """A setting that does not exist, or a value it cannot take."""
 
 
+class RepairError(AuditorError):
+    """The model cannot be repaired as it is (the reason names what to do instead)."""
+
+
 class InternalError(Exception):
     """A bug in auditor: an internal check failed. Not an `AuditorError`: the input is not at fault."""

@@ -162,6 +162,16 @@ class RepairSettings:
 
 
 @dataclass(frozen=True)
+class GraphSettings:
+    """The graph check: backdoors carried by extra nodes rather than trained weights."""
+
+    region_fraction: float = 0.05  # a gate on at most this share of an input's values reads "a few input values"
+    thin_depth: int = 1  # a side path through at most this many weighted layers is thin beside a deeper body
+    confirm_share: float = 0.5  # pasting a gate's values confirms it when the branch changes this share of classes
+    max_rounds: int = 8  # repair removes branches, and what a removal uncovers, at most this many times
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """How the work is run, not what it decides."""
 
@@ -183,6 +193,7 @@ class Settings:
     guard: GuardSettings = field(default_factory=GuardSettings)
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     repair: RepairSettings = field(default_factory=RepairSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)
     run: RunSettings = field(default_factory=RunSettings)
 
     def override(self, changes: Mapping[str, Any]) -> Settings:

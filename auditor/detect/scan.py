@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from auditor.capture import Capture, capture, classifier
-from auditor.detect import channels, fourier, margin, patch, probe
+from auditor.capture import Capture, capture, classifier, scores_output
+from auditor.detect import channels, fourier, margin, patch, probe, tamper
 from auditor.detect.verdict import Verdict, decide
 from auditor.errors import DataError, ModelError
 from auditor.graph.index import GraphIndex
@@ -42,6 +42,7 @@ class Scan:
     suspicion: dict[str, channels.Suspicion]
     signals: dict[str, channels.Signals]
     verdict: Verdict
+    graph: tamper.GraphCheck
     batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
     classify: Callable[[data.Samples], np.ndarray]  # class scores through a plain session on the original
     timings: dict[str, float] = field(default_factory=dict)
@@ -62,7 +63,7 @@ def prunable_units(index: GraphIndex, units: list[Unit]) -> list[Unit]:
     return prunable
 
 
-def scan(model_path, data_path, limit: int | None, method: str, provider: runtime.Provider, settings: Settings,
+def scan(source: str | Path | model.Model, data_path, limit: int | None, method: str, provider: runtime.Provider, settings: Settings,
          threshold: float | None = None, patch_search: bool = True, fourier_probe: bool = True,
          notice: Callable[[str], None] | None = None) -> Scan:
     """Load, capture, run the detectors and decide (`threshold`: the verdict's, else its basis's default)."""
@@ -70,7 +71,7 @@ def scan(model_path, data_path, limit: int | None, method: str, provider: runtim
     start = time.perf_counter()
     if method not in channels.METHODS:
         raise ModelError(f"unknown method {method!r}: use one of {', '.join(channels.METHODS)}")
-    loaded = model.load(model_path)
+    loaded = source if isinstance(source, model.Model) else model.load(source)
     index = GraphIndex(loaded.proto)
     units = find_units(index)
     prunable_units(index, units)
@@ -84,6 +85,8 @@ def scan(model_path, data_path, limit: int | None, method: str, provider: runtim
     if samples.labels is not None and samples.labels.size and int(samples.labels.max()) >= classes:
         raise DataError(f"{Path(data_path).name}: label {int(samples.labels.max())} is out of range "
                         f"for a model with {classes} classes; fix the labels 'y' or drop them")
+    checked = tamper.check(loaded.proto, index, samples, provider, batch, scores_output(index), settings.graph, loaded.storage)
+    timings["graph"] = checked.seconds
     tick = time.perf_counter()
     signals, suspicion = {}, {}
     for unit in units:
@@ -98,7 +101,7 @@ def scan(model_path, data_path, limit: int | None, method: str, provider: runtim
     head = _head_margin(index, units, captured, settings) if probed is not None and not probed.shares else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
     found, waved = None, None
-    if probed is not None and probed.shares:
+    if probed is not None and probed.shares and not checked.findings:  # a graph finding already decides
         reached = probed.score  # each search runs only while it could still raise the verdict's score
         fourier_runs = fourier_probe and reached < chosen.fourier_reach
         if notice is not None:
@@ -114,10 +117,10 @@ def scan(model_path, data_path, limit: int | None, method: str, provider: runtim
     timings["fourier"] = 0.0 if waved is None else waved.seconds
     timings["patch"] = 0.0 if found is None else found.seconds
     verdict = decide(settings, threshold, {u.name: suspicion[u.name].score for u in units if u.prunable},
-                     probed, found, waved, head)
+                     probed, found, waved, head, checked.findings)
     timings["score"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
-    return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, batch, plain, timings)
+    return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, checked, batch, plain, timings)
 
 
 def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, patch_runs: bool, classes: int,

@@ -1,6 +1,8 @@
 """The one place that turns the detectors' evidence into a verdict.
 
-With a float input (`sus`), the verdict is the corruption probe's share, or the patch search's or
+A graph finding (extra nodes that act on a few raw input values, a tensor stored twice) decides
+alone: the model is suspicious, basis `graph`. Otherwise, with a float input (`sus`), the verdict
+is the corruption probe's share, or the patch search's or
 the Fourier probe's score rescaled onto the same threshold, whichever is largest. Without one, the
 head's reachable margins decide; the baselines (`clp`, `fp`) and models with neither judge by
 their top channel scores.
@@ -8,6 +10,7 @@ their top channel scores.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,12 +20,13 @@ from auditor.detect.fourier import Fourier
 from auditor.detect.margin import Margin
 from auditor.detect.patch import Patch
 from auditor.detect.probe import Probe
+from auditor.detect.tamper import Finding
 from auditor.settings import Settings
 
 # The verdict bases that come with stand-ins for triggered inputs (corrupted, patched or perturbed
 # clean samples): the ones head unlearning and the input filters can act on.
 SHORTCUT_BASES = ("corruption", "patch", "fourier")
-BASES = ("channels", "margin", *SHORTCUT_BASES)
+BASES = ("channels", "margin", "graph", *SHORTCUT_BASES)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Verdict:
     patch: Patch | None = None
     fourier: Fourier | None = None
     margin: Margin | None = None
+    findings: tuple[Finding, ...] = ()  # the graph check's
 
     def to_dict(self) -> dict:
         """The report's `verdict` object (schema in auditor/report.py)."""
@@ -48,13 +53,20 @@ class Verdict:
                                                           "corruption": self.probe.corruption, "shares": self.probe.shares},
                 "patch": None if self.patch is None else self.patch.summary(),
                 "fourier": None if self.fourier is None else self.fourier.summary(),
-                "margins": None if self.margin is None else [float(v) for v in self.margin.margins]}
+                "margins": None if self.margin is None else [float(v) for v in self.margin.margins],
+                "findings": [f.summary() for f in self.findings]}
 
 
 def decide(settings: Settings, threshold: float | None, channel_scores: dict[str, np.ndarray], probe: Probe | None = None,
-           patch: Patch | None = None, fourier: Fourier | None = None, margin: tuple[str, Margin] | None = None) -> Verdict:
+           patch: Patch | None = None, fourier: Fourier | None = None, margin: tuple[str, Margin] | None = None,
+           findings: tuple[Finding, ...] = ()) -> Verdict:
     """The verdict from whatever evidence ran (`threshold`: the caller's, else the basis's default)."""
     chosen = settings.verdict
+    if findings:
+        verdict = decide(settings, threshold, channel_scores, probe, patch, fourier, margin)
+        targets = [f.target for f in findings if f.target is not None]
+        return dataclasses.replace(verdict, score=max(verdict.score, verdict.threshold), suspicious=True, basis="graph",
+                                   target=targets[0] if targets else None, layer=None, findings=findings)
     if probe is not None and probe.shares:
         limit = chosen.probe_threshold if threshold is None else float(threshold)
         value, basis, target = probe.score, "corruption", probe.target

@@ -65,6 +65,13 @@ class GraphIndex:
         tensor = type_proto.tensor_type
         return len(tensor.shape.dim) if tensor.HasField("shape") else None
 
+    def shape(self, name: str) -> list[int | None] | None:
+        """The tensor's inferred dimensions (None for a symbolic one), or None when its rank is unknown."""
+        type_proto = self._inferred.get(name)
+        if type_proto is None or not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in type_proto.tensor_type.shape.dim]
+
     def elem_type(self, name: str) -> int:
         type_proto = self._inferred.get(name)
         if type_proto is not None and type_proto.HasField("tensor_type") and type_proto.tensor_type.elem_type:

@@ -8,6 +8,7 @@ and opsets, control flow, the ONNX checker, outputs. Every refusal is a ModelErr
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import hashlib
 import math
@@ -29,7 +30,7 @@ from onnx import TensorProto, external_data_helper, helper, version_converter
 from auditor.errors import ModelError, OutputError
 from auditor.io import runtime
 
-_UNSUPPORTED_OPS = {"If", "Loop", "Scan"}
+_VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}
 _RUNTIME_DOMAINS = _ONNX_DOMAINS | {"com.microsoft"}  # onnxruntime's contrib ops are runnable too
 _WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -48,6 +49,7 @@ class Model:
     path: Path
     sha256: str  # of the .onnx file itself
     notes: tuple[str, ...]  # what normalisation changed, for the report
+    storage: tuple[str, ...] = ()  # tensors stored twice, resolved as onnxruntime reads them (graph findings)
 
     @property
     def opset(self) -> int:
@@ -75,12 +77,13 @@ def load(path: str | os.PathLike[str]) -> Model:
     _check_file(path)
     proto = _parse(path)
     check_graph(proto)
+    storage = stored_twice(proto)
     sha = file_sha256(path)
     _load_external_data(proto, path.parent)
     _validate(proto, path)
     _check_weights(proto)
     notes = normalise(proto)
-    return Model(proto=proto, path=path, sha256=sha, notes=tuple(notes))
+    return Model(proto=proto, path=path, sha256=sha, notes=tuple(notes), storage=tuple(storage))
 
 
 def _check_file(path: Path) -> None:
@@ -113,8 +116,6 @@ def check_graph(proto: onnx.ModelProto) -> None:
     _check_opsets(imported)
     for node in _all_nodes(proto):
         domain = "" if node.domain == "ai.onnx" else node.domain
-        if node.op_type in _UNSUPPORTED_OPS and domain == "":
-            raise ModelError(f"control flow ({node.op_type}) is not supported: auditor needs a static graph")
         if (node.domain, node.op_type) in local:
             continue
         if domain not in _RUNTIME_DOMAINS:
@@ -123,6 +124,60 @@ def check_graph(proto: onnx.ModelProto) -> None:
         if domain in _ONNX_DOMAINS and domain in imported:
             _check_operator(node.op_type, domain, imported[domain])
     _check_outputs(proto)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"{len(names)} initializer{'s' if len(names) > 1 else ''} ({shown}{more})"
+
+
+def stored_twice(proto: onnx.ModelProto) -> list[str]:
+    """Tensors a reader and onnxruntime may see with different values, each resolved in place as onnxruntime
+    reads it (so the checker passes and every stage runs what onnxruntime runs): a tensor with its values in
+    two fields (raw_data wins), two initializers of one name (the last wins), an initializer that also
+    defines a Constant's output. Also named: initializers listed as graph inputs when some are not (a
+    caller can feed other values than the ones stored; exporters list either all or none)."""
+    found = []
+    graph = proto.graph
+    fielded = []
+    for tensor in graph.initializer:
+        fields = [f for f in _VALUE_FIELDS if len(getattr(tensor, f))]
+        if tensor.HasField("raw_data"):
+            fields.insert(0, "raw_data")
+        if external_data_helper.uses_external_data(tensor) and len(fields):
+            fields.insert(0, "external data")
+        if len(fields) > 1:
+            fielded.append(f"{tensor.name} ({', '.join(fields)})")
+            for name in fields[1:]:
+                tensor.ClearField(name)
+    if fielded:
+        found.append(f"{_names(fielded)} with values in two fields: readers differ on which they take; "
+                     "auditor keeps the first named")
+    seen: dict[str, int] = {}
+    doubled = []
+    for position, tensor in enumerate(graph.initializer):
+        first = seen.get(tensor.name)
+        if first is not None and tensor != graph.initializer[first]:  # the same bytes twice are harmless
+            doubled.append(tensor.name)
+        seen.setdefault(tensor.name, position)
+    if doubled:
+        found.append(f"{_names(doubled)} stored twice with different values: onnx readers take the first, "
+                     "onnxruntime the last")
+    last = {t.name: p for p, t in enumerate(graph.initializer)}
+    if len(last) < len(graph.initializer):
+        kept = [copy.deepcopy(t) for p, t in enumerate(graph.initializer) if last[t.name] == p]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    for name in sorted(constants & set(last)):
+        found.append(f"tensor {name!r} is both an initializer and a Constant's output: readers differ on which value it has")
+    inputs = {v.name for v in graph.input}
+    shadowing = sorted(inputs & set(last))
+    if proto.ir_version >= 4 and shadowing and len(shadowing) < len(last):
+        found.append(f"initializers {', '.join(repr(n) for n in shadowing[:5])} are also graph inputs (while the other "
+                     f"{len(last) - len(shadowing)} are not): a caller can replace these stored values at run time")
+    return found
 
 
 def _check_names(proto: onnx.ModelProto) -> None:

@@ -17,10 +17,10 @@ import numpy as np
 import onnx
 
 from auditor.capture import run, scores_output
-from auditor.detect import fourier, patch, probe
+from auditor.detect import fourier, patch, probe, tamper
 from auditor.detect.channels import Suspicion
 from auditor.detect.scan import Scan
-from auditor.errors import InternalError
+from auditor.errors import InternalError, RepairError
 from auditor.graph.index import GraphIndex
 from auditor.graph.passes import PassResult
 from auditor.graph.passes.channels import zero_and_cap
@@ -31,7 +31,7 @@ from auditor.graph.passes.notch import notch_input
 from auditor.graph.passes.occlusion import occlude_input
 from auditor.graph.passes.provenance import stamp
 from auditor.graph.units import Unit, head_affine
-from auditor.io import data, runtime
+from auditor.io import data, model, runtime
 from auditor.mitigation.filters import FilterOutcome, Notch, plan_notch, plan_occlusion, window_text
 from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Edits, Fidelity, Guard, filtered
 from auditor.mitigation.unlearn import UnlearnOutcome, plan_unlearning
@@ -114,6 +114,7 @@ class RepairOutcome:
     fourier: ShareCheck | None = None
     meta: dict[str, str] = field(default_factory=dict)  # the model's provenance metadata (see `provenance`)
     evaluation: dict | None = None  # {before, after}: the CLI's test-set measurement, when given
+    branches: tuple[tamper.Finding, ...] = ()  # graph branches cut out before the rest of the repair
 
     @property
     def bound_units(self) -> int:
@@ -142,6 +143,7 @@ class RepairOutcome:
             "patch": None if self.patch is None else vars(self.patch).copy(),
             "fourier": None if self.fourier is None else vars(self.fourier).copy(),
             "evaluation": self.evaluation,
+            "branches": [f.summary() for f in self.branches],
             "actions": self.actions(),
         }
 
@@ -228,7 +230,7 @@ def plan(found: Scan, choices: RepairChoices, settings: Settings) -> tuple[Repai
                       walk.guard_samples, guard.evaluations), guard
 
 
-def build(found: Scan, planned: RepairPlan, meta: dict[str, str]) -> PassResult:
+def build(found: Scan, planned: RepairPlan, meta: dict[str, str], branches: BranchRemoval | None = None) -> PassResult:
     """The repaired model: one pass per step of the plan. Input filters end up first of all (each
     puts its nodes in front of every reader of the input), then the clamp, then the network."""
     prunable = [u for u in found.units if u.prunable]
@@ -250,7 +252,7 @@ def build(found: Scan, planned: RepairPlan, meta: dict[str, str]) -> PassResult:
             steps.append(occlude_input(steps[-1].model, chosen.input, chosen.keep, chosen.fill))
         on_inputs.append(len(steps) - 1)
     steps.append(stamp(steps[-1].model, meta))
-    changes: dict[str, str] = {}
+    changes: dict[str, str] = {} if branches is None else dict(branches.changes)
     for position, step in enumerate(steps[:-1]):
         for name, what in step.changes.items():
             key = f"input:{name}" if position in on_inputs else name
@@ -305,10 +307,52 @@ def checks(found: Scan, guard: Guard, planned: RepairPlan, settings: Settings
 
 
 # The metadata keys that word an applied step (the others identify the source and the tool).
-ACTION_KEYS = ("auditor.activation_bound", "auditor.input_notch", "auditor.input_occlusion", "auditor.head_correction")
+ACTION_KEYS = ("auditor.removed_branches", "auditor.activation_bound", "auditor.input_notch", "auditor.input_occlusion", "auditor.head_correction")
 
 
-def provenance(planned: RepairPlan, version: str, source_sha256: str, method: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class BranchRemoval:
+    """The model with its graph branches cut out, what was cut, and how far the clean scores moved."""
+
+    loaded: model.Model
+    removed: tuple[tamper.Finding, ...]
+    changes: dict[str, str]
+    largest_change: float  # of any clean sample's class score, original against branch-free
+
+    def text(self) -> str:
+        nodes = ", ".join(f.nodes[-1] for f in self.removed if f.nodes)
+        return (f"{len(self.removed)} graph branch{'es' if len(self.removed) > 1 else ''} cut out (at {nodes}); "
+                f"every clean sample keeps its class, scores move by at most {self.largest_change:.3g}")
+
+
+def remove_branches(found: Scan, settings: Settings) -> BranchRemoval | None:
+    """Cut out every branch the graph check found (None when it found none). A finding that cannot be cut
+    (a tensor stored twice: which copy is genuine cannot be told) refuses the repair (RepairError)."""
+    findings = found.graph.findings
+    if not findings:
+        return None
+    stuck = [f for f in findings if not f.cuts]
+    if stuck:
+        why = stuck[0].refusal or stuck[0].reason
+        raise RepairError(f"cannot repair: the graph check found {stuck[0].kind} tampering that auditor cannot cut out "
+                          f"({why}); re-export the model from its source")
+    scores_name = scores_output(found.index)
+    proto, removed, changes = tamper.remove_all(found.loaded.proto, found.samples, found.provider, found.batch,
+                                                scores_name, settings.graph)
+    left = tamper.static(GraphIndex(proto), settings.graph)
+    if left:
+        raise RepairError(f"cannot repair: after cutting out {len(removed)} graph branches, {left[0].kind} tampering "
+                          f"remains at {left[0].nodes[-1]}; re-export the model from its source")
+    before = tamper.values(found.loaded.proto, [scores_name], found.samples, found.provider, found.batch)[scores_name]
+    after = tamper.values(proto, [scores_name], found.samples, found.provider, found.batch)[scores_name]
+    if not np.array_equal(before.argmax(axis=1), after.argmax(axis=1)):
+        raise InternalError("cutting out graph branches changed a clean sample's class after every cut was checked")
+    return BranchRemoval(replace(found.loaded, proto=proto), tuple(removed), changes,
+                         float(np.max(np.abs(before.astype(np.float64) - after))))
+
+
+def provenance(planned: RepairPlan, version: str, source_sha256: str, method: str,
+               branches: BranchRemoval | None = None) -> dict[str, str]:
     """The repaired model's metadata_props, which also word each applied step for every report
     (deterministic, no timestamps)."""
     meta = {
@@ -317,6 +361,8 @@ def provenance(planned: RepairPlan, version: str, source_sha256: str, method: st
         "auditor.method": method,
         "auditor.zeroed_channels": json.dumps({k: sorted(v) for k, v in sorted(planned.zeroed.items()) if v}, sort_keys=True),
     }
+    if branches is not None:
+        meta["auditor.removed_branches"] = branches.text()
     bound = planned.bounds
     caps = []
     if bound.input_radius is not None:

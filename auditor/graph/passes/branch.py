@@ -1,0 +1,107 @@
+"""Cut a branch out of the graph: the node where it meets the body gives what the body computes there."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper
+
+from auditor.graph.flow import outer_reads, subgraphs
+from auditor.graph.passes import PassResult, ensure
+from auditor.graph.passes.edit import fresh, tensor_names
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The node writing `output` is replaced: by Identity(keep[i]) for its i-th output or, for an If, by the
+    nodes of its `branch` ("then_branch" or "else_branch"), the one the clean samples take."""
+
+    output: str
+    keep: tuple[str, ...] = ()
+    branch: str | None = None
+
+    def text(self) -> str:
+        if self.branch is not None:
+            return f"replaced by its {self.branch.replace('_', ' ')}, the one every clean sample takes"
+        return f"replaced by {', '.join(self.keep)}, the value the body computes there"
+
+
+def cut_branch(model: onnx.ModelProto, cut: Cut) -> PassResult:
+    """Copy of `model` with the node that writes `cut.output` replaced as `cut` says, then every node and initializer
+    that no output needs any more removed. ValueError when the cut does not fit the node."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    position = next((k for k, n in enumerate(graph.node) if cut.output in n.output), None)
+    if position is None:
+        raise ValueError(f"no node writes {cut.output}")
+    node = graph.node[position]
+    name = node.name or f"{node.op_type}#{position}"
+    if cut.branch is not None:
+        replacement = _inline(out, node, cut.branch)
+    else:
+        outputs = [o for o in node.output]
+        if len(cut.keep) > len(outputs) or any(k == "" for k in cut.keep):
+            raise ValueError(f"{name} writes {len(outputs)} outputs, the cut keeps {len(cut.keep)}")
+        names = {n.name for n in graph.node}
+        replacement = [helper.make_node("Identity", [keep], [written], name=fresh(f"__auditor_cut_{k}", names))
+                       for k, (keep, written) in enumerate(zip(cut.keep, outputs, strict=False))]
+    nodes = [*graph.node[:position], *replacement, *graph.node[position + 1:]]
+    kept = _live(graph, nodes)
+    dropped = len(nodes) - len(kept)
+    del graph.node[:]
+    graph.node.extend(kept)
+    read = {n for node in kept for n in (*node.input, *(r for g in subgraphs(node) for r in outer_reads(g)))}
+    unused = [t for t in graph.initializer if t.name not in read and t.name not in {v.name for v in graph.output}]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    changes = {name: f"{node.op_type} {cut.text()}; {dropped} nodes no output needs removed"}
+    return ensure(model, PassResult(out, changes), "cut_branch")
+
+
+def _inline(model: onnx.ModelProto, node: onnx.NodeProto, branch: str) -> list[onnx.NodeProto]:
+    if node.op_type != "If":
+        raise ValueError(f"only an If has branches to inline, not a {node.op_type}")
+    body = next((a.g for a in node.attribute if a.name == branch), None)
+    if body is None:
+        raise ValueError(f"the If has no {branch}")
+    taken = tensor_names(model) | {t.name for t in model.graph.initializer}
+    names = {n.name for n in model.graph.node}
+    renamed: dict[str, str] = {}
+    for local in [*(t.name for t in body.initializer), *(o for n in body.node for o in n.output if o)]:
+        renamed[local] = fresh(f"{local}__auditor_inlined", taken)
+        taken.add(renamed[local])
+    for tensor in body.initializer:
+        moved = copy.deepcopy(tensor)
+        moved.name = renamed[tensor.name]
+        model.graph.initializer.append(moved)
+    inlined = []
+    for inner in body.node:
+        moved = copy.deepcopy(inner)
+        moved.input[:] = [renamed.get(n, n) for n in moved.input]
+        moved.output[:] = [renamed.get(n, n) for n in moved.output]
+        moved.name = fresh(f"{inner.name or inner.op_type}__auditor_inlined", names)
+        names.add(moved.name)
+        inlined.append(moved)
+    if len(body.output) != len(node.output):
+        raise ValueError("the If's branch writes another number of outputs")
+    for k, (inner, written) in enumerate(zip(body.output, node.output, strict=True)):
+        source = renamed.get(inner.name, inner.name)
+        inlined.append(helper.make_node("Identity", [source], [written], name=fresh(f"__auditor_cut_{k}", names)))
+        names.add(inlined[-1].name)
+    return inlined
+
+
+def _live(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes a graph output needs (reads inside control-flow bodies count)."""
+    needed = {v.name for v in graph.output}
+    live = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output if o):
+            live.append(node)
+            needed.update(n for n in node.input if n)
+            for inner in subgraphs(node):
+                needed.update(outer_reads(inner))
+    return list(reversed(live))
