@@ -20,11 +20,15 @@ from auditor.graph.index import GraphIndex, attribute
 
 # A layer of the network's body: it multiplies data by constant weights (or looks them up).
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "Gather", "ConvInteger",
-                "MatMulInteger", "QLinearConv", "QLinearMatMul", "Attention", "EmbedLayerNormalization"}
+                "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "Attention", "QAttention", "EmbedLayerNormalization",
+                "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "FusedConv", "FusedGemm", "FusedMatMul"}
 CONTROL_OPS = {"If", "Loop", "Scan"}
 # Ops whose output is a decision about their operands' values: a boolean or an index.
 DECISION_OPS = {"Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "ArgMax", "ArgMin", "TopK"}
 _SHAPE_OPS = {"Shape", "Size"}  # their outputs carry the input's shape, not its values
+# Outputs that are quantization bookkeeping (a tensor's scale and zero point), not values to follow: every
+# dynamically quantized layer rescales its output by its input's scale, a path around every weighted layer.
+_BOOKKEEPING = {"DynamicQuantizeLinear": (1, 2)}
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -119,8 +123,9 @@ class GraphFlow:
         narrowed = self._narrowed(node)
         if narrowed is not None and len(carried) == 1 and node.input and node.input[0] in self.flow:
             reach = self.flow[node.input[0]].reach * narrowed
-        for name in node.output:
-            if name:
+        skipped = _BOOKKEEPING.get(node.op_type, ())
+        for k, name in enumerate(node.output):
+            if name and k not in skipped:
                 self.flow[name] = Flow(depth, weights, inputs, reach)
 
     def _is_weighted(self, node: onnx.NodeProto, names: list[str]) -> bool:

@@ -204,6 +204,9 @@ def _check_names(proto: onnx.ModelProto) -> None:
 
 def _check_opsets(imported: dict[str, int]) -> None:
     if "" not in imported and "ai.onnx" not in imported:
+        if "ai.onnx.ml" in imported:
+            raise ModelError("the model is built from ONNX-ML operators only (classical machine learning: trees, linear "
+                             "models); auditor audits neural networks with Conv, Gemm or MatMul layers")
         raise ModelError("the model imports no ai.onnx opset (opset_import is missing or corrupt)")
     for domain, version in imported.items():
         known = runtime.max_domain_opset(domain) if domain in _ONNX_DOMAINS - {"", "ai.onnx"} else None

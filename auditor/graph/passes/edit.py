@@ -24,6 +24,26 @@ def tensor_names(model: onnx.ModelProto) -> set[str]:
     return {n for node in model.graph.node for n in (*node.input, *node.output)} | {v.name for v in model.graph.input}
 
 
+def rename_reads(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
+    """Make `node` (in place; callers pass their own copy) read `renamed[name]` wherever it read `name`, in the
+    bodies of control flow too, except where a body defines `name` itself."""
+    for i, value in enumerate(node.input):
+        if value in renamed:
+            node.input[i] = renamed[value]
+    for attr in node.attribute:
+        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for body in bodies:
+            local = {v.name for v in body.input} | {t.name for t in body.initializer}
+            local |= {o for inner in body.node for o in inner.output}
+            inner_renamed = {k: v for k, v in renamed.items() if k not in local}
+            if inner_renamed:
+                for inner in body.node:
+                    rename_reads(inner, inner_renamed)
+                for output in body.output:
+                    if output.name in inner_renamed:
+                        output.name = inner_renamed[output.name]
+
+
 def in_front(model: onnx.ModelProto, front: list[onnx.NodeProto], rerouted: dict[str, str]) -> onnx.ModelProto:
     """Copy of `model` with the `front` nodes first and every read of a graph input `name` in
     `rerouted` reading `rerouted[name]` (what the front nodes make of it) instead."""
@@ -32,9 +52,7 @@ def in_front(model: onnx.ModelProto, front: list[onnx.NodeProto], rerouted: dict
     rest = []
     for node in out.graph.node:
         replaced = copy.deepcopy(node)
-        for i, value in enumerate(replaced.input):
-            if value in rerouted:
-                replaced.input[i] = rerouted[value]
+        rename_reads(replaced, rerouted)
         rest.append(replaced)
     for output in out.graph.output:
         if output.name in rerouted:
@@ -95,9 +113,7 @@ def after_units(model: onnx.ModelProto, units: list[Unit], factor_name, bound_na
     for node in out.graph.node:
         replaced = onnx.NodeProto()
         replaced.CopyFrom(node)
-        for i, name in enumerate(replaced.input):
-            if name in renamed:
-                replaced.input[i] = renamed[name]
+        rename_reads(replaced, renamed)
         nodes.append(replaced)
         for name in node.output:
             if name in inserted:
