@@ -183,6 +183,13 @@ def _render(report: auditor.Report) -> None:
     out.print(table)
     style = "bold red" if report.verdict.suspicious else "bold green"
     out.print(f"verdict: [{style}]{verdict_text(report.verdict)}[/]", soft_wrap=True)
+    for finding in report.verdict.findings:
+        out.print(f"graph finding ({finding.kind}): {finding.reason}", markup=False, soft_wrap=True)
+        if finding.nodes:
+            out.print(f"  nodes: {', '.join(finding.nodes)}", markup=False, soft_wrap=True)
+        for fact in (finding.fires, finding.confirmation, finding.refusal and f"repair cannot cut it out: {finding.refusal}"):
+            if fact:
+                out.print(f"  {fact}", markup=False, soft_wrap=True)
     if report.settings:
         out.print("settings changed: " + ", ".join(f"{k}={v}" for k, v in sorted(report.settings.items())), markup=False)
 

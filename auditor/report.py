@@ -1,13 +1,19 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/10` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
+Schema `auditor.report/11` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
 a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples),
               missing_classes[] (the classes it gives none of them: unlearning cannot protect those)}
   provider   {name, reason, threads (onnxruntime's threads per session; null: its default)}
-  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins}
+  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins, findings[]}
+             basis "graph" (any method, whenever the graph check finds tampering): suspicious, score =
+             the threshold or the other evidence's score if higher, target = a confirmed finding's class;
+             findings[] = {kind (override | gate | bypass | storage), nodes[], tensors[], reason, region
+             ("x[:, 0:1, 0:3, 0:3]" or null), constants[], fires (the decision on the clean samples, or null),
+             removable, refusal (why it cannot be cut out, or null), target, confirmed (true | false |
+             null: not tried), confirmation} (auditor/detect/tamper.py);
              basis "corruption" (sus with a float input): score = the largest share of noisy or
              blurred clean samples that one class takes from samples the model put elsewhere
              (auditor/probe.py), target = that class, layer null;
@@ -35,6 +41,7 @@ a finite number is written as null, never as 0):
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
               channels_detail[] (every channel, same fields)}
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
+  (repair.branches[]: the findings cut out of the graph before the rest of the repair, as verdict.findings[])
   repair     null | {output, sha256, zeroed{unit: [channels]}, count,
               how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned);
                   "input:NAME": clamp|notch|notch+clamp|occlude|occlude+clamp (graph inputs)},
@@ -87,7 +94,7 @@ import numpy as np
 from auditor.detect.verdict import SHORTCUT_BASES, Verdict
 from auditor.mitigation.plan import RepairOutcome
 
-SCHEMA = "auditor.report/10"
+SCHEMA = "auditor.report/11"
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,14 @@ class Report:
                                "logicalLocations": [{"name": f"{unit}[{channel}]", "kind": "member"}]}],
                 "properties": {"score": _round(score)},
             })
+        for finding in verdict.findings:
+            where = [{"name": node, "kind": "function"} for node in finding.nodes] or [{"name": "initializers", "kind": "member"}]
+            results.append({
+                "ruleId": "AUD003", "level": "error",
+                "message": {"text": f"{finding.kind}: {finding.reason}" + (f"; {finding.confirmation}" if finding.confirmed else "")},
+                "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}}, "logicalLocations": where}],
+                "properties": {"kind": finding.kind, "confirmed": finding.confirmed, "removable": bool(finding.cuts)},
+            })
         sarif = {
             "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
             "version": "2.1.0",
@@ -187,6 +202,8 @@ class Report:
                     {"id": "AUD001", "name": "BackdoorSuspected",
                      "shortDescription": {"text": "Model-level backdoor suspicion at or above threshold"}},
                     {"id": "AUD002", "name": "SuspiciousChannel", "shortDescription": {"text": "A hidden channel ranked suspicious"}},
+                    {"id": "AUD003", "name": "GraphTampering",
+                     "shortDescription": {"text": "Extra graph nodes act on a few raw input values, or a tensor is stored twice"}},
                 ]}},
                 "results": results,
             }],
@@ -210,6 +227,15 @@ class Report:
             items = "".join(f"<li>{html.escape(line)}</li>" for line in repair_lines(self.repair, v))
             repair = f"<h2>Repair</h2><ul>{items}</ul>"
         state = "SUSPICIOUS" if v.suspicious else "clean"
+        findings = ""
+        if v.findings:
+            cells = "".join(
+                f"<tr><td>{f.kind}</td><td>{html.escape(', '.join(f.nodes) or '(initializers)')}</td>"
+                f"<td>{html.escape(f.reason)}</td><td>{html.escape(f.region.text() if f.region else '')}</td>"
+                f"<td>{html.escape(f.confirmation or '')}</td><td>{'yes' if f.cuts else html.escape(f.refusal or 'no')}</td></tr>"
+                for f in v.findings)
+            findings = ("<h2>Graph findings</h2><table><tr><th>kind</th><th>nodes</th><th>why</th><th>input region</th>"
+                        f"<th>on the clean samples</th><th>repair can cut it out</th></tr>{cells}</table>")
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>auditor report</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
@@ -217,7 +243,7 @@ class Report:
             f"<h1>auditor: <span class='{'bad' if v.suspicious else 'ok'}'>{state}</span></h1>"
             f"<p>Model <code>{html.escape(self.model['path'])}</code> (sha256 {self.model['sha256'][:16]}…), "
             f"method {self.method}, {self.data['samples']} clean samples, {html.escape(self.provider['name'])}.</p>"
-            f"<p>{html.escape(verdict_text(v))}.</p>{repair}"
+            f"<p>{html.escape(verdict_text(v))}.</p>{findings}{repair}"
             f"<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach {self.channel_threshold:g}.</p>"
             "<table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th><th>max</th></tr>"
             + "".join(rows) + "</table></body></html>\n"
@@ -240,6 +266,10 @@ def basis_text(verdict: Verdict) -> str:
                 f"sends {found.share:.0%} of the other clean samples to class {verdict.target}")
     if verdict.basis == "margin":
         return f"head margin z-score: class {verdict.target} reachable most at {verdict.layer}"
+    if verdict.basis == "graph":
+        first = verdict.findings[0]
+        more = f" and {len(verdict.findings) - 1} more" if len(verdict.findings) > 1 else ""
+        return f"graph check: {first.kind} tampering at {first.nodes[-1] if first.nodes else 'the initializers'}{more}"
     return f"most suspicious layer: {verdict.layer}"
 
 
@@ -253,7 +283,8 @@ def verdict_text(verdict: Verdict) -> str:
 def repair_lines(outcome: RepairOutcome, verdict: Verdict) -> list[str]:
     """What the repair did and found, one fact per line: the console and the HTML page print these."""
     plan, limits = outcome.plan, outcome.settings.repair
-    lines = [*outcome.actions(),
+    lines = [*(f"cut out: {f.kind} at {f.nodes[-1]} ({'; '.join(c.text() for c in f.cuts)})" for f in outcome.branches),
+             *outcome.actions(),
              f"{plan.count} channels zeroed in {len(plan.zeroed)} layers; agreement {plan.fidelity.agreement:.3f} "
              f"(floor {limits.floor}), divergence {plan.fidelity.divergence:.4f} (at most {limits.max_divergence}); "
              f"written to {outcome.output}"]
