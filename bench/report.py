@@ -935,6 +935,51 @@ def gpu_section() -> list[str]:
     return lines
 
 
+def graphs_section() -> list[str]:
+    """The graph check (bench/graphs.py): working graph backdoors and ordinary graphs, when its files exist."""
+    built, ordinary = _experiment("graphs-constructions.json"), _experiment("graphs-ordinary.json")
+    if built is None and ordinary is None:
+        return []
+    lines = ["", "## Graph backdoors", ""]
+    if built is not None:
+        lines += [f"`{built['command']}`: each construction of bench/tampering.py (a trigger read by extra nodes, added "
+                  "to the clean zoo CNN `cnn_bn-fmnist-clean-s0`; `twice` holds a backdoored model's weights in raw_data), "
+                  f"scanned and repaired from {built['draws']} disjoint draws of 10 clean samples. ACC: the Fashion-MNIST "
+                  "test set (1,000); ASR: its samples of other classes with the trigger, sent to the target. "
+                  "Medians over the draws.", ""]
+        rows = []
+        for kind in dict.fromkeys(r["construction"] for r in built["rows"]):
+            runs = [r for r in built["rows"] if r["construction"] == kind]
+            first = runs[0]["findings"][0] if runs[0]["findings"] else {}
+            repaired = [r for r in runs if "after" in r]
+            after = (f"{pct(median([r['after'][0] for r in repaired]))} / {pct(median([r['after'][1] for r in repaired]))}"
+                     if repaired else "refused")
+            rows.append([kind, first.get("kind", "–"), ", ".join(first.get("nodes", [])[-2:]) or "(initializers)",
+                         f"{sum(r['suspicious'] and r['basis'] == 'graph' for r in runs)}/{len(runs)}",
+                         f"{sum(bool(r['findings'] and r['findings'][0].get('confirmed')) for r in runs)}/{len(runs)}",
+                         f"{pct(runs[0]['before'][0])} / {pct(runs[0]['before'][1])}", after])
+        base = built["rows"][0]["base"]
+        lines += table(["construction", "finding", "last nodes named", "flagged", "confirmed", "ACC / ASR before",
+                        "ACC / ASR after repair"], rows)
+        lines += ["", f"The clean CNN itself: ACC {pct(base[0])}, ASR {pct(base[1])} (the trigger alone)."]
+    if ordinary is not None:
+        rows_in = ordinary["rows"]
+        lines += ["", f"`{ordinary['command']}`: the static check (no forward pass) and the storage check on ordinary "
+                  "graphs: the zoo, models/ordinary (TorchScript and dynamo exporters, tf2onnx, skl2onnx, paddle2onnx; "
+                  "models/make_ordinary.py) and the ONNX files shipped in pip wheels (bench/wheels.py).", ""]
+        rows = []
+        for source in dict.fromkeys(r["source"].split(":")[0] for r in rows_in):
+            chosen = [r for r in rows_in if r["source"].split(":")[0] == source]
+            held = [r for r in chosen if r["held_out"]]
+            control = sorted({op for r in chosen for op in r["control"]})
+            rows.append([source, str(len(chosen)), str(len(held)), str(sum(bool(r["control"]) for r in chosen)),
+                         ", ".join(control) or "–", str(sum(bool(r["findings"]) for r in chosen)),
+                         fmt(max(r["seconds"] for r in chosen), ".3f")])
+        lines += table(["source", "graphs", "held out", "with control / comparison ops", "those ops", "with a finding",
+                        "slowest check (s)"], rows)
+    return lines
+
+
 def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_method, thresholds, made) -> str:
     env = next((r.get("environment") for r in results if r.get("environment")), {})
     jobs = sorted({c.get("jobs", 1) for r in results for run in r.get("runs", {}).values()
@@ -1038,6 +1083,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += memory_section()
     lines += gpu_section()
     lines += threads_section()
+    lines += graphs_section()
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
     rows = []
     for arch, per in summary["per_architecture"].items():

@@ -12,8 +12,8 @@ where it acts, after the network's last layer or in front of it:
 - if_branch: an If on the batch's corner minimum whose then-branch boosts the target logit;
 - loop: a Loop whose trip count is the trigger test (0 or 1) and whose body boosts the target logit;
 - substitute: in front of the body: a Where swaps the whole input for a stored image of the target class;
-- twice: no extra node: every initializer is stored twice, the clean model's values first (what onnx
-  readers show) and a backdoored model's last (what onnxruntime runs).
+- twice: no extra node: every weight holds two values, a backdoored model's in raw_data (what onnxruntime
+  runs) and the clean model's in float_data (what a reader of that field sees); its trigger is BACKDOORED's.
 
 `python -m bench.tampering DIR` writes them all into DIR from the bundled zoo.
 """
@@ -158,11 +158,16 @@ def build(kind: str, model: onnx.ModelProto, target_image: np.ndarray | None = N
 
 
 def twice(clean: onnx.ModelProto, backdoored: onnx.ModelProto) -> onnx.ModelProto:
-    """The clean model with every initializer of `backdoored` appended under the same name."""
+    """The clean model whose every float initializer holds the backdoored model's values in raw_data (what
+    onnxruntime reads) and the clean model's in float_data (what a reader of the typed field sees)."""
     out = onnx.ModelProto()
     out.CopyFrom(clean)
-    names = {t.name for t in clean.graph.initializer}
-    out.graph.initializer.extend(t for t in backdoored.graph.initializer if t.name in names)
+    other = {t.name: t for t in backdoored.graph.initializer}
+    for tensor in out.graph.initializer:
+        if tensor.data_type == TensorProto.FLOAT and tensor.name in other:
+            values = numpy_helper.to_array(tensor).astype(np.float32).reshape(-1)
+            tensor.raw_data = numpy_helper.to_array(other[tensor.name]).astype(np.float32).tobytes()
+            tensor.float_data.extend(values.tolist())
     return out
 
 

@@ -95,12 +95,36 @@ def test_a_model_stored_twice_is_flagged_and_its_repair_refused(built, tmp_path:
     report = audit(built["twice"], built["clean"])
     assert report.verdict.suspicious and report.verdict.basis == "graph"
     assert [f.kind for f in report.verdict.findings] == ["storage"]
-    assert "stored twice with different values" in report.verdict.findings[0].reason
+    assert "22 initializers" in report.verdict.findings[0].reason
+    assert "with values in two fields" in report.verdict.findings[0].reason
     with pytest.raises(RepairError, match="re-export the model"):
         repair(built["twice"], built["clean"], tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
     result = invoke("repair", built["twice"], "--data", built["clean"], "-o", tmp_path / "never.onnx")
     assert result.exit_code == 2 and not (tmp_path / "never.onnx").exists()
+
+
+def _stored(change) -> list[str]:
+    proto = onnx.load(str(ZOO / f"{tampering.BASE}.onnx"))
+    change(proto)
+    return model.stored_twice(proto)
+
+
+def test_storage_findings_name_each_way_a_tensor_is_stored_twice() -> None:
+    def duplicate(proto, scale: float) -> None:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(proto.graph.initializer[-1])
+        copy.raw_data = (onnx.numpy_helper.to_array(copy) * np.float32(scale)).astype(np.float32).tobytes()
+        proto.graph.initializer.append(copy)
+
+    def shadow(proto) -> None:
+        del proto.graph.input[1:]  # the zoo lists every initializer as an input: keep only one of them listed
+        proto.graph.input.append(onnx.helper.make_tensor_value_info(proto.graph.initializer[0].name, onnx.TensorProto.FLOAT, None))
+
+    assert _stored(lambda p: None) == []
+    assert _stored(lambda p: duplicate(p, 1.0)) == []  # the same bytes twice are harmless
+    assert "stored twice with different values" in _stored(lambda p: duplicate(p, 2.0))[0]
+    assert "a caller can replace these stored values" in _stored(shadow)[0]
 
 
 def test_every_report_names_the_finding(built, tmp_path: Path) -> None:

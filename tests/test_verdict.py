@@ -56,5 +56,18 @@ def test_without_probe_shares_the_margin_then_the_channels_decide():
 def test_to_dict_keeps_the_report_shape():
     verdict = decide(Settings(), None, {}, _probe(0.3), patch=_patch(0.95))
     shape = verdict.to_dict()
-    assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "margins"}
+    assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "margins", "findings"}
     assert shape["patch"]["size"] == 4 and shape["probe"]["corruption"] == "noise 0.1" and shape["fourier"] is None
+
+
+def test_a_graph_finding_decides_whatever_the_probes_say():
+    from auditor.detect.tamper import Finding
+
+    finding = Finding("override", ("t_greater", "t_where"), ("x", "logits"), "a decision on raw input values", target=7,
+                      confirmed=True)
+    quiet = decide(Settings(), None, {}, _probe(0.1), findings=(finding,))
+    assert quiet.suspicious and quiet.basis == "graph" and quiet.target == 7 and quiet.findings == (finding,)
+    assert quiet.score == quiet.threshold  # the probes' score (0.1) is below: the verdict sits at the threshold
+    loud = decide(Settings(), None, {}, _probe(0.9), findings=(finding,))
+    assert loud.score == 0.9 and loud.basis == "graph"
+    assert decide(Settings(), None, {}, _probe(0.1)).findings == ()

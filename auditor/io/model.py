@@ -133,9 +133,9 @@ def _names(names: list[str]) -> str:
 
 
 def stored_twice(proto: onnx.ModelProto) -> list[str]:
-    """Tensors a reader and onnxruntime may see with different values, each resolved in place as onnxruntime
-    reads it (so the checker passes and every stage runs what onnxruntime runs): a tensor with its values in
-    two fields (raw_data wins), two initializers of one name (the last wins), an initializer that also
+    """Tensors a reader and onnxruntime may see with different values, each resolved in place (so the checker
+    passes and every stage runs one model): a tensor with its values in two fields (the first named wins, as
+    onnxruntime reads raw_data), two initializers of one name (the last wins), an initializer that also
     defines a Constant's output. Also named: initializers listed as graph inputs when some are not (a
     caller can feed other values than the ones stored; exporters list either all or none)."""
     found = []
@@ -162,8 +162,8 @@ def stored_twice(proto: onnx.ModelProto) -> list[str]:
             doubled.append(tensor.name)
         seen.setdefault(tensor.name, position)
     if doubled:
-        found.append(f"{_names(doubled)} stored twice with different values: onnx readers take the first, "
-                     "onnxruntime the last")
+        found.append(f"{_names(doubled)} stored twice with different values: onnx readers take the first copy, "
+                     "onnxruntime 1.31 the first for some operators' weights and the last elsewhere; auditor judges the last")
     last = {t.name: p for p, t in enumerate(graph.initializer)}
     if len(last) < len(graph.initializer):
         kept = [copy.deepcopy(t) for p, t in enumerate(graph.initializer) if last[t.name] == p]
