@@ -7,6 +7,7 @@ report it), 130 interrupted (SIGINT or SIGTERM; no partial output).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -87,9 +88,23 @@ def _say_interrupted() -> None:
         err.print("interrupted: no partial output was left behind", markup=False, soft_wrap=True)
 
 
+class _TimeUp(KeyboardInterrupt):
+    """limits.seconds ran out: the run unwinds as Ctrl-C does (what it wrote is removed), then reports the limit."""
+
+
+def _deadline(seconds: float) -> None:
+    """From now, stop the command after `seconds` of wall-clock time (0: never)."""
+    def up(signum, frame) -> None:
+        raise _TimeUp(seconds)
+
+    if seconds > 0:
+        signal.signal(signal.SIGALRM, up)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
 def _guarded(work):
-    """Run `work`, turning every failure into one line: exit code 2 for bad input, 3 for a bug in
-    auditor (library warnings silenced: stderr carries the one line only)."""
+    """Run `work`, turning every failure into one line: exit code 2 for bad input or a limit reached, 3 for a
+    bug in auditor (library warnings silenced: stderr carries the one line only)."""
     try:
         with warnings.catch_warnings():
             if not os.environ.get("AUDITOR_DEBUG"):
@@ -99,6 +114,9 @@ def _guarded(work):
         raise
     except AuditorError as exc:
         _fail(str(exc))
+    except _TimeUp as exc:
+        _fail(f"stopped after {exc.args[0]:g} s, the run time limit (limits.seconds); nothing was written; raise it "
+              "with --set limits.seconds=S, or give fewer samples (--limit) or switch off the searches")
     except KeyboardInterrupt:
         _say_interrupted()
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -114,6 +132,8 @@ def _guarded(work):
         if os.environ.get("AUDITOR_DEBUG"):
             raise
         _bug(f"unexpected {type(exc).__name__}: {_one_line(str(exc))}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _inputs(model: Path, *others: Optional[Path]) -> tuple[Path, ...]:
@@ -134,12 +154,23 @@ def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...])
 
 
 def _write_reports(report: auditor.Report, json_path, sarif_path, html_path, written: list[Path] | None = None) -> None:
-    """Each report atomically; `written` hears each path once it is in place."""
-    for path, text in ((json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)):
-        if path is not None:
-            model_io.write_atomic(path, text().encode())
-            if written is not None:
+    """Each report atomically; `written` hears each path once it is in place. A failure part-way (a full disk,
+    Ctrl-C) removes what this run wrote, reports and `written` alike: a run that fails leaves no output."""
+    written = [] if written is None else written
+    try:
+        for path, text in ((json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)):
+            if path is not None:
+                model_io.write_atomic(path, text().encode())
                 written.append(Path(path))
+    except BaseException:
+        _remove(written)
+        raise
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def _threads_text(threads: int | None) -> str:
@@ -215,6 +246,7 @@ def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodO
     """Probe for a shortcut (corruptions, a patch, a Fourier pattern), score every channel; exit 1 when it looks backdoored."""
     def work():
         settings = _settings(set_)
+        _deadline(settings.limits.seconds)
         _outputs([json, sarif, html], force, _inputs(model, data))
         report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold,
                                patch_search=patch_search, fourier_probe=fourier_probe, threads=threads, notice=_note,
@@ -274,6 +306,7 @@ def repair_command(
     """Bound activations, filter out a found trigger, unlearn its shortcut, as far as fidelity allows; write the model."""
     def work():
         settings = _settings(set_, repair_floor=floor, repair_layer_cap=layer_cap, repair_max_divergence=max_divergence)
+        _deadline(settings.limits.seconds)
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
         _outputs([output, json, sarif, html], force, _inputs(model, data, test, triggered))
@@ -288,9 +321,8 @@ def repair_command(
         written = [Path(output)]
         try:
             _finish_repair(report, before, written)
-        except KeyboardInterrupt:  # an interrupted run leaves none of its outputs, the model it wrote included
-            for path in written:
-                path.unlink(missing_ok=True)
+        except BaseException:  # a run that fails or is interrupted leaves none of its outputs, the model included
+            _remove(written)
             raise
         return report
 

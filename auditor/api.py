@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from auditor.detect import scan as detection
-from auditor.errors import ModelError
+from auditor.errors import ModelError, RepairError
 from auditor.io import model, runtime
 from auditor.mitigation import plan as mitigation
 from auditor.report import ChannelRecord, LayerRecord, Report
@@ -85,14 +85,28 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         found = detection.scan(branches.loaded, data_path, limit, method, provider, settings, None, patch_search,
                                fourier_probe, notice)
     choices = mitigation.RepairChoices(method, threshold, max_prune, bound, zero, notch, occlude, unlearning)
-    planned, guard = mitigation.plan(found, choices, settings)
-    meta = mitigation.provenance(planned, __version__, found.loaded.sha256, method, branches)
-    built = mitigation.build(found, planned, meta, branches)
-    mitigation.verify(built.model, found, guard, planned)
-    residual, patched, waved = mitigation.checks(found, guard, planned, settings) if method == "sus" else (None, None, None)
+    # The guard picks the tightest repair its samples allow, so samples it never saw can fare worse. When they
+    # do, the plan is made once more within limits tightened by the gap, and judged on fresh held-back samples.
+    limits, retried = settings, None
+    for attempt in range(2):
+        planned, guard = mitigation.plan(found, choices, limits)
+        meta = mitigation.provenance(planned, __version__, found.loaded.sha256, method, branches)
+        built = mitigation.build(found, planned, meta, branches)
+        mitigation.verify(built.model, found, guard, planned)
+        kept = mitigation.held_back(found, built.model, planned, settings, settings.repair.held_back_seed + attempt)
+        if kept.passed:
+            break
+        if attempt == 1:
+            raise RepairError(f"repair refused, nothing written: {retried}; planned again within tighter limits, {kept.text()}: "
+                              "give more clean samples (of every class), or loosen repair.floor / repair.max_divergence knowingly")
+        limits = mitigation.tightened(limits, planned.fidelity, kept)
+        retried = (f"{kept.text()} (the guard's samples showed {planned.fidelity.agreement:.3f} and "
+                   f"{planned.fidelity.divergence:.4f})")
+    residual, patched, waved = mitigation.checks(found, guard, planned, limits) if method == "sus" else (None, None, None)
     sha256 = model.save_model(built.model, output)
-    report.repair = mitigation.RepairOutcome(str(output), sha256, planned, built.changes, settings, residual, patched, waved, meta,
-                                             branches=() if branches is None else branches.removed)
+    report.repair = mitigation.RepairOutcome(str(output), sha256, planned, built.changes, limits, residual, patched, waved, meta,
+                                             branches=() if branches is None else branches.removed, held_back=kept,
+                                             replanned=retried)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
     return report

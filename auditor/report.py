@@ -41,7 +41,11 @@ a finite number is written as null, never as 0):
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
               channels_detail[] (every channel, same fields)}
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
-  (repair.branches[]: the findings cut out of the graph before the rest of the repair, as verdict.findings[])
+  (repair.branches[]: the findings cut out of the graph before the rest of the repair, as verdict.findings[];
+   repair.held_back: {samples, agreement, divergence, agreement_limit, divergence_limit, passed}: the written model
+   against the original on augmented clean samples the guard never fitted on; repair.replanned: null, or why the
+   first plan failed that check (the model written was planned again within tighter limits and checked on fresh
+   held-back samples; a second failure refuses the repair))
   repair     null | {output, sha256, zeroed{unit: [channels]}, count,
               how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned);
                   "input:NAME": clamp|notch|notch+clamp|occlude|occlude+clamp (graph inputs)},
@@ -286,8 +290,12 @@ def repair_lines(outcome: RepairOutcome, verdict: Verdict) -> list[str]:
     lines = [*(f"cut out: {f.kind} at {f.nodes[-1]} ({'; '.join(c.text() for c in f.cuts)})" for f in outcome.branches),
              *outcome.actions(),
              f"{plan.count} channels zeroed in {len(plan.zeroed)} layers; agreement {plan.fidelity.agreement:.3f} "
-             f"(floor {limits.floor}), divergence {plan.fidelity.divergence:.4f} (at most {limits.max_divergence}); "
+             f"(floor {limits.floor:.4g}), divergence {plan.fidelity.divergence:.4f} (at most {limits.max_divergence:.4g}); "
              f"written to {outcome.output}"]
+    if outcome.replanned is not None:
+        lines.append(f"held-back check, first plan: {outcome.replanned}; planned again within tighter limits")
+    if outcome.held_back is not None:
+        lines.append(f"held-back check: {outcome.held_back.text()}")
     weak = " (a weak verdict: within tighter fidelity bounds)"
     for step in (plan.notch, plan.occlusion):
         if step is not None and step.applied and step.weak:

@@ -151,6 +151,8 @@ class RepairSettings:
     anchor_slack: float = 8.0  # a head correction must also keep the limits x this slack on the target's own samples
     filter_gate: float = 0.4  # input filters also run on a verdict score from here up to the threshold ...
     weak_slack: float = 0.5  # ... within this share of the limits' slack
+    held_back_seed: int = 1  # the held-back check's augmented copies (the guard fits on seed 0's)
+    held_back_z: float = 2.0  # it refuses a repair whose held-back agreement or divergence breaks a limit by z standard errors
 
     def __post_init__(self) -> None:
         if not 0.0 < self.floor <= 1.0:
@@ -169,6 +171,18 @@ class GraphSettings:
     thin_depth: int = 1  # a side path through at most this many weighted layers is thin beside a deeper body
     confirm_share: float = 0.5  # pasting a gate's values confirms it when the branch changes this share of classes
     max_rounds: int = 8  # repair removes branches, and what a removal uncovers, at most this many times
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Bounds a hostile or runaway input cannot pass silently: each refusal names its limit (exit 2)."""
+
+    model_bytes: int = 8 << 30  # the .onnx file and its external data together
+    nodes: int = 1_000_000  # nodes in the graph, control-flow bodies included
+    nesting: int = 16  # control-flow bodies inside bodies (the graph's depth; paths are bounded by `nodes`)
+    tensor_elements: int = 1 << 32  # elements one initializer may declare
+    data_bytes: int = 8 << 30  # the arrays of one samples file, as loaded into memory
+    seconds: float = 3600.0  # wall-clock time of one CLI command; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -194,6 +208,7 @@ class Settings:
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     repair: RepairSettings = field(default_factory=RepairSettings)
     graph: GraphSettings = field(default_factory=GraphSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     run: RunSettings = field(default_factory=RunSettings)
 
     def override(self, changes: Mapping[str, Any]) -> Settings:

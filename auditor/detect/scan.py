@@ -71,7 +71,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     start = time.perf_counter()
     if method not in channels.METHODS:
         raise ModelError(f"unknown method {method!r}: use one of {', '.join(channels.METHODS)}")
-    loaded = source if isinstance(source, model.Model) else model.load(source)
+    loaded = source if isinstance(source, model.Model) else model.load(source, settings.limits)
     index = GraphIndex(loaded.proto)
     units = find_units(index)
     prunable_units(index, units)

@@ -29,6 +29,7 @@ from onnx import TensorProto, external_data_helper, helper, version_converter
 
 from auditor.errors import ModelError, OutputError
 from auditor.io import runtime
+from auditor.settings import LimitSettings
 
 _VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}
@@ -71,11 +72,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load(path: str | os.PathLike[str]) -> Model:
-    """Read `path` (external data only from inside its folder), validate it, normalise it for the runtime."""
+def load(path: str | os.PathLike[str], limits: LimitSettings | None = None) -> Model:
+    """Read `path` (external data only from inside its folder), validate it, normalise it for the runtime;
+    a model past one of `limits` is refused by name before anything walks it."""
     path = Path(path)
+    limits = limits or LimitSettings()
     _check_file(path)
+    if path.stat().st_size > limits.model_bytes:
+        raise ModelError(f"the model file is {path.stat().st_size:,} bytes, over limits.model_bytes ({limits.model_bytes:,}); "
+                         "raise it with --set limits.model_bytes=N if the model is that large")
     proto = _parse(path)
+    check_limits(proto, path, limits)
     check_graph(proto)
     storage = stored_twice(proto)
     sha = file_sha256(path)
@@ -106,6 +113,37 @@ def _parse(path: Path) -> onnx.ModelProto:
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelError(f"not an ONNX model with a graph (no nodes found): {path}")
     return proto
+
+
+def check_limits(proto: onnx.ModelProto, path: Path, limits: LimitSettings) -> None:
+    """Node count, control-flow nesting, declared tensor sizes and external data against `limits`, without
+    recursion (a hostile nesting must not reach Python's recursion limit first)."""
+    count, pending = 0, [(proto.graph, 0), *((f, 0) for f in proto.functions)]
+    while pending:
+        graph, depth = pending.pop()
+        if depth > limits.nesting:
+            raise ModelError(f"control-flow bodies are nested {depth} deep, over limits.nesting ({limits.nesting}); "
+                             "raise it with --set limits.nesting=N if the model is built that way")
+        for node in graph.node:
+            count += 1
+            for attr in node.attribute:
+                pending += [(body, depth + 1) for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
+        if count > limits.nodes:
+            raise ModelError(f"the model has more than limits.nodes ({limits.nodes:,}) nodes; "
+                             "raise it with --set limits.nodes=N if the model is that large")
+    external = 0
+    for tensor in external_data_helper._get_all_tensors(proto):
+        elements = math.prod(max(int(d), 0) for d in tensor.dims)
+        if elements > limits.tensor_elements:
+            raise ModelError(f"tensor {tensor.name!r} declares {elements:,} elements, over limits.tensor_elements "
+                             f"({limits.tensor_elements:,}); raise it with --set limits.tensor_elements=N if it is real")
+        if external_data_helper.uses_external_data(tensor):
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            length = info.get("length", "")
+            external += int(length) if length.isdigit() else 0
+    if path.stat().st_size + external > limits.model_bytes:
+        raise ModelError(f"the model and its external data are {path.stat().st_size + external:,} bytes, over "
+                         f"limits.model_bytes ({limits.model_bytes:,}); raise it with --set limits.model_bytes=N if it is that large")
 
 
 def check_graph(proto: onnx.ModelProto) -> None:
@@ -258,8 +296,9 @@ def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
         _check_external(tensor, root)
     try:
         external_data_helper.load_external_data_for_model(proto, str(root))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read external data: {_one_line(exc)}") from exc
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:  # onnx's own location checks raise ValidationError
+        raise ModelError(f"cannot read external data: {_one_line(exc)}; keep the data files beside the model, "
+                         "named by plain relative locations") from exc
 
 
 def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -281,21 +320,30 @@ def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def _check_external(tensor: onnx.TensorProto, root: Path) -> None:
-    """The location must be a regular file inside the model's folder, big enough for the tensor."""
+    """The location must be a regular file inside the model's folder, big enough for the tensor.
+
+    protobuf hands an entry with invalid UTF-8 through as bytes, and the filesystem refuses names it
+    cannot hold (too long, ...): both are a corrupt or hostile model, refused by name."""
+    name = tensor.name
+    if not all(isinstance(text, str) for entry in tensor.external_data for text in (entry.key, entry.value)):
+        raise ModelError(f"the model is corrupt: an external data entry of {name!r} is not valid UTF-8; re-export it")
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
-    name = tensor.name
     if not location or "\0" in location or os.path.isabs(location) or Path(location).drive:
-        raise ModelError(f"external data location {location!r} of {name!r} is not a relative path; refusing to read it")
-    target = (root / location).resolve()
-    if not target.is_relative_to(root):
-        raise ModelError(f"external data location {location!r} of {name!r} escapes the model's folder; refusing to read it")
-    if not target.exists():
-        raise ModelError(f"external data file {location!r} for {name!r} is missing next to the model")
-    if not target.is_file():
-        raise ModelError(f"external data location {location!r} of {name!r} is not a regular file")
+        raise ModelError(f"external data location {location[:80]!r} of {name!r} is not a relative path; refusing to read it")
+    try:
+        target = (root / location).resolve()
+        if not target.is_relative_to(root):
+            raise ModelError(f"external data location {location[:80]!r} of {name!r} escapes the model's folder; refusing to read it")
+        if not target.exists():
+            raise ModelError(f"external data file {location[:80]!r} for {name!r} is missing next to the model")
+        if not target.is_file():
+            raise ModelError(f"external data location {location[:80]!r} of {name!r} is not a regular file")
+        size = target.stat().st_size
+    except OSError as exc:
+        raise ModelError(f"external data location {location[:80]!r} of {name!r} cannot be looked up ({exc.strerror or exc}); "
+                         "refusing to read it") from exc
     offset, length = _int_field(info, "offset", name), _int_field(info, "length", name)
-    size = target.stat().st_size
     needed = tensor_nbytes(tensor)
     if length is None:
         length = size - (offset or 0)
@@ -488,7 +536,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Writer) -> None:
     nothing behind), are fsynced, then linked into place; elsewhere a hidden temp file is renamed.
     """
     path = Path(path)
-    with _atomic_file(path.parent, lambda: path) as handle:
+    with _atomic_file(path.parent, lambda: path, str(path)) as handle:
         if callable(data):
             data(handle)
         else:
@@ -496,10 +544,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Writer) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_file(folder: Path, target: Callable[[], Path]) -> Iterator[BinaryIO]:
-    """A file in `folder` that becomes `target()` (asked only once the writing succeeded), or nothing."""
+def _atomic_file(folder: Path, target: Callable[[], Path], shown: str) -> Iterator[BinaryIO]:
+    """A file in `folder` that becomes `target()` (asked only once the writing succeeded), or nothing;
+    `shown` names it in a failure."""
     fd, temp = _open_temp(folder)
-    path = folder
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -516,7 +564,7 @@ def _atomic_file(folder: Path, target: Callable[[], Path]) -> Iterator[BinaryIO]
             with contextlib.suppress(OSError):
                 os.unlink(temp)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise OutputError(f"cannot write {shown}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -638,7 +686,7 @@ def _write_external_data(path: Path, tensors: list[onnx.TensorProto]) -> tuple[P
         return path.parent / name[0]
 
     existed = False
-    with _atomic_file(path.parent, target) as handle:
+    with _atomic_file(path.parent, target, f"the external data of {path}") as handle:
         for tensor in tensors:
             raw = tensor.raw_data
             offsets[tensor.name] = (handle.tell(), len(raw))

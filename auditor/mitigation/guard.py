@@ -159,7 +159,13 @@ def _grouped(chosen: list[tuple[str, int]]) -> dict[str, list[int]]:
 
 
 def divergence(reference: np.ndarray, changed: np.ndarray, label: np.ndarray, spare: int | None = None) -> float:
-    """Mean KL(reference || changed) over rows of class distributions [N, K], in nats. With `spare`,
+    """Mean KL(reference || changed) over rows of class distributions [N, K], in nats (see `divergences`)."""
+    per_row = divergences(reference, changed, label, spare)
+    return max(float(np.mean(per_row)), 0.0) if per_row.size else 0.0
+
+
+def divergences(reference: np.ndarray, changed: np.ndarray, label: np.ndarray, spare: int | None = None) -> np.ndarray:
+    """KL(reference || changed) of each row of class distributions [N, K], in nats. With `spare`,
     a row whose `label` is another class is compared on the classes other than `spare`, each
     distribution renormalised there: moving mass off `spare` alone costs nothing on it."""
     per_row = np.sum(reference * (np.log(reference) - np.log(changed)), axis=1)
@@ -168,12 +174,17 @@ def divergence(reference: np.ndarray, changed: np.ndarray, label: np.ndarray, sp
         kept = np.delete(reference[other], spare, axis=1), np.delete(changed[other], spare, axis=1)
         before, after = (part / part.sum(axis=1, keepdims=True) for part in kept)
         per_row[other] = np.sum(before * (np.log(before) - np.log(after)), axis=1)
-    return max(float(np.mean(per_row)), 0.0) if per_row.size else 0.0
+    return per_row
 
 
 def distribution(scores: np.ndarray) -> np.ndarray:
-    """Class probabilities from logits, or the scores themselves when they already are."""
+    """Class probabilities from logits, or the scores themselves when they already are. One column is a
+    binary model's single output: a probability when every value lies in [0, 1], else a logit; it gives
+    the two classes [1 - p, p], so its decision is p > 0.5 (the model's own) and its KL is Bernoulli's."""
     scores = scores.astype(np.float64)
+    if scores.ndim == 2 and scores.shape[1] == 1:
+        positive = scores if ((scores >= 0) & (scores <= 1)).all() else 1.0 / (1.0 + np.exp(-scores))
+        return np.clip(np.concatenate([1.0 - positive, positive], axis=1), 1e-9, 1.0)
     if (scores >= 0).all() and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
         return np.clip(scores, 1e-9, 1.0)
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
+from auditor.capture import classifier as _classifier
 from auditor.capture import run, scores_output
 from auditor.detect import fourier, patch, probe, tamper
 from auditor.detect.channels import Suspicion
@@ -33,7 +34,7 @@ from auditor.graph.passes.provenance import stamp
 from auditor.graph.units import Unit, head_affine
 from auditor.io import data, model, runtime
 from auditor.mitigation.filters import FilterOutcome, Notch, plan_notch, plan_occlusion, window_text
-from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Edits, Fidelity, Guard, filtered
+from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Edits, Fidelity, Guard, augment, distribution, divergences, filtered
 from auditor.mitigation.unlearn import UnlearnOutcome, plan_unlearning
 from auditor.settings import Settings
 
@@ -115,6 +116,8 @@ class RepairOutcome:
     meta: dict[str, str] = field(default_factory=dict)  # the model's provenance metadata (see `provenance`)
     evaluation: dict | None = None  # {before, after}: the CLI's test-set measurement, when given
     branches: tuple[tamper.Finding, ...] = ()  # graph branches cut out before the rest of the repair
+    held_back: HeldBack | None = None  # the written model against the original on samples the guard never saw
+    replanned: str | None = None  # why the first plan failed its held-back check (the plan written is the second)
 
     @property
     def bound_units(self) -> int:
@@ -144,6 +147,8 @@ class RepairOutcome:
             "fourier": None if self.fourier is None else vars(self.fourier).copy(),
             "evaluation": self.evaluation,
             "branches": [f.summary() for f in self.branches],
+            "held_back": None if self.held_back is None else vars(self.held_back).copy(),
+            "replanned": self.replanned,
             "actions": self.actions(),
         }
 
@@ -308,6 +313,55 @@ def checks(found: Scan, guard: Guard, planned: RepairPlan, settings: Settings
 
 # The metadata keys that word an applied step (the others identify the source and the tool).
 ACTION_KEYS = ("auditor.removed_branches", "auditor.activation_bound", "auditor.input_notch", "auditor.input_occlusion", "auditor.head_correction")
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """The repaired model as written against the original, through two plain sessions, on augmented copies of the
+    clean samples that the guard never fitted on (another seed): the check that no fitting hides damage."""
+
+    samples: int
+    agreement: float  # share of the same decisions (a single-output model: the same side of its threshold)
+    divergence: float  # mean KL(original || repaired), nats
+    agreement_limit: float  # the floor less z standard errors of a held-back share at the floor
+    divergence_limit: float  # the largest divergence allowed plus z standard errors of the held-back mean
+    passed: bool
+
+    def text(self) -> str:
+        return (f"on {self.samples} held-back samples the repaired model agrees with the original on {self.agreement:.3f} "
+                f"(at least {self.agreement_limit:.3f}) with divergence {self.divergence:.4f} (at most {self.divergence_limit:.4f})")
+
+
+def held_back(found: Scan, repaired: onnx.ModelProto, planned: RepairPlan, settings: Settings, seed: int) -> HeldBack:
+    """Agreement and divergence of the written model on held-back samples (augmented copies drawn with `seed`);
+    `passed` False when either breaks its limit by more than `repair.held_back_z` standard errors."""
+    chosen = augment(found.samples, settings.guard, seed=seed)
+    if len(chosen) > len(found.samples):  # the originals are the guard's own: only fresh copies are held back
+        chosen = chosen.take(np.arange(len(found.samples), len(chosen)))
+    before = distribution(found.classify(chosen))
+    index = GraphIndex(repaired)
+    after = distribution(np.asarray(_classifier(repaired, index, found.provider, found.batch)(chosen)).reshape(len(chosen), -1))
+    label = before.argmax(axis=1)
+    unlearned = planned.unlearning
+    spare = unlearned.target if unlearned is not None and unlearned.applied else None
+    per_row = divergences(before, after, label, spare)
+    count, limits, z = len(chosen), settings.repair, settings.repair.held_back_z
+    agreement = float(np.mean(after.argmax(axis=1) == label))
+    spread = float(np.std(per_row, ddof=1)) if count > 1 else 0.0
+    agreement_limit = limits.floor - z * float(np.sqrt(limits.floor * (1 - limits.floor) / count))
+    divergence_limit = limits.max_divergence + z * spread / float(np.sqrt(count))
+    mean = max(float(np.mean(per_row)), 0.0)
+    return HeldBack(count, agreement, mean, agreement_limit, divergence_limit,
+                    bool(agreement >= agreement_limit and mean <= divergence_limit))
+
+
+def tightened(settings: Settings, fidelity: Fidelity, kept: HeldBack) -> Settings:
+    """The repair limits tightened by what the held-back samples showed beyond the guard's: the floor raised by
+    the agreement lost, the divergence allowed scaled by the guard's share of the held-back divergence."""
+    limits = settings.repair
+    floor = min(1.0, limits.floor + max(0.0, fidelity.agreement - kept.agreement))
+    scale = min(1.0, fidelity.divergence / kept.divergence) if kept.divergence > 0 else 1.0
+    return settings.override({"repair.floor": floor, "repair.max_divergence": max(limits.max_divergence * scale, 1e-6)})
 
 
 @dataclass(frozen=True)

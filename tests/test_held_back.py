@@ -1,0 +1,58 @@
+"""No silent damage: every repair is checked, through the written model, on augmented clean samples the guard
+never fitted on; a first plan that fails is planned again within tighter limits, a second failure is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import tree
+from test_cli import invoke
+
+import auditor
+from auditor.mitigation.guard import distribution
+
+
+def test_a_single_output_is_a_binary_decision_at_its_own_threshold() -> None:
+    logits = np.array([[-2.0], [0.5], [3.0]])
+    probabilities = np.array([[0.1], [0.7], [0.49]])
+    assert distribution(logits).argmax(axis=1).tolist() == [0, 1, 1]
+    assert distribution(probabilities).argmax(axis=1).tolist() == [0, 1, 0]
+    np.testing.assert_allclose(distribution(probabilities)[:, 1], [0.1, 0.7, 0.49])
+    np.testing.assert_allclose(distribution(logits).sum(axis=1), 1.0)
+
+
+def test_the_check_is_recorded_and_passes_on_the_example(example, tmp_path: Path) -> None:
+    report = auditor.repair(example.model, example.clean, tmp_path / "r.onnx", limit=10, device="cpu")
+    kept = report.repair.held_back
+    assert kept.passed and kept.samples == 150  # 15 fresh augmented copies of each of the 10 samples
+    assert kept.agreement >= kept.agreement_limit and kept.divergence <= kept.divergence_limit
+    assert kept.agreement_limit < report.repair.settings.repair.floor  # z standard errors below the floor
+    assert report.repair.replanned is None
+    shape = json.loads(report.to_json())["repair"]
+    assert shape["held_back"]["passed"] is True and shape["replanned"] is None
+
+
+def test_a_plan_that_fails_the_check_is_planned_again_within_tighter_limits(example, tmp_path: Path) -> None:
+    """All 50 clean samples of the example: the guard's tightest plan agrees 0.952 on its own samples, 0.933 on
+    the held-back ones; planned again with the floor raised by that gap, it passes on fresh held-back samples."""
+    report = auditor.repair(example.model, example.clean, tmp_path / "r.onnx", device="cpu")
+    outcome = report.repair
+    assert outcome.replanned is not None and "the guard's samples showed" in outcome.replanned
+    assert outcome.held_back.passed
+    assert outcome.settings.repair.floor > auditor.Settings().repair.floor  # the plan written had the tighter floor
+    assert outcome.held_back.agreement_limit < auditor.Settings().repair.floor  # but it is judged on the stated one
+
+
+def test_a_repair_that_fails_twice_is_refused_and_nothing_is_written(example, tmp_path: Path) -> None:
+    strict = ["--set", "repair.floor=1.0", "--set", "repair.held_back_z=0"]
+    before = tree(tmp_path)
+    with pytest.raises(auditor.RepairError, match="repair refused, nothing written"):
+        auditor.repair(example.model, example.clean, tmp_path / "r.onnx", limit=10, device="cpu",
+                       settings=auditor.Settings().override({"repair.floor": 1.0, "repair.held_back_z": 0}))
+    result = invoke("repair", example.model, "--data", example.clean, "--limit", "10", "-o", tmp_path / "r.onnx", *strict)
+    assert result.exit_code == 2
+    assert next(line for line in result.stderr.splitlines() if line.strip()).startswith("error: repair refused, nothing written")
+    assert tree(tmp_path) == before
