@@ -935,6 +935,31 @@ def gpu_section() -> list[str]:
     return lines
 
 
+def fuzz_section() -> list[str]:
+    """The fuzz campaign of the readers (bench/fuzz.py), when its file exists."""
+    data = _experiment("fuzz.json")
+    if data is None:
+        return []
+    lines = ["", "## Fuzz campaign", "",
+             f"`.venv/bin/python -m bench.fuzz --cases {data['cases_per_kind']} --out bench/results/fuzz.json` (seed "
+             f"{data['seed']}): every case mutates a real base file (bit flips, byte sets, truncation, insertion, "
+             "deletion, duplication) and calls the library's readers in process; a reader must return or refuse "
+             "with an `AuditorError`; anything else is a failure. `onnx` cases that load also run a whole `audit`. "
+             f"Total {fmt(data['seconds'] / 60, '.1f')} min on this machine. The CI slice is tests/test_fuzz.py "
+             "(400 cases per kind, derandomized).", ""]
+    rows = [[kind, f"{k['cases']:,}", f"{k['ok']:,}", f"{k['refused']:,}", str(len(k["failures"])), f"{k['distinct_refusals']:,}",
+             fmt(k["seconds"], ".0f")] for kind, k in data["kinds"].items()]
+    lines += table(["kind", "cases", "read", "refused", "failures", "distinct refusals", "seconds"], rows)
+    lines += ["", "Crash classes found by the campaign and fixed at their root (each has a regression test in "
+              "tests/test_fuzz.py): a corrupt deflate, bzip2 or lzma stream or a failed CRC inside an .npz member "
+              "(escaped as zlib.error and friends); a zip member with an empty name (IndexError in zipfile); external "
+              "data entries with invalid UTF-8 (TypeError) or a location too long for the filesystem (OSError); a location "
+              "onnx refuses after ours accepted it (ValidationError); an external length that `str.isdigit` accepts but "
+              "`int` does not ('²', 5,000 digits: ValueError); an in-memory tensor whose bytes contradict its shape "
+              "(ValueError) or whose type does not exist (KeyError), both now refused at load."]
+    return lines
+
+
 def held_back_section() -> list[str]:
     """The held-back check of every repair (bench/held_back.py), when its file exists."""
     data = _experiment("held_back.json")
@@ -1117,6 +1142,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += memory_section()
     lines += gpu_section()
     lines += threads_section()
+    lines += fuzz_section()
     lines += held_back_section()
     lines += graphs_section()
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]

@@ -158,7 +158,7 @@ FILE_CASES = {
     "external-missing": Case(lambda t: builders.external(t, "w1.bin", write_data=False), r"external data file .* is missing", ModelError),
     "external-truncated": Case(_external_truncated, r"shorter than|truncated", ModelError),
     "external-bad-offset": Case(lambda t: builders.external(t, "w1.bin", offset="-4"), r"negative", ModelError),
-    "external-huge-length": Case(lambda t: builders.external(t, "w1.bin", length=str(2**62)), r"shorter than|truncated", ModelError),
+    "external-huge-length": Case(lambda t: builders.external(t, "w1.bin", length=str(2**62)), r"over limits\.model_bytes", ModelError),
     "lying-initializer": Case(_lying_initializer, r"W1", ModelError),
     "invalid-utf8-operator": Case(_invalid_utf8, r"operator b'R\\xfflu' is not valid UTF-8", ModelError),
 }

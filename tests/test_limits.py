@@ -84,3 +84,18 @@ def test_a_run_past_its_time_limit_stops_with_one_line_and_leaves_nothing(tmp_pa
         "error: stopped after 1 s, the run time limit (limits.seconds); nothing was written; raise it with --set "
         "limits.seconds=S, or give fewer samples (--limit) or switch off the searches"]
     assert tree(tmp_path) == before
+
+
+def test_samples_declaring_more_bytes_than_the_limit_are_refused_before_reading(tmp_path: Path) -> None:
+    """A real file over a lowered limit is refused; so is an .npz whose zip entry claims 4 GiB (a decompression
+    bomb), from the claim alone, before anything is decompressed."""
+    model_path, data = mlp_case(tmp_path)
+    _refused(["scan", model_path, "--data", data, "--set", "limits.data_bytes=64"], tmp_path, "limits.data_bytes")
+    bomb = tmp_path / "bomb.npz"
+    np.savez(bomb, x=np.zeros((20, 4), np.float32))
+    raw = bytearray(bomb.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # the uncompressed size in both headers
+        at = raw.find(signature)
+        raw[at + offset: at + offset + 4] = (0xFFFFFFFF).to_bytes(4, "little")  # claims 4 GiB
+    bomb.write_bytes(bytes(raw))
+    _refused(["scan", model_path, "--data", bomb, "--set", "limits.data_bytes=1000000"], tmp_path, "4,294,967,295 bytes")

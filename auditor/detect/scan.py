@@ -77,7 +77,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     prunable_units(index, units)
     specs = data.input_specs(loaded.proto)
     batch = data.batch_size(specs, settings.capture.batch)
-    samples = data.load(data_path, specs, limit)
+    samples = data.load(data_path, specs, limit, settings.limits.data_bytes)
     timings["load"] = time.perf_counter() - start
     captured = capture(loaded.proto, index, units, samples, provider, batch)
     timings["capture"] = captured.seconds

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import lzma
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +82,9 @@ def batch_size(specs: list[InputSpec], free: int) -> int:
                      "export it with a dynamic batch dimension (or a batch of 1) to audit it")
 
 
-def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None) -> Samples:
-    """Read samples for `specs` from an .npz (array `x` or arrays named after inputs) or .npy."""
+def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None, max_bytes: int = 8 << 30) -> Samples:
+    """Read samples for `specs` from an .npz (array `x` or arrays named after inputs) or .npy; arrays that
+    declare more than `max_bytes` together (limits.data_bytes) are refused before any is read."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
@@ -93,7 +96,7 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
         raise DataError(f"data file is empty (0 bytes): {path}")
     if limit is not None and limit < 1:
         raise DataError(f"the sample limit must be at least 1, got {limit}")
-    arrays = _read_arrays(path)
+    arrays = _read_arrays(path, max_bytes)
     labels = arrays.pop("y", None)
     names = [s.name for s in specs]
     if len(specs) == 1 and names[0] not in arrays:
@@ -130,26 +133,36 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a member, or the end record of an empty archive
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+def _over(path: Path, declared: int, max_bytes: int) -> DataError:
+    return DataError(f"{path.name} declares {declared:,} bytes of arrays, over limits.data_bytes ({max_bytes:,}); "
+                     "give fewer samples, or raise it with --set limits.data_bytes=N")
+
+
+def _read_arrays(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
     """Arrays by name, read by our own small reader: headers checked before any data, never unpickled."""
     with open(path, "rb") as handle:
         head = handle.read(8)
     if head.startswith(_NPY_MAGIC):
+        if path.stat().st_size > max_bytes:
+            raise _over(path, path.stat().st_size, max_bytes)
         with open(path, "rb") as handle:
             return {"x": _read_npy(handle, path.stat().st_size, path.name, "x")}
     if head.startswith(_ZIP_MAGICS):
-        return _read_npz(path)
+        return _read_npz(path, max_bytes)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise DataError(f"{path.name} is a Python pickle; auditor never unpickles data: save plain numeric arrays (.npz)")
     raise DataError(f"{path.name} is not an .npz or .npy file (no numpy or zip header)")
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())  # uncompressed: what reading would allocate
+            if declared > max_bytes:
+                raise _over(path, declared, max_bytes)
             for info in archive.infolist():
-                if info.is_dir():
+                if info.filename.endswith("/"):  # a folder entry; ZipInfo.is_dir() raises IndexError on an empty name
                     continue
                 if not info.filename.endswith(".npy"):
                     raise DataError(f"{path.name}: member {info.filename!r} is not a .npy array")
@@ -166,7 +179,17 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_npy(handle, size: int, source: str, name: str) -> np.ndarray:
-    """One .npy: its header must describe a plain array of exactly the bytes that follow."""
+    """One .npy: its header must describe a plain array of exactly the bytes that follow.
+
+    `handle` may be an .npz member: its reads decompress and check the CRC, so a corrupt member fails
+    while its header or its payload is read, with errors of its own (zlib, lzma, bz2's OSError, EOFError,
+    BadZipFile), named here as what they are rather than as a bad header."""
+    stream_errors = (zlib.error, lzma.LZMAError, EOFError, zipfile.BadZipFile, OSError)
+
+    def unreadable(exc: BaseException) -> DataError:
+        return DataError(f"{source}: array {name!r} is corrupt: its stored bytes do not decompress or fail their checksum "
+                         f"({_reason(exc)}); re-save the samples with numpy.savez")
+
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
@@ -177,6 +200,8 @@ def _read_npy(handle, size: int, source: str, name: str) -> np.ndarray:
             raise DataError(f"{source}: array {name!r} uses .npy format {version}, expected 1.0 or 2.0")
     except DataError:
         raise
+    except stream_errors as exc:
+        raise unreadable(exc) from exc
     except Exception as exc:  # numpy parses the header with tokenize and ast: TokenError, MemoryError, ...
         raise DataError(f"{source}: array {name!r} has a corrupt .npy header ({_reason(exc)})") from exc
     if dtype.hasobject:
@@ -189,7 +214,10 @@ def _read_npy(handle, size: int, source: str, name: str) -> np.ndarray:
     if needed != available:
         raise DataError(f"{source}: array {name!r} declares shape {shape} ({needed} bytes) but holds {available} bytes "
                         "(truncated or corrupt)")
-    payload = handle.read(needed)
+    try:
+        payload = handle.read(needed)
+    except stream_errors as exc:
+        raise unreadable(exc) from exc
     if len(payload) != needed:
         raise DataError(f"{source}: array {name!r} is truncated ({len(payload)} of {needed} bytes)")
     return np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C")

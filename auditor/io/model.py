@@ -140,10 +140,23 @@ def check_limits(proto: onnx.ModelProto, path: Path, limits: LimitSettings) -> N
         if external_data_helper.uses_external_data(tensor):
             info = {entry.key: entry.value for entry in tensor.external_data}
             length = info.get("length", "")
-            external += int(length) if length.isdigit() else 0
+            if length.isascii() and length.isdecimal() and len(length) <= 20:  # else _int_field refuses it when read
+                external += int(length)
+        else:
+            _check_stored(tensor)
     if path.stat().st_size + external > limits.model_bytes:
         raise ModelError(f"the model and its external data are {path.stat().st_size + external:,} bytes, over "
                          f"limits.model_bytes ({limits.model_bytes:,}); raise it with --set limits.model_bytes=N if it is that large")
+
+
+def _check_stored(tensor: onnx.TensorProto) -> None:
+    """An in-memory tensor's values must be readable as its declared type and shape (the checker lets an
+    unknown type or a byte count that contradicts the shape through)."""
+    try:
+        onnx.numpy_helper.to_array(tensor)
+    except Exception as exc:  # onnx raises ValueError, KeyError, TypeError, ... for a tensor it cannot read
+        raise ModelError(f"tensor {tensor.name!r}: its stored values do not fit its declared type and shape "
+                         f"({_one_line(exc)[:120]}); re-export the model") from exc
 
 
 def check_graph(proto: onnx.ModelProto) -> None:
