@@ -57,6 +57,12 @@ PatchOpt = Annotated[bool, typer.Option(
 FourierOpt = Annotated[bool, typer.Option(
     "--fourier-probe/--no-fourier-probe", help="sus: add faint low-frequency cosine patterns to the clean samples and see "
     "whether one sends them to one class (about 4,500 batched forward passes: under 0.4 s on the zoo's models on CPU).")]
+InputKindOpt = Annotated[Optional[str], typer.Option(
+    "--input-kind", help="What the input is, when auditor reads it wrongly: image, flat-image, sequence, tokens or tabular "
+    "(the probe blurs an image's axes or a sequence's time axis, never tabular features).", show_default=False)]
+OutputKindOpt = Annotated[Optional[str], typer.Option(
+    "--output-kind", help="What the output is: scores, probabilities or binary (one score per sample); auditor refuses "
+    "positions (detectors, CTC) and embeddings.", show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override one setting of the method, SECTION.NAME=VALUE (repeatable), e.g. verdict.probe_threshold=0.7; "
     "see auditor/settings.py.", show_default=False)]
@@ -193,6 +199,10 @@ def _note(message: str) -> None:
 def _say_provider(report: auditor.Report) -> None:
     provider = report.provider
     out.print(f"provider: {provider['name']} ({provider['reason']})" + _threads_text(provider.get("threads")))
+    kinds = report.model.get("kinds")
+    if kinds:
+        out.print(f"model: input read as {kinds['input']} ({kinds['input_reason']}), output as {kinds['output']} "
+                  f"({kinds['output_reason']})", markup=False, soft_wrap=True)
     covered, classes = report.data.get("predicted_classes"), report.data.get("classes")
     if covered is not None and classes is not None and covered < classes:
         missing = report.data.get("missing_classes") or []
@@ -242,7 +252,8 @@ def _check_verdict(report: auditor.Report) -> None:
 def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodOpt = "sus",
          device: DeviceOpt = "auto", threshold: ThresholdOpt = None, json: JsonOpt = None,
          sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False, patch_search: PatchOpt = True,
-         fourier_probe: FourierOpt = True, threads: ThreadsOpt = None, set_: SetOpt = None) -> None:
+         fourier_probe: FourierOpt = True, threads: ThreadsOpt = None, set_: SetOpt = None,
+         input_kind: InputKindOpt = None, output_kind: OutputKindOpt = None) -> None:
     """Probe for a shortcut (corruptions, a patch, a Fourier pattern), score every channel; exit 1 when it looks backdoored."""
     def work():
         settings = _settings(set_)
@@ -250,7 +261,7 @@ def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodO
         _outputs([json, sarif, html], force, _inputs(model, data))
         report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold,
                                patch_search=patch_search, fourier_probe=fourier_probe, threads=threads, notice=_note,
-                               settings=settings)
+                               settings=settings, input_kind=input_kind, output_kind=output_kind)
         _check_verdict(report)
         _say_provider(report)
         _render(report)
@@ -302,6 +313,8 @@ def repair_command(
     fourier_probe: FourierOpt = True,
     threads: ThreadsOpt = None,
     set_: SetOpt = None,
+    input_kind: InputKindOpt = None,
+    output_kind: OutputKindOpt = None,
 ) -> None:
     """Bound activations, filter out a found trigger, unlearn its shortcut, as far as fidelity allows; write the model."""
     def work():
@@ -317,7 +330,8 @@ def repair_command(
         report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
                                 max_prune=max_prune, force=force, bound=bound, zero=zero, unlearning=unlearn,
                                 patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
-                                occlude=occlude, threads=threads, notice=_note, settings=settings)
+                                occlude=occlude, threads=threads, notice=_note, settings=settings, input_kind=input_kind,
+                                output_kind=output_kind)
         written = [Path(output)]
         try:
             _finish_repair(report, before, written)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from auditor.detect import scan as detection
-from auditor.errors import ModelError, RepairError
+from auditor.errors import ModelError
 from auditor.io import model, runtime
 from auditor.mitigation import plan as mitigation
 from auditor.report import ChannelRecord, LayerRecord, Report
@@ -33,7 +33,7 @@ def _report(found: detection.Scan, command: str, method: str, model_path, data_p
     return Report(
         command=command, tool_version=__version__, method=method,
         model={"path": str(model_path), "sha256": loaded.sha256, "ir_version": loaded.proto.ir_version,
-               "opset": loaded.opset, "notes": list(loaded.notes)},
+               "opset": loaded.opset, "notes": list(loaded.notes), "kinds": found.kinds.to_dict()},
         data={"path": str(data_path), "samples": len(found.samples), **detection.coverage(found.capture)},
         provider={"name": provider.name, "reason": provider.reason, "threads": provider.threads},
         verdict=found.verdict, layers=layers, skipped=skipped, channel_threshold=settings.channels.threshold,
@@ -44,7 +44,7 @@ def _report(found: detection.Scan, command: str, method: str, model_path, data_p
 def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
           device: str = "auto", threshold: float | None = None, patch_search: bool = True,
           fourier_probe: bool = True, threads: int | None = None, notice: Callable[[str], None] | None = None,
-          settings: Settings | None = None) -> Report:
+          settings: Settings | None = None, input_kind: str | None = None, output_kind: str | None = None) -> Report:
     """Score every channel of every hidden layer and decide whether the model looks backdoored.
 
     With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
@@ -53,7 +53,8 @@ def audit(model_path: str | Path, data_path: str | Path, limit: int | None = Non
     more than `settings.run.notice_seconds`."""
     settings = settings or Settings()
     provider = runtime.select_provider(device, threads)
-    found = detection.scan(model_path, data_path, limit, method, provider, settings, threshold, patch_search, fourier_probe, notice)
+    found = detection.scan(model_path, data_path, limit, method, provider, settings, threshold, patch_search, fourier_probe, notice,
+                           input_kind, output_kind)
     return _report(found, "scan", method, model_path, data_path, settings)
 
 
@@ -62,7 +63,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            max_prune: int | float | None = None, force: bool = False, bound: bool | None = None, zero: bool | None = None,
            unlearning: bool | None = None, patch_search: bool = True, fourier_probe: bool = True, notch: bool | None = None,
            occlude: bool | None = None, threads: int | None = None, notice: Callable[[str], None] | None = None,
-           settings: Settings | None = None) -> Report:
+           settings: Settings | None = None, input_kind: str | None = None, output_kind: str | None = None) -> Report:
     """Repair the model as far as the fidelity guard allows and write it (atomically).
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum (activation
@@ -77,36 +78,20 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         raise ModelError(f"max_prune must be positive, got {max_prune}")
     provider = runtime.select_provider(device, threads)
     # `threshold` is the channel-score cut for zeroing here; the verdict keeps its own default
-    found = detection.scan(model_path, data_path, limit, method, provider, settings, None, patch_search, fourier_probe, notice)
+    found = detection.scan(model_path, data_path, limit, method, provider, settings, None, patch_search, fourier_probe, notice,
+                           input_kind, output_kind)
     report = _report(found, "repair", method, model_path, data_path, settings)
     tick = time.perf_counter()
     branches = mitigation.remove_branches(found, settings)
     if branches is not None:  # the branch-free model is repaired as any other: its own scan, its own plan
         found = detection.scan(branches.loaded, data_path, limit, method, provider, settings, None, patch_search,
-                               fourier_probe, notice)
+                               fourier_probe, notice, input_kind, output_kind)
     choices = mitigation.RepairChoices(method, threshold, max_prune, bound, zero, notch, occlude, unlearning)
-    # The guard picks the tightest repair its samples allow, so samples it never saw can fare worse. When they
-    # do, the plan is made once more within limits tightened by the gap, and judged on fresh held-back samples.
-    limits, retried = settings, None
-    for attempt in range(2):
-        planned, guard = mitigation.plan(found, choices, limits)
-        meta = mitigation.provenance(planned, __version__, found.loaded.sha256, method, branches)
-        built = mitigation.build(found, planned, meta, branches)
-        mitigation.verify(built.model, found, guard, planned)
-        kept = mitigation.held_back(found, built.model, planned, settings, settings.repair.held_back_seed + attempt)
-        if kept.passed:
-            break
-        if attempt == 1:
-            raise RepairError(f"repair refused, nothing written: {retried}; planned again within tighter limits, {kept.text()}: "
-                              "give more clean samples (of every class), or loosen repair.floor / repair.max_divergence knowingly")
-        limits = mitigation.tightened(limits, planned.fidelity, kept)
-        retried = (f"{kept.text()} (the guard's samples showed {planned.fidelity.agreement:.3f} and "
-                   f"{planned.fidelity.divergence:.4f})")
-    residual, patched, waved = mitigation.checks(found, guard, planned, limits) if method == "sus" else (None, None, None)
-    sha256 = model.save_model(built.model, output)
-    report.repair = mitigation.RepairOutcome(str(output), sha256, planned, built.changes, limits, residual, patched, waved, meta,
-                                             branches=() if branches is None else branches.removed, held_back=kept,
-                                             replanned=retried)
+    settled = mitigation.settle(found, choices, settings, __version__, branches)
+    sha256 = model.save_model(settled.built.model, output)
+    report.repair = mitigation.RepairOutcome(str(output), sha256, settled.planned, settled.built.changes, settled.limits,
+                                             *settled.residual, settled.meta, branches=() if branches is None else branches.removed,
+                                             held_back=settled.kept, replanned=settled.replanned)
     report.timings["repair"] = time.perf_counter() - tick
     report.timings["total"] += report.timings["repair"]
     return report

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from auditor.errors import DataError, ModelError
+from auditor.graph import kinds
 from auditor.graph.index import GraphIndex
 from auditor.graph.units import Unit
 from auditor.io import runtime
@@ -252,13 +253,22 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
         )
 
-    return Capture(stats=stats, scores=np.stack(scores), seconds=time.perf_counter() - start)
+    return Capture(stats=stats, scores=class_scores(np.stack(scores), index, scores_name), seconds=time.perf_counter() - start)
 
 
-def _classify(session, scores_name: str, batch: int) -> Callable[[Samples], np.ndarray]:
+def class_scores(raw: np.ndarray, index: GraphIndex, scores_name: str) -> np.ndarray:
+    """The scores output's values [N, ...] as class scores [N, K]: a single-output (binary) model's one column
+    becomes its two classes, so that every stage reads its decision (p > 0.5) as an argmax."""
+    scores = np.asarray(raw).reshape(len(raw), -1)
+    if scores.shape[1] != 1:
+        return scores
+    return kinds.two_columns(scores, kinds.binary_probability(index, scores_name))
+
+
+def _classify(session, index: GraphIndex, scores_name: str, batch: int) -> Callable[[Samples], np.ndarray]:
     def classify(more: Samples) -> np.ndarray:
         out = [np.asarray(run(session, [scores_name], feed)[0], dtype=np.float32) for feed in more.batches(batch)]
-        return np.concatenate(out).reshape(len(more), -1)
+        return class_scores(np.concatenate(out).reshape(len(more), -1), index, scores_name)
 
     return classify
 
@@ -268,4 +278,4 @@ def classifier(model: onnx.ModelProto, index: GraphIndex, provider: runtime.Prov
     """samples -> class scores [N, K] through a plain session on the model: for the many forward
     passes of the patch search and the Fourier probe, which the instrumented session would slow
     several times over."""
-    return _classify(runtime.session(model, provider), scores_output(index), batch)
+    return _classify(runtime.session(model, provider), index, scores_output(index), batch)

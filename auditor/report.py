@@ -3,7 +3,9 @@
 Schema `auditor.report/11` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
 a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
-  model      {path, sha256, ir_version, opset, notes[]}
+  model      {path, sha256, ir_version, opset, notes[], kinds {input (image | flat-image | sequence | tokens | tabular),
+              output (scores | probabilities | binary), input_reason, output_reason}: what the model was read as
+              (auditor/graph/kinds.py); a binary model's one output is read as two classes [1 - p, p]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples),
               missing_classes[] (the classes it gives none of them: unlearning cannot protect those)}
   provider   {name, reason, threads (onnxruntime's threads per session; null: its default)}
@@ -43,9 +45,11 @@ a finite number is written as null, never as 0):
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
   (repair.branches[]: the findings cut out of the graph before the rest of the repair, as verdict.findings[];
    repair.held_back: {samples, agreement, divergence, agreement_limit, divergence_limit, passed}: the written model
-   against the original on augmented clean samples the guard never fitted on; repair.replanned: null, or why the
-   first plan failed that check (the model written was planned again within tighter limits and checked on fresh
-   held-back samples; a second failure refuses the repair))
+   against the original on augmented clean samples the guard never fitted on; repair.replanned: null, or why an
+   earlier plan was not written: it failed that check (planned again within tighter limits, checked on fresh
+   held-back samples; a second failure refuses the repair), or its head unlearning moved the corruption probe's
+   shortcut to another class more strongly than the original had it (planned again without unlearning; refused
+   when that still moves it))
   repair     null | {output, sha256, zeroed{unit: [channels]}, count,
               how{unit: fold|mask|bound|fold+bound|mask+bound|correction (the head, unlearned);
                   "input:NAME": clamp|notch|notch+clamp|occlude|occlude+clamp (graph inputs)},
@@ -293,7 +297,7 @@ def repair_lines(outcome: RepairOutcome, verdict: Verdict) -> list[str]:
              f"(floor {limits.floor:.4g}), divergence {plan.fidelity.divergence:.4f} (at most {limits.max_divergence:.4g}); "
              f"written to {outcome.output}"]
     if outcome.replanned is not None:
-        lines.append(f"held-back check, first plan: {outcome.replanned}; planned again within tighter limits")
+        lines.append(f"earlier plan not written: {outcome.replanned}")
     if outcome.held_back is not None:
         lines.append(f"held-back check: {outcome.held_back.text()}")
     weak = " (a weak verdict: within tighter fidelity bounds)"

@@ -1,4 +1,4 @@
-"""How often the held-back check refuses a repair the fidelity guard accepted, on the zoo.
+"""How often the checks after the guard (held-back samples, a moved shortcut) replan or refuse a repair, on the zoo.
 
     .venv/bin/python -m bench.held_back [--sets 5] [--n 10] [--models GLOB] [--out bench/results/held_back.json]
 
@@ -32,7 +32,9 @@ def measure(entry: dict, start: int, count: int, folder: Path) -> dict:
         return {"start": start, "refused": str(exc)}
     outcome = report.repair
     return {"start": start, "guard": {"agreement": outcome.plan.fidelity.agreement, "divergence": outcome.plan.fidelity.divergence},
-            "held_back": vars(outcome.held_back).copy(), "replanned": outcome.replanned}
+            "held_back": vars(outcome.held_back).copy(), "replanned": outcome.replanned,
+            "probe_after": None if outcome.probe is None else vars(outcome.probe).copy(),
+            "unlearned": bool(outcome.plan.unlearning is not None and outcome.plan.unlearning.applied)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,9 @@ def test_a_single_output_is_a_binary_decision_at_its_own_threshold() -> None:
 def test_the_check_is_recorded_and_passes_on_the_example(example, tmp_path: Path) -> None:
     report = auditor.repair(example.model, example.clean, tmp_path / "r.onnx", limit=10, device="cpu")
     kept = report.repair.held_back
-    assert kept.passed and kept.samples == 150  # 15 fresh augmented copies of each of the 10 samples
+    # 15 fresh augmented copies of each of the 10 samples, less those the original already sends down the shortcut
+    # (to the patch's class from a sample of another): removing that is the repair's job, not damage
+    assert kept.passed and 140 <= kept.samples <= 150
     assert kept.agreement >= kept.agreement_limit and kept.divergence <= kept.divergence_limit
     assert kept.agreement_limit < report.repair.settings.repair.floor  # z standard errors below the floor
     assert report.repair.replanned is None
@@ -35,15 +37,20 @@ def test_the_check_is_recorded_and_passes_on_the_example(example, tmp_path: Path
     assert shape["held_back"]["passed"] is True and shape["replanned"] is None
 
 
-def test_a_plan_that_fails_the_check_is_planned_again_within_tighter_limits(example, tmp_path: Path) -> None:
-    """All 50 clean samples of the example: the guard's tightest plan agrees 0.952 on its own samples, 0.933 on
-    the held-back ones; planned again with the floor raised by that gap, it passes on fresh held-back samples."""
-    report = auditor.repair(example.model, example.clean, tmp_path / "r.onnx", device="cpu")
+def test_a_plan_that_fails_the_check_is_planned_again_within_tighter_limits(tmp_path: Path) -> None:
+    """With one augmented copy per sample the guard fits its plan to 20 samples; on the SIG-backdoored CNN the
+    first plan then agrees 0.800 on the held-back copies (limit 0.812) and is planned again with the floor raised."""
+    from zoo_samples import MANIFEST, ZOO, clean
+
+    entry = MANIFEST["cnn_bn_folded-fmnist-sig-s1"]
+    settings = auditor.Settings().override({"guard.augmented_per_sample": 1})
+    report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "r.onnx", limit=10, device="cpu",
+                            settings=settings)
     outcome = report.repair
-    assert outcome.replanned is not None and "the guard's samples showed" in outcome.replanned
+    assert outcome.replanned is not None and "planned again within tighter limits" in outcome.replanned
     assert outcome.held_back.passed
-    assert outcome.settings.repair.floor > auditor.Settings().repair.floor  # the plan written had the tighter floor
-    assert outcome.held_back.agreement_limit < auditor.Settings().repair.floor  # but it is judged on the stated one
+    assert outcome.settings.repair.floor > settings.repair.floor  # the plan written had the tighter floor
+    assert outcome.held_back.agreement_limit < settings.repair.floor  # but it is judged on the stated one
 
 
 def test_a_repair_that_fails_twice_is_refused_and_nothing_is_written(example, tmp_path: Path) -> None:

@@ -123,6 +123,16 @@ def test_caps_alone_are_a_bound_without_zeroing() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_an_infinite_cap_writes_no_node() -> None:
+    """A unit whose every channel's cap was refused (+inf) is left as it is: no Min(x, +inf) in the graph."""
+    model = graphs.conv2d()
+    units = list(units_of(model).values())
+    cap = np.full((units[0].channels, 1, 1), np.inf, np.float32)
+    result = zero_and_cap(model, units, {}, {"unit": cap})
+    assert result.changes == {}
+    assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in model.graph.node]
+
+
 # -- specific patterns ---------------------------------------------------------------------
 
 

@@ -85,7 +85,8 @@ def test_the_probe_is_deterministic(tmp_path: Path) -> None:
 def test_blur_is_the_same_image_operation_in_every_layout() -> None:
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (3, 12, 12)).astype(np.float32)
-    reference = blur(images, 1.0)
+    assert blur(images, 1.0) is None  # [N, A, B] is a sequence unless its kind says image
+    reference = blur(images, 1.0, axes=(1, 2))
     assert reference is not None and reference.shape == images.shape
     assert np.allclose(blur(images[:, None], 1.0)[:, 0], reference)  # NCHW
     assert np.allclose(blur(images[..., None], 1.0)[..., 0], reference)  # NHWC
@@ -167,3 +168,14 @@ def test_unlearning_a_blur_shortcut_removes_wanet(tmp_path: Path) -> None:
     before, after = before_after(entry, ZOO / entry["file"], tmp_path / "cnn.onnx", ZOO / entry["test"], ZOO / entry["triggered"])
     assert after.attack_success_rate <= 0.5 * before.attack_success_rate
     assert before.accuracy - after.accuracy <= 0.02
+
+
+def test_a_sequence_is_blurred_along_time_only() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 1, (2, 30, 16)).astype(np.float32)  # [batch, time, features]
+    smooth = blur(frames, 1.5, axes=(1,))
+    assert np.allclose(smooth.mean(axis=1), frames.mean(axis=1), atol=0.05)  # each feature's level kept
+    step = np.diff(smooth, axis=1).std(), np.diff(frames, axis=1).std()
+    assert step[0] < 0.5 * step[1]  # smoothed in time
+    columns = np.corrcoef(smooth[0].T)  # features stay apart: no mixing across the feature axis
+    assert np.abs(columns[np.triu_indices(16, 1)]).mean() < 0.5

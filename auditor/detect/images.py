@@ -14,8 +14,9 @@ from auditor.io.data import Samples
 def spatial_axes(array: np.ndarray) -> tuple[int, ...] | None:
     """The two image axes of a batch [N, ...] of float inputs, or None when it does not look like images.
 
-    NCHW and NHWC (channels <= 4), [N, H, W], and flat [N, S*S] vectors of a square image (as a
-    scikit-learn MLP takes them: the axes are then those of the [N, S, S] reshape)."""
+    NCHW and NHWC (channels <= 4) and flat [N, S*S] vectors of a square image (as a scikit-learn MLP takes
+    them: the axes are then those of the [N, S, S] reshape). [N, A, B] reads as a sequence [batch, time,
+    features], not an image: the input's kind (auditor/graph/kinds.py) says when it is one."""
     shape = array.shape
     if array.ndim == 4:
         if shape[1] <= 4 and min(shape[2:]) >= 8:
@@ -23,21 +24,20 @@ def spatial_axes(array: np.ndarray) -> tuple[int, ...] | None:
         if shape[3] <= 4 and min(shape[1:3]) >= 8:
             return (1, 2)
         return None
-    if array.ndim == 3 and min(shape[1:]) >= 8:
-        return (1, 2)
     if array.ndim == 2:
         side = math.isqrt(shape[1])
         return (1, 2) if side >= 8 and side * side == shape[1] else None
     return None
 
 
-def blur(array: np.ndarray, sigma: float) -> np.ndarray | None:
-    """Gaussian blur over the image axes (edges repeated), or None when `array` is not images."""
-    axes = spatial_axes(array)
-    if axes is None:
+def blur(array: np.ndarray, sigma: float, axes: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """Gaussian blur over `axes` (default: the image axes; edges repeated), or None when there are none."""
+    given = axes is not None
+    axes = axes if given else spatial_axes(array)
+    if not axes:
         return None
     images = array
-    if array.ndim == 2:
+    if array.ndim == 2 and not given:
         side = math.isqrt(array.shape[1])
         images = array.reshape(len(array), side, side)
     radius = int(np.ceil(3 * sigma))

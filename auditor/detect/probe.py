@@ -66,12 +66,14 @@ def _copies(samples: Samples, floats: dict[str, np.ndarray], draws: int,
     return inputs
 
 
-def corruptions(samples: Samples, settings: ProbeSettings) -> Iterator[tuple[str, Samples, np.ndarray]]:
+def corruptions(samples: Samples, settings: ProbeSettings, blur_axes: dict[str, tuple[int, ...]] | None = None
+                ) -> Iterator[tuple[str, Samples, np.ndarray]]:
     """(name, corrupted samples, row -> original sample) for every corruption that applies, one at
     a time (a corruption holds `noise_draws` copies of the samples; the probe takes at most
     `max_samples` of them, so memory stays bounded for large inputs).
 
-    Only float inputs are corrupted; others are repeated. Noise and blends stay in the clean range."""
+    Only float inputs are corrupted; others are repeated. Noise and blends stay in the clean range. Blur runs along
+    `blur_axes[name]` when given (a sequence's time axis; () for none), else along an image's axes."""
     rng = np.random.default_rng(settings.seed)
     draws = settings.noise_draws
     if len(samples) > settings.max_samples:
@@ -89,7 +91,8 @@ def corruptions(samples: Samples, settings: ProbeSettings) -> Iterator[tuple[str
     for sigma in settings.blur_sigmas:
         inputs, blurred = {}, False
         for name, array in samples.inputs.items():
-            smooth = blur(array, sigma) if name in floats else None
+            axes = None if blur_axes is None else blur_axes.get(name)
+            smooth = blur(array, sigma, axes) if name in floats else None
             blurred |= smooth is not None
             inputs[name] = array if smooth is None else smooth
         if blurred:
@@ -97,7 +100,7 @@ def corruptions(samples: Samples, settings: ProbeSettings) -> Iterator[tuple[str
 
 
 def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], settings: ProbeSettings,
-          min_others: int, focus: int | None = None) -> Probe:
+          min_others: int, focus: int | None = None, blur_axes: dict[str, tuple[int, ...]] | None = None) -> Probe:
     """Run every corruption of `samples` through `classify` (samples -> class scores [N, K]) and
     compare with the classes of the clean samples (`clean_scores` [N, K]). With `focus`, also the
     largest share that class takes (after a repair: is the suspected target's shortcut still there?)."""
@@ -108,7 +111,7 @@ def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sample
     best, target, where, focused = 0.0, None, None, 0.0
     shares = {}
     timed = []  # (samples, seconds) per run
-    for name, corrupted, origin in corruptions(samples, settings):
+    for name, corrupted, origin in corruptions(samples, settings, blur_axes):
         tick = time.perf_counter()
         predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
         timed.append((len(corrupted), time.perf_counter() - tick))

@@ -20,11 +20,13 @@ from auditor.capture import Capture, capture, classifier, scores_output
 from auditor.detect import channels, fourier, margin, patch, probe, tamper
 from auditor.detect.verdict import Verdict, decide
 from auditor.errors import DataError, ModelError
+from auditor.graph import kinds as kinds_of
 from auditor.graph.index import GraphIndex
 from auditor.graph.units import Unit, find_units
 from auditor.io import data, model, runtime
 from auditor.settings import Settings
 
+_RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
 _QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QuantizeLinear", "DequantizeLinear"}
 
 
@@ -43,6 +45,8 @@ class Scan:
     signals: dict[str, channels.Signals]
     verdict: Verdict
     graph: tamper.GraphCheck
+    kinds: kinds_of.Kinds
+    blur_axes: dict[str, tuple[int, ...]] | None  # where the probe blurs each input (None: an image's own axes)
     batch: int  # samples per run: 1 when the model fixes its batch dimension at 1
     classify: Callable[[data.Samples], np.ndarray]  # class scores through a plain session on the original
     timings: dict[str, float] = field(default_factory=dict)
@@ -56,16 +60,20 @@ def prunable_units(index: GraphIndex, units: list[Unit]) -> list[Unit]:
         if quantized:
             raise ModelError(f"the model is quantized ({', '.join(quantized)}): auditor needs float weights; "
                              "audit the float model before quantization")
+        recurrent = sorted({n.op_type for n in index.graph.node if n.op_type in _RECURRENT})
+        if recurrent:
+            raise ModelError(f"the model's layers are recurrent ({', '.join(recurrent)}) with no Conv, Gemm or MatMul "
+                             "layer before its classifier: auditor bounds and scores those layers only")
         raise ModelError(
             "no prunable unit found (needs Conv/Gemm/MatMul layers with constant float weights "
-            "before the classifier); quantized or weight-less graphs cannot be audited"
+            "before the classifier): the graph has no weighted layer auditor can measure"
         )
     return prunable
 
 
 def scan(source: str | Path | model.Model, data_path, limit: int | None, method: str, provider: runtime.Provider, settings: Settings,
          threshold: float | None = None, patch_search: bool = True, fourier_probe: bool = True,
-         notice: Callable[[str], None] | None = None) -> Scan:
+         notice: Callable[[str], None] | None = None, input_kind: str | None = None, output_kind: str | None = None) -> Scan:
     """Load, capture, run the detectors and decide (`threshold`: the verdict's, else its basis's default)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -73,9 +81,15 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
         raise ModelError(f"unknown method {method!r}: use one of {', '.join(channels.METHODS)}")
     loaded = source if isinstance(source, model.Model) else model.load(source, settings.limits)
     index = GraphIndex(loaded.proto)
+    specs = data.input_specs(loaded.proto)
+    main = next((s for s in specs if s.dtype.kind == "f"), specs[0])
+    found_kinds = kinds_of.find(index, main.name, scores_output(index), input_kind, output_kind)
+    kinds_of.judged(found_kinds, scores_output(index))
+    blur_axes = kinds_of.blur_axes(found_kinds, main.name, len(main.shape or ()))
+    images = found_kinds.input in ("image", "flat-image")  # the patch search and the Fourier probe need one
+    patch_search, fourier_probe = patch_search and images, fourier_probe and images
     units = find_units(index)
     prunable_units(index, units)
-    specs = data.input_specs(loaded.proto)
     batch = data.batch_size(specs, settings.capture.batch)
     samples = data.load(data_path, specs, limit, settings.limits.data_bytes)
     timings["load"] = time.perf_counter() - start
@@ -96,7 +110,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     # (the instrumented one runs the probe three to four times slower), made on first use.
     plain = _lazy_classifier(loaded.proto, index, provider, batch)
     chosen, others = settings.verdict, settings.verdict.min_others
-    probed = probe.probe(samples, captured.scores, plain, settings.probe, others) if method == "sus" else None
+    probed = probe.probe(samples, captured.scores, plain, settings.probe, others, blur_axes=blur_axes) if method == "sus" else None
     # The head's reachable margins decide the verdict only where the probe cannot run (no float input).
     head = _head_margin(index, units, captured, settings) if probed is not None and not probed.shares else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
@@ -120,7 +134,8 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
                      probed, found, waved, head, checked.findings)
     timings["score"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
-    return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, checked, batch, plain, timings)
+    return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, checked, found_kinds, blur_axes,
+                batch, plain, timings)
 
 
 def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, patch_runs: bool, classes: int,

@@ -62,7 +62,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise ModelError(f"input {value.name!r} has an unsupported element type") from exc
         shape = None
         if tensor.HasField("shape"):
-            shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+            # older exporters (paddle2onnx) write a dynamic dimension as dim_value -1; onnxruntime runs it at any size
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
         specs.append(InputSpec(value.name, dtype, shape))
     if not specs:
         raise ModelError("the model has no inputs to feed")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import TensorProto, helper
 
-from auditor.capture import ChannelStats, channel_max, run, scores_output
+from auditor.capture import ChannelStats, channel_max, class_scores, run, scores_output
 from auditor.graph.index import GraphIndex
 from auditor.graph.passes.edit import mask_shape, reads, weight_types
 from auditor.graph.passes.head import correct_head
@@ -205,7 +205,8 @@ def augment(samples: Samples, settings: GuardSettings, seed: int = 0) -> Samples
             out[name] = np.concatenate([array] + [array] * copies)
             continue
         scale = float(array.std()) or 1.0
-        spatial = [axis for axis in range(1, array.ndim) if array.shape[axis] >= 8]
+        # shifts along image axes, or a sequence's time axis only (never across its unordered features)
+        spatial = [axis for axis in range(1, 2 if array.ndim == 3 else array.ndim) if array.shape[axis] >= 8]
         pieces = [array]
         for k in range(copies):
             kind = k % 3
@@ -232,6 +233,7 @@ class Guard:
     def __init__(self, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider,
                  settings: GuardSettings, batch: int, head: Unit | None = None, masks: bool = True) -> None:
         self.settings = settings
+        self.index = index
         self.units = units
         self.originals = len(samples)
         self.original = samples
@@ -270,7 +272,7 @@ class Guard:
 
     def classify(self, samples: Samples, edits: Edits) -> np.ndarray:
         """Class scores [samples, classes] of any samples through the model with `edits`."""
-        return self._fetch(self.output, samples, edits)
+        return class_scores(self._fetch(self.output, samples, edits), self.index, self.output)
 
     def features(self, samples: Samples, edits: Edits) -> np.ndarray:
         """What the head reads [samples, features] in the model with `edits`."""

@@ -21,6 +21,7 @@ from auditor.capture import run, scores_output
 from auditor.detect import fourier, patch, probe, tamper
 from auditor.detect.channels import Suspicion
 from auditor.detect.scan import Scan
+from auditor.detect.verdict import Verdict
 from auditor.errors import InternalError, RepairError
 from auditor.graph.index import GraphIndex
 from auditor.graph.passes import PassResult
@@ -117,7 +118,7 @@ class RepairOutcome:
     evaluation: dict | None = None  # {before, after}: the CLI's test-set measurement, when given
     branches: tuple[tamper.Finding, ...] = ()  # graph branches cut out before the rest of the repair
     held_back: HeldBack | None = None  # the written model against the original on samples the guard never saw
-    replanned: str | None = None  # why the first plan failed its held-back check (the plan written is the second)
+    replanned: str | None = None  # why an earlier plan was not written (a held-back failure, a moved shortcut)
 
     @property
     def bound_units(self) -> int:
@@ -225,7 +226,7 @@ def plan(found: Scan, choices: RepairChoices, settings: Settings) -> tuple[Repai
         if step is not None and step.applied:
             edits = replace(edits, prefilter=step.filter.apply)  # unlearning fits on what the filter lets through
     if unlearning:
-        unlearned = plan_unlearning(verdict, found.samples, found.capture.scores, labels, guard, edits, settings)
+        unlearned = plan_unlearning(verdict, found.samples, found.capture.scores, labels, guard, edits, settings, found.blur_axes)
     # with a filter or unlearning, fidelity is measured without the guard copies that took the shortcut
     final = Fidelity(walk.agreement, walk.divergence)
     for step in (notched, occluded, unlearned):
@@ -298,7 +299,8 @@ def checks(found: Scan, guard: Guard, planned: RepairPlan, settings: Settings
 
     residual = shared = waved = None
     if verdict.basis == "corruption":
-        left = probe.probe(found.samples, found.capture.scores, repaired, settings.probe, others, focus=verdict.target)
+        left = probe.probe(found.samples, found.capture.scores, repaired, settings.probe, others, focus=verdict.target,
+                           blur_axes=found.blur_axes)
         residual = ProbeCheck(left.score, left.target, left.corruption, verdict.target, left.focus_share,
                               bool((left.focus_share or 0.0) >= verdict.threshold))
     if verdict.basis == "patch" and verdict.patch is not None:
@@ -343,9 +345,14 @@ def held_back(found: Scan, repaired: onnx.ModelProto, planned: RepairPlan, setti
     after = distribution(np.asarray(_classifier(repaired, index, found.provider, found.batch)(chosen)).reshape(len(chosen), -1))
     label = before.argmax(axis=1)
     unlearned = planned.unlearning
-    spare = unlearned.target if unlearned is not None and unlearned.applied else None
+    removing = (unlearned is not None and unlearned.applied) or planned.edits.prefilter is not None
+    spare = found.verdict.target if removing else None
+    if spare is not None:  # copies the original already sends down the shortcut are what the repair removes, not damage
+        origin = np.arange(len(chosen)) % len(found.samples)
+        kept_rows = ~((label == spare) & (found.capture.labels[origin] != spare))
+        before, after, label = before[kept_rows], after[kept_rows], label[kept_rows]
     per_row = divergences(before, after, label, spare)
-    count, limits, z = len(chosen), settings.repair, settings.repair.held_back_z
+    count, limits, z = len(label), settings.repair, settings.repair.held_back_z
     agreement = float(np.mean(after.argmax(axis=1) == label))
     spread = float(np.std(per_row, ddof=1)) if count > 1 else 0.0
     agreement_limit = limits.floor - z * float(np.sqrt(limits.floor * (1 - limits.floor) / count))
@@ -353,6 +360,66 @@ def held_back(found: Scan, repaired: onnx.ModelProto, planned: RepairPlan, setti
     mean = max(float(np.mean(per_row)), 0.0)
     return HeldBack(count, agreement, mean, agreement_limit, divergence_limit,
                     bool(agreement >= agreement_limit and mean <= divergence_limit))
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The plan that passed every check after it was built, and what the checks found."""
+
+    planned: RepairPlan
+    built: PassResult
+    meta: dict[str, str]
+    limits: Settings  # the settings the plan was made with (tighter than the user's after a replan)
+    kept: HeldBack
+    residual: tuple[ProbeCheck | None, ShareCheck | None, ShareCheck | None]
+    replanned: str | None  # why an earlier plan was not written
+
+
+def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str,
+           branches: BranchRemoval | None = None) -> Settled:
+    """Plan, build and check the repair until a plan passes (RepairError when none does):
+
+    - the held-back check: the guard picks the tightest repair its samples allow, so samples it never saw can
+      fare worse; when they do, the plan is made once more within limits tightened by the gap and judged on
+      fresh held-back samples;
+    - the problem must not move: when the corruption probe, run again on the repaired model, sends the
+      corrupted samples to another class more strongly than it sent them to the suspected target, head
+      unlearning moved the shortcut rather than removed it; the plan is made again without it."""
+    limits, why, attempt = settings, [], 0
+    while True:
+        planned, guard = plan(found, choices, limits)
+        meta = provenance(planned, version, found.loaded.sha256, choices.method, branches)
+        built = build(found, planned, meta, branches)
+        verify(built.model, found, guard, planned)
+        kept = held_back(found, built.model, planned, settings, settings.repair.held_back_seed + attempt)
+        attempt += 1
+        if not kept.passed:
+            text = f"{kept.text()} (the guard's samples showed {planned.fidelity.agreement:.3f} and {planned.fidelity.divergence:.4f})"
+            if limits is not settings:
+                raise RepairError(f"repair refused, nothing written: {'; '.join(why)}; planned again, {text}: give more "
+                                  "clean samples (of every class), or loosen repair.floor / repair.max_divergence knowingly")
+            why.append(f"{text}: planned again within tighter limits")
+            limits = tightened(limits, planned.fidelity, kept)
+            continue
+        residual = checks(found, guard, planned, limits) if choices.method == "sus" else (None, None, None)
+        moved = _moved(found.verdict, residual[0])
+        if moved is None:
+            return Settled(planned, built, meta, limits, kept, residual, "; ".join(why) or None)
+        unlearned = planned.unlearning
+        if unlearned is None or not unlearned.applied:
+            raise RepairError(f"repair refused, nothing written: {moved}; the repair would move the shortcut, not remove it")
+        why.append(f"{moved}: planned again without head unlearning")
+        choices = replace(choices, unlearn=False)
+
+
+def _moved(verdict: Verdict, left: ProbeCheck | None) -> str | None:
+    """How the repaired model moves the probe's shortcut to another class, more strongly than the original had it."""
+    if left is None or verdict.probe is None or left.target is None or left.target == verdict.target:
+        return None
+    if left.score <= verdict.probe.score or left.score < verdict.threshold:
+        return None
+    return (f"after repair the corruption probe sends {left.score:.3f} of the corrupted samples to class {left.target} "
+            f"(the original sent {verdict.probe.score:.3f} to class {verdict.target})")
 
 
 def tightened(settings: Settings, fidelity: Fidelity, kept: HeldBack) -> Settings:

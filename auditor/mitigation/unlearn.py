@@ -147,7 +147,7 @@ def surrogates(variants: Iterable[tuple[str, Samples, np.ndarray]], clean_labels
 
 
 # Why unlearning did not apply, as a code (the report's `cause`); `reason` says it in words.
-CAUSES = ("not_flagged", "no_dense_head", "no_anchor", "bounds_removed", "per_token_head", "fidelity")
+CAUSES = ("not_flagged", "no_dense_head", "single_output", "no_anchor", "bounds_removed", "per_token_head", "fidelity")
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class UnlearnOutcome:
 
 
 def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray, clean_labels: np.ndarray, fidelity: Guard,
-                    edits: Edits, settings: Settings) -> UnlearnOutcome:
+                    edits: Edits, settings: Settings, blur_axes: dict[str, tuple[int, ...]] | None = None) -> UnlearnOutcome:
     """Head unlearning on top of `edits` (the bounds and the input filter), when a probe or search
     found a shortcut: the strongest correction on the ladder that keeps the fidelity limits,
     cross-fitted over halves of the samples."""
@@ -186,6 +186,9 @@ def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray
     if fidelity.head is None:
         return UnlearnOutcome(target=target, cause="no_dense_head", reason="the classifier head is not a dense affine layer")
     clean = distribution(np.asarray(clean_scores).reshape(len(samples), -1))
+    if fidelity.affine is not None and fidelity.affine[0].shape[0] != clean.shape[1]:
+        return UnlearnOutcome(target=target, cause="single_output",
+                              reason="a single-output (binary) head has no row per class to refit")
     anchored, shortcut = shortcut_rows(clean_labels, fidelity, target)
     anchors = int((clean_labels == target).sum())
     if anchors == 0:
@@ -196,7 +199,7 @@ def plan_unlearning(verdict: Verdict, samples: Samples, clean_scores: np.ndarray
     elif verdict.basis == "fourier":
         variants = fourier.variants(samples, verdict.fourier, settings.fourier)
     else:
-        variants = probe.corruptions(samples, settings.probe)
+        variants = probe.corruptions(samples, settings.probe, blur_axes)
     kept, sources = surrogates(variants, clean_labels, target, lambda more: fidelity.classify(more, edits))
     # The guard copies that took the shortcut join the corrupted samples and leave the fidelity
     # measure, which would otherwise insist on keeping the shortcut.

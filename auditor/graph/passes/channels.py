@@ -109,7 +109,7 @@ def zero_and_cap(model: onnx.ModelProto, units: list[Unit], zeroed: Mapping[str,
         mask[sorted(set(zeroed[unit.name]))] = 0.0
         factors[unit.name] = constant("__auditor_mask_const_", unit, mask)
     for unit in units:
-        if caps and unit.name in caps:
+        if caps and unit.name in caps and np.isfinite(caps[unit.name]).any():  # an all-infinite cap is no cap: no node
             bounded[unit.name] = constant("__auditor_bound_const_", unit, caps[unit.name])
             how[unit.name] = how[unit.name] + "+bound" if unit.name in how else "bound"
     touched = [u for u in units if u.name in factors or u.name in bounded]
