@@ -212,8 +212,9 @@ def _say_provider(report: auditor.Report) -> None:
 
 
 def _render(report: auditor.Report) -> None:
-    table = Table(title="most suspicious layers", show_lines=False)
-    for column in ("unit", "op", "channels", "layer score", "top channels (score)"):
+    table = Table(title="channel ranking (not a finding: it orders channels for repair; the verdict below decides)",
+                  show_lines=False)
+    for column in ("unit", "op", "channels", "top channel score", "top channels (score)"):
         table.add_column(column)
     layers = [layer for layer in report.layers if layer.prunable]
     ranked = sorted(layers, key=lambda layer: -max(r.score for r in layer.records))[:8]

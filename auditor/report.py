@@ -252,7 +252,10 @@ class Report:
             f"<p>Model <code>{html.escape(self.model['path'])}</code> (sha256 {self.model['sha256'][:16]}…), "
             f"method {self.method}, {self.data['samples']} clean samples, {html.escape(self.provider['name'])}.</p>"
             f"<p>{html.escape(verdict_text(v))}.</p>{findings}{repair}"
-            f"<h2>Channels by layer</h2><p>Each bar is one channel's suspicion score; red bars reach {self.channel_threshold:g}.</p>"
+            f"<h2>Channel ranking</h2><p>Each bar is one channel's suspicion score (the paper's signals: activations, "
+            f"weights and their relations within the layer), a robust z-score within its layer. It orders channels for "
+            f"repair and is not a finding: clean models have channels above {self.channel_threshold:g} too (red). The "
+            f"verdict above decides.</p>"
             "<table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th><th>max</th></tr>"
             + "".join(rows) + "</table></body></html>\n"
         )

