@@ -26,7 +26,7 @@ from auditor.io import model as model_io
 from auditor.report import repair_lines, verdict_text
 from auditor.settings import Settings, parse_overrides
 
-EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_BUG, EXIT_NOT_ASSESSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Audit ONNX classifiers for backdoors from a few clean samples, and repair them.")
@@ -223,7 +223,7 @@ def _render(report: auditor.Report) -> None:
         table.add_row(layer.unit, layer.op, str(layer.channels), f"{max(r.score for r in layer.records):.2f}",
                       ", ".join(f"{r.channel} ({r.score:.2f})" for r in top))
     out.print(table)
-    style = "bold red" if report.verdict.suspicious else "bold green"
+    style = "bold red" if report.verdict.suspicious else "bold green" if report.verdict.assessed else "bold yellow"
     out.print(f"verdict: [{style}]{verdict_text(report.verdict)}[/]", soft_wrap=True)
     for finding in report.verdict.findings:
         out.print(f"graph finding ({finding.kind}): {finding.reason}", markup=False, soft_wrap=True)
@@ -269,7 +269,7 @@ def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodO
         _write_reports(report, json, sarif, html)
         return report
     report = _guarded(work)
-    raise typer.Exit(EXIT_SUSPICIOUS if report.suspicious else EXIT_CLEAN)
+    raise typer.Exit(EXIT_SUSPICIOUS if report.suspicious else EXIT_CLEAN if report.verdict.assessed else EXIT_NOT_ASSESSED)
 
 
 @app.command(name="repair")

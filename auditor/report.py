@@ -9,7 +9,9 @@ a finite number is written as null, never as 0):
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples),
               missing_classes[] (the classes it gives none of them: unlearning cannot protect those)}
   provider   {name, reason, threads (onnxruntime's threads per session; null: its default)}
-  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins, findings[]}
+  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins, findings[], assessed,
+              not_assessed (why no detector could judge the model, else null: then suspicious is false and the
+              verdict is not "clean" either; the CLI exits 4)}
              basis "graph" (any method, whenever the graph check finds tampering): suspicious, score =
              the threshold or the other evidence's score if higher, target = a confirmed finding's class;
              findings[] = {kind (override | gate | bypass | storage), nodes[], tensors[], reason, region
@@ -176,7 +178,7 @@ class Report:
         verdict = self.verdict
         results = [{
             "ruleId": "AUD001",
-            "level": "error" if verdict.suspicious else "none",
+            "level": "error" if verdict.suspicious else ("warning" if not verdict.assessed else "none"),
             "message": {"text": verdict_text(verdict)},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}}}],
             "properties": {"score": _round(verdict.score), "threshold": verdict.threshold},
@@ -234,7 +236,7 @@ class Report:
         if self.repair is not None:
             items = "".join(f"<li>{html.escape(line)}</li>" for line in repair_lines(self.repair, v))
             repair = f"<h2>Repair</h2><ul>{items}</ul>"
-        state = "SUSPICIOUS" if v.suspicious else "clean"
+        state = "SUSPICIOUS" if v.suspicious else ("NOT ASSESSED" if not v.assessed else "clean")
         findings = ""
         if v.findings:
             cells = "".join(
@@ -286,6 +288,8 @@ def basis_text(verdict: Verdict) -> str:
 
 def verdict_text(verdict: Verdict) -> str:
     """The verdict in one line: outcome, score against threshold, and what the score measured."""
+    if not verdict.assessed:
+        return f"NOT ASSESSED: {verdict.not_assessed}"
     word = "SUSPICIOUS" if verdict.suspicious else "clean"
     side = ">=" if verdict.suspicious else "<"
     return f"{word}: score {verdict.score:.3f} {side} threshold {verdict.threshold:.3f} ({basis_text(verdict)})"

@@ -42,6 +42,7 @@ class VerdictSettings:
     fourier_threshold: float = 0.7  # the Fourier probe's lift that flags; rescaled onto probe_threshold
     margin_threshold: float = 2.9  # robust z of the head's largest reachable margin (no float input)
     min_others: int = 3  # a class's share is measured on at least this many samples predicted elsewhere
+    min_classes: int = 3  # with fewer classes an error has no other class to go to: no behavioural verdict
 
     @property
     def patch_reach(self) -> float:

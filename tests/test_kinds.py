@@ -61,7 +61,9 @@ def test_a_binary_sigmoid_model_is_two_classes_everywhere(tmp_path: Path) -> Non
     path, data = _binary(tmp_path)
     report = auditor.audit(path, data, device="cpu")
     assert report.model["kinds"]["output"] == "binary" and report.data["classes"] == 2
-    assert "None" not in auditor.report.verdict_text(report.verdict)
+    assert not report.verdict.assessed and not report.verdict.suspicious  # two classes: behaviour cannot tell
+    assert auditor.report.verdict_text(report.verdict).startswith("NOT ASSESSED: the model has 2 classes")
+    assert invoke("scan", path, "--data", data).exit_code == 4
     result = auditor.evaluate(path, data, device="cpu")
     assert result.accuracy == 1.0  # the labels are its own decisions at p > 0.5; an argmax of one column would say 0/1
     repaired = auditor.repair(path, data, tmp_path / "repaired.onnx", device="cpu")

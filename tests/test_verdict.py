@@ -56,7 +56,8 @@ def test_without_probe_shares_the_margin_then_the_channels_decide():
 def test_to_dict_keeps_the_report_shape():
     verdict = decide(Settings(), None, {}, _probe(0.3), patch=_patch(0.95))
     shape = verdict.to_dict()
-    assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "margins", "findings"}
+    assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "margins", "findings",
+                          "assessed", "not_assessed"}
     assert shape["patch"]["size"] == 4 and shape["probe"]["corruption"] == "noise 0.1" and shape["fourier"] is None
 
 
@@ -71,3 +72,10 @@ def test_a_graph_finding_decides_whatever_the_probes_say():
     loud = decide(Settings(), None, {}, _probe(0.9), findings=(finding,))
     assert loud.score == 0.9 and loud.basis == "graph"
     assert decide(Settings(), None, {}, _probe(0.1)).findings == ()
+
+
+def test_two_classes_give_no_behavioural_verdict():
+    """With two classes every error goes to the other class: the probe's share cannot tell a shortcut from errors."""
+    verdict = decide(Settings(), None, {}, _probe(0.9), classes=2)
+    assert not verdict.suspicious and not verdict.assessed and "2 classes" in verdict.not_assessed
+    assert decide(Settings(), None, {}, _probe(0.9), classes=3).suspicious

@@ -21,6 +21,7 @@ from auditor.detect import channels, fourier, margin, patch, probe, tamper
 from auditor.detect.verdict import Verdict, decide
 from auditor.errors import DataError, ModelError
 from auditor.graph import kinds as kinds_of
+from auditor.graph.flow import CONTROL_OPS, has_weighted, subgraphs
 from auditor.graph.index import GraphIndex
 from auditor.graph.units import Unit, find_units
 from auditor.io import data, model, runtime
@@ -60,6 +61,11 @@ def prunable_units(index: GraphIndex, units: list[Unit]) -> list[Unit]:
         if quantized:
             raise ModelError(f"the model is quantized ({', '.join(quantized)}): auditor needs float weights; "
                              "audit the float model before quantization")
+        inside = [n.op_type for n in index.graph.node if n.op_type in CONTROL_OPS
+                  and any(has_weighted(g) for g in subgraphs(n))]
+        if inside:
+            raise ModelError(f"the model's weighted layers sit inside control-flow bodies ({', '.join(sorted(set(inside)))}), "
+                             "which auditor reads but does not measure or bound: it audits layers of the main graph")
         recurrent = sorted({n.op_type for n in index.graph.node if n.op_type in _RECURRENT})
         if recurrent:
             raise ModelError(f"the model's layers are recurrent ({', '.join(recurrent)}) with no Conv, Gemm or MatMul "
@@ -115,7 +121,8 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     head = _head_margin(index, units, captured, settings) if probed is not None and not probed.shares else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
     found, waved = None, None
-    if probed is not None and probed.shares and not checked.findings:  # a graph finding already decides
+    # a graph finding already decides; with too few classes no behavioural search can (see verdict.decide)
+    if probed is not None and probed.shares and not checked.findings and classes >= settings.verdict.min_classes:
         reached = probed.score  # each search runs only while it could still raise the verdict's score
         fourier_runs = fourier_probe and reached < chosen.fourier_reach
         if notice is not None:
@@ -131,7 +138,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     timings["fourier"] = 0.0 if waved is None else waved.seconds
     timings["patch"] = 0.0 if found is None else found.seconds
     verdict = decide(settings, threshold, {u.name: suspicion[u.name].score for u in units if u.prunable},
-                     probed, found, waved, head, checked.findings)
+                     probed, found, waved, head, checked.findings, classes)
     timings["score"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
     return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, checked, found_kinds, blur_axes,

@@ -44,6 +44,11 @@ class Verdict:
     fourier: Fourier | None = None
     margin: Margin | None = None
     findings: tuple[Finding, ...] = ()  # the graph check's
+    not_assessed: str | None = None  # why no detector could judge the model (then never suspicious, never "clean")
+
+    @property
+    def assessed(self) -> bool:
+        return self.not_assessed is None
 
     def to_dict(self) -> dict:
         """The report's `verdict` object (schema in auditor/report.py)."""
@@ -54,19 +59,28 @@ class Verdict:
                 "patch": None if self.patch is None else self.patch.summary(),
                 "fourier": None if self.fourier is None else self.fourier.summary(),
                 "margins": None if self.margin is None else [float(v) for v in self.margin.margins],
-                "findings": [f.summary() for f in self.findings]}
+                "findings": [f.summary() for f in self.findings], "assessed": self.assessed, "not_assessed": self.not_assessed}
 
 
 def decide(settings: Settings, threshold: float | None, channel_scores: dict[str, np.ndarray], probe: Probe | None = None,
            patch: Patch | None = None, fourier: Fourier | None = None, margin: tuple[str, Margin] | None = None,
-           findings: tuple[Finding, ...] = ()) -> Verdict:
-    """The verdict from whatever evidence ran (`threshold`: the caller's, else the basis's default)."""
+           findings: tuple[Finding, ...] = (), classes: int | None = None) -> Verdict:
+    """The verdict from whatever evidence ran (`threshold`: the caller's, else the basis's default). With fewer
+    than `verdict.min_classes` classes a behavioural verdict says nothing: a corrupted or patched sample that
+    leaves its class can only go to the other one, so a shortcut cannot be told from the model's own errors."""
     chosen = settings.verdict
     if findings:
         verdict = decide(settings, threshold, channel_scores, probe, patch, fourier, margin)
         targets = [f.target for f in findings if f.target is not None]
         return dataclasses.replace(verdict, score=max(verdict.score, verdict.threshold), suspicious=True, basis="graph",
                                    target=targets[0] if targets else None, layer=None, findings=findings)
+    if classes is not None and classes < chosen.min_classes and (probe is not None or margin is not None):
+        limit = chosen.probe_threshold if threshold is None else float(threshold)
+        score = probe.score if probe is not None and probe.shares else 0.0
+        return Verdict(score, limit, False, "corruption" if probe is not None else "margin", None, None, probe, patch,
+                       fourier, None if margin is None else margin[1],
+                       not_assessed=f"the model has {classes} classes: a sample that leaves its class can only go to the "
+                                    "other, so its behaviour cannot tell a shortcut from its own errors (the graph check ran)")
     if probe is not None and probe.shares:
         limit = chosen.probe_threshold if threshold is None else float(threshold)
         value, basis, target = probe.score, "corruption", probe.target
