@@ -121,7 +121,8 @@ def judge(path: Path, make, folder: Path) -> dict:
         np.savez(samples, x=make(PER_DRAW, seed=draw))
         report = auditor.audit(path, samples, device="cpu")
         verdict = report.verdict
-        runs.append({"draw": draw, "suspicious": verdict.suspicious, "score": verdict.score, "basis": verdict.basis,
+        runs.append({"draw": draw, "suspicious": verdict.suspicious, "assessed": verdict.assessed, "score": verdict.score,
+                     "basis": verdict.basis, "not_assessed": verdict.not_assessed,
                      "target": verdict.target, "threshold": verdict.threshold, "classes_seen": report.data["predicted_classes"]})
     first = folder / f"{path.stem}-0.npz"
     try:
@@ -130,7 +131,8 @@ def judge(path: Path, make, folder: Path) -> dict:
                   "replanned": repaired.repair.replanned}
     except auditor.AuditorError as exc:
         repair = {"refused": str(exc)}
-    return {"draws": runs, "suspicious_draws": sum(r["suspicious"] for r in runs), "repair": repair}
+    return {"draws": runs, "suspicious_draws": sum(r["suspicious"] for r in runs),
+            "not_assessed_draws": sum(not r["assessed"] for r in runs), "repair": repair}
 
 
 def main(argv: list[str]) -> int:

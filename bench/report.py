@@ -1009,7 +1009,8 @@ def real_models_section() -> list[str]:
         else:
             what = "refused: " + r["reason"]
         judged = r.get("judged")
-        verdicts = "–" if judged is None else f"{judged['suspicious_draws']}/{len(judged['draws'])} suspicious"
+        verdicts = "–" if judged is None else (f"{judged['suspicious_draws']}/{len(judged['draws'])} suspicious, "
+                                               f"{judged.get('not_assessed_draws', '?')} not assessed")
         repair = "–"
         if judged is not None:
             repair = ("refused: " + judged["repair"]["refused"]) if "refused" in judged["repair"] else \
