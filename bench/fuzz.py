@@ -1,5 +1,6 @@
 """Mutation fuzzing of auditor's readers of untrusted files (issue 27): ONNX models, their external data, .npz/.npy samples.
 
+    python -m bench.fuzz --long --out bench/results/fuzz.json      # the long campaign, 50,000 cases per kind
     python -m bench.fuzz [--cases N] [--kinds onnx,external,npz,npz-member,npz-deflate,npy] [--seed S] [--out FILE]
     python -m bench.fuzz --replay KIND:SEED
 
@@ -522,9 +523,13 @@ def replay(kind: str, seed: int, keep: Path | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+LONG_CASES = 50_000  # per kind: about 8 minutes for all six kinds on 2 cores
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=2000, help="cases per kind")
+    parser.add_argument("--long", action="store_true", help=f"the long campaign: {LONG_CASES:,} cases per kind")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the JSON summary here")
@@ -540,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         parser.error(f"unknown kinds {unknown}; choose from {', '.join(KINDS)}")
-    summary = fuzz(kinds, args.cases, args.seed, lambda line: print(line, file=sys.stderr, flush=True))
+    summary = fuzz(kinds, LONG_CASES if args.long else args.cases, args.seed, lambda line: print(line, file=sys.stderr, flush=True))
     for kind, result in summary["kinds"].items():
         print(f"{kind:12} {result['cases']:6} cases  ok {result['ok']:6}  refused {result['refused']:6}  "
               f"failures {sum(result['failure_classes'].values()):4}  distinct refusals {result['distinct_refusals']:4}  {result['seconds']:7.1f} s")

@@ -941,7 +941,7 @@ def fuzz_section() -> list[str]:
     if data is None:
         return []
     lines = ["", "## Fuzz campaign", "",
-             f"`.venv/bin/python -m bench.fuzz --cases {data['cases_per_kind']} --out bench/results/fuzz.json` (seed "
+             f"`.venv/bin/python -m bench.fuzz --long --out bench/results/fuzz.json` ({data['cases_per_kind']:,} cases per kind, seed "
              f"{data['seed']}): every case mutates a real base file (bit flips, byte sets, truncation, insertion, "
              "deletion, duplication) and calls the library's readers in process; a reader must return or refuse "
              "with an `AuditorError`; anything else is a failure. `onnx` cases that load also run a whole `audit`. "
