@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -98,14 +99,26 @@ class _TimeUp(KeyboardInterrupt):
     """limits.seconds ran out: the run unwinds as Ctrl-C does (what it wrote is removed), then reports the limit."""
 
 
+_HARD_STOP_GRACE = 30.0  # seconds after limits.seconds before a run stuck inside onnxruntime is ended outright
+
+
 def _deadline(seconds: float) -> None:
-    """From now, stop the command after `seconds` of wall-clock time (0: never)."""
+    """From now, stop the command after `seconds` of wall-clock time (0: never). The alarm unwinds the run between
+    onnxruntime calls; one call that never returns (a hostile Loop) is ended by a watchdog a grace period later."""
     def up(signum, frame) -> None:
         raise _TimeUp(seconds)
+
+    def hard_stop() -> None:
+        err.print(f"error: stopped after {seconds:g} s, the run time limit (limits.seconds), inside onnxruntime; "
+                  "raise it with --set limits.seconds=S", markup=False, soft_wrap=True)
+        os._exit(EXIT_ERROR)
 
     if seconds > 0:
         signal.signal(signal.SIGALRM, up)
         signal.setitimer(signal.ITIMER_REAL, seconds)
+        watchdog = threading.Timer(seconds + _HARD_STOP_GRACE, hard_stop)
+        watchdog.daemon = True
+        watchdog.start()
 
 
 def _guarded(work):

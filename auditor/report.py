@@ -322,7 +322,7 @@ def repair_lines(outcome: RepairOutcome, verdict: Verdict) -> list[str]:
     elif unlearned is not None and verdict.basis in SHORTCUT_BASES and verdict.suspicious:
         lines.append(f"unlearning: not applied: {unlearned.reason}")
     left = outcome.probe
-    if left is not None and verdict.suspicious:
+    if left is not None and verdict.suspicious and left.suspected_target_share is not None:
         side = ">=" if left.above_threshold else "<"
         line = (f"after repair: class {left.suspected_target} takes {left.suspected_target_share:.3f} of the corrupted "
                 f"samples ({side} threshold {verdict.threshold:.3f}, was {verdict.score:.3f})")

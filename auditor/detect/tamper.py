@@ -27,7 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from auditor.errors import InternalError
+from auditor.capture import class_scores
+from auditor.errors import AuditorError, DataError, RepairError
 from auditor.graph.flow import CONTROL_OPS, DECISION_OPS, GraphFlow
 from auditor.graph.index import GraphIndex
 from auditor.graph.passes import PassResult
@@ -262,6 +263,8 @@ def _region(flow: GraphFlow, positions: set[int]) -> Region | None:
             if indices is None or axis == 0:
                 return None
             picked = np.where(indices < 0, indices + shape[axis], indices)
+            if picked.size == 0:
+                return None
             bounds[axis] = [int(picked.min()), int(picked.max()) + 1]
             return Region(node.input[0], tuple((a, b) for a, b in bounds))
         values = [index.constant(n) if n else None for n in node.input[1:5]]
@@ -299,7 +302,11 @@ def values(proto: onnx.ModelProto, names: list[str], samples: data.Samples, prov
     found: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for feed in samples.batches(batch):
         rows = len(next(iter(feed.values())))
-        for name, value in zip(names, session.run(names, feed), strict=True):
+        try:
+            computed = session.run(names, feed)
+        except Exception as exc:  # onnxruntime's own errors on these inputs (an index out of range, ...)
+            raise DataError(f"onnxruntime failed on the graph check's inputs: {runtime._first_line(exc)}") from exc
+        for name, value in zip(names, computed, strict=True):
             value = np.asarray(value)
             if value.ndim and value.shape[0] == rows:
                 found[name].append(value.reshape(rows, -1))
@@ -328,7 +335,10 @@ def complete(proto: onnx.ModelProto, index: GraphIndex, finding: Finding, sample
     except ValueError as exc:
         return replace(finding, cuts=(), refusal=f"the branch cannot be cut out: {exc}")
     before = _classes(proto, scores_name, samples, provider, batch)
-    after = _classes(cleaned, scores_name, samples, provider, batch)
+    try:
+        after = _classes(cleaned, scores_name, samples, provider, batch)
+    except AuditorError as exc:
+        return replace(finding, cuts=(), refusal=f"the model with the branch cut out does not run ({exc})")
     changed = int(np.sum(before != after))
     if changed:
         return replace(finding, cuts=(), refusal=f"cutting the branch out changes {changed} of {len(samples)} "
@@ -385,7 +395,9 @@ def _plan_cut(proto, flow: GraphFlow, merge: int, dependent: set[str], samples: 
 
 
 def _classes(proto, scores_name: str, samples: data.Samples, provider, batch: int) -> np.ndarray:
-    return values(proto, [scores_name], samples, provider, batch)[scores_name].argmax(axis=1)
+    """The decisions (a binary model's: p > 0.5, not an argmax of one column)."""
+    raw = values(proto, [scores_name], samples, provider, batch)[scores_name]
+    return class_scores(raw, GraphIndex(proto), scores_name).argmax(axis=1)
 
 
 def _confirm(proto, cleaned, finding: Finding, samples: data.Samples, provider, batch: int, scores_name: str,
@@ -408,8 +420,11 @@ def _confirm(proto, cleaned, finding: Finding, samples: data.Samples, provider, 
         pasted = clean.copy()
         pasted[box] = value
         trial = data.Samples({**samples.inputs, name: pasted}, None, samples.source)
-        model_says = _classes(proto, scores_name, trial, provider, batch)
-        without = _classes(cleaned, scores_name, trial, provider, batch)
+        try:
+            model_says = _classes(proto, scores_name, trial, provider, batch)
+            without = _classes(cleaned, scores_name, trial, provider, batch)
+        except AuditorError:  # a value the model cannot take there (an index, a length): not a trigger
+            continue
         differ = int(np.sum(model_says != without))
         if differ > best[0]:
             target = int(np.bincount(model_says[model_says != without]).argmax()) if differ else 0
@@ -443,5 +458,6 @@ def remove_all(proto: onnx.ModelProto, samples: data.Samples, provider: runtime.
         removed.append(finding)
         changes.update(result.changes)
     if static(GraphIndex(proto), settings):
-        raise InternalError(f"graph branches remain after {settings.max_rounds} rounds of removal")
+        raise RepairError(f"cannot repair: graph branches remain after {settings.max_rounds} rounds of removal "
+                          "(graph.max_rounds); re-export the model from its source")
     return proto, removed, changes

@@ -183,6 +183,16 @@ def _names(names: list[str]) -> str:
     return f"{len(names)} initializer{'s' if len(names) > 1 else ''} ({shown}{more})"
 
 
+def _same_stored(one: onnx.TensorProto, other: onnx.TensorProto) -> bool:
+    """Whether two tensors store the same values (their doc strings aside)."""
+    left, right = onnx.TensorProto(), onnx.TensorProto()
+    left.CopyFrom(one)
+    right.CopyFrom(other)
+    left.ClearField("doc_string")
+    right.ClearField("doc_string")
+    return left == right
+
+
 def stored_twice(proto: onnx.ModelProto) -> list[str]:
     """Tensors a reader and onnxruntime may see with different values, each resolved in place (so the checker
     passes and every stage runs one model): a tensor with its values in two fields (the first named wins, as
@@ -209,7 +219,7 @@ def stored_twice(proto: onnx.ModelProto) -> list[str]:
     doubled = []
     for position, tensor in enumerate(graph.initializer):
         first = seen.get(tensor.name)
-        if first is not None and tensor != graph.initializer[first]:  # the same bytes twice are harmless
+        if first is not None and not _same_stored(tensor, graph.initializer[first]):  # the same values twice are harmless
             doubled.append(tensor.name)
         seen.setdefault(tensor.name, position)
     if doubled:

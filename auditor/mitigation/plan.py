@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
+from auditor.capture import class_scores, run, scores_output
 from auditor.capture import classifier as _classifier
-from auditor.capture import run, scores_output
 from auditor.detect import fourier, patch, probe, tamper
 from auditor.detect.channels import Suspicion
 from auditor.detect.scan import Scan
@@ -353,6 +353,8 @@ def held_back(found: Scan, repaired: onnx.ModelProto, planned: RepairPlan, setti
         before, after, label = before[kept_rows], after[kept_rows], label[kept_rows]
     per_row = divergences(before, after, label, spare)
     count, limits, z = len(label), settings.repair, settings.repair.held_back_z
+    if count == 0:  # every copy went down the shortcut the repair removes: nothing else to compare
+        return HeldBack(0, 1.0, 0.0, limits.floor, limits.max_divergence, True)
     agreement = float(np.mean(after.argmax(axis=1) == label))
     spread = float(np.std(per_row, ddof=1)) if count > 1 else 0.0
     agreement_limit = limits.floor - z * float(np.sqrt(limits.floor * (1 - limits.floor) / count))
@@ -414,7 +416,9 @@ def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str
 
 def _moved(verdict: Verdict, left: ProbeCheck | None, margin: float) -> str | None:
     """How the repaired model moves the probe's shortcut to another class, more strongly than the original had it."""
-    if left is None or verdict.probe is None or left.target is None or left.target == verdict.target:
+    if left is None or verdict.probe is None or verdict.target is None or not verdict.assessed:
+        return None  # nothing was judged a shortcut: there is nothing to move
+    if left.target is None or left.target == verdict.target:
         return None
     if left.score <= verdict.probe.score + margin or left.score < verdict.threshold:
         return None
@@ -466,6 +470,7 @@ def remove_branches(found: Scan, settings: Settings) -> BranchRemoval | None:
                           f"remains at {left[0].nodes[-1]}; re-export the model from its source")
     before = tamper.values(found.loaded.proto, [scores_name], found.samples, found.provider, found.batch)[scores_name]
     after = tamper.values(proto, [scores_name], found.samples, found.provider, found.batch)[scores_name]
+    before, after = class_scores(before, found.index, scores_name), class_scores(after, found.index, scores_name)
     if not np.array_equal(before.argmax(axis=1), after.argmax(axis=1)):
         raise InternalError("cutting out graph branches changed a clean sample's class after every cut was checked")
     return BranchRemoval(replace(found.loaded, proto=proto), tuple(removed), changes,

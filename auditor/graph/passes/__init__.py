@@ -30,8 +30,9 @@ def ensure(before: onnx.ModelProto, result: PassResult, name: str) -> PassResult
     after = result.model
     if after is before:
         raise InternalError(f"pass {name} returned its input instead of a copy")
-    def own(model: onnx.ModelProto) -> list[str]:  # the model's inputs, not the guard's fed ones
-        return [v.name for v in model.graph.input if not v.name.startswith("__auditor_")]
+    def own(model: onnx.ModelProto) -> list[str]:  # the inputs a caller feeds: not the guard's, not initializers
+        stored = {t.name for t in model.graph.initializer}
+        return [v.name for v in model.graph.input if not v.name.startswith("__auditor_") and v.name not in stored]
 
     if own(after) != own(before):
         raise InternalError(f"pass {name} changed the graph's inputs")

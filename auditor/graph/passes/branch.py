@@ -10,7 +10,7 @@ from onnx import helper
 
 from auditor.graph.flow import outer_reads, subgraphs
 from auditor.graph.passes import PassResult, ensure
-from auditor.graph.passes.edit import fresh, tensor_names
+from auditor.graph.passes.edit import fresh, rename_reads, tensor_names
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ def cut_branch(model: onnx.ModelProto, cut: Cut) -> PassResult:
     unused = [t for t in graph.initializer if t.name not in read and t.name not in {v.name for v in graph.output}]
     for tensor in unused:
         graph.initializer.remove(tensor)
+    gone = {t.name for t in unused}  # older exporters also list initializers as graph inputs: those entries go too
+    for value in [v for v in graph.input if v.name in gone]:
+        graph.input.remove(value)
     changes = {name: f"{node.op_type} {cut.text()}; {dropped} nodes no output needs removed"}
     return ensure(model, PassResult(out, changes), "cut_branch")
 
@@ -80,7 +83,7 @@ def _inline(model: onnx.ModelProto, node: onnx.NodeProto, branch: str) -> list[o
     inlined = []
     for inner in body.node:
         moved = copy.deepcopy(inner)
-        moved.input[:] = [renamed.get(n, n) for n in moved.input]
+        rename_reads(moved, renamed)  # nested bodies that read the branch's own tensors follow them too
         moved.output[:] = [renamed.get(n, n) for n in moved.output]
         moved.name = fresh(f"{inner.name or inner.op_type}__auditor_inlined", names)
         names.add(moved.name)
