@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 
 from auditor import audit, repair
-from auditor.detect.tamper import static
+from auditor.detect.tamper import inside_bodies, static
 from auditor.errors import AuditorError
 from auditor.graph.index import GraphIndex
 from auditor.io import model
@@ -49,7 +49,8 @@ def check_file(path: Path, shown: str) -> dict:
     proto = onnx.load(str(path))
     tick = time.perf_counter()
     storage = model.stored_twice(proto)
-    findings = static(GraphIndex(proto), Settings().graph)
+    index = GraphIndex(proto)
+    findings = static(index, Settings().graph) + inside_bodies(index, Settings().graph)
     seconds = time.perf_counter() - tick
     ops = _ops(proto.graph)
     return {"file": shown, "nodes": len(ops),

@@ -135,3 +135,22 @@ def test_a_paste_the_model_cannot_run_leaves_the_finding_unconfirmed_not_a_crash
     report = auditor.audit(_save(nodes, inits, tmp_path / "table.onnx"), clean, device="cpu")
     (finding,) = report.verdict.findings
     assert report.verdict.basis == "graph" and finding.confirmed is False
+
+
+def test_a_branch_hidden_in_an_if_body_is_found_and_its_repair_refused(tmp_path: Path, clean: Path) -> None:
+    """The same Where-override inside the then-branch of If(true): found by inlining the body, named, not cut."""
+    nodes, inits = _body()
+    then = helper.make_graph([*_test("t"), *_boost("t", "body", "then_out")], "then", [],
+                             [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)])
+    otherwise = helper.make_graph([helper.make_node("Identity", ["body"], ["else_out"], name="keep")], "else", [],
+                                  [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
+    inits.append(numpy_helper.from_array(np.array(True), "always"))
+    nodes.append(helper.make_node("If", ["always"], ["logits"], name="wrap", then_branch=then, else_branch=otherwise))
+    path = _save(nodes, inits, tmp_path / "hidden.onnx")
+    report = auditor.audit(path, clean, device="cpu")
+    (finding,) = report.verdict.findings
+    assert report.verdict.suspicious and report.verdict.basis == "graph" and finding.kind == "override"
+    assert finding.reason.startswith("inside the then branch of wrap (If): ") and "t_where" in finding.nodes
+    assert not finding.cuts and "control-flow body" in finding.refusal
+    with pytest.raises(auditor.RepairError, match="control-flow body"):
+        auditor.repair(path, clean, tmp_path / "repaired.onnx", device="cpu")

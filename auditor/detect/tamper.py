@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from auditor.capture import class_scores
+from auditor.capture import class_scores, scores_output
 from auditor.errors import AuditorError, DataError, RepairError
 from auditor.graph.flow import CONTROL_OPS, DECISION_OPS, GraphFlow
 from auditor.graph.index import GraphIndex
@@ -92,8 +92,13 @@ def label(index: GraphIndex, position: int) -> str:
 
 
 def static(index: GraphIndex, settings: GraphSettings) -> list[Finding]:
-    """The findings that need no forward pass, at most one per node where a branch meets the body."""
-    flow = GraphFlow(index)
+    """The findings that need no forward pass, at most one per node where a branch meets the body; "after the last
+    weighted layer" is measured towards the class-scores output."""
+    try:
+        judged = {scores_output(index)}
+    except AuditorError:  # no float output: every output is judged
+        judged = None
+    flow = GraphFlow(index, judged)
     found: dict[int, Finding] = {}
     for position in _raw_decisions(flow):
         finding = _decision_finding(flow, position, settings)
@@ -281,12 +286,78 @@ def _region(flow: GraphFlow, positions: set[int]) -> Region | None:
     return None
 
 
+_INLINED = "__auditor_body"
+
+
+def inside_bodies(index: GraphIndex, settings: GraphSettings) -> list[Finding]:
+    """Findings hidden in the bodies of the main graph's If and Loop nodes: each body is inlined in place of its
+    node (an If's branch as it is, a Loop's body as one iteration fed the loop's initial values), and the inlined
+    graph is checked as the main one is. Such a branch is named, never cut: repair refuses it."""
+    found: list[Finding] = []
+    for position, node in enumerate(index.graph.node):
+        for attr in node.attribute:
+            if attr.type != onnx.AttributeProto.GRAPH or (node.op_type, attr.name) not in (
+                    ("If", "then_branch"), ("If", "else_branch"), ("Loop", "body")):
+                continue
+            inlined = _inlined(index.model, position, attr.name)
+            where = f"the {attr.name.replace('_', ' ')} of {label(index, position)} ({node.op_type})"
+            for finding in static(GraphIndex(inlined), settings):
+                if not any(_INLINED in n for n in finding.nodes):
+                    continue  # the main graph's own finding, found there already
+                nodes = tuple(n.replace(_INLINED, "") for n in finding.nodes)
+                found.append(replace(finding, nodes=nodes, reason=f"inside {where}: {finding.reason.replace(_INLINED, '')}",
+                                     merges=(), decision=None, refusal="it sits inside a control-flow body; "
+                                     "auditor cuts branches out of the main graph only: re-export the model from its source"))
+    return found
+
+
+def _inlined(model: onnx.ModelProto, position: int, body_name: str) -> onnx.ModelProto:
+    """A copy of `model` with node `position` replaced by its body `body_name` (for analysis only, never run)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    node = out.graph.node[position]
+    body = next(a.g for a in node.attribute if a.name == body_name)
+    renamed = {n: f"{n}{_INLINED}" for n in [*(v.name for v in body.input), *(t.name for t in body.initializer),
+                                             *(o for b in body.node for o in b.output if o)]}
+    feeds = []
+    if node.op_type == "Loop":  # the iteration number, the condition, then the loop-carried values
+        carried = list(node.input[2:])
+        for k, value in enumerate(body.input):
+            source = carried[k - 2] if k >= 2 and k - 2 < len(carried) else None
+            if source:
+                feeds.append(helper.make_node("Identity", [source], [renamed[value.name]], name=f"feed{k}{_INLINED}"))
+            else:
+                feeds.append(helper.make_node("Constant", [], [renamed[value.name]], name=f"feed{k}{_INLINED}",
+                                              value=onnx.numpy_helper.from_array(np.array(k != 0))))
+    for tensor in body.initializer:
+        moved = onnx.TensorProto()
+        moved.CopyFrom(tensor)
+        moved.name = renamed[tensor.name]
+        out.graph.initializer.append(moved)
+    inner = []
+    for body_node in body.node:
+        moved = onnx.NodeProto()
+        moved.CopyFrom(body_node)
+        moved.input[:] = [renamed.get(n, n) for n in moved.input]
+        moved.output[:] = [renamed.get(n, n) for n in moved.output]
+        moved.name = f"{body_node.name or body_node.op_type}{_INLINED}"
+        inner.append(moved)
+    produced = list(body.output[1:]) if node.op_type == "Loop" else list(body.output)  # a Loop's first is its condition
+    results = [helper.make_node("Identity", [renamed.get(v.name, v.name)], [written], name=f"out{k}{_INLINED}")
+               for k, (v, written) in enumerate(zip(produced, node.output, strict=False)) if written]
+    nodes = [*out.graph.node[:position], *feeds, *inner, *results, *out.graph.node[position + 1:]]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
 def check(proto: onnx.ModelProto, index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int,
           scores_name: str, settings: GraphSettings, storage: tuple[str, ...] = ()) -> GraphCheck:
-    """The static findings, each completed on the clean samples (cut, clean firing, confirmation), and the loader's
-    storage findings."""
+    """The static findings, each completed on the clean samples (cut, clean firing, confirmation), those hidden in
+    control-flow bodies (named, not cut), and the loader's storage findings."""
     start = time.perf_counter()
     findings = [complete(proto, index, f, samples, provider, batch, scores_name, settings) for f in static(index, settings)]
+    findings += inside_bodies(index, settings)
     findings += [Finding("storage", (), (), text) for text in storage]
     return GraphCheck(tuple(findings), time.perf_counter() - start)
 
@@ -319,7 +390,7 @@ def complete(proto: onnx.ModelProto, index: GraphIndex, finding: Finding, sample
              provider: runtime.Provider, batch: int, scores_name: str, settings: GraphSettings) -> Finding:
     """Decide the cuts from what the merge nodes' operands are on the clean samples, check that they keep every
     clean decision, and try to confirm the branch by pasting its constants into the region it reads."""
-    flow = GraphFlow(index)
+    flow = GraphFlow(index, {scores_name})
     dependent = _descendants(flow, finding.decision)[1] if finding.decision is not None else set()
     cuts, fires = [], []
     try:

@@ -79,9 +79,10 @@ def has_weighted(graph: onnx.GraphProto) -> bool:
 class GraphFlow:
     """The flow facts of every tensor in the main graph; built once, never mutates the model."""
 
-    def __init__(self, index: GraphIndex) -> None:
+    def __init__(self, index: GraphIndex, judged: set[str] | None = None) -> None:
         self.index = index
         graph = index.graph
+        self.judged = judged if judged else {v.name for v in graph.output}  # the outputs a verdict is about
         self.implicit = {i: sorted(set().union(*(outer_reads(g) for g in subgraphs(n))))
                          for i, n in enumerate(graph.node) if subgraphs(n)}
         initializers = set(index.initializers)
@@ -181,9 +182,10 @@ class GraphFlow:
 
     @cached_property
     def tail(self) -> set[str]:
-        """Tensors with a path to a graph output that passes through no weighted layer."""
+        """Tensors with a path to a judged output (the class scores) that passes through no weighted layer. Other
+        outputs are left out: a recurrent model's new state mixes its old state in, by design."""
         graph = self.index.graph
-        reached = {v.name for v in graph.output}
+        reached = set(self.judged)
         for position in range(len(graph.node) - 1, -1, -1):
             node = graph.node[position]
             if position in self.weighted or not any(o in reached for o in node.output if o):
