@@ -103,7 +103,7 @@ def triage(path: Path) -> dict:
         specs = data.input_specs(loaded.proto)
         main = next((s for s in specs if s.dtype.kind == "f"), specs[0])
         output = scores_output(index)
-        found = kinds.find(index, main.name, output)
+        found = kinds.find(index, main, output)
         kinds.judged(found, output)
         prunable_units(index, find_units(index))
         data.batch_size(specs, 64)

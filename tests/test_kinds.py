@@ -17,7 +17,7 @@ import auditor
 from auditor.detect import probe
 from auditor.graph import kinds
 from auditor.graph.index import GraphIndex
-from auditor.io.data import Samples
+from auditor.io.data import Samples, input_specs
 from auditor.settings import Settings
 
 RNG = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def _sequence() -> onnx.ModelProto:
 
 def test_a_sequence_is_read_as_one_and_blurred_in_time_only(tmp_path: Path) -> None:
     model = _sequence()
-    found = kinds.find(GraphIndex(model), "x", "logits")
+    found = kinds.find(GraphIndex(model), input_specs(model)[0], "logits")
     assert found.input == "sequence" and found.output == "scores"
     axes = kinds.blur_axes(found, "x", 3)
     assert axes == {"x": (1,)}

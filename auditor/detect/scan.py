@@ -89,7 +89,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     index = GraphIndex(loaded.proto)
     specs = data.input_specs(loaded.proto)
     main = next((s for s in specs if s.dtype.kind == "f"), specs[0])
-    found_kinds = kinds_of.find(index, main.name, scores_output(index), input_kind, output_kind)
+    found_kinds = kinds_of.find(index, main, scores_output(index), input_kind, output_kind)
     kinds_of.judged(found_kinds, scores_output(index))
     blur_axes = kinds_of.blur_axes(found_kinds, main.name, len(main.shape or ()))
     images = found_kinds.input in ("image", "flat-image")  # the patch search and the Fourier probe need one

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from auditor.errors import ModelError
 from auditor.graph.index import GraphIndex
+from auditor.io.data import InputSpec
 
 INPUT_KINDS = ("image", "flat-image", "sequence", "tokens", "tabular")
 OUTPUT_KINDS = ("scores", "probabilities", "binary", "positions", "embedding")
@@ -46,13 +46,13 @@ class Kinds:
                 "output_reason": self.output_reason}
 
 
-def find(index: GraphIndex, input_name: str, output_name: str, input_kind: str | None = None,
+def find(index: GraphIndex, main: InputSpec, output_name: str, input_kind: str | None = None,
          output_kind: str | None = None) -> Kinds:
-    """The kinds of `input_name` and `output_name`, each from the graph unless given (a user's override)."""
+    """The kinds of the input `main` and of `output_name`, each from the graph unless given (a user's override)."""
     for given, allowed, what in ((input_kind, INPUT_KINDS, "input"), (output_kind, OUTPUT_KINDS, "output")):
         if given is not None and given not in allowed:
             raise ModelError(f"unknown {what} kind {given!r}: use one of {', '.join(allowed)}")
-    found_in = (input_kind, "given") if input_kind else _input_kind(index, input_name)
+    found_in = (input_kind, "given") if input_kind else _input_kind(index, main)
     found_out = (output_kind, "given") if output_kind else _output_kind(index, output_name)
     return Kinds(found_in[0], found_out[0], found_in[1], found_out[1])
 
@@ -64,17 +64,15 @@ def judged(kinds: Kinds, output_name: str) -> None:
                          "classifiers, one score per class per sample; if it is one, say so with --output-kind scores")
 
 
-def _input_kind(index: GraphIndex, name: str) -> tuple[str, str]:
-    value = next(v for v in index.graph.input if v.name == name)
-    tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
-    if tensor.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+def _input_kind(index: GraphIndex, main: InputSpec) -> tuple[str, str]:
+    dims = list(main.shape or ())
+    if main.dtype in (np.int64, np.int32):
         return "tokens", "integer input"
     rank = len(dims)
     if rank == 4:
         return "image", "rank-4 float input"
     if rank == 3:
-        if _reaches_image_conv(index, name):
+        if _reaches_image_conv(index, main.name):
             return "image", "rank-3 float input reshaped into a 2-D convolution"
         return "sequence", "rank-3 float input [batch, time, features] (no 2-D convolution reads it as an image)"
     if rank == 2 and dims[1] is not None:
