@@ -29,10 +29,10 @@ from onnx import helper
 
 from auditor.capture import class_scores, scores_output
 from auditor.errors import AuditorError, DataError, RepairError
-from auditor.graph.flow import CONTROL_OPS, DECISION_OPS, GraphFlow
+from auditor.graph.flow import CONTROL_OPS, DECISION_OPS, GraphFlow, picks
 from auditor.graph.index import GraphIndex
 from auditor.graph.passes import PassResult
-from auditor.graph.passes.branch import Cut, cut_branch
+from auditor.graph.passes.branch import INLINED, Cut, cut_branch, inline
 from auditor.io import data, runtime
 from auditor.settings import GraphSettings
 
@@ -261,94 +261,44 @@ def _region(flow: GraphFlow, positions: set[int]) -> Region | None:
         shape = index.shape(node.input[0])
         if not shape or any(d is None for d in shape[1:]):
             return None
-        bounds = [[0, d or 1] for d in shape]
-        if node.op_type == "Gather":
-            indices = index.constant(node.input[1])
-            axis = int(next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)) % len(shape)
-            if indices is None or axis == 0:
-                return None
-            picked = np.where(indices < 0, indices + shape[axis], indices)
-            if picked.size == 0:
-                return None
-            bounds[axis] = [int(picked.min()), int(picked.max()) + 1]
-            return Region(node.input[0], tuple((a, b) for a, b in bounds))
-        values = [index.constant(n) if n else None for n in node.input[1:5]]
-        if len(values) < 2 or values[0] is None or values[1] is None:
+        dims = [1, *shape[1:]]
+        chosen = picks(index, node, dims)
+        if chosen is None or any(not kept for kept in chosen.values()):
             return None
-        axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(values[0]))
-        for start, end, axis in zip(values[0].tolist(), values[1].tolist(), axes.tolist(), strict=False):
-            axis %= len(shape)
-            if axis == 0:
-                continue
-            begin, stop, _ = slice(int(start), int(end)).indices(bounds[axis][1])
-            bounds[axis] = [begin, max(begin, stop)]
-        return Region(node.input[0], tuple((a, b) for a, b in bounds))
+        bounds = [(0, d) for d in dims]
+        for axis, kept in chosen.items():
+            if axis > 0:  # the batch stays whole
+                bounds[axis] = (min(kept), max(kept) + 1)
+        return Region(node.input[0], tuple(bounds))
     return None
-
-
-_INLINED = "__auditor_body"
 
 
 def inside_bodies(index: GraphIndex, settings: GraphSettings) -> list[Finding]:
     """Findings hidden in the bodies of the main graph's If and Loop nodes: each body is inlined in place of its
-    node (an If's branch as it is, a Loop's body as one iteration fed the loop's initial values), and the inlined
-    graph is checked as the main one is. Such a branch is named, never cut: repair refuses it."""
+    node (an If's branch as it is, a Loop's body as one iteration fed the loop's initial values; the cut's own
+    `inline`), and the inlined graph is checked as the main one is. Such a branch is named, never cut: repair
+    refuses it."""
     found: list[Finding] = []
     for position, node in enumerate(index.graph.node):
         for attr in node.attribute:
             if attr.type != onnx.AttributeProto.GRAPH or (node.op_type, attr.name) not in (
                     ("If", "then_branch"), ("If", "else_branch"), ("Loop", "body")):
                 continue
-            inlined = _inlined(index.model, position, attr.name)
+            inlined = onnx.ModelProto()
+            inlined.CopyFrom(index.model)
+            replacement = inline(inlined, inlined.graph.node[position], attr.name)
+            nodes = [*inlined.graph.node[:position], *replacement, *inlined.graph.node[position + 1:]]
+            del inlined.graph.node[:]
+            inlined.graph.node.extend(nodes)
             where = f"the {attr.name.replace('_', ' ')} of {label(index, position)} ({node.op_type})"
             for finding in static(GraphIndex(inlined), settings):
-                if not any(_INLINED in n for n in finding.nodes):
-                    continue  # the main graph's own finding, found there already
-                nodes = tuple(n.replace(_INLINED, "") for n in finding.nodes)
-                found.append(replace(finding, nodes=nodes, reason=f"inside {where}: {finding.reason.replace(_INLINED, '')}",
-                                     merges=(), decision=None, refusal="it sits inside a control-flow body; "
-                                     "auditor cuts branches out of the main graph only: re-export the model from its source"))
+                if not any(INLINED in n for n in finding.nodes[:-1]):
+                    continue  # it reads the input outside the body: the main graph's own finding, found there
+                found.append(replace(finding, nodes=tuple(n.replace(INLINED, "") for n in finding.nodes),
+                                     reason=f"inside {where}: {finding.reason.replace(INLINED, '')}", merges=(), decision=None,
+                                     refusal="it sits inside a control-flow body; auditor cuts branches out of the main "
+                                             "graph only: re-export the model from its source"))
     return found
-
-
-def _inlined(model: onnx.ModelProto, position: int, body_name: str) -> onnx.ModelProto:
-    """A copy of `model` with node `position` replaced by its body `body_name` (for analysis only, never run)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    node = out.graph.node[position]
-    body = next(a.g for a in node.attribute if a.name == body_name)
-    renamed = {n: f"{n}{_INLINED}" for n in [*(v.name for v in body.input), *(t.name for t in body.initializer),
-                                             *(o for b in body.node for o in b.output if o)]}
-    feeds = []
-    if node.op_type == "Loop":  # the iteration number, the condition, then the loop-carried values
-        carried = list(node.input[2:])
-        for k, value in enumerate(body.input):
-            source = carried[k - 2] if k >= 2 and k - 2 < len(carried) else None
-            if source:
-                feeds.append(helper.make_node("Identity", [source], [renamed[value.name]], name=f"feed{k}{_INLINED}"))
-            else:
-                feeds.append(helper.make_node("Constant", [], [renamed[value.name]], name=f"feed{k}{_INLINED}",
-                                              value=onnx.numpy_helper.from_array(np.array(k != 0))))
-    for tensor in body.initializer:
-        moved = onnx.TensorProto()
-        moved.CopyFrom(tensor)
-        moved.name = renamed[tensor.name]
-        out.graph.initializer.append(moved)
-    inner = []
-    for body_node in body.node:
-        moved = onnx.NodeProto()
-        moved.CopyFrom(body_node)
-        moved.input[:] = [renamed.get(n, n) for n in moved.input]
-        moved.output[:] = [renamed.get(n, n) for n in moved.output]
-        moved.name = f"{body_node.name or body_node.op_type}{_INLINED}"
-        inner.append(moved)
-    produced = list(body.output[1:]) if node.op_type == "Loop" else list(body.output)  # a Loop's first is its condition
-    results = [helper.make_node("Identity", [renamed.get(v.name, v.name)], [written], name=f"out{k}{_INLINED}")
-               for k, (v, written) in enumerate(zip(produced, node.output, strict=False)) if written]
-    nodes = [*out.graph.node[:position], *feeds, *inner, *results, *out.graph.node[position + 1:]]
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
 
 
 def check(proto: onnx.ModelProto, index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int,

@@ -10,10 +10,10 @@ carries no input values and is not followed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
 import onnx
 
 from auditor.graph.index import GraphIndex, attribute
@@ -45,6 +45,32 @@ class Flow:
     weights: int
     inputs: int
     reach: float
+
+
+def picks(index: GraphIndex, node: onnx.NodeProto, dims: list[int]) -> dict[int, list[int]] | None:
+    """The positions, per axis (counted from 0), that a Slice or a Gather with constant indices keeps of its data
+    operand of dimensions `dims`; None when they cannot be told (computed indices, a zero step, an unknown axis)."""
+    rank = len(dims)
+    if node.op_type == "Gather":
+        indices = index.constant(node.input[1]) if len(node.input) > 1 else None
+        axis = int(attribute(node, "axis", 0))
+        if indices is None or not -rank <= axis < rank or dims[axis] <= 0:
+            return None
+        axis %= rank
+        return {axis: sorted({int(i) % dims[axis] for i in indices.reshape(-1).tolist()})}
+    values = [index.constant(n) if n else None for n in node.input[1:5]]
+    if len(values) < 2 or values[0] is None or values[1] is None:
+        return None
+    starts, ends = values[0].reshape(-1).tolist(), values[1].reshape(-1).tolist()
+    axes = values[2].reshape(-1).tolist() if len(values) > 2 and values[2] is not None else list(range(len(starts)))
+    steps = values[3].reshape(-1).tolist() if len(values) > 3 and values[3] is not None else [1] * len(starts)
+    chosen: dict[int, list[int]] = {}
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
+        if not -rank <= axis < rank or step == 0 or dims[axis] <= 0:
+            return None
+        axis %= rank
+        chosen[axis] = list(range(*slice(int(start), int(end), int(step)).indices(dims[axis])))
+    return chosen
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -144,33 +170,10 @@ class GraphFlow:
         if node.op_type not in ("Slice", "Gather") or not node.input:
             return None
         dims = self.dims(node.input[0])
-        if dims is None:
+        chosen = None if dims is None else picks(self.index, node, dims)
+        if chosen is None:
             return None
-        if node.op_type == "Gather":
-            indices = self.index.constant(node.input[1]) if len(node.input) > 1 else None
-            axis = int(attribute(node, "axis", 0))
-            if indices is None or not -len(dims) <= axis < len(dims) or dims[axis] <= 0:
-                return None
-            return min(1.0, np.unique(indices).size / dims[axis])
-        return self._slice_kept(node, dims)
-
-    def _slice_kept(self, node: onnx.NodeProto, dims: list[int]) -> float | None:
-        values = [self.index.constant(n) if n else None for n in node.input[1:5]]
-        starts, ends = values[0] if values else None, values[1] if len(values) > 1 else None
-        if starts is None or ends is None:
-            return None
-        axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(starts))
-        steps = values[3] if len(values) > 3 and values[3] is not None else np.ones(len(starts), dtype=np.int64)
-        kept = 1.0
-        for start, end, axis, step in zip(starts.tolist(), ends.tolist(), axes.tolist(), steps.tolist(), strict=False):
-            if not -len(dims) <= axis < len(dims) or step == 0:
-                return None
-            size = dims[axis]
-            if size <= 0:
-                return None
-            length = len(range(*slice(int(start), int(end), int(step)).indices(size)))
-            kept *= length / size
-        return kept
+        return min(1.0, math.prod(len(kept) / dims[axis] for axis, kept in chosen.items()))
 
     def dims(self, name: str) -> list[int] | None:
         """The tensor's per-sample dimensions (the batch dimension reads as 1), when all are known."""

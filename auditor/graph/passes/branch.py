@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from auditor.graph.flow import outer_reads, subgraphs
 from auditor.graph.passes import PassResult, ensure
@@ -40,7 +41,7 @@ def cut_branch(model: onnx.ModelProto, cut: Cut) -> PassResult:
     node = graph.node[position]
     name = node.name or f"{node.op_type}#{position}"
     if cut.branch is not None:
-        replacement = _inline(out, node, cut.branch)
+        replacement = inline(out, node, cut.branch)
     else:
         outputs = [o for o in node.output]
         if len(cut.keep) > len(outputs) or any(k == "" for k in cut.keep):
@@ -64,36 +65,57 @@ def cut_branch(model: onnx.ModelProto, cut: Cut) -> PassResult:
     return ensure(model, PassResult(out, changes), "cut_branch")
 
 
-def _inline(model: onnx.ModelProto, node: onnx.NodeProto, branch: str) -> list[onnx.NodeProto]:
-    if node.op_type != "If":
-        raise ValueError(f"only an If has branches to inline, not a {node.op_type}")
-    body = next((a.g for a in node.attribute if a.name == branch), None)
+INLINED = "__auditor_inlined"  # the suffix of every name an inlined body brings into the graph
+
+
+def inline(model: onnx.ModelProto, node: onnx.NodeProto, body_name: str) -> list[onnx.NodeProto]:
+    """The nodes that compute what `node` (in `model`) writes from its body `body_name`: an If's branch as it is,
+    a Loop's body as one iteration fed the loop's initial values. The body's initializers are added to `model`."""
+    allowed = {("If", "then_branch"), ("If", "else_branch"), ("Loop", "body")}
+    if (node.op_type, body_name) not in allowed:
+        raise ValueError(f"only an If or a Loop has bodies to inline, not a {node.op_type} ({body_name!r})")
+    body = next((a.g for a in node.attribute if a.name == body_name), None)
     if body is None:
-        raise ValueError(f"the If has no {branch}")
+        raise ValueError(f"the {node.op_type} has no {body_name}")
     taken = tensor_names(model) | {t.name for t in model.graph.initializer}
     names = {n.name for n in model.graph.node}
     renamed: dict[str, str] = {}
-    for local in [*(t.name for t in body.initializer), *(o for n in body.node for o in n.output if o)]:
-        renamed[local] = fresh(f"{local}__auditor_inlined", taken)
+    for local in [*(v.name for v in body.input), *(t.name for t in body.initializer), *(o for n in body.node for o in n.output if o)]:
+        renamed[local] = fresh(f"{local}{INLINED}", taken)
         taken.add(renamed[local])
     for tensor in body.initializer:
         moved = copy.deepcopy(tensor)
         moved.name = renamed[tensor.name]
         model.graph.initializer.append(moved)
+
     inlined = []
+    produced = list(body.output)
+    if node.op_type == "Loop":  # inputs: the iteration number, the condition, then the loop-carried values
+        carried = list(node.input[2:])
+        for k, value in enumerate(body.input):
+            source = carried[k - 2] if k >= 2 and k - 2 < len(carried) else None
+            feed_name = fresh(f"__auditor_feed_{k}", names)
+            names.add(feed_name)
+            if source:
+                inlined.append(helper.make_node("Identity", [source], [renamed[value.name]], name=feed_name))
+            else:
+                inlined.append(helper.make_node("Constant", [], [renamed[value.name]], name=feed_name,
+                                                value=numpy_helper.from_array(np.array(k != 0))))
+        produced = produced[1:]  # the body's first output is the next condition
     for inner in body.node:
         moved = copy.deepcopy(inner)
-        rename_reads(moved, renamed)  # nested bodies that read the branch's own tensors follow them too
+        rename_reads(moved, renamed)  # nested bodies that read the body's own tensors follow them too
         moved.output[:] = [renamed.get(n, n) for n in moved.output]
-        moved.name = fresh(f"{inner.name or inner.op_type}__auditor_inlined", names)
+        moved.name = fresh(f"{inner.name or inner.op_type}{INLINED}", names)
         names.add(moved.name)
         inlined.append(moved)
-    if len(body.output) != len(node.output):
+    if node.op_type == "If" and len(produced) != len(node.output):
         raise ValueError("the If's branch writes another number of outputs")
-    for k, (inner, written) in enumerate(zip(body.output, node.output, strict=True)):
-        source = renamed.get(inner.name, inner.name)
-        inlined.append(helper.make_node("Identity", [source], [written], name=fresh(f"__auditor_cut_{k}", names)))
-        names.add(inlined[-1].name)
+    for k, (inner, written) in enumerate(zip(produced, node.output, strict=False)):
+        if written:
+            inlined.append(helper.make_node("Identity", [renamed.get(inner.name, inner.name)], [written],
+                                            name=fresh(f"__auditor_cut_{k}", names)))
+            names.add(inlined[-1].name)
     return inlined
 
 
