@@ -94,7 +94,6 @@ a finite number is written as null, never as 0):
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,93 +173,16 @@ class Report:
         return json.dumps(self.to_dict(timings), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     def to_sarif(self) -> str:
-        """SARIF 2.1.0: one result for the verdict, one note per top channel of the top layers."""
-        verdict = self.verdict
-        results = [{
-            "ruleId": "AUD001",
-            "level": "error" if verdict.suspicious else ("warning" if not verdict.assessed else "none"),
-            "message": {"text": verdict_text(verdict)},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}}}],
-            "properties": {"score": _round(verdict.score), "threshold": verdict.threshold},
-        }]
-        ranked = sorted(
-            ((r.score, layer.unit, r.channel) for layer in self.layers if layer.prunable for r in layer.records
-             if np.isfinite(r.score)),
-            key=lambda item: (-item[0], item[1], item[2]),
-        )
-        for score, unit, channel in ranked[:20]:
-            results.append({
-                "ruleId": "AUD002", "level": "note",
-                "message": {"text": f"channel {channel} of {unit}: suspicion {score:.3f}"},
-                "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}},
-                               "logicalLocations": [{"name": f"{unit}[{channel}]", "kind": "member"}]}],
-                "properties": {"score": _round(score)},
-            })
-        for finding in verdict.findings:
-            where = [{"name": node, "kind": "function"} for node in finding.nodes] or [{"name": "initializers", "kind": "member"}]
-            results.append({
-                "ruleId": "AUD003", "level": "error",
-                "message": {"text": f"{finding.kind}: {finding.reason}" + (f"; {finding.confirmation}" if finding.confirmed else "")},
-                "locations": [{"physicalLocation": {"artifactLocation": {"uri": self.model["path"]}}, "logicalLocations": where}],
-                "properties": {"kind": finding.kind, "confirmed": finding.confirmed, "removable": bool(finding.cuts)},
-            })
-        sarif = {
-            "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-            "version": "2.1.0",
-            "runs": [{
-                "tool": {"driver": {"name": "auditor", "version": self.tool_version, "rules": [
-                    {"id": "AUD001", "name": "BackdoorSuspected",
-                     "shortDescription": {"text": "Model-level backdoor suspicion at or above threshold"}},
-                    {"id": "AUD002", "name": "SuspiciousChannel", "shortDescription": {"text": "A hidden channel ranked suspicious"}},
-                    {"id": "AUD003", "name": "GraphTampering",
-                     "shortDescription": {"text": "Extra graph nodes act on a few raw input values, or a tensor is stored twice"}},
-                ]}},
-                "results": results,
-            }],
-        }
-        return json.dumps(sarif, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        """SARIF 2.1.0 (auditor/report/sarif.py)."""
+        from auditor.report.sarif import render
+
+        return render(self)
 
     def to_html(self) -> str:
-        """A self-contained page: verdict, repair summary, and per-layer score strips (inline SVG)."""
-        v = self.verdict
-        rows = []
-        for layer in self.layers:
-            scores = [r.score for r in layer.records]
-            finite = [s for s in scores if np.isfinite(s)]
-            rows.append(
-                f"<tr><td>{html.escape(layer.unit)}</td><td>{layer.op}</td><td>{layer.channels}</td>"
-                f"<td>{'head (never pruned)' if layer.head else ''}</td><td>{_svg_strip(finite, self.channel_threshold)}</td>"
-                f"<td>{max(finite):.2f}</td></tr>" if finite else ""
-            )
-        repair = ""
-        if self.repair is not None:
-            items = "".join(f"<li>{html.escape(line)}</li>" for line in repair_lines(self.repair, v))
-            repair = f"<h2>Repair</h2><ul>{items}</ul>"
-        state = "SUSPICIOUS" if v.suspicious else ("NOT ASSESSED" if not v.assessed else "clean")
-        findings = ""
-        if v.findings:
-            cells = "".join(
-                f"<tr><td>{f.kind}</td><td>{html.escape(', '.join(f.nodes) or '(initializers)')}</td>"
-                f"<td>{html.escape(f.reason)}</td><td>{html.escape(f.region.text() if f.region else '')}</td>"
-                f"<td>{html.escape(f.confirmation or '')}</td><td>{'yes' if f.cuts else html.escape(f.refusal or 'no')}</td></tr>"
-                for f in v.findings)
-            findings = ("<h2>Graph findings</h2><table><tr><th>kind</th><th>nodes</th><th>why</th><th>input region</th>"
-                        f"<th>on the clean samples</th><th>repair can cut it out</th></tr>{cells}</table>")
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>auditor report</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
-            ".bad{color:#b00}.ok{color:#070}</style></head><body>"
-            f"<h1>auditor: <span class='{'bad' if v.suspicious else 'ok'}'>{state}</span></h1>"
-            f"<p>Model <code>{html.escape(self.model['path'])}</code> (sha256 {self.model['sha256'][:16]}…), "
-            f"method {self.method}, {self.data['samples']} clean samples, {html.escape(self.provider['name'])}.</p>"
-            f"<p>{html.escape(verdict_text(v))}.</p>{findings}{repair}"
-            f"<h2>Channel ranking</h2><p>Each bar is one channel's suspicion score (the paper's signals: activations, "
-            f"weights and their relations within the layer), a robust z-score within its layer. It orders channels for "
-            f"repair and is not a finding: clean models have channels above {self.channel_threshold:g} too (red). The "
-            f"verdict above decides.</p>"
-            "<table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th><th>max</th></tr>"
-            + "".join(rows) + "</table></body></html>\n"
-        )
+        """A self-contained HTML page (auditor/report/html.py)."""
+        from auditor.report.html import render
+
+        return render(self)
 
 
 def basis_text(verdict: Verdict) -> str:
@@ -334,17 +256,6 @@ def repair_lines(outcome: RepairOutcome, verdict: Verdict) -> list[str]:
             lines.append(f"after repair: {found} sends {moved.share_after:.3f} of the other clean samples to "
                          f"class {moved.target} (was {moved.share_before:.3f})")
     return lines
-
-
-def _svg_strip(scores: list[float], threshold: float) -> str:
-    width, height = max(len(scores) * 3, 30), 40
-    top = max(max(scores, default=1.0), threshold, 1e-9)
-    bars = []
-    for i, s in enumerate(scores):
-        h = max(0.0, s) / top * (height - 2)
-        color = "#c33" if s >= threshold else "#69c"
-        bars.append(f"<rect x='{i * 3}' y='{height - h:.1f}' width='2' height='{h:.1f}' fill='{color}'/>")
-    return f"<svg width='{width}' height='{height}'>{''.join(bars)}</svg>"
 
 
 def _record(record: ChannelRecord) -> dict:
