@@ -5,6 +5,7 @@ from auditor.detect.tamper import Finding
 from auditor.detect.verdict import Verdict
 from auditor.errors import (
     AuditorError,
+    ConfigError,
     DataError,
     DeviceError,
     InternalError,
@@ -20,7 +21,7 @@ from auditor.settings import Settings
 from auditor.version import __version__
 
 __all__ = [
-    "AuditorError", "DataError", "DeviceError", "Evaluation", "Finding", "InternalError", "ModelError", "OutputError",
+    "AuditorError", "ConfigError", "DataError", "DeviceError", "Evaluation", "Finding", "InternalError", "ModelError", "OutputError",
     "RepairError", "RepairOutcome",
     "Report", "Settings", "SettingsError", "Verdict", "__version__", "audit", "evaluate", "repair",
 ]

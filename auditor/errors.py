@@ -31,6 +31,10 @@ class SettingsError(AuditorError):
     """A setting that does not exist, or a value it cannot take."""
 
 
+class ConfigError(AuditorError):
+    """A configuration file (auditor.toml, [tool.auditor] in pyproject.toml) that cannot be read or holds a wrong key."""
+
+
 class RepairError(AuditorError):
     """The model cannot be repaired as it is (the reason names what to do instead)."""
 

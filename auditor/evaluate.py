@@ -62,7 +62,7 @@ def evaluate(
     index = GraphIndex(loaded.proto)
     specs = data.input_specs(loaded.proto)
     batch = data.batch_size(specs, settings.run.evaluate_batch)
-    test = data.load(data_path, specs, limit)
+    test = data.load(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
     predicted, classes = predict(index, test, provider, batch)
     if target is not None and not 0 <= target < classes:
         raise DataError(f"target {target} is not a class of the model (0..{classes - 1})")
@@ -74,7 +74,7 @@ def evaluate(
             target_accuracy = float((predicted[of_target] == target).mean())
     asr, triggered_count, triggered_accuracy = None, None, None
     if triggered is not None:
-        attacked = data.load(triggered, specs, limit)
+        attacked = data.load(triggered, specs, limit, settings.limits.data_bytes, settings.preprocess)
         labels = predict(index, attacked, provider, batch)[0]
         hit = labels == target
         if attacked.labels is not None:
@@ -91,7 +91,7 @@ def evaluate(
         reference_model = model.load(reference)
         reference_index = GraphIndex(reference_model.proto)
         reference_specs = data.input_specs(reference_model.proto)
-        reference_test = data.load(data_path, reference_specs, limit)
+        reference_test = data.load(data_path, reference_specs, limit, settings.limits.data_bytes, settings.preprocess)
         reference_batch = data.batch_size(reference_specs, settings.run.evaluate_batch)
         agreement = float((predict(reference_index, reference_test, provider, reference_batch)[0] == predicted).mean())
     return Evaluation(

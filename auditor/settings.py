@@ -192,7 +192,39 @@ class RunSettings:
     """How the work is run, not what it decides."""
 
     notice_seconds: float = 30.0  # forecast searches longer than this are announced before they start
+    budget: float = 900.0  # seconds the detectors may take after the capture; one cut short makes the outcome "not assessed"
     evaluate_batch: int = 256  # test samples per run in `evaluate`
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How a folder of images becomes the model's input (auditor/io/images.py): a description of the data, not a
+    tunable of the method; kept here for `--set preprocess.NAME=VALUE`, the config file and the report's record."""
+
+    resize: int = 0  # resize (bilinear) so the shorter side has this many pixels; 0: no resize
+    crop: int = 0  # then crop the centre square of this side; 0: no crop
+    scale: float = 1 / 255  # pixel values (0..255) x this
+    mean: tuple[float, ...] = (0.0,)  # subtracted per channel, in the model's channel order, after `scale` (one value: every channel)
+    std: tuple[float, ...] = (1.0,)  # then divided by, per channel
+    channel_order: str = "rgb"  # or "bgr" (colour images only)
+    layout: str = "auto"  # "nchw" or "nhwc"; auto: from the model input's shape, the axis of size 1 or 3
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"preprocess.{name} must be 0 (none) or a number of pixels, got {getattr(self, name)}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise SettingsError(f"preprocess.scale must be a positive number, got {self.scale}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+                raise SettingsError(f"preprocess.{name} takes 1 or 3 finite numbers (one per channel), got {values}")
+        if not all(v > 0 for v in self.std):
+            raise SettingsError(f"preprocess.std values must be positive, got {self.std}")
+        if self.channel_order not in ("rgb", "bgr"):
+            raise SettingsError(f"preprocess.channel_order must be rgb or bgr, got {self.channel_order!r}")
+        if self.layout not in ("auto", "nchw", "nhwc"):
+            raise SettingsError(f"preprocess.layout must be auto, nchw or nhwc, got {self.layout!r}")
 
 
 @dataclass(frozen=True)
@@ -212,6 +244,7 @@ class Settings:
     graph: GraphSettings = field(default_factory=GraphSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
 
     def override(self, changes: Mapping[str, Any]) -> Settings:
         """A copy with `changes` ({"section.name": value}; a string value is parsed as the field's

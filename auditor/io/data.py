@@ -15,6 +15,7 @@ import onnx
 from onnx import helper
 
 from auditor.errors import DataError, ModelError
+from auditor.settings import PreprocessSettings
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Samples:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    preprocessing: dict | None = None  # a folder of images: what was applied (auditor/io/images.py); None for arrays
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -44,7 +46,7 @@ class Samples:
 
     def take(self, index: np.ndarray) -> Samples:
         labels = None if self.labels is None else self.labels[index]
-        return Samples({k: v[index] for k, v in self.inputs.items()}, labels, self.source)
+        return Samples({k: v[index] for k, v in self.inputs.items()}, labels, self.source, self.preprocessing)
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -83,14 +85,18 @@ def batch_size(specs: list[InputSpec], free: int) -> int:
                      "export it with a dynamic batch dimension (or a batch of 1) to audit it")
 
 
-def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None, max_bytes: int = 8 << 30) -> Samples:
+def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None, max_bytes: int = 8 << 30,
+         preprocess: PreprocessSettings | None = None) -> Samples:
     """Read samples for `specs` from an .npz (array `x` or arrays named after inputs) or .npy; arrays that
-    declare more than `max_bytes` together (limits.data_bytes) are refused before any is read."""
+    declare more than `max_bytes` together (limits.data_bytes) are refused before any is read. A folder is
+    read as image files with `preprocess` (auditor/io/images.py)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     if path.is_dir():
-        raise DataError(f"data path is a directory; give an .npz or .npy file: {path}")
+        from auditor.io import images  # it imports this module
+
+        return images.load(path, specs, limit, max_bytes, preprocess or PreprocessSettings())
     if not path.is_file():
         raise DataError(f"data path is not a regular file (device, pipe or socket): {path}")
     if path.stat().st_size == 0:
