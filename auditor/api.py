@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from auditor.detect import evidence
 from auditor.detect import scan as detection
 from auditor.errors import ModelError
 from auditor.io import model, runtime
@@ -34,27 +35,30 @@ def _report(found: detection.Scan, command: str, method: str, model_path, data_p
         command=command, tool_version=__version__, method=method,
         model={"path": str(model_path), "sha256": loaded.sha256, "ir_version": loaded.proto.ir_version,
                "opset": loaded.opset, "notes": list(loaded.notes), "kinds": found.kinds.to_dict()},
-        data={"path": str(data_path), "samples": len(found.samples), **detection.coverage(found.capture)},
+        data={"path": str(data_path), "samples": len(found.samples), "preprocessing": found.samples.preprocessing,
+              **detection.coverage(found.capture)},
         provider={"name": provider.name, "reason": provider.reason, "threads": provider.threads},
         verdict=found.verdict, layers=layers, skipped=skipped, channel_threshold=settings.channels.threshold,
         settings=settings.differences(), timings=dict(found.timings),
+        evidence=evidence.collect(found, settings),
     )
 
 
 def audit(model_path: str | Path, data_path: str | Path, limit: int | None = None, method: str = "sus",
           device: str = "auto", threshold: float | None = None, patch_search: bool = True,
           fourier_probe: bool = True, threads: int | None = None, notice: Callable[[str], None] | None = None,
-          settings: Settings | None = None, input_kind: str | None = None, output_kind: str | None = None) -> Report:
+          settings: Settings | None = None, input_kind: str | None = None, output_kind: str | None = None,
+          progress: detection.Progress | None = None) -> Report:
     """Score every channel of every hidden layer and decide whether the model looks backdoored.
 
     With `sus`, the verdict comes from the corruption probe and, on image inputs, unless they are
     switched off, the patch search and the Fourier probe (thousands of single-sample forward
     passes). `notice` (a message -> None) hears, before they start, when they are forecast to take
-    more than `settings.run.notice_seconds`."""
+    more than `settings.run.notice_seconds`. `progress` (stage, done, total) hears each stage and its forward passes."""
     settings = settings or Settings()
     provider = runtime.select_provider(device, threads)
     found = detection.scan(model_path, data_path, limit, method, provider, settings, threshold, patch_search, fourier_probe, notice,
-                           input_kind, output_kind)
+                           input_kind, output_kind, progress)
     return _report(found, "scan", method, model_path, data_path, settings)
 
 
@@ -63,7 +67,8 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
            max_prune: int | float | None = None, force: bool = False, bound: bool | None = None, zero: bool | None = None,
            unlearning: bool | None = None, patch_search: bool = True, fourier_probe: bool = True, notch: bool | None = None,
            occlude: bool | None = None, threads: int | None = None, notice: Callable[[str], None] | None = None,
-           settings: Settings | None = None, input_kind: str | None = None, output_kind: str | None = None) -> Report:
+           settings: Settings | None = None, input_kind: str | None = None, output_kind: str | None = None,
+           progress: detection.Progress | None = None) -> Report:
     """Repair the model as far as the fidelity guard allows and write it (atomically).
 
     `sus` caps every hidden channel at a guard-calibrated multiple of its clean maximum (activation
@@ -79,13 +84,15 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
     provider = runtime.select_provider(device, threads)
     # `threshold` is the channel-score cut for zeroing here; the verdict keeps its own default
     found = detection.scan(model_path, data_path, limit, method, provider, settings, None, patch_search, fourier_probe, notice,
-                           input_kind, output_kind)
+                           input_kind, output_kind, progress)
     report = _report(found, "repair", method, model_path, data_path, settings)
     tick = time.perf_counter()
     branches = mitigation.remove_branches(found, settings)
     if branches is not None:  # the branch-free model is repaired as any other: its own scan, its own plan
         found = detection.scan(branches.loaded, data_path, limit, method, provider, settings, None, patch_search,
-                               fourier_probe, notice, input_kind, output_kind)
+                               fourier_probe, notice, input_kind, output_kind, progress)
+    if progress is not None:
+        progress("repair", 0, 0)
     choices = mitigation.RepairChoices(method, threshold, max_prune, bound, zero, notch, occlude, unlearning)
     settled = mitigation.settle(found, choices, settings, __version__, branches)
     sha256 = model.save_model(settled.built.model, output)

@@ -1,17 +1,20 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/11` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
+Schema `auditor.report/12` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
 a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[], kinds {input (image | flat-image | sequence | tokens | tabular),
               output (scores | probabilities | binary), input_reason, output_reason}: what the model was read as
               (auditor/graph/kinds.py); a binary model's one output is read as two classes [1 - p, p]}
   data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples),
-              missing_classes[] (the classes it gives none of them: unlearning cannot protect those)}
+              missing_classes[] (the classes it gives none of them: unlearning cannot protect those),
+              preprocessing (null for .npz/.npy; a folder of images: {files, resize, crop, scale, mean[], std[], channel_order,
+              layout (nchw | nhwc | nhw | flat), resized_to_model ([H, W] when images were resized to the model's size, else null)})}
   provider   {name, reason, threads (onnxruntime's threads per session; null: its default)}
   verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins, findings[], assessed,
               not_assessed (why no detector could judge the model, else null: then suspicious is false and the
-              verdict is not "clean" either; the CLI exits 4)}
+              verdict is not "clean" either; the CLI exits 4), cut[] (the detectors the time budget, run.budget,
+              stopped before they finished: without a finding from what did run, the model is not assessed)}
              basis "graph" (any method, whenever the graph check finds tampering): suspicious, score =
              the threshold or the other evidence's score if higher, target = a confirmed finding's class;
              findings[] = {kind (override | gate | bypass | storage), nodes[], tensors[], reason, region
@@ -45,6 +48,13 @@ a finite number is written as null, never as 0):
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
               channels_detail[] (every channel, same fields)}
   skipped[]  {unit, reason}   units that exist but are never scored or pruned
+  evidence   null | {kind (patch | fourier | corruption | graph), caption (what was applied and what it did, in
+              words), examples[] {sample (index into the clean samples), before (its class), after (its class with
+              the trigger)}}: the found trigger of the verdict's basis on a few clean samples the model puts in other
+              classes, in index order (a corruption's: the first that went to the target); auditor/detect/evidence.py.
+              The HTML page shows the pictures, the JSON no pixels. A clean verdict shows the strongest patch tried
+              (else its basis's); null for an input that is not an image, a verdict not assessed, or a basis with no
+              trigger to show (channels, margin, an unconfirmed or storage graph finding)
   (repair.branches[]: the findings cut out of the graph before the rest of the repair, as verdict.findings[];
    repair.held_back: {samples, agreement, divergence, agreement_limit, divergence_limit, passed}: the written model
    against the original on augmented clean samples the guard never fitted on; repair.replanned: null, or why an
@@ -88,7 +98,9 @@ a finite number is written as null, never as 0):
               first ten samples, those the search used) and after (over every sample) the repair,
               fourier (basis "fourier" only, else null): the same for the Fourier probe's best basis image,
               evaluation{before, after} (CLI only, with --test)}
-  settings   {"section.name": value}: the settings that differ from the defaults (auditor/settings.py)
+  settings   {"section.name": value}: the settings that differ from the defaults (auditor/settings.py): the effective
+             settings, whether they came from the config file, --set or a flag
+  config     null | {path, options, settings}: the configuration file the CLI read (auditor/config.py), as written there
   timings    {seconds per stage}: the only part that differs between identical runs
 """
 
@@ -100,10 +112,11 @@ from typing import Any
 
 import numpy as np
 
+from auditor.detect.evidence import Evidence
 from auditor.detect.verdict import SHORTCUT_BASES, Verdict
 from auditor.mitigation.plan import RepairOutcome
 
-SCHEMA = "auditor.report/11"
+SCHEMA = "auditor.report/12"
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,8 @@ class Report:
     channel_threshold: float = 3.0  # the channel scores' own threshold (the HTML strips' red line)
     settings: dict[str, Any] = field(default_factory=dict)  # the settings that differ from the defaults
     repair: RepairOutcome | None = None
+    evidence: Evidence | None = None  # the found trigger on a few clean samples (the HTML page's pictures)
+    config: dict | None = None  # the configuration file the CLI read ({path, options, settings}), else None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -161,9 +176,11 @@ class Report:
             })
         out = {
             "schema": SCHEMA, "tool_version": self.tool_version, "command": self.command, "method": self.method,
-            "model": self.model, "data": self.data, "provider": self.provider, "verdict": _rounded(self.verdict.to_dict()),
-            "layers": layers, "skipped": self.skipped, "settings": self.settings,
+            "model": self.model, "data": _rounded(self.data), "provider": self.provider, "verdict": _rounded(self.verdict.to_dict()),
+            "layers": layers, "skipped": self.skipped, "settings": _rounded(self.settings),
             "repair": None if self.repair is None else _rounded(self.repair.to_dict()),
+            "evidence": None if self.evidence is None else self.evidence.to_dict(),
+            "config": self.config,
         }
         if timings:
             out["timings"] = _rounded(self.timings)
