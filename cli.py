@@ -8,6 +8,7 @@ report it), 130 interrupted (SIGINT or SIGTERM; no partial output).
 from __future__ import annotations
 
 import contextlib
+import json as _json_module
 import math
 import os
 import signal
@@ -22,6 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 import auditor
+from auditor import batch
+from auditor import config as auditor_config
 from auditor.errors import AuditorError, InternalError
 from auditor.io import model as model_io
 from auditor.report import repair_lines, verdict_text
@@ -36,13 +39,15 @@ err = Console(stderr=True, highlight=False)
 
 # Shared option groups (one definition, every command).
 ModelArg = Annotated[Path, typer.Argument(help="ONNX model to audit (never modified).", show_default=False)]
-DataOpt = Annotated[Path, typer.Option(
+DataOpt = Annotated[Optional[Path], typer.Option(
     "--data", "-d", show_default=False,
-    help=".npz with array x (or arrays named after the model inputs) and optional labels y; uint8 images are scaled by 1/255.")]
+    help=".npz with array x (or arrays named after the model inputs) and optional labels y (uint8 images are scaled by "
+    "1/255), or a folder of PNG/JPEG images (subfolders named by class give labels; see --resize ... --layout).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", help="Use only the first N samples.")]
-MethodOpt = Annotated[str, typer.Option(
-    "--method", "-m", help="sus (combined, default), clp (weights alone), fp (activations alone).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when usable, else CPU), cpu or cuda.")]
+MethodOpt = Annotated[Optional[str], typer.Option(
+    "--method", "-m", help="sus (combined, default), clp (weights alone), fp (activations alone).", show_default=False)]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="auto (CUDA when usable, else CPU; the default), cpu or cuda.", show_default=False)]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", help="onnxruntime's threads per session (default: its own, one per physical core); on many-core "
     "machines small models can run faster on 4 to 8.", show_default=False)]
@@ -52,10 +57,10 @@ JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON 
 SarifOpt = Annotated[Optional[Path], typer.Option("--sarif", help="Write a SARIF 2.1.0 report here.")]
 HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report here.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
-PatchOpt = Annotated[bool, typer.Option(
+PatchOpt = Annotated[Optional[bool], typer.Option(
     "--patch-search/--no-patch-search", help="sus: search for a small patch that takes over the model (about 10,000 "
     "forward passes of single samples: under 1.5 s on the zoo's models on CPU, far longer for large image models).")]
-FourierOpt = Annotated[bool, typer.Option(
+FourierOpt = Annotated[Optional[bool], typer.Option(
     "--fourier-probe/--no-fourier-probe", help="sus: add faint low-frequency cosine patterns to the clean samples and see "
     "whether one sends them to one class (about 4,500 batched forward passes: under 0.4 s on the zoo's models on CPU).")]
 InputKindOpt = Annotated[Optional[str], typer.Option(
@@ -64,6 +69,29 @@ InputKindOpt = Annotated[Optional[str], typer.Option(
 OutputKindOpt = Annotated[Optional[str], typer.Option(
     "--output-kind", help="What the output is: scores, probabilities or binary (one score per sample); auditor refuses "
     "positions (detectors, CTC) and embeddings.", show_default=False)]
+BudgetOpt = Annotated[Optional[float], typer.Option(
+    "--budget", help=f"Seconds the detectors may take after the capture (run.budget, default {Settings().run.budget:g}; 0: no "
+    "limit); a search cut short makes the outcome 'not assessed' (exit 4) unless what did run found a shortcut.",
+    show_default=False)]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="auditor.toml, or a pyproject.toml with [tool.auditor] (default: the nearest one in this folder or above, "
+    "up to the repository's root); the command line wins over it.", show_default=False)]
+ResizeOpt = Annotated[Optional[int], typer.Option(
+    "--resize", help="Image folders: resize so the shorter side has this many pixels (preprocess.resize).", show_default=False)]
+CropOpt = Annotated[Optional[int], typer.Option(
+    "--crop", help="Image folders: then crop the centre square of this side (preprocess.crop).", show_default=False)]
+ScaleOpt = Annotated[Optional[float], typer.Option(
+    "--scale", help="Image folders: pixel values (0-255) times this (preprocess.scale, default 1/255).", show_default=False)]
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", help="Image folders: per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406 (preprocess.mean).",
+    show_default=False)]
+StdOpt = Annotated[Optional[str], typer.Option(
+    "--std", help="Image folders: per-channel divisor after the mean, e.g. 0.229,0.224,0.225 (preprocess.std).", show_default=False)]
+ChannelOrderOpt = Annotated[Optional[str], typer.Option(
+    "--channel-order", help="Image folders: rgb (default) or bgr (preprocess.channel_order).", show_default=False)]
+LayoutOpt = Annotated[Optional[str], typer.Option(
+    "--layout", help="Image folders: nchw or nhwc (preprocess.layout; default: read from the model's input shape).",
+    show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override one setting of the method, SECTION.NAME=VALUE (repeatable), e.g. verdict.probe_threshold=0.7; "
     "see auditor/settings.py.", show_default=False)]
@@ -249,11 +277,38 @@ def _render(report: auditor.Report) -> None:
         out.print("settings changed: " + ", ".join(f"{k}={v}" for k, v in sorted(report.settings.items())), markup=False)
 
 
-def _settings(overrides: Optional[list[str]], **flags: Optional[float]) -> Settings:
-    """The settings from `--set` overrides, then from the flags that name a setting (`repair_floor=` for
-    repair.floor; None: not given)."""
+def _settings(overrides: Optional[list[str]], config: Optional[auditor_config.Config] = None, **flags) -> Settings:
+    """The settings from the config file, then `--set` overrides, then the flags that name a setting (`repair_floor=`
+    for repair.floor; None: not given): the command line wins."""
     given = {name.replace("_", ".", 1): value for name, value in flags.items() if value is not None}
-    return Settings().override({**parse_overrides(overrides or []), **given})
+    chosen = {} if config is None else dict(config.settings)
+    return Settings().override({**chosen, **parse_overrides(overrides or []), **given})
+
+
+_OPTION_DEFAULTS = {"method": "sus", "device": "auto", "patch_search": True, "fourier_probe": True, "jobs": 1}
+
+
+def _configured(path: Optional[Path], **given) -> tuple[Optional[auditor_config.Config], dict]:
+    """The config file (--config, else the nearest one) and each option's value: the command line's, else the file's,
+    else the default."""
+    found = path if path is not None else auditor_config.find(Path.cwd())
+    config = None if found is None else auditor_config.load(found)
+    values = {name: value if config is None else config.pick(name, value) for name, value in given.items()}
+    for name, default in _OPTION_DEFAULTS.items():
+        if name in values and values[name] is None:
+            values[name] = default
+    if "data" in values and values["data"] is None:
+        raise auditor.DataError("no clean samples given: pass --data CLEAN.npz (or a folder of images), or set `data` in "
+                                "auditor.toml or [tool.auditor] in pyproject.toml")
+    if config is not None:
+        out.print(f"config: {config.path}", markup=False, soft_wrap=True)
+    return config, values
+
+
+def _preprocess_flags(resize, crop, scale, mean, std, channel_order, layout) -> dict:
+    """The image-folder flags as the settings they name."""
+    return {"preprocess_resize": resize, "preprocess_crop": crop, "preprocess_scale": scale, "preprocess_mean": mean,
+            "preprocess_std": std, "preprocess_channel_order": channel_order, "preprocess_layout": layout}
 
 
 def _check_verdict(report: auditor.Report) -> None:
@@ -262,34 +317,139 @@ def _check_verdict(report: auditor.Report) -> None:
         raise auditor.ModelError("the audit produced no finite score: the model computes NaN or Inf on the clean samples")
 
 
+@contextlib.contextmanager
+def _progress_bars():
+    """A progress bar per stage on a terminal (stderr, cleared when done); None when stderr is not a terminal or CI
+    is set, so logs stay exactly as before."""
+    if not err.is_terminal or os.environ.get("CI"):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True)
+    tasks: dict[str, object] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            for task in bars.tasks:  # a new stage means the earlier ones are over
+                if not task.finished:
+                    bars.update(task.id, total=task.completed or 1, completed=task.completed or 1)
+            tasks[stage] = bars.add_task(stage, total=total or None)
+        bars.update(tasks[stage], completed=done, total=total or None)
+
+    with bars:
+        yield update
+
+
+ModelsArg = Annotated[list[str], typer.Argument(
+    help="ONNX model(s) to audit (never modified): files, folders (every .onnx below) or glob patterns.", show_default=False)]
+JobsOpt = Annotated[int, typer.Option(
+    "--jobs", "-j", help="Scan this many models at once, in separate processes (onnxruntime's threads per process: the "
+    "cores divided among them, unless --threads is given).")]
+
+
 @app.command()
-def scan(model: ModelArg, data: DataOpt, limit: LimitOpt = None, method: MethodOpt = "sus",
-         device: DeviceOpt = "auto", threshold: ThresholdOpt = None, json: JsonOpt = None,
-         sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False, patch_search: PatchOpt = True,
-         fourier_probe: FourierOpt = True, threads: ThreadsOpt = None, set_: SetOpt = None,
-         input_kind: InputKindOpt = None, output_kind: OutputKindOpt = None) -> None:
-    """Probe for a shortcut (corruptions, a patch, a Fourier pattern), score every channel; exit 1 when it looks backdoored."""
+def scan(models: ModelsArg, data: DataOpt = None, limit: LimitOpt = None, method: MethodOpt = None,
+         device: DeviceOpt = None, threshold: ThresholdOpt = None, json: JsonOpt = None,
+         sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False, patch_search: PatchOpt = None,
+         fourier_probe: FourierOpt = None, threads: ThreadsOpt = None, set_: SetOpt = None,
+         input_kind: InputKindOpt = None, output_kind: OutputKindOpt = None, jobs: JobsOpt = None, budget: BudgetOpt = None,
+         config: ConfigOpt = None, resize: ResizeOpt = None, crop: CropOpt = None, scale: ScaleOpt = None, mean: MeanOpt = None,
+         std: StdOpt = None, channel_order: ChannelOrderOpt = None, layout: LayoutOpt = None) -> None:
+    """Probe for a shortcut (corruptions, a patch, a Fourier pattern), score every channel; exit 1 when it looks backdoored.
+    Several models: one summary table, one JSON/SARIF holding every model, exit code the worst outcome."""
     def work():
-        settings = _settings(set_)
+        chosen, given = _configured(config, data=data, limit=limit, method=method, device=device, threshold=threshold,
+                                    json=json, sarif=sarif, html=html, patch_search=patch_search, fourier_probe=fourier_probe,
+                                    threads=threads, input_kind=input_kind, output_kind=output_kind, jobs=jobs)
+        settings = _settings(set_, chosen, run_budget=budget,
+                             **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
         _deadline(settings.limits.seconds)
-        _outputs([json, sarif, html], force, _inputs(model, data))
-        report = auditor.audit(model, data, limit=limit, method=method, device=device, threshold=threshold,
-                               patch_search=patch_search, fourier_probe=fourier_probe, threads=threads, notice=_note,
-                               settings=settings, input_kind=input_kind, output_kind=output_kind)
-        _check_verdict(report)
-        _say_provider(report)
-        _render(report)
-        _write_reports(report, json, sarif, html)
-        return report
-    report = _guarded(work)
-    raise typer.Exit(EXIT_SUSPICIOUS if report.suspicious else EXIT_CLEAN if report.verdict.assessed else EXIT_NOT_ASSESSED)
+        paths = batch.expand(models)
+        options = {name: given[name] for name in ("limit", "method", "device", "threshold", "patch_search", "fourier_probe",
+                                                   "threads", "input_kind", "output_kind")}
+        options["settings"] = settings
+        outputs = (given["json"], given["sarif"], given["html"])
+        recorded = None if chosen is None else chosen.to_dict()
+        if len(paths) == 1 and len(models) == 1 and Path(models[0]).is_file():
+            return _scan_one(paths[0], given["data"], *outputs, force, options, recorded)
+        return _scan_many(paths, given["data"], *outputs, force, given["jobs"], options, recorded)
+    code = _guarded(work)
+    raise typer.Exit(code)
+
+
+def _scan_one(model: Path, data: Path, json, sarif, html, force: bool, options: dict, config: Optional[dict]) -> int:
+    _outputs([json, sarif, html], force, _inputs(model, data))
+    with _progress_bars() as progress:
+        report = auditor.audit(model, data, notice=_note, progress=progress, **options)
+    report.config = config
+    _check_verdict(report)
+    _say_provider(report)
+    _render(report)
+    _write_reports(report, json, sarif, html)
+    return batch.EXIT_CODES[batch.outcome(report)]
+
+
+def _scan_many(models: list[Path], data: Path, json, sarif, html, force: bool, jobs: int, options: dict,
+               config: Optional[dict]) -> int:
+    """Every model scanned (a bad one is a row, not the end of the run), one table, one JSON and one SARIF."""
+    if html is not None:
+        raise auditor.OutputError("--html takes one model; for several, write --json (every report) or --sarif")
+    _outputs([json, sarif], force, tuple(p for m in models for p in _inputs(m, data)))
+    styles = {"clean": "green", "suspicious": "bold red", "not assessed": "yellow", "error": "red", "bug": "red"}
+    table = Table(title=f"{len(models)} models")
+    for column in ("model", "outcome", "score", "basis", "target"):
+        table.add_column(column, overflow="fold")
+    if not Path(data).exists():
+        raise auditor.DataError(f"{data}: no such file or folder; give the clean samples with --data")
+    with _progress_bars() as progress:
+        finished = [0]
+
+        def done(entry: batch.Entry) -> None:
+            finished[0] += 1
+            if progress is not None:
+                progress("models", finished[0], len(models))
+        entries = batch.scan_many(models, data, jobs=jobs, done=done, **options)
+    for entry in entries:
+        if entry.report is not None:
+            entry.report.config = config
+    for entry in entries:
+        verdict = None if entry.report is None else entry.report.verdict
+        score = "" if verdict is None or not verdict.assessed else f"{verdict.score:.3f}"
+        table.add_row(entry.model, f"[{styles[entry.outcome]}]{entry.outcome}[/]", score,
+                      "" if verdict is None or not verdict.assessed else verdict.basis,
+                      "" if verdict is None or verdict.target is None else str(verdict.target))
+    out.print(table)
+    for entry in entries:  # why a model has no verdict, one line each, in full
+        if entry.outcome in ("error", "bug", "not assessed"):
+            out.print(f"{entry.outcome}: {entry.model}: {entry.message}", markup=False, soft_wrap=True)
+    decided = batch.worst(entries)
+    counts = ", ".join(f"{n} {name}" for name in batch.SEVERITY if (n := sum(e.outcome == name for e in entries)))
+    out.print(f"summary: {counts}; exit code {batch.EXIT_CODES[decided]} ({decided})", markup=False)
+    written: list[Path] = []
+    try:
+        if json is not None:
+            text = _json_module.dumps(batch.combined(entries), indent=1, sort_keys=True, allow_nan=False) + "\n"
+            model_io.write_atomic(json, text.encode())
+            written.append(Path(json))
+        if sarif is not None:
+            from auditor.report.sarif import render_many
+
+            failures = [(e.model, e.message) for e in entries if e.report is None]
+            model_io.write_atomic(sarif, render_many([e.report for e in entries if e.report is not None], failures).encode())
+            written.append(Path(sarif))
+    except BaseException:
+        _remove(written)
+        raise
+    return batch.EXIT_CODES[decided]
 
 
 @app.command(name="repair")
 def repair_command(
-    model: ModelArg, data: DataOpt,
+    model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the repaired model.", show_default=False)],
-    limit: LimitOpt = None, method: MethodOpt = "sus", device: DeviceOpt = "auto", threshold: ThresholdOpt = None,
+    data: DataOpt = None, limit: LimitOpt = None, method: MethodOpt = None, device: DeviceOpt = None, threshold: ThresholdOpt = None,
     max_prune: Annotated[Optional[float], typer.Option(
         "--max-prune", help="At most this many channels (>= 1) or this fraction of all (< 1).")] = None,
     floor: Annotated[Optional[float], typer.Option(
@@ -323,16 +483,29 @@ def repair_command(
         "it) with the clean samples' mean, if the fidelity guard allows; needs no clean sample of the target (default: on).",
         show_default=False)] = None,
     json: JsonOpt = None, sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False,
-    patch_search: PatchOpt = True,
-    fourier_probe: FourierOpt = True,
+    patch_search: PatchOpt = None,
+    fourier_probe: FourierOpt = None,
     threads: ThreadsOpt = None,
     set_: SetOpt = None,
     input_kind: InputKindOpt = None,
     output_kind: OutputKindOpt = None,
+    budget: BudgetOpt = None,
+    config: ConfigOpt = None, resize: ResizeOpt = None, crop: CropOpt = None, scale: ScaleOpt = None, mean: MeanOpt = None,
+    std: StdOpt = None, channel_order: ChannelOrderOpt = None, layout: LayoutOpt = None,
 ) -> None:
     """Bound activations, filter out a found trigger, unlearn its shortcut, as far as fidelity allows; write the model."""
     def work():
-        settings = _settings(set_, repair_floor=floor, repair_layer_cap=layer_cap, repair_max_divergence=max_divergence)
+        nonlocal data, limit, method, device, threshold, json, sarif, html, patch_search, fourier_probe, threads
+        nonlocal input_kind, output_kind
+        chosen, given = _configured(config, data=data, limit=limit, method=method, device=device, threshold=threshold,
+                                    json=json, sarif=sarif, html=html, patch_search=patch_search, fourier_probe=fourier_probe,
+                                    threads=threads, input_kind=input_kind, output_kind=output_kind)
+        data, limit, method, device, threshold = given["data"], given["limit"], given["method"], given["device"], given["threshold"]
+        json, sarif, html, patch_search, fourier_probe = given["json"], given["sarif"], given["html"], given["patch_search"], \
+            given["fourier_probe"]
+        threads, input_kind, output_kind = given["threads"], given["input_kind"], given["output_kind"]
+        settings = _settings(set_, chosen, repair_floor=floor, repair_layer_cap=layer_cap, repair_max_divergence=max_divergence,
+                             run_budget=budget, **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
         _deadline(settings.limits.seconds)
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
@@ -340,21 +513,23 @@ def repair_command(
         # The test and triggered sets are measured on the original first: a bad one is refused
         # before the repaired model is written, not after.
         before = None if test is None else auditor.evaluate(model, test, triggered=triggered, target=target, device=device,
-                                                            threads=threads)
-        report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
-                                max_prune=max_prune, force=force, bound=bound, zero=zero, unlearning=unlearn,
-                                patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
-                                occlude=occlude, threads=threads, notice=_note, settings=settings, input_kind=input_kind,
-                                output_kind=output_kind)
+                                                            threads=threads, settings=settings)
+        with _progress_bars() as progress:
+            report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
+                                    max_prune=max_prune, force=force, bound=bound, zero=zero, unlearning=unlearn,
+                                    patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
+                                    occlude=occlude, threads=threads, notice=_note, settings=settings, input_kind=input_kind,
+                                    output_kind=output_kind, progress=progress)
+        report.config = None if chosen is None else chosen.to_dict()
         written = [Path(output)]
         try:
-            _finish_repair(report, before, written)
+            _finish_repair(report, before, written, settings)
         except BaseException:  # a run that fails or is interrupted leaves none of its outputs, the model included
             _remove(written)
             raise
         return report
 
-    def _finish_repair(report: auditor.Report, before, written: list[Path]) -> None:
+    def _finish_repair(report: auditor.Report, before, written: list[Path], settings: Settings) -> None:
         _say_provider(report)
         _render(report)
         for line in repair_lines(report.repair, report.verdict):
@@ -366,7 +541,8 @@ def repair_command(
                       f"only, and unlearning can cost that class more than the agreement shows: check it with "
                       f"--test TEST.npz --target {t}", markup=False, soft_wrap=True)
         if before is not None:
-            after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device, threads=threads)
+            after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device, threads=threads,
+                                     settings=settings)
             report.repair.evaluation = {"before": before.to_dict(), "after": after.to_dict()}
             _render_before_after(before, after)
         _write_reports(report, json, sarif, html, written)
@@ -397,13 +573,17 @@ def evaluate_command(
     reference: Annotated[Optional[Path], typer.Option(
         "--reference", help="Original model: report agreement with its predictions.")] = None,
     limit: LimitOpt = None, device: DeviceOpt = "auto", json: JsonOpt = None, force: ForceOpt = False,
-    threads: ThreadsOpt = None,
+    threads: ThreadsOpt = None, resize: ResizeOpt = None, crop: CropOpt = None, scale: ScaleOpt = None, mean: MeanOpt = None,
+    std: StdOpt = None, channel_order: ChannelOrderOpt = None, layout: LayoutOpt = None,
 ) -> None:
     """Accuracy on labelled data, attack success rate on triggered data, agreement with a reference."""
     def work():
+        if data is None:
+            raise auditor.DataError("no test samples given: pass --data TEST.npz (or a folder of labelled images)")
         _outputs([json], force, _inputs(model, data, triggered, reference))
+        settings = _settings(None, **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
         result = auditor.evaluate(model, data, triggered=triggered, target=target, reference=reference,
-                                  limit=limit, device=device, threads=threads)
+                                  limit=limit, device=device, threads=threads, settings=settings)
         out.print(f"provider: {result.provider}" + _threads_text(result.threads))
         out.print(f"accuracy: {_pct(result.accuracy)} on {result.samples} samples")
         if result.attack_success_rate is not None:

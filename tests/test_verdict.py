@@ -8,7 +8,7 @@ from auditor.detect.fourier import Fourier
 from auditor.detect.margin import Margin
 from auditor.detect.patch import Patch
 from auditor.detect.probe import Probe
-from auditor.detect.verdict import decide
+from auditor.detect.verdict import cut_short, decide
 from auditor.settings import Settings
 
 
@@ -57,7 +57,7 @@ def test_to_dict_keeps_the_report_shape():
     verdict = decide(Settings(), None, {}, _probe(0.3), patch=_patch(0.95))
     shape = verdict.to_dict()
     assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "margins", "findings",
-                          "assessed", "not_assessed"}
+                          "assessed", "not_assessed", "cut"}
     assert shape["patch"]["size"] == 4 and shape["probe"]["corruption"] == "noise 0.1" and shape["fourier"] is None
 
 
@@ -79,3 +79,15 @@ def test_two_classes_give_no_behavioural_verdict():
     verdict = decide(Settings(), None, {}, _probe(0.9), classes=2)
     assert not verdict.suspicious and not verdict.assessed and "2 classes" in verdict.not_assessed
     assert decide(Settings(), None, {}, _probe(0.9), classes=3).suspicious
+
+
+def test_a_search_cut_by_the_budget_leaves_a_found_shortcut_but_never_a_clean_verdict():
+    settings = Settings()
+    found = cut_short(decide(settings, None, {}, _probe(0.8)), ("patch search",), 10.0)
+    assert found.suspicious and found.assessed and found.cut == ("patch search",)
+    unfinished = cut_short(decide(settings, None, {}, _probe(0.3)), ("patch search",), 10.0)
+    assert not unfinished.suspicious and not unfinished.assessed and "patch search" in unfinished.not_assessed
+    # the probe itself cut: the channel scores that then decide are no verdict of the method that was asked for
+    channels_only = cut_short(decide(settings, None, {"conv": np.array([9.0] * 20)}), ("corruption probe",), 10.0)
+    assert channels_only.basis == "channels" and not channels_only.suspicious and not channels_only.assessed
+    assert cut_short(decide(settings, None, {}, _probe(0.3)), (), 10.0).assessed

@@ -18,7 +18,7 @@ import onnx
 
 from auditor.capture import Capture, capture, classifier, scores_output
 from auditor.detect import channels, fourier, margin, patch, probe, tamper
-from auditor.detect.verdict import Verdict, decide
+from auditor.detect.verdict import Verdict, cut_short, decide
 from auditor.errors import DataError, ModelError
 from auditor.graph import kinds as kinds_of
 from auditor.graph.flow import CONTROL_OPS, has_weighted, subgraphs
@@ -26,6 +26,10 @@ from auditor.graph.index import GraphIndex
 from auditor.graph.units import Unit, find_units
 from auditor.io import data, model, runtime
 from auditor.settings import Settings
+
+# (stage, done, total): a stage's forward passes so far of those planned (total 0: not known ahead). The CLI draws
+# it as a progress bar; the library never prints.
+Progress = Callable[[str, int, int], None]
 
 _RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
 _QUANTIZED = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QuantizeLinear", "DequantizeLinear"}
@@ -79,8 +83,11 @@ def prunable_units(index: GraphIndex, units: list[Unit]) -> list[Unit]:
 
 def scan(source: str | Path | model.Model, data_path, limit: int | None, method: str, provider: runtime.Provider, settings: Settings,
          threshold: float | None = None, patch_search: bool = True, fourier_probe: bool = True,
-         notice: Callable[[str], None] | None = None, input_kind: str | None = None, output_kind: str | None = None) -> Scan:
-    """Load, capture, run the detectors and decide (`threshold`: the verdict's, else its basis's default)."""
+         notice: Callable[[str], None] | None = None, input_kind: str | None = None, output_kind: str | None = None,
+         progress: Progress | None = None) -> Scan:
+    """Load, capture, run the detectors and decide (`threshold`: the verdict's, else its basis's default). `progress`
+    hears each stage start and its forward passes as they run."""
+    progress = progress or _silent
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if method not in channels.METHODS:
@@ -97,10 +104,13 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     units = find_units(index)
     prunable_units(index, units)
     batch = data.batch_size(specs, settings.capture.batch)
-    samples = data.load(data_path, specs, limit, settings.limits.data_bytes)
+    samples = data.load(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
     timings["load"] = time.perf_counter() - start
+    progress("capture", 0, len(samples))
     captured = capture(loaded.proto, index, units, samples, provider, batch)
     timings["capture"] = captured.seconds
+    progress("capture", len(samples), len(samples))
+    progress("graph check", 0, 0)
     classes = int(np.asarray(captured.scores).reshape(len(samples), -1).shape[1])
     if samples.labels is not None and samples.labels.size and int(samples.labels.max()) >= classes:
         raise DataError(f"{Path(data_path).name}: label {int(samples.labels.max())} is out of range "
@@ -116,7 +126,20 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     # (the instrumented one runs the probe three to four times slower), made on first use.
     plain = _lazy_classifier(loaded.proto, index, provider, batch)
     chosen, others = settings.verdict, settings.verdict.min_others
-    probed = probe.probe(samples, captured.scores, plain, settings.probe, others, blur_axes=blur_axes) if method == "sus" else None
+    budget = settings.run.budget
+    deadline = time.perf_counter() + budget if budget > 0 else float("inf")
+    cut: list[str] = []  # the detectors the budget stopped
+
+    def counted(stage: str, total: int) -> Callable[[data.Samples], np.ndarray]:
+        progress(stage, 0, total)
+        return _counted(plain, stage, total, progress, deadline)
+
+    probed = None
+    if method == "sus":
+        try:
+            probed = probe.probe(samples, captured.scores, counted("corruption probe", 0), settings.probe, others, blur_axes=blur_axes)
+        except _OutOfTime as stopped:
+            cut.append(stopped.stage)
     # The head's reachable margins decide the verdict only where the probe cannot run (no float input).
     head = _head_margin(index, units, captured, settings) if probed is not None and not probed.shares else None
     timings["probe"] = 0.0 if probed is None else probed.seconds
@@ -129,16 +152,22 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
             forecast = _forecast(samples, probed, fourier_runs, patch_search and reached < chosen.patch_reach, classes, settings)
             if forecast is not None:
                 notice(forecast)
-        if fourier_runs:
-            waved = fourier.search(samples, captured.scores, plain, settings.fourier, others)
-            if waved is not None:
-                reached = max(reached, waved.score * chosen.fourier_reach)
-        if patch_search and reached < chosen.patch_reach:
-            found = patch.search(samples, captured.scores, plain, settings.patch, others)
+        try:
+            if fourier_runs:
+                classify = counted("Fourier probe", fourier.planned_passes(samples, settings.fourier))
+                waved = fourier.search(samples, captured.scores, classify, settings.fourier, others)
+                if waved is not None:
+                    reached = max(reached, waved.score * chosen.fourier_reach)
+            if patch_search and reached < chosen.patch_reach:
+                classify = counted("patch search", patch.planned_passes(samples, classes, settings.patch))
+                found = patch.search(samples, captured.scores, classify, settings.patch, others)
+        except _OutOfTime as stopped:
+            cut.append(stopped.stage)
     timings["fourier"] = 0.0 if waved is None else waved.seconds
     timings["patch"] = 0.0 if found is None else found.seconds
     verdict = decide(settings, threshold, {u.name: suspicion[u.name].score for u in units if u.prunable},
                      probed, found, waved, head, checked.findings, classes)
+    verdict = cut_short(verdict, tuple(cut), budget)
     timings["score"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
     return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, checked, found_kinds, blur_axes,
@@ -162,6 +191,36 @@ def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, pa
     names, switches = " and ".join(planned), ", ".join(switch for _, switch in planned.values())
     return (f"{names} will run up to {passes:,} forward passes, about {when} on this model at the probe's pace "
             f"(switched off by: {switches})")
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    """No one is listening."""
+
+
+class _OutOfTime(Exception):
+    """The time budget ran out inside a detector (`stage`): it stops there, its evidence missing."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def _counted(classify: Callable[[data.Samples], np.ndarray], stage: str, total: int, progress: Progress,
+             deadline: float = float("inf")) -> Callable[[data.Samples], np.ndarray]:
+    """`classify`, telling `progress` how many samples it has run so far in `stage` (a search's early stop ends below
+    `total`), and stopping the detector (`_OutOfTime`) once `deadline` (perf_counter seconds) has passed."""
+    if progress is _silent and deadline == float("inf"):
+        return classify
+    done = [0]
+
+    def run(samples: data.Samples) -> np.ndarray:
+        if time.perf_counter() > deadline:
+            raise _OutOfTime(stage)
+        scores = classify(samples)
+        done[0] += len(samples)
+        progress(stage, min(done[0], total) if total else done[0], total)
+        return scores
+    return run
 
 
 def _lazy_classifier(proto: onnx.ModelProto, index: GraphIndex, provider: runtime.Provider,

@@ -45,6 +45,7 @@ class Verdict:
     margin: Margin | None = None
     findings: tuple[Finding, ...] = ()  # the graph check's
     not_assessed: str | None = None  # why no detector could judge the model (then never suspicious, never "clean")
+    cut: tuple[str, ...] = ()  # the detectors the time budget stopped before they finished (their evidence is missing)
 
     @property
     def assessed(self) -> bool:
@@ -59,7 +60,19 @@ class Verdict:
                 "patch": None if self.patch is None else self.patch.summary(),
                 "fourier": None if self.fourier is None else self.fourier.summary(),
                 "margins": None if self.margin is None else [float(v) for v in self.margin.margins],
-                "findings": [f.summary() for f in self.findings], "assessed": self.assessed, "not_assessed": self.not_assessed}
+                "findings": [f.summary() for f in self.findings], "assessed": self.assessed, "not_assessed": self.not_assessed,
+                "cut": list(self.cut)}
+
+
+def cut_short(verdict: Verdict, cut: tuple[str, ...], budget: float) -> Verdict:
+    """The verdict when the time budget stopped some detectors: a finding from what did run stands; without one the
+    model is not assessed, never clean, since the missing search might have found the shortcut."""
+    if not cut:
+        return verdict
+    if verdict.suspicious and verdict.basis != "channels":  # channel scores are no verdict where the probe was meant to run
+        return dataclasses.replace(verdict, cut=cut)
+    return dataclasses.replace(verdict, cut=cut, suspicious=False, not_assessed=f"the time budget of {budget:g} s ran out during the "
+                               f"{' and the '.join(cut)}, so the model was not fully searched (raise it with --budget)")
 
 
 def decide(settings: Settings, threshold: float | None, channel_scores: dict[str, np.ndarray], probe: Probe | None = None,
