@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from auditor.errors import DataError, ModelError
 from auditor.graph import kinds
@@ -46,6 +46,7 @@ class ChannelStats:
     bn_count: int
     bn_sum: np.ndarray
     bn_sumsq: np.ndarray
+    gram_index: np.ndarray | None = None  # the channels `gram` covers, in order (None: every channel)
 
     @property
     def mean(self) -> np.ndarray:
@@ -124,8 +125,15 @@ def head_features(index: GraphIndex, unit: Unit) -> int:
     return int(weight.shape[1 - unit.weight_axis]) if weight is not None and weight.ndim == 2 else 0
 
 
-def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], ranks: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of `model` whose extra outputs are per-channel reductions of every unit."""
+def gram_index(channels: int, most: int) -> np.ndarray | None:
+    """The channels a unit's Gram matrix covers: None (all) up to `most`, else `most` evenly spaced ones."""
+    return None if channels <= most else np.unique(np.linspace(0, channels - 1, most).round().astype(np.int64))
+
+
+def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], ranks: dict[str, int],
+                        gram_channels: int = 512) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of `model` whose extra outputs are per-channel reductions of every unit (the Gram matrix over at most
+    `gram_channels` of its channels)."""
     opset = default_opset(model)
     nodes: list = []
     inits: list = []
@@ -136,8 +144,14 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
         _reduce("ReduceSum", rows, f"{tag}_sum", opset, nodes, inits)
         _reduce("ReduceSumSquare", rows, f"{tag}_sumsq", opset, nodes, inits)
         _reduce("ReduceMax", rows, f"{tag}_max", opset, nodes, inits)
-        nodes.append(helper.make_node("Transpose", [rows], [f"{tag}__rows_t"], perm=[1, 0]))
-        nodes.append(helper.make_node("MatMul", [f"{tag}__rows_t", rows], [f"{tag}_gram"]))
+        sampled = gram_index(unit.channels, gram_channels)
+        related = rows
+        if sampled is not None:
+            inits.append(numpy_helper.from_array(sampled, f"{tag}__gidx"))
+            nodes.append(helper.make_node("Gather", [rows, f"{tag}__gidx"], [f"{tag}__grows"], axis=1))
+            related = f"{tag}__grows"
+        nodes.append(helper.make_node("Transpose", [related], [f"{tag}__rows_t"], perm=[1, 0]))
+        nodes.append(helper.make_node("MatMul", [f"{tag}__rows_t", related], [f"{tag}_gram"]))
         nodes.append(helper.make_node("Shape", [rows], [f"{tag}_count"]))
         source = unit.output
         if index.elem_type(unit.output) != TensorProto.FLOAT:
@@ -198,11 +212,11 @@ def run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarr
 
 
 def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider,
-            batch: int) -> Capture:
+            batch: int, gram_channels: int = 512) -> Capture:
     """Stream `samples` through the instrumented model and accumulate statistics in float64."""
     start = time.perf_counter()
     ranks = probe_ranks(model, index, units, samples, provider)
-    captured, outputs = build_capture_model(model, index, units, ranks)
+    captured, outputs = build_capture_model(model, index, units, ranks, gram_channels)
     scores_name = scores_output(index)
     session = runtime.session(captured, provider)
     totals: dict[str, np.ndarray] = {}
@@ -251,6 +265,7 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             bn_count=int(totals[f"{tag}_bncount"]) if has_bn else 0,
             bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
+            gram_index=gram_index(unit.channels, gram_channels),
         )
 
     return Capture(stats=stats, scores=class_scores(np.stack(scores), index, scores_name), seconds=time.perf_counter() - start)

@@ -87,3 +87,33 @@ def test_capture_leaves_the_model_alone() -> None:
     assert heads == 1  # the dense classifier head's input range is captured too (auditor.detect.margin)
     assert len(outputs) == 6 * len(units) + 2 * heads  # sum, sumsq, max, gram, count, per-position max; head min, max
     assert [o.name for o in captured.graph.output] == ["logits", *outputs]
+
+
+def test_a_wide_unit_relates_an_evenly_spaced_sample_of_its_channels() -> None:
+    """The Gram matrix of a unit wider than capture.gram_channels covers only the sampled channels, and equals the
+    full one restricted to them; the relationship signal regresses the sampled channels on each other."""
+    import dataclasses
+
+    from auditor.capture import gram_index
+    from auditor.detect.channels import relationship
+
+    pattern = graphs.pattern("conv2d")
+    model = pattern.build()
+    index = GraphIndex(model)
+    units = find_units(index)
+    samples = Samples({"x": graphs.samples(pattern, count=SAMPLES, seed=3)}, None, "test")
+    full = capture(model, index, units, samples, CPU, batch=BATCH)
+    wide = max(units, key=lambda u: u.channels)
+    most = wide.channels // 2
+    sampled = capture(model, index, units, samples, CPU, batch=BATCH, gram_channels=most)
+    chosen = gram_index(wide.channels, most)
+    assert chosen is not None and len(chosen) == most and chosen[0] == 0 and chosen[-1] == wide.channels - 1
+    stats, whole = sampled.stats[wide.name], full.stats[wide.name]
+    np.testing.assert_array_equal(stats.gram_index, chosen)
+    np.testing.assert_allclose(stats.gram, whole.gram[np.ix_(chosen, chosen)], rtol=1e-5, atol=1e-6)
+    restricted = dataclasses.replace(whole, sum=whole.sum[chosen], gram=whole.gram[np.ix_(chosen, chosen)])
+    r2 = relationship(stats)
+    np.testing.assert_allclose(r2[chosen], relationship(restricted), rtol=1e-4, atol=1e-6)
+    others = np.setdiff1d(np.arange(wide.channels), chosen)
+    assert np.all(r2[others] == np.median(r2[chosen]))
+    assert full.stats[wide.name].gram_index is None and gram_index(wide.channels, wide.channels) is None

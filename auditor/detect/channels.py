@@ -14,6 +14,7 @@ Each signal is oriented so that larger means more suspicious:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,14 @@ def lipschitz(index: GraphIndex, unit: Unit) -> np.ndarray:
 
 
 def relationship(stats: ChannelStats) -> np.ndarray:
-    """R^2 of each channel regressed on the others, from the (ridge-regularised) covariance."""
+    """R^2 of each channel regressed on the others, from the (ridge-regularised) covariance. A wide unit's Gram
+    matrix covers a sample of its channels: they are regressed on each other, and the channels outside the sample
+    get the sample's median (no evidence either way)."""
+    if stats.gram_index is not None:
+        sampled = relationship(dataclasses.replace(stats, sum=stats.sum[stats.gram_index], gram_index=None))
+        r2 = np.full(len(stats.sum), float(np.median(sampled)))
+        r2[stats.gram_index] = sampled
+        return r2
     count = max(stats.count, 1)
     mean = stats.sum / count
     cov = stats.gram / count - np.outer(mean, mean)

@@ -107,7 +107,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     samples = data.load(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
     timings["load"] = time.perf_counter() - start
     progress("capture", 0, len(samples))
-    captured = capture(loaded.proto, index, units, samples, provider, batch)
+    captured = capture(loaded.proto, index, units, samples, provider, batch, settings.capture.gram_channels)
     timings["capture"] = captured.seconds
     progress("capture", len(samples), len(samples))
     progress("graph check", 0, 0)
