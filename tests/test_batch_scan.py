@@ -137,3 +137,47 @@ def test_a_model_that_fails_in_a_worker_is_a_row_not_the_end_of_the_run(example,
     assert [e.outcome for e in entries] == ["error", "clean"]
     assert entries[0].report is None and entries[0].message
     assert np.isfinite(entries[1].report.verdict.score)
+
+
+def _stderr_on_a_terminal(args: list, env: dict) -> str:
+    """Run the CLI with its stderr on a pseudo-terminal; what it drew there."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    from builders import ROOT
+
+    master, slave = pty.openpty()
+    drawn: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    process = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
+                             env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=120)
+    os.close(slave)
+    reader.join(10)
+    os.close(master)
+    assert process.returncode == 1
+    return b"".join(drawn).decode(errors="replace")
+
+
+def test_progress_bars_are_drawn_on_a_terminal_and_never_in_ci(example) -> None:
+    import os
+
+    args = ["scan", example.model, "--data", example.clean, "--limit", "10"]
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    drawn = _stderr_on_a_terminal(args, env)
+    for stage in ("capture", "corruption probe", "Fourier probe", "patch search"):
+        assert stage in drawn, stage
+    assert "corruption probe" not in _stderr_on_a_terminal(args, {**env, "CI": "true"})
