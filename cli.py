@@ -342,8 +342,9 @@ def _progress_bars():
         yield update
 
 
-ModelsArg = Annotated[list[str], typer.Argument(
-    help="ONNX model(s) to audit (never modified): files, folders (every .onnx below) or glob patterns.", show_default=False)]
+ModelsArg = Annotated[list[Path], typer.Argument(
+    help="ONNX model(s) to audit (never modified): files, folders (every .onnx below) or glob patterns.", show_default=False,
+    metavar="MODEL")]
 JobsOpt = Annotated[int, typer.Option(
     "--jobs", "-j", help="Scan this many models at once, in separate processes (onnxruntime's threads per process: the "
     "cores divided among them, unless --threads is given).")]
