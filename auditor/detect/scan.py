@@ -129,8 +129,10 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     budget = settings.run.budget
     deadline = time.perf_counter() + budget if budget > 0 else float("inf")
     cut: list[str] = []  # the detectors the budget stopped
+    started: dict[str, float] = {}  # when each detector began: its time counts even when the budget cut it
 
     def counted(stage: str, total: int) -> Callable[[data.Samples], np.ndarray]:
+        started[stage] = time.perf_counter()
         progress(stage, 0, total)
         return _counted(plain, stage, total, progress, deadline)
 
@@ -142,7 +144,6 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
             cut.append(stopped.stage)
     # The head's reachable margins decide the verdict only where the probe cannot run (no float input).
     head = _head_margin(index, units, captured, settings) if probed is not None and not probed.shares else None
-    timings["probe"] = 0.0 if probed is None else probed.seconds
     found, waved = None, None
     # a graph finding already decides; with too few classes no behavioural search can (see verdict.decide)
     if probed is not None and probed.shares and not checked.findings and classes >= settings.verdict.min_classes:
@@ -163,8 +164,10 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
                 found = patch.search(samples, captured.scores, classify, settings.patch, others)
         except _OutOfTime as stopped:
             cut.append(stopped.stage)
-    timings["fourier"] = 0.0 if waved is None else waved.seconds
-    timings["patch"] = 0.0 if found is None else found.seconds
+    ends = [*sorted(started.values())[1:], time.perf_counter()]
+    spent = {stage: end - begun for (stage, begun), end in zip(sorted(started.items(), key=lambda kv: kv[1]), ends)}
+    for key, stage in (("probe", "corruption probe"), ("fourier", "Fourier probe"), ("patch", "patch search")):
+        timings[key] = spent.get(stage, 0.0)
     verdict = decide(settings, threshold, {u.name: suspicion[u.name].score for u in units if u.prunable},
                      probed, found, waved, head, checked.findings, classes)
     verdict = cut_short(verdict, tuple(cut), budget)
