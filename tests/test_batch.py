@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from hostile_cases import fixed_batch
 
 import auditor
@@ -26,3 +27,19 @@ def test_a_batch_of_one_gives_the_same_verdict_and_repair_as_a_dynamic_batch(exa
     reference_after = auditor.evaluate(tmp_path / "dynamic.onnx", example.test, triggered=example.triggered,
                                        target=example.target, device="cpu")
     assert after.accuracy == reference_after.accuracy and after.attack_success_rate == reference_after.attack_success_rate
+
+
+def test_large_inputs_run_in_batches_bounded_by_input_values(example) -> None:
+    """capture.batch_values bounds the samples per run by their size (a 224 px batch of 64 held GBs of activations);
+    the batch changes memory and speed, never the result."""
+    from auditor.detect import scan as detection
+    from auditor.io import runtime
+    from auditor.settings import Settings
+
+    provider = runtime.select_provider("cpu")
+    shipped = detection.scan(example.model, example.clean, 20, "sus", provider, Settings())
+    bounded = detection.scan(example.model, example.clean, 20, "sus", provider,
+                             Settings().override({"capture.batch_values": 28 * 28 * 3}))
+    assert shipped.batch == 64 and bounded.batch == 3
+    assert bounded.verdict.to_dict() == shipped.verdict.to_dict()
+    np.testing.assert_allclose(bounded.capture.scores, shipped.capture.scores, rtol=1e-5, atol=1e-5)
