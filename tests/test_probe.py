@@ -179,3 +179,28 @@ def test_a_sequence_is_blurred_along_time_only() -> None:
     assert step[0] < 0.5 * step[1]  # smoothed in time
     columns = np.corrcoef(smooth[0].T)  # features stay apart: no mixing across the feature axis
     assert np.abs(columns[np.triu_indices(16, 1)]).mean() < 0.5
+
+
+def test_corrupted_copies_are_filled_one_draw_at_a_time_with_the_same_values() -> None:
+    """The copies are made draw by draw (memory no longer grows with draws x N in float64); the values and the random
+    stream are those of making every draw at once, then casting."""
+    from functools import partial
+
+    from auditor.detect.probe import _copies, _noise
+    from auditor.io.data import Samples as Batch
+
+    rng_data = np.random.default_rng(7)
+    inputs = {"a": rng_data.uniform(0, 1, (6, 3, 5, 5)).astype(np.float32), "b": rng_data.normal(size=(6, 4)).astype(np.float16),
+              "ids": np.arange(6, dtype=np.int64)}
+    samples = Batch(inputs, None, "test")
+    floats = {k: v for k, v in inputs.items() if v.dtype.kind == "f"}
+    made = _copies(samples, floats, 5, partial(_noise, np.random.default_rng(3), 0.2))
+    reference_rng = np.random.default_rng(3)
+    for name, array in inputs.items():
+        if name not in floats:
+            np.testing.assert_array_equal(made[name], np.concatenate([array] * 5))
+            continue
+        low, high = float(array.min()), float(array.max())
+        expected = np.concatenate([np.clip(_noise(reference_rng, 0.2, array, low, high), low, high) for _ in range(5)]).astype(array.dtype)
+        assert made[name].dtype == array.dtype
+        np.testing.assert_array_equal(made[name], expected)

@@ -62,7 +62,10 @@ def _copies(samples: Samples, floats: dict[str, np.ndarray], draws: int,
             inputs[name] = np.concatenate([array] * draws)
             continue
         low, high = float(array.min()), float(array.max())
-        inputs[name] = np.concatenate([np.clip(copy(array, low, high), low, high) for _ in range(draws)]).astype(array.dtype)
+        filled = np.empty((draws * len(array), *array.shape[1:]), dtype=array.dtype)
+        for draw in range(draws):  # one draw's float64 temporaries at a time, not all of them (memory grew with N)
+            filled[draw * len(array):(draw + 1) * len(array)] = np.clip(copy(array, low, high), low, high)
+        inputs[name] = filled
     return inputs
 
 
