@@ -3,7 +3,7 @@
 A score says that a shortcut exists; a picture of the found patch, pattern, corruption or graph trigger on three of
 the user's own samples, with the class each went to, says what it is. The pictures are made here, at scan time, where
 the model, the samples and the plain classifier are at hand (auditor/report/html.py only draws them): one batched
-forward pass per piece of evidence (a graph finding: one per candidate value, as its confirmation tried them).
+forward pass per piece of evidence (a graph finding: the value its confirmation pasted, pasted again).
 
 Only for image inputs (input kinds `image`, `flat-image` whose samples have image axes); deterministic: the samples
 are taken in index order, the corruption is the probe's own seeded draw.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from auditor.detect import fourier, patch, probe
+from auditor.detect import fourier, patch, probe, tamper
 from auditor.detect.images import image_input, to_images
 from auditor.io.data import Samples
 from auditor.settings import Settings
@@ -73,7 +73,7 @@ def collect(found: Scan, settings: Settings) -> Evidence | None:
     clean = found.capture.labels[:len(samples)]
     if verdict.basis == "graph":
         confirmed = [f for f in verdict.findings if f.confirmed and f.target is not None and f.region is not None
-                     and f.region.input == where[0]]
+                     and f.region.input == where[0] and f.pasted is not None]
         return _graph(found, samples, clean, confirmed[0]) if confirmed else None
     if verdict.patch is not None and (verdict.basis == "patch" or not verdict.suspicious):
         return _patch(found, samples, clean)
@@ -185,25 +185,10 @@ def _corruption(found: Scan, samples: Samples, clean: np.ndarray, settings: Sett
 
 
 def _graph(found: Scan, samples: Samples, clean: np.ndarray, finding: Finding) -> Evidence:
-    """The branch's constants pasted into the region it reads (the candidate values its confirmation tried: the
-    constants, just above and below, and the clean extremes), the value that sends most samples to its class."""
+    """The value whose pasting confirmed the finding (tamper._confirm), pasted again into the region it reads."""
     region, target = finding.region, int(finding.target)
-    values = samples.inputs[region.input]
-    spread = float(values.max() - values.min()) or 1.0
-    candidates = {float(values.min()), float(values.max())}
-    for value in finding.constants:
-        candidates.update({value, value + 0.01 * spread, value - 0.01 * spread})
-    box = (slice(None), *(slice(a, b) for a, b in region.bounds[1:]))
-    best = None
-    for value in sorted(candidates):
-        pasted = values.copy()
-        pasted[box] = value
-        trial = Samples({**samples.inputs, region.input: pasted}, None, samples.source)
-        after = _classes(found, trial)
-        sent = int(((after == target) & (clean != target)).sum())
-        if best is None or sent > best[0]:
-            best = (sent, value, trial, after)
-    _, value, trial, after = best
+    trial = tamper.paste(samples, region.input, region, finding.pasted)
+    after = _classes(found, trial)
     caption = (f"The {finding.kind} branch ({finding.nodes[-1] if finding.nodes else 'graph'}) reads {region.text()}: "
-               f"pasting {value:.4g} there {_sent(after, clean, target)}")
+               f"pasting {finding.pasted:.4g} there {_sent(after, clean, target)}")
     return Evidence("graph", caption, _examples(samples, trial, np.arange(len(samples)), clean, after, target))

@@ -69,6 +69,7 @@ class Finding:
     target: int | None = None  # the class pasting its values sends samples to (confirmed only)
     confirmed: bool | None = None  # None: not tried
     confirmation: str | None = None
+    pasted: float | None = None  # the value whose pasting into the region confirmed it (the HTML page shows it again)
 
     def summary(self) -> dict:
         return {"kind": self.kind, "nodes": list(self.nodes), "tensors": list(self.tensors), "reason": self.reason,
@@ -84,6 +85,14 @@ class GraphCheck:
     findings: tuple[Finding, ...]
     seconds: float
 
+
+
+def paste(samples: data.Samples, name: str, region: Region | None, value: float) -> data.Samples:
+    """`samples` with `value` written into the region of input `name` a branch reads (all of it without a region)."""
+    box = (slice(None),) if region is None else (slice(None), *(slice(a, b) for a, b in region.bounds[1:]))
+    pasted = samples.inputs[name].copy()
+    pasted[box] = value
+    return data.Samples({**samples.inputs, name: pasted}, None, samples.source)
 
 
 def label(index: GraphIndex, position: int) -> str:
@@ -435,12 +444,9 @@ def _confirm(proto, cleaned, finding: Finding, samples: data.Samples, provider, 
     candidates = {float(clean.min()), float(clean.max())}
     for value in finding.constants:
         candidates.update({value, value + 0.01 * spread, value - 0.01 * spread})
-    box = (slice(None),) if region is None else (slice(None), *(slice(a, b) for a, b in region.bounds[1:]))
     best = (-1, 0.0, 0, 0, 0)
     for value in sorted(candidates):
-        pasted = clean.copy()
-        pasted[box] = value
-        trial = data.Samples({**samples.inputs, name: pasted}, None, samples.source)
+        trial = paste(samples, name, region, value)
         try:
             model_says = _classes(proto, scores_name, trial, provider, batch)
             without = _classes(cleaned, scores_name, trial, provider, batch)
@@ -453,7 +459,7 @@ def _confirm(proto, cleaned, finding: Finding, samples: data.Samples, provider, 
     differ, value, target, sent, kept = best
     where = region.text() if region is not None else f"all of {name}"
     if differ >= max(1, int(np.ceil(settings.confirm_share * len(samples)))):
-        return replace(finding, confirmed=True, target=target, confirmation=(
+        return replace(finding, confirmed=True, target=target, pasted=value, confirmation=(
             f"pasting {value:.4g} into {where} sends {sent} of {len(samples)} clean samples to class {target}; "
             f"with the branch cut out, {kept}"))
     return replace(finding, confirmed=False, confirmation=(
