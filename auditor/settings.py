@@ -20,7 +20,7 @@ from auditor.errors import SettingsError
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    """The pass that captures per-channel statistics."""
+    """The pass that captures per-channel statistics, and the size of every run after it (detectors, evaluate)."""
 
     batch: int = 64  # samples per run (1 when the model fixes its batch dimension at 1)
     batch_values: int = 1 << 22  # and at most this many input values per run: a 224 px batch of 64 held GBs of activations

@@ -105,8 +105,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     prunable_units(index, units)
     batch = data.batch_size(specs, settings.capture.batch)
     samples = data.load(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
-    per_sample = sum(int(np.prod(array.shape[1:], dtype=np.int64)) for array in samples.inputs.values())
-    batch = max(1, min(batch, settings.capture.batch_values // max(1, per_sample)))  # memory bounded for large inputs
+    batch = data.bounded_batch(batch, samples, settings.capture.batch_values)
     timings["load"] = time.perf_counter() - start
     progress("capture", 0, len(samples))
     captured = capture(loaded.proto, index, units, samples, provider, batch, settings.capture.gram_channels)

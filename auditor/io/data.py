@@ -85,6 +85,13 @@ def batch_size(specs: list[InputSpec], free: int) -> int:
                      "export it with a dynamic batch dimension (or a batch of 1) to audit it")
 
 
+def bounded_batch(batch: int, samples: Samples, max_values: int) -> int:
+    """`batch`, lowered so that one run holds at most `max_values` input values (at least one sample): a 224 px batch
+    of 64 holds GBs of activations, a 28 px one a few MB."""
+    per_sample = sum(int(np.prod(array.shape[1:], dtype=np.int64)) for array in samples.inputs.values())
+    return max(1, min(batch, max_values // max(1, per_sample)))
+
+
 def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None, max_bytes: int = 8 << 30,
          preprocess: PreprocessSettings | None = None) -> Samples:
     """Read samples for `specs` from an .npz (array `x` or arrays named after inputs) or .npy; arrays that
