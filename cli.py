@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,6 +29,7 @@ from auditor import config as auditor_config
 from auditor.errors import AuditorError, InternalError
 from auditor.io import model as model_io
 from auditor.report import repair_lines, verdict_text
+from auditor.report.sarif import render_many
 from auditor.settings import Settings, parse_overrides
 
 EXIT_CLEAN, EXIT_SUSPICIOUS, EXIT_ERROR, EXIT_BUG, EXIT_NOT_ASSESSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -200,18 +202,23 @@ def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...])
         seen.add(key)
 
 
-def _write_reports(report: auditor.Report, json_path, sarif_path, html_path, written: list[Path] | None = None) -> None:
-    """Each report atomically; `written` hears each path once it is in place. A failure part-way (a full disk,
-    Ctrl-C) removes what this run wrote, reports and `written` alike: a run that fails leaves no output."""
+def _write_all(outputs: list[tuple[Optional[Path], Callable[[], str]]], written: list[Path] | None = None) -> None:
+    """Each (path, text) whose path is given, atomically; `written` hears each path once it is in place. A failure
+    part-way (a full disk, Ctrl-C) removes what this run wrote, these and `written` alike: a run that fails leaves no
+    output."""
     written = [] if written is None else written
     try:
-        for path, text in ((json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)):
+        for path, text in outputs:
             if path is not None:
                 model_io.write_atomic(path, text().encode())
                 written.append(Path(path))
     except BaseException:
         _remove(written)
         raise
+
+
+def _write_reports(report: auditor.Report, json_path, sarif_path, html_path, written: list[Path] | None = None) -> None:
+    _write_all([(json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)], written)
 
 
 def _remove(paths: list[Path]) -> None:
@@ -426,23 +433,11 @@ def _scan_many(models: list[Path], data: Path, json, sarif, html, force: bool, j
         if entry.outcome in ("error", "bug", "not assessed"):
             out.print(f"{entry.outcome}: {entry.model}: {entry.message}", markup=False, soft_wrap=True)
     decided = batch.worst(entries)
-    counts = ", ".join(f"{n} {name}" for name in batch.SEVERITY if (n := sum(e.outcome == name for e in entries)))
+    counts = ", ".join(f"{n} {name}" for name, n in batch.counts(entries).items() if n)
     out.print(f"summary: {counts}; exit code {batch.EXIT_CODES[decided]} ({decided})", markup=False)
-    written: list[Path] = []
-    try:
-        if json is not None:
-            text = _json_module.dumps(batch.combined(entries), indent=1, sort_keys=True, allow_nan=False) + "\n"
-            model_io.write_atomic(json, text.encode())
-            written.append(Path(json))
-        if sarif is not None:
-            from auditor.report.sarif import render_many
-
-            failures = [(e.model, e.message) for e in entries if e.report is None]
-            model_io.write_atomic(sarif, render_many([e.report for e in entries if e.report is not None], failures).encode())
-            written.append(Path(sarif))
-    except BaseException:
-        _remove(written)
-        raise
+    failures = [(e.model, e.message) for e in entries if e.report is None]
+    _write_all([(json, lambda: _json_module.dumps(batch.combined(entries), indent=1, sort_keys=True, allow_nan=False) + "\n"),
+                (sarif, lambda: render_many([e.report for e in entries if e.report is not None], failures))])
     return batch.EXIT_CODES[decided]
 
 

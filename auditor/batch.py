@@ -164,12 +164,16 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         process.join(5)
 
 
+def counts(entries: list[Entry]) -> dict[str, int]:
+    """How many entries have each outcome, in SEVERITY order."""
+    return {name: sum(e.outcome == name for e in entries) for name in SEVERITY}
+
+
 def combined(entries: list[Entry], timings: bool = True) -> dict[str, Any]:
     """The run as one JSON object: every model's entry (its full report), counts per outcome, the worst outcome."""
-    counts = {name: sum(e.outcome == name for e in entries) for name in SEVERITY}
     decided = worst(entries)
     return {"schema": SCHEMA, "tool_version": __version__, "models": [e.to_dict(timings) for e in entries],
-            "summary": {"models": len(entries), "outcomes": counts, "worst": decided, "exit_code": EXIT_CODES[decided]}}
+            "summary": {"models": len(entries), "outcomes": counts(entries), "worst": decided, "exit_code": EXIT_CODES[decided]}}
 
 
 def _one_line(text: str) -> str:
