@@ -292,6 +292,8 @@ def _settings(overrides: Optional[list[str]], config: Optional[auditor_config.Co
     return Settings().override({**chosen, **parse_overrides(overrides or []), **given})
 
 
+# the options `scan` and `repair` hand to the library as they are, after the config file filled in what was not given
+_AUDIT_OPTIONS = ("limit", "method", "device", "threshold", "patch_search", "fourier_probe", "threads", "input_kind", "output_kind")
 _OPTION_DEFAULTS = {"method": "sus", "device": "auto", "patch_search": True, "fourier_probe": True, "jobs": 1}
 
 
@@ -375,9 +377,7 @@ def scan(models: ModelsArg, data: DataOpt = None, limit: LimitOpt = None, method
                              **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
         _deadline(settings.limits.seconds)
         paths = batch.expand(models)
-        options = {name: given[name] for name in ("limit", "method", "device", "threshold", "patch_search", "fourier_probe",
-                                                   "threads", "input_kind", "output_kind")}
-        options["settings"] = settings
+        options = {**{name: given[name] for name in _AUDIT_OPTIONS}, "settings": settings}
         outputs = (given["json"], given["sarif"], given["html"])
         recorded = None if chosen is None else chosen.to_dict()
         if len(paths) == 1 and len(models) == 1 and Path(models[0]).is_file():
@@ -491,41 +491,35 @@ def repair_command(
 ) -> None:
     """Bound activations, filter out a found trigger, unlearn its shortcut, as far as fidelity allows; write the model."""
     def work():
-        nonlocal data, limit, method, device, threshold, json, sarif, html, patch_search, fourier_probe, threads
-        nonlocal input_kind, output_kind
         chosen, given = _configured(config, data=data, limit=limit, method=method, device=device, threshold=threshold,
                                     json=json, sarif=sarif, html=html, patch_search=patch_search, fourier_probe=fourier_probe,
                                     threads=threads, input_kind=input_kind, output_kind=output_kind)
-        data, limit, method, device, threshold = given["data"], given["limit"], given["method"], given["device"], given["threshold"]
-        json, sarif, html, patch_search, fourier_probe = given["json"], given["sarif"], given["html"], given["patch_search"], \
-            given["fourier_probe"]
-        threads, input_kind, output_kind = given["threads"], given["input_kind"], given["output_kind"]
         settings = _settings(set_, chosen, repair_floor=floor, repair_layer_cap=layer_cap, repair_max_divergence=max_divergence,
                              run_budget=budget, **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
         _deadline(settings.limits.seconds)
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")
-        _outputs([output, json, sarif, html], force, _inputs(model, data, test, triggered))
+        reports = (given["json"], given["sarif"], given["html"])
+        _outputs([output, *reports], force, _inputs(model, given["data"], test, triggered))
         # The test and triggered sets are measured on the original first: a bad one is refused
         # before the repaired model is written, not after.
-        before = None if test is None else auditor.evaluate(model, test, triggered=triggered, target=target, device=device,
-                                                            threads=threads, settings=settings)
+        measured = {"triggered": triggered, "target": target, "device": given["device"], "threads": given["threads"],
+                    "settings": settings}
+        before = None if test is None else auditor.evaluate(model, test, **measured)
         with _progress_bars() as progress:
-            report = auditor.repair(model, data, output, limit=limit, method=method, device=device, threshold=threshold,
-                                    max_prune=max_prune, force=force, bound=bound, zero=zero, unlearning=unlearn,
-                                    patch_search=patch_search, fourier_probe=fourier_probe, notch=notch,
-                                    occlude=occlude, threads=threads, notice=_note, settings=settings, input_kind=input_kind,
-                                    output_kind=output_kind, progress=progress)
+            report = auditor.repair(model, given["data"], output, max_prune=max_prune, force=force, bound=bound, zero=zero,
+                                    unlearning=unlearn, notch=notch, occlude=occlude, notice=_note, settings=settings,
+                                    progress=progress, **{name: given[name] for name in _AUDIT_OPTIONS})
         report.config = None if chosen is None else chosen.to_dict()
         written = [Path(output)]
         try:
-            _finish_repair(report, before, written, settings)
+            _finish_repair(report, before, written, measured, reports)
         except BaseException:  # a run that fails or is interrupted leaves none of its outputs, the model included
             _remove(written)
             raise
         return report
 
-    def _finish_repair(report: auditor.Report, before, written: list[Path], settings: Settings) -> None:
+    def _finish_repair(report: auditor.Report, before, written: list[Path], measured: dict, reports: tuple) -> None:
         _say_provider(report)
         _render(report)
         for line in repair_lines(report.repair, report.verdict):
@@ -537,11 +531,10 @@ def repair_command(
                       f"only, and unlearning can cost that class more than the agreement shows: check it with "
                       f"--test TEST.npz --target {t}", markup=False, soft_wrap=True)
         if before is not None:
-            after = auditor.evaluate(output, test, triggered=triggered, target=target, device=device, threads=threads,
-                                     settings=settings)
+            after = auditor.evaluate(output, test, **measured)
             report.repair.evaluation = {"before": before.to_dict(), "after": after.to_dict()}
             _render_before_after(before, after)
-        _write_reports(report, json, sarif, html, written)
+        _write_reports(report, *reports, written)
     _guarded(work)
     raise typer.Exit(EXIT_CLEAN)
 

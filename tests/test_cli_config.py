@@ -62,3 +62,13 @@ def test_without_data_anywhere_the_scan_says_where_to_give_it(example, tmp_path:
     (folder / ".git").mkdir()
     result = run_cli("scan", example.model, cwd=folder)
     assert result.returncode == 2 and "--data" in result.stderr and "auditor.toml" in result.stderr
+
+
+def test_repair_takes_its_data_and_report_path_from_the_config_file(example, tmp_path: Path) -> None:
+    project = _project(example, tmp_path, 'data = "images"\nlimit = 10\njson = "repair.json"\n')
+    result = run_cli("repair", "model.onnx", "-o", "repaired.onnx", cwd=project)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((project / "repair.json").read_text())
+    assert report["command"] == "repair" and report["data"]["samples"] == 10
+    assert report["config"]["options"]["json"] == str(project / "repair.json")
+    assert report["repair"]["output"] == "repaired.onnx" and (project / "repaired.onnx").exists()
