@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from bench import zoo
 
@@ -22,10 +19,7 @@ from bench import zoo
 def measure(entry: dict, start: int, count: int, folder: Path) -> dict:
     import auditor
 
-    with np.load(entry["clean_pool"]) as archive:
-        x = archive["x"][start : start + count]
-    samples = folder / f"{entry['name']}-{start}.npz"
-    np.savez(samples, x=zoo.to_layout(x, entry.get("layout", "nchw")))
+    samples = zoo.sample_set(entry, start, count, folder)
     try:
         report = auditor.repair(entry["file"], str(samples), str(folder / "repaired.onnx"), limit=count, device="cpu", force=True)
     except auditor.RepairError as exc:
@@ -44,11 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--models", default=None)
     args = parser.parse_args(argv)
-    rows = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for entry in zoo.select(zoo.load_entries(), args.models):
-            rows[entry["name"]] = [measure(entry, k * args.n, args.n, Path(folder)) for k in range(args.sets)]
-            print(entry["name"], json.dumps(rows[entry["name"]]), file=sys.stderr, flush=True)
+    rows = zoo.over_sets(zoo.select(zoo.load_entries(), args.models), args.sets, args.n, measure)
     command = ".venv/bin/python -m bench.held_back " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.write_text(json.dumps({"command": command, "sets": args.sets, "n": args.n, "rows": rows}, indent=1, sort_keys=True) + "\n")
     return 0

@@ -14,10 +14,7 @@ import argparse
 import hashlib
 import json
 import sys
-import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from bench import zoo
 
@@ -30,10 +27,7 @@ def _verdict(report) -> dict:
 def fingerprint(entry: dict, start: int, count: int, folder: Path) -> dict:
     import auditor
 
-    with np.load(entry["clean_pool"]) as archive:
-        x = archive["x"][start : start + count]
-    samples = folder / f"{entry['name']}-{start}.npz"
-    np.savez(samples, x=zoo.to_layout(x, entry.get("layout", "nchw")))
+    samples = zoo.sample_set(entry, start, count, folder)
     scanned = auditor.audit(entry["file"], str(samples), limit=count, device="cpu")
     repaired = folder / f"{entry['name']}-{start}.onnx"
     report = auditor.repair(entry["file"], str(samples), str(repaired), limit=count, device="cpu", force=True)
@@ -48,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--models", default=None)
     args = parser.parse_args(argv)
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for entry in zoo.select(zoo.load_entries(), args.models):
-            results[entry["name"]] = [fingerprint(entry, k * args.n, args.n, Path(folder)) for k in range(args.sets)]
-            print(entry["name"], json.dumps(results[entry["name"]]), file=sys.stderr, flush=True)
+    results = zoo.over_sets(zoo.select(zoo.load_entries(), args.models), args.sets, args.n, fingerprint)
     args.out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     return 0
 

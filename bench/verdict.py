@@ -31,8 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from auditor.errors import SettingsError
 from auditor.settings import Settings, parse_overrides
 from bench import zoo
@@ -73,10 +71,7 @@ def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, b
     import auditor
 
     settings = settings or Settings()
-    with np.load(entry["clean_pool"]) as archive:
-        x = archive["x"][start : start + count]
-    path = folder / f"{entry['name']}-{start}.npz"
-    np.savez(path, x=zoo.to_layout(x, entry.get("layout", "nchw")))
+    path = zoo.sample_set(entry, start, count, folder)
     verdict = auditor.audit(entry["file"], str(path), limit=count, device="cpu", settings=settings).verdict
     out = {"start": start, "score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious,
            "basis": verdict.basis, "target": verdict.target}

@@ -134,6 +134,30 @@ def materialise(source: str, layout: str, first: int | None = None) -> Path:
     return target
 
 
+def sample_set(entry: dict, start: int, count: int, folder: Path) -> Path:
+    """Clean pool samples start .. start + count - 1 of a zoo model, in its input layout, as an .npz in `folder`: set k
+    of n samples is sample_set(entry, k * n, n, folder) (the draws bench.verdict, bench.identity and bench.held_back share)."""
+    with np.load(entry["clean_pool"]) as archive:
+        x = archive["x"][start : start + count]
+    path = folder / f"{entry['name']}-{start}.npz"
+    np.savez(path, x=to_layout(x, entry.get("layout", "nchw")))
+    return path
+
+
+def over_sets(entries: list[dict], sets: int, count: int, measure) -> dict[str, list[dict]]:
+    """{model: [measure(entry, k * count, count, folder) for each set k]}, in a temporary folder, each model's line on
+    stderr as it finishes."""
+    import sys
+    import tempfile
+
+    rows: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for entry in entries:
+            rows[entry["name"]] = [measure(entry, k * count, count, Path(folder)) for k in range(sets)]
+            print(entry["name"], json.dumps(rows[entry["name"]], default=float), file=sys.stderr, flush=True)
+    return rows
+
+
 def points_lost(before: float | None, after: float | None) -> float | None:
     """Accuracy points lost from `before` to `after` (fractions), or None when either is unknown."""
     return None if before is None or after is None else 100.0 * (before - after)
