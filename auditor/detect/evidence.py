@@ -92,10 +92,14 @@ def cosine_image(frequency: tuple[int, int], phase: float, height: int, width: i
     return np.round((basis + 1.0) * 127.5).astype(np.uint8)[..., None]
 
 
+def _to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`values` with [low, high] mapped onto 0-255, as uint8."""
+    return np.round(np.clip((np.asarray(values, dtype=np.float64) - low) / ((high - low) or 1.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def _picture(samples: Samples, name: str, axes: tuple[int, ...], low: float, high: float) -> np.ndarray:
     """[N, H, W, C] uint8: the image input with [low, high] mapped onto 0-255."""
-    images = to_images(np.asarray(samples.inputs[name], dtype=np.float64), axes)
-    return np.round(np.clip((images - low) / ((high - low) or 1.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return _to_uint8(to_images(np.asarray(samples.inputs[name], dtype=np.float64), axes), low, high)
 
 
 def _examples(samples: Samples, changed: Samples, origin: np.ndarray, clean: np.ndarray, after: np.ndarray,
@@ -142,7 +146,7 @@ def _patch(found: Scan, samples: Samples, clean: np.ndarray) -> Evidence | None:
         what = f"Clean verdict; the strongest patch tried: {what}: not enough to flag (patch score {best.score:.3f})"
     name, _ = image_input(samples)
     low, high = float(samples.inputs[name].min()), float(samples.inputs[name].max())
-    pixels = np.round(np.clip((best.pixels - low) / ((high - low) or 1.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels = _to_uint8(best.pixels, low, high)
     return Evidence("patch", what[0].upper() + what[1:], _examples(samples, pasted, np.arange(len(samples)), clean, after,
                                                                   best.target),
                     pixels, f"the patch alone ({size}x{size} pixels, enlarged)")
