@@ -315,7 +315,7 @@ def check(proto: onnx.ModelProto, index: GraphIndex, samples: data.Samples, prov
     """The static findings, each completed on the clean samples (cut, clean firing, confirmation), those hidden in
     control-flow bodies (named, not cut), and the loader's storage findings."""
     start = time.perf_counter()
-    findings = [complete(proto, index, f, samples, provider, batch, scores_name, settings) for f in static(index, settings)]
+    findings = _completed(proto, index, samples, provider, batch, scores_name, settings)
     findings += inside_bodies(index, settings)
     findings += [Finding("storage", (), (), text) for text in storage]
     return GraphCheck(tuple(findings), time.perf_counter() - start)
@@ -345,11 +345,22 @@ def values(proto: onnx.ModelProto, names: list[str], samples: data.Samples, prov
     return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
-def complete(proto: onnx.ModelProto, index: GraphIndex, finding: Finding, samples: data.Samples,
-             provider: runtime.Provider, batch: int, scores_name: str, settings: GraphSettings) -> Finding:
-    """Decide the cuts from what the merge nodes' operands are on the clean samples, check that they keep every
-    clean decision, and try to confirm the branch by pasting its constants into the region it reads."""
+def _completed(proto: onnx.ModelProto, index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int,
+               scores_name: str, settings: GraphSettings) -> list[Finding]:
+    """Every static finding, completed: the data flow and the model's clean decisions found once for all of them."""
+    pending = static(index, settings)
+    if not pending:
+        return []
     flow = GraphFlow(index, {scores_name})
+    before = _classes(proto, scores_name, samples, provider, batch)
+    return [complete(proto, flow, f, samples, provider, batch, scores_name, settings, before) for f in pending]
+
+
+def complete(proto: onnx.ModelProto, flow: GraphFlow, finding: Finding, samples: data.Samples, provider: runtime.Provider,
+             batch: int, scores_name: str, settings: GraphSettings, before: np.ndarray) -> Finding:
+    """Decide the cuts from what the merge nodes' operands are on the clean samples, check that they keep every
+    clean decision (`before`: the model's), and try to confirm the branch by pasting its constants into the region it
+    reads."""
     dependent = _descendants(flow, finding.decision)[1] if finding.decision is not None else set()
     cuts, fires = [], []
     try:
@@ -364,7 +375,6 @@ def complete(proto: onnx.ModelProto, index: GraphIndex, finding: Finding, sample
         cleaned = cut_all(proto, finding.cuts).model
     except ValueError as exc:
         return replace(finding, cuts=(), refusal=f"the branch cannot be cut out: {exc}")
-    before = _classes(proto, scores_name, samples, provider, batch)
     try:
         after = _classes(cleaned, scores_name, samples, provider, batch)
     except AuditorError as exc:
@@ -475,7 +485,7 @@ def remove_all(proto: onnx.ModelProto, samples: data.Samples, provider: runtime.
     changes: dict[str, str] = {}
     for _ in range(settings.max_rounds):
         index = GraphIndex(proto)
-        pending = [complete(proto, index, f, samples, provider, batch, scores_name, settings) for f in static(index, settings)]
+        pending = _completed(proto, index, samples, provider, batch, scores_name, settings)
         removable = [f for f in pending if f.cuts]
         if not removable:
             return proto, removed, changes
