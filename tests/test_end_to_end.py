@@ -115,7 +115,7 @@ def test_scan_flags_the_example_by_its_patch(example):
     is a natural sink below the threshold. The patch search finds the trigger's class and place."""
     report = auditor.audit(example.model, example.clean, limit=10)
     data = json.loads(report.to_json())
-    assert data["schema"] == "auditor.report/12"
+    assert data["schema"] == "auditor.report/13"
     assert data["settings"] == {}  # the shipped method
     verdict, shipped = data["verdict"], Settings().verdict
     assert verdict["basis"] == "patch" and verdict["suspicious"] and verdict["target"] == example.target
@@ -123,7 +123,6 @@ def test_scan_flags_the_example_by_its_patch(example):
     assert verdict["score"] == pytest.approx(verdict["patch"]["score"] * shipped.patch_reach, abs=1e-5)
     assert verdict["probe"]["score"] < verdict["threshold"]
     assert verdict["probe"]["shares"][verdict["probe"]["corruption"]] == verdict["probe"]["score"]
-    assert verdict["margins"] is None  # computed only where the probe cannot run
     typed = report.verdict  # the JSON is the typed verdict's dict, rounded to six decimals
     assert set(verdict) == set(typed.to_dict()) and verdict["score"] == round(typed.score, 6)
     assert data["provider"]["name"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
@@ -157,7 +156,9 @@ def test_baseline_methods_run_through_the_same_stages(example, method):
     report = auditor.audit(example.model, example.clean, limit=10, method=method)
     assert report.method == method
     assert all(len(layer.records) == layer.channels for layer in report.layers)
-    assert report.verdict.basis == "channels" and report.verdict.probe is None  # the baselines judge by channel scores
+    # the baselines rank channels for pruning and give no verdict: the model is not assessed, whatever its scores
+    assert report.verdict.basis == "channels" and report.verdict.probe is None
+    assert not report.suspicious and not report.verdict.assessed and f"method {method}" in report.verdict.not_assessed
 
 
 @pytest.mark.parametrize("name", ["keras_cnn_clean_s0", "cnn_bn-fmnist-clean-s0", "sk_mlp_clean_s0"])

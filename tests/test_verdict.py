@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from auditor.detect.fourier import Fourier
-from auditor.detect.margin import Margin
 from auditor.detect.patch import Patch
 from auditor.detect.probe import Probe
 from auditor.detect.verdict import cut_short, decide
@@ -42,21 +41,23 @@ def test_fourier_wins_only_when_larger():
     assert decide(Settings(), None, {}, _probe(0.2), fourier=lifted).basis == "fourier"
 
 
-def test_without_probe_shares_the_margin_then_the_channels_decide():
-    empty = Probe(0.0, None, None, {}, 0.0)
-    margin = Margin(np.array([1.0, 5.0, 1.2]), 1, 3.5)
-    by_margin = decide(Settings(), None, {}, empty, margin=("head", margin))
-    assert by_margin.basis == "margin" and by_margin.suspicious and by_margin.layer == "head" and by_margin.threshold == 2.9
+def test_without_a_detector_the_channels_are_shown_and_the_model_is_not_assessed():
+    empty = Probe(0.0, None, None, {}, 0.0)  # no float input: nothing to corrupt
+    tokens = decide(Settings(), None, {"a": np.r_[np.zeros(39), 10.0]}, empty, unjudged="no float values", classes=2)
+    assert tokens.basis == "channels" and not tokens.suspicious and tokens.not_assessed.startswith("no float values")
     scores = {"a": np.r_[np.zeros(39), 10.0], "b": np.zeros(40)}
     by_channels = decide(Settings(), None, scores)
     assert by_channels.basis == "channels" and by_channels.layer == "a" and by_channels.score == 5.0  # top 5%: 2 channels
-    assert by_channels.suspicious and not decide(Settings(), 6.0, scores).suspicious
+    # a channel score above the threshold is shown, never a finding: the model is not assessed
+    assert not by_channels.suspicious and not by_channels.assessed and "not a finding" in by_channels.not_assessed
+    baseline = decide(Settings(), None, scores, unjudged="method clp ranks channels")
+    assert baseline.not_assessed.startswith("method clp ranks channels")
 
 
 def test_to_dict_keeps_the_report_shape():
     verdict = decide(Settings(), None, {}, _probe(0.3), patch=_patch(0.95))
     shape = verdict.to_dict()
-    assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "margins", "findings",
+    assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "findings",
                           "assessed", "not_assessed", "cut"}
     assert shape["patch"]["size"] == 4 and shape["probe"]["corruption"] == "noise 0.1" and shape["fourier"] is None
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from auditor.capture import Capture, capture, classifier, scores_output
-from auditor.detect import channels, fourier, margin, patch, probe, tamper
+from auditor.detect import channels, fourier, patch, probe, tamper
 from auditor.detect.verdict import Verdict, cut_short, decide
 from auditor.errors import DataError, ModelError
 from auditor.graph import kinds as kinds_of
@@ -143,8 +143,6 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
             probed = probe.probe(samples, captured.scores, counted("corruption probe", 0), settings.probe, others, blur_axes=blur_axes)
         except _OutOfTime as stopped:
             cut.append(stopped.stage)
-    # The head's reachable margins decide the verdict only where the probe cannot run (no float input).
-    head = _head_margin(index, units, captured, settings) if probed is not None and not probed.shares else None
     found, waved = None, None
     # a graph finding already decides; with too few classes no behavioural search can (see verdict.decide)
     if probed is not None and probed.shares and not checked.findings and classes >= settings.verdict.min_classes:
@@ -170,7 +168,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     for key, stage in (("probe", "corruption probe"), ("fourier", "Fourier probe"), ("patch", "patch search")):
         timings[key] = spent.get(stage, 0.0)
     verdict = decide(settings, threshold, {u.name: suspicion[u.name].score for u in units if u.prunable},
-                     probed, found, waved, head, checked.findings, classes)
+                     probed, found, waved, checked.findings, classes, _unjudged(method, probed))
     verdict = cut_short(verdict, tuple(cut), budget)
     timings["score"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
@@ -235,13 +233,13 @@ def _lazy_classifier(proto: onnx.ModelProto, index: GraphIndex, provider: runtim
     return lambda samples: made()(samples)
 
 
-def _head_margin(index: GraphIndex, units: list[Unit], captured: Capture, settings: Settings) -> tuple[str, margin.Margin] | None:
-    """The reachable-margin statistic of the last dense classifier head whose input range was captured."""
-    for unit in reversed([u for u in units if u.head]):
-        stats = captured.stats[unit.name]
-        found = margin.margin(index, unit, stats.input_low, stats.input_high, settings.margin.steps) if stats.input_high.size else None
-        if found is not None:
-            return unit.name, found
+def _unjudged(method: str, probed: probe.Probe | None) -> str | None:
+    """Why no behavioural detector judged the model, where that is known here (verdict.decide words the rest)."""
+    if method != "sus":
+        return f"method {method} ranks channels for pruning and runs no detector (method sus does)"
+    if probed is not None and not probed.shares:
+        return ("the model's input holds no float values (token ids, say), which the corruption probe, the patch search "
+                "and the Fourier probe perturb; only the graph check applies to it")
     return None
 
 

@@ -4,8 +4,9 @@ A graph finding (extra nodes that act on a few raw input values, a tensor stored
 alone: the model is suspicious, basis `graph`. Otherwise, with a float input (`sus`), the verdict
 is the corruption probe's share, or the patch search's or
 the Fourier probe's score rescaled onto the same threshold, whichever is largest. Without one, the
-head's reachable margins decide; the baselines (`clp`, `fp`) and models with neither judge by
-their top channel scores.
+Where none of these ran (a model whose input holds no float values, the baselines `clp` and `fp`, which only rank
+channels for pruning, or a model no detector applies to) the model is not assessed: a channel score says
+how unusual a channel is, and clean models have unusual channels too, so it is shown but never a finding.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import numpy as np
 
 from auditor.detect.channels import layer_score
 from auditor.detect.fourier import Fourier
-from auditor.detect.margin import Margin
 from auditor.detect.patch import Patch
 from auditor.detect.probe import Probe
 from auditor.detect.tamper import Finding
@@ -26,7 +26,7 @@ from auditor.settings import Settings
 # The verdict bases that come with stand-ins for triggered inputs (corrupted, patched or perturbed
 # clean samples): the ones head unlearning and the input filters can act on.
 SHORTCUT_BASES = ("corruption", "patch", "fourier")
-BASES = ("channels", "margin", "graph", *SHORTCUT_BASES)
+BASES = ("channels", "graph", *SHORTCUT_BASES)
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,10 @@ class Verdict:
     suspicious: bool
     basis: str  # one of BASES: which evidence gave the score
     target: int | None = None  # the suspected target class (every basis but "channels")
-    layer: str | None = None  # "channels": the most suspicious unit; "margin": the head
+    layer: str | None = None  # "channels": the most suspicious unit
     probe: Probe | None = None
     patch: Patch | None = None
     fourier: Fourier | None = None
-    margin: Margin | None = None
     findings: tuple[Finding, ...] = ()  # the graph check's
     not_assessed: str | None = None  # why no detector could judge the model (then never suspicious, never "clean")
     cut: tuple[str, ...] = ()  # the detectors the time budget stopped before they finished (their evidence is missing)
@@ -59,7 +58,6 @@ class Verdict:
                                                           "corruption": self.probe.corruption, "shares": self.probe.shares},
                 "patch": None if self.patch is None else self.patch.summary(),
                 "fourier": None if self.fourier is None else self.fourier.summary(),
-                "margins": None if self.margin is None else [float(v) for v in self.margin.margins],
                 "findings": [f.summary() for f in self.findings], "assessed": self.assessed, "not_assessed": self.not_assessed,
                 "cut": list(self.cut)}
 
@@ -69,29 +67,28 @@ def cut_short(verdict: Verdict, cut: tuple[str, ...], budget: float) -> Verdict:
     model is not assessed, never clean, since the missing search might have found the shortcut."""
     if not cut:
         return verdict
-    if verdict.suspicious and verdict.basis != "channels":  # channel scores are no verdict where the probe was meant to run
+    if verdict.suspicious:
         return dataclasses.replace(verdict, cut=cut)
     return dataclasses.replace(verdict, cut=cut, suspicious=False, not_assessed=f"the time budget of {budget:g} s ran out during the "
                                f"{' and the '.join(cut)}, so the model was not fully searched (raise it with --budget)")
 
 
 def decide(settings: Settings, threshold: float | None, channel_scores: dict[str, np.ndarray], probe: Probe | None = None,
-           patch: Patch | None = None, fourier: Fourier | None = None, margin: tuple[str, Margin] | None = None,
-           findings: tuple[Finding, ...] = (), classes: int | None = None) -> Verdict:
+           patch: Patch | None = None, fourier: Fourier | None = None, findings: tuple[Finding, ...] = (),
+           classes: int | None = None, unjudged: str | None = None) -> Verdict:
     """The verdict from whatever evidence ran (`threshold`: the caller's, else the basis's default). With fewer
     than `verdict.min_classes` classes a behavioural verdict says nothing: a corrupted or patched sample that
-    leaves its class can only go to the other one, so a shortcut cannot be told from the model's own errors."""
+    leaves its class can only go to the other one, so a shortcut cannot be told from the model's own errors.
+    `unjudged`: why no detector ran, when the caller knows (else a general reason)."""
     chosen = settings.verdict
     if findings:
-        verdict = decide(settings, threshold, channel_scores, probe, patch, fourier, margin)
+        verdict = decide(settings, threshold, channel_scores, probe, patch, fourier)
         targets = [f.target for f in findings if f.target is not None]
         return dataclasses.replace(verdict, score=max(verdict.score, verdict.threshold), suspicious=True, basis="graph",
                                    target=targets[0] if targets else None, layer=None, findings=findings)
-    if classes is not None and classes < chosen.min_classes and (probe is not None or margin is not None):
+    if classes is not None and classes < chosen.min_classes and probe is not None and probe.shares:
         limit = chosen.probe_threshold if threshold is None else float(threshold)
-        score = probe.score if probe is not None and probe.shares else 0.0
-        return Verdict(score, limit, False, "corruption" if probe is not None else "margin", None, None, probe, patch,
-                       fourier, None if margin is None else margin[1],
+        return Verdict(probe.score, limit, False, "corruption", None, None, probe, patch, fourier,
                        not_assessed=f"the model has {classes} classes: a sample that leaves its class can only go to the "
                                     "other, so its behaviour cannot tell a shortcut from its own errors (the graph check ran)")
     if probe is not None and probe.shares:
@@ -102,10 +99,6 @@ def decide(settings: Settings, threshold: float | None, channel_scores: dict[str
         if fourier is not None and max(0.0, fourier.score) * chosen.fourier_reach > value:
             value, basis, target = max(0.0, fourier.score) * chosen.fourier_reach, "fourier", fourier.target
         return Verdict(value, limit, bool(value >= limit), basis, target, None, probe, patch, fourier)
-    if margin is not None:
-        head, found = margin
-        limit = chosen.margin_threshold if threshold is None else float(threshold)
-        return Verdict(found.score, limit, bool(found.score >= limit), "margin", found.target, head, probe, margin=found)
     limit = settings.channels.threshold if threshold is None else float(threshold)
     best_layer, best = None, float("-inf")
     for name, scores in channel_scores.items():
@@ -114,4 +107,6 @@ def decide(settings: Settings, threshold: float | None, channel_scores: dict[str
             best_layer, best = name, value
     if best_layer is None:
         best = 0.0
-    return Verdict(best, limit, bool(best >= limit), "channels", None, best_layer, probe)
+    reason = unjudged or "no detector applies to this model (the corruption probe and the searches need a float input)"
+    return Verdict(best, limit, False, "channels", None, best_layer, probe,
+                   not_assessed=f"{reason}; the channel ranking is shown for repair but is not a finding")

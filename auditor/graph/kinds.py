@@ -54,6 +54,9 @@ def find(index: GraphIndex, main: InputSpec, output_name: str, input_kind: str |
             raise ModelError(f"unknown {what} kind {given!r}: use one of {', '.join(allowed)}")
     found_in = (input_kind, "given") if input_kind else _input_kind(index, main)
     found_out = (output_kind, "given") if output_kind else _output_kind(index, output_name)
+    others = [repr(o.name) for o in index.graph.output if o.name != output_name]
+    if others:  # say which output was judged where there was a choice
+        found_out = (found_out[0], f"{found_out[1]}; output {output_name!r} judged, not {', '.join(others)}")
     return Kinds(found_in[0], found_out[0], found_in[1], found_out[1])
 
 
@@ -72,9 +75,11 @@ def _input_kind(index: GraphIndex, main: InputSpec) -> tuple[str, str]:
     if rank == 4:
         return "image", "rank-4 float input"
     if rank == 3:
-        if _reaches_image_conv(index, main.name):
+        if _reaches_conv(index, main.name, 4):
             return "image", "rank-3 float input reshaped into a 2-D convolution"
         return "sequence", "rank-3 float input [batch, time, features] (no 2-D convolution reads it as an image)"
+    if rank == 2 and _reaches_conv(index, main.name, 3):
+        return "sequence", "rank-2 float input read by a 1-D convolution: a signal over time (a waveform)"
     if rank == 2 and dims[1] is not None:
         side = math.isqrt(dims[1])
         if side >= 8 and side * side == dims[1]:
@@ -83,15 +88,16 @@ def _input_kind(index: GraphIndex, main: InputSpec) -> tuple[str, str]:
     return "tabular", f"rank-{rank} input"
 
 
-def _reaches_image_conv(index: GraphIndex, name: str) -> bool:
-    """Whether a 2-D Conv (4-D kernel) reads `name` through shape and elementwise ops only."""
+def _reaches_conv(index: GraphIndex, name: str, kernel_rank: int) -> bool:
+    """Whether a convolution with a `kernel_rank`-D kernel (4: 2-D images, 3: 1-D signals) reads `name` through
+    shape and elementwise ops only."""
     frontier, seen = [name], set()
     while frontier:
         tensor = frontier.pop()
         for node in index.users(tensor):
             if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
                 kernel = index.constant(node.input[1])
-                if kernel is not None and kernel.ndim == 4:
+                if kernel is not None and kernel.ndim == kernel_rank:
                     return True
             if node.op_type in _FOLLOW:
                 for out in node.output:
@@ -111,7 +117,10 @@ def _output_kind(index: GraphIndex, name: str) -> tuple[str, str]:
         return "positions", f"rank-{len(shape)} output {_dims(shape)}"
     if shape is not None and len(shape) >= 2 and shape[-1] is None:
         return "positions", f"output {_dims(shape)}: its last dimension varies with the input (a class count is fixed)"
-    op = _last_op(index, name)
+    op = last_op(index, name)
+    if shape is not None and len(shape) >= 3 and op in ("Conv", "ConvTranspose"):
+        return "embedding", (f"rank-{len(shape)} output {_dims(shape)} straight out of a convolution, a feature map, "
+                             "where class scores come out of a dense layer or a softmax")
     if op == "LpNormalization" or any(word in name.lower() for word in _EMBEDDING_NAMES):
         return "embedding", "L2-normalised output" if op == "LpNormalization" else f"output named {name!r}"
     if op in _ACTIVATIONS:
@@ -124,7 +133,7 @@ def _output_kind(index: GraphIndex, name: str) -> tuple[str, str]:
     return "scores", "per-class scores" if shape is not None else "output shape unknown: read as per-class scores"
 
 
-def _last_op(index: GraphIndex, name: str) -> str | None:
+def last_op(index: GraphIndex, name: str) -> str | None:
     """The op that computes `name`, looking through reshapes."""
     while True:
         position = index.producer.get(name)
@@ -150,7 +159,7 @@ def blur_axes(kinds: Kinds, name: str, rank: int) -> dict[str, tuple[int, ...]] 
 
 def binary_probability(index: GraphIndex, name: str) -> bool:
     """Whether a single-output model's score is a probability (a Sigmoid computes it) rather than a logit."""
-    return _last_op(index, name) == "Sigmoid"
+    return last_op(index, name) == "Sigmoid"
 
 
 def two_columns(scores: np.ndarray, probability: bool) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/12` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
+Schema `auditor.report/13` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
 a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[], kinds {input (image | flat-image | sequence | tokens | tabular),
@@ -11,7 +11,7 @@ a finite number is written as null, never as 0):
               preprocessing (null for .npz/.npy; a folder of images: {files, resize, crop, scale, mean[], std[], channel_order,
               layout (nchw | nhwc | nhw | flat), resized_to_model ([H, W] when images were resized to the model's size, else null)})}
   provider   {name, reason, threads (onnxruntime's threads per session; null: its default)}
-  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, margins, findings[], assessed,
+  verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, findings[], assessed,
               not_assessed (why no detector could judge the model, else null: then suspicious is false and the
               verdict is not "clean" either; the CLI exits 4), cut[] (the detectors the time budget, run.budget,
               stopped before they finished: without a finding from what did run, the model is not assessed)}
@@ -37,13 +37,10 @@ a finite number is written as null, never as 0):
              share over the bases), target, share, frequency [u, v], phase, amplitude} or null
              (no image input, --no-fourier-probe, or skipped: the probe's share already reached
              0.857, the most the Fourier probe could give);
-             basis "margin" (sus without a float input, with a dense classifier head): score =
-             robust z-score of the largest reachable class margin of the head over the clean
-             input range (auditor/margin.py), target = that class;
-             basis "channels" (clp, fp, or neither of the above): score = the most suspicious
-             layer's mean of its top 5% channel scores, target null;
-             margins[K] = every class's reachable head margin (basis "margin" only, else null);
-             suspicious = score >= threshold
+             basis "channels" (clp, fp, or an input with no float values): score = the most suspicious
+             layer's mean of its top 5% channel scores, target null; never suspicious: the
+             model is not assessed (a channel score is not a finding);
+             suspicious = score >= threshold (for an assessed verdict)
   layers[]   {unit, op, output, channels, prunable, head, activation, batchnorm,
               top[] (the 10 highest-scoring channels: {channel, score, signals{}, z{}}),
               channels_detail[] (every channel, same fields)}
@@ -116,7 +113,7 @@ from auditor.detect.evidence import Evidence
 from auditor.detect.verdict import SHORTCUT_BASES, Verdict
 from auditor.mitigation.plan import RepairOutcome
 
-SCHEMA = "auditor.report/12"
+SCHEMA = "auditor.report/13"
 
 
 @dataclass(frozen=True)
@@ -216,10 +213,6 @@ def basis_text(verdict: Verdict) -> str:
         u, v = found.frequency
         return (f"Fourier probe: a faint cosine pattern (frequency ({u}, {v}), amplitude {found.amplitude} of the range) "
                 f"sends {found.share:.0%} of the other clean samples to class {verdict.target}")
-    if verdict.basis == "margin":
-        return (f"head margin z-score: class {verdict.target} reachable most at {verdict.layer}; the input is not a float "
-                "tensor (token ids, say), which the corruption probe, the patch search and the Fourier probe cannot perturb, "
-                "so the verdict rests on the classifier head's reachable margins alone")
     if verdict.basis == "graph":
         first = verdict.findings[0]
         more = f" and {len(verdict.findings) - 1} more" if len(verdict.findings) > 1 else ""
