@@ -75,6 +75,10 @@ BudgetOpt = Annotated[Optional[float], typer.Option(
     "--budget", help=f"Seconds the detectors may take after the capture (run.budget, default {Settings().run.budget:g}; 0: no "
     "limit); a search cut short makes the outcome 'not assessed' (exit 4) unless what did run found a shortcut.",
     show_default=False)]
+BackgroundOpt = Annotated[Optional[list[int]], typer.Option(
+    "--background-class", help="A class the model is trained to give inputs with nothing in them (a background, silence, "
+    "unknown or reject class; repeat for several): corrupted samples fill it by design, so the corruption probe does not "
+    "take it for a shortcut's target (verdict.background_classes).", show_default=False)]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="auditor.toml, or a pyproject.toml with [tool.auditor] (default: the nearest one in this folder or above, "
     "up to the repository's root); the command line wins over it.", show_default=False)]
@@ -314,6 +318,11 @@ def _configured(path: Optional[Path], **given) -> tuple[Optional[auditor_config.
     return config, values
 
 
+def _classes(given: Optional[list[int]]) -> Optional[tuple[int, ...]]:
+    """A repeated class option as the setting's tuple (None: not given)."""
+    return None if not given else tuple(sorted(set(given)))
+
+
 def _preprocess_flags(resize, crop, scale, mean, std, channel_order, layout) -> dict:
     """The image-folder flags as the settings they name."""
     return {"preprocess_resize": resize, "preprocess_crop": crop, "preprocess_scale": scale, "preprocess_mean": mean,
@@ -365,15 +374,15 @@ def scan(models: ModelsArg, data: DataOpt = None, limit: LimitOpt = None, method
          sarif: SarifOpt = None, html: HtmlOpt = None, force: ForceOpt = False, patch_search: PatchOpt = None,
          fourier_probe: FourierOpt = None, threads: ThreadsOpt = None, set_: SetOpt = None,
          input_kind: InputKindOpt = None, output_kind: OutputKindOpt = None, jobs: JobsOpt = None, budget: BudgetOpt = None,
-         config: ConfigOpt = None, resize: ResizeOpt = None, crop: CropOpt = None, scale: ScaleOpt = None, mean: MeanOpt = None,
-         std: StdOpt = None, channel_order: ChannelOrderOpt = None, layout: LayoutOpt = None) -> None:
+         background_class: BackgroundOpt = None, config: ConfigOpt = None, resize: ResizeOpt = None, crop: CropOpt = None,
+         scale: ScaleOpt = None, mean: MeanOpt = None, std: StdOpt = None, channel_order: ChannelOrderOpt = None, layout: LayoutOpt = None) -> None:
     """Probe for a shortcut (corruptions, a patch, a Fourier pattern), score every channel; exit 1 when it looks backdoored.
     Several models: one summary table, one JSON/SARIF holding every model, exit code the worst outcome."""
     def work():
         chosen, given = _configured(config, data=data, limit=limit, method=method, device=device, threshold=threshold,
                                     json=json, sarif=sarif, html=html, patch_search=patch_search, fourier_probe=fourier_probe,
                                     threads=threads, input_kind=input_kind, output_kind=output_kind, jobs=jobs)
-        settings = _settings(set_, chosen, run_budget=budget,
+        settings = _settings(set_, chosen, run_budget=budget, verdict_background_classes=_classes(background_class),
                              **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
         _deadline(settings.limits.seconds)
         paths = batch.expand(models)
@@ -486,6 +495,7 @@ def repair_command(
     input_kind: InputKindOpt = None,
     output_kind: OutputKindOpt = None,
     budget: BudgetOpt = None,
+    background_class: BackgroundOpt = None,
     config: ConfigOpt = None, resize: ResizeOpt = None, crop: CropOpt = None, scale: ScaleOpt = None, mean: MeanOpt = None,
     std: StdOpt = None, channel_order: ChannelOrderOpt = None, layout: LayoutOpt = None,
 ) -> None:
@@ -495,7 +505,8 @@ def repair_command(
                                     json=json, sarif=sarif, html=html, patch_search=patch_search, fourier_probe=fourier_probe,
                                     threads=threads, input_kind=input_kind, output_kind=output_kind)
         settings = _settings(set_, chosen, repair_floor=floor, repair_layer_cap=layer_cap, repair_max_divergence=max_divergence,
-                             run_budget=budget, **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
+                             run_budget=budget, verdict_background_classes=_classes(background_class),
+                             **_preprocess_flags(resize, crop, scale, mean, std, channel_order, layout))
         _deadline(settings.limits.seconds)
         if triggered is not None and test is None:
             raise auditor.DataError("--triggered needs --test too (the clean test set that measures accuracy)")

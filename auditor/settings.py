@@ -45,6 +45,10 @@ class VerdictSettings:
     fourier_threshold: float = 0.7  # the Fourier probe's lift that flags; rescaled onto probe_threshold
     min_others: int = 3  # a class's share is measured on at least this many samples predicted elsewhere
     min_classes: int = 3  # with fewer classes an error has no other class to go to: no behavioural verdict
+    # classes the model is trained to give inputs with nothing in them (a detector's background, a speech model's
+    # silence or unknown, a reject option): corrupted samples pile into them by design, so the corruption probe does
+    # not take them for a shortcut's target (the patch search and the Fourier probe still do); declared by the user
+    background_classes: tuple[int, ...] = ()
 
     @property
     def patch_reach(self) -> float:

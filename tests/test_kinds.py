@@ -144,3 +144,68 @@ def test_a_recurrent_model_is_refused_as_recurrent(tmp_path: Path) -> None:
     np.savez(tmp_path / "clean.npz", x=RNG.normal(size=(7, 20, 4)).astype(np.float32))
     with pytest.raises(auditor.ModelError, match=r"recurrent \(LSTM\)"):
         auditor.audit(path, tmp_path / "clean.npz", device="cpu")
+
+
+def _conv_model(x_shape: list, kernel: np.ndarray, tail: list[onnx.NodeProto], out: str, out_shape: list,
+                extra_outputs: tuple[onnx.ValueInfoProto, ...] = ()) -> onnx.ModelProto:
+    """x -> Conv(kernel) -> the `tail` nodes -> `out` (and `extra_outputs`)."""
+    inits = [numpy_helper.from_array(kernel.astype(np.float32), "K")]
+    nodes = [helper.make_node("Conv", ["x", "K"], ["c"], name="conv"), *tail]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape), *extra_outputs], inits)
+    return make_model(graph)
+
+
+def test_a_feature_map_out_of_a_convolution_is_an_embedding_not_scores() -> None:
+    """openwakeword's embedding model ends in a Conv and a Reshape to [N, 1, 1, 96]: a feature map, not 96 classes."""
+    shape = numpy_helper.from_array(np.array([-1, 1, 1, 8], np.int64), "shape")
+    model = _conv_model(["N", 3, 5, 5], RNG.normal(size=(8, 3, 5, 5)), [helper.make_node("Reshape", ["c", "shape"], ["e"])],
+                        "e", ["N", 1, 1, 8])
+    model.graph.initializer.append(shape)
+    index = GraphIndex(model)
+    found = kinds.find(index, input_specs(model)[0], "e")
+    assert found.output == "embedding" and "straight out of a convolution" in found.output_reason
+    with pytest.raises(auditor.ModelError, match="is an embedding"):
+        kinds.judged(found, "e")
+    flat = _conv_model(["N", 3, 5, 5], RNG.normal(size=(8, 3, 5, 5)), [helper.make_node("Flatten", ["c"], ["logits"])],
+                       "logits", ["N", 8])  # a fully convolutional classifier flattens its scores: still scores
+    assert kinds.find(GraphIndex(flat), input_specs(flat)[0], "logits").output == "scores"
+
+
+def test_a_flat_input_a_1d_convolution_reads_is_a_waveform_not_a_flat_image() -> None:
+    """576 audio samples are 24 x 24 by count alone; a 1-D convolution reading them says they are a signal over time."""
+    unsqueeze = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis"], ["x3"]),
+             helper.make_node("Conv", ["x3", "K"], ["c"], name="conv1d"),
+             helper.make_node("Flatten", ["c"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 576])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", None])],
+                              [numpy_helper.from_array(RNG.normal(size=(2, 1, 576)).astype(np.float32), "K"), unsqueeze])
+    model = make_model(graph)
+    found = kinds.find(GraphIndex(model), input_specs(model)[0], "logits")
+    assert found.input == "sequence" and "1-D convolution" in found.input_reason
+    assert kinds.blur_axes(found, "x", 2) == {"x": (1,)}  # blurred along time
+    dense = _dense(["N", 576], [("fc1", RNG.normal(size=(576, 3)))], [], "m0", ["N", 3])
+    assert kinds.find(GraphIndex(dense), input_specs(dense)[0], "m0").input == "flat-image"  # the zoo's MLPs stay images
+
+
+def test_of_several_outputs_the_softmax_one_is_judged_and_the_others_named(tmp_path: Path) -> None:
+    """mtcnn's output network gives a box regression [N, 4] first and its face probability [N, 2] last."""
+    tail = [helper.make_node("Flatten", ["c"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "Wbox"], ["box"], name="box_head"),
+            helper.make_node("MatMul", ["flat", "Wcls"], ["z"], name="class_head"),
+            helper.make_node("Softmax", ["z"], ["prob"], axis=1)]
+    model = _conv_model(["N", 3, 5, 5], RNG.normal(size=(8, 3, 5, 5)), tail, "box", ["N", 4],
+                        (helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 3]),))
+    model.graph.initializer.extend([numpy_helper.from_array(RNG.normal(size=(8, 4)).astype(np.float32), "Wbox"),
+                                    numpy_helper.from_array(RNG.normal(size=(8, 3)).astype(np.float32), "Wcls")])
+    from auditor.capture import scores_output
+
+    index = GraphIndex(model)
+    assert scores_output(index) == "prob"
+    found = kinds.find(index, input_specs(model)[0], "prob")
+    assert found.output == "probabilities" and "not 'box'" in found.output_reason
+    np.savez(tmp_path / "clean.npz", x=RNG.normal(size=(20, 3, 5, 5)).astype(np.float32))
+    report = auditor.audit(save(model, tmp_path / "model.onnx"), tmp_path / "clean.npz", device="cpu", patch_search=False,
+                           fourier_probe=False)
+    assert report.data["classes"] == 3  # the probabilities' three classes, not the box's four numbers

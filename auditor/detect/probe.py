@@ -103,10 +103,12 @@ def corruptions(samples: Samples, settings: ProbeSettings, blur_axes: dict[str, 
 
 
 def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], settings: ProbeSettings,
-          min_others: int, focus: int | None = None, blur_axes: dict[str, tuple[int, ...]] | None = None) -> Probe:
+          min_others: int, focus: int | None = None, blur_axes: dict[str, tuple[int, ...]] | None = None,
+          background: tuple[int, ...] = ()) -> Probe:
     """Run every corruption of `samples` through `classify` (samples -> class scores [N, K]) and
     compare with the classes of the clean samples (`clean_scores` [N, K]). With `focus`, also the
-    largest share that class takes (after a repair: is the suspected target's shortcut still there?)."""
+    largest share that class takes (after a repair: is the suspected target's shortcut still there?).
+    `background`: the model's declared background classes, never a target here (corruption fills them by design)."""
     start = time.perf_counter()
     clean_scores = np.asarray(clean_scores).reshape(len(samples), -1)
     clean = clean_scores.argmax(axis=1)
@@ -118,7 +120,7 @@ def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sample
         tick = time.perf_counter()
         predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
         timed.append((len(corrupted), time.perf_counter() - tick))
-        share, cls = largest_share(predicted, clean[origin], classes, min_others)
+        share, cls = largest_share(predicted, clean[origin], classes, min_others, background)
         shares[name] = round(share, 6)
         if share > best:
             best, target, where = share, cls, name

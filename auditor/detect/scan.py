@@ -116,6 +116,10 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     if samples.labels is not None and samples.labels.size and int(samples.labels.max()) >= classes:
         raise DataError(f"{Path(data_path).name}: label {int(samples.labels.max())} is out of range "
                         f"for a model with {classes} classes; fix the labels 'y' or drop them")
+    outside = [c for c in settings.verdict.background_classes if not 0 <= c < classes]
+    if outside:
+        raise ModelError(f"background class {outside[0]} is out of range for a model with {classes} classes (0 to {classes - 1}); "
+                         "fix verdict.background_classes")
     checked = tamper.check(loaded.proto, index, samples, provider, batch, scores_output(index), settings.graph, loaded.storage)
     timings["graph"] = checked.seconds
     tick = time.perf_counter()
@@ -140,7 +144,8 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     probed = None
     if method == "sus":
         try:
-            probed = probe.probe(samples, captured.scores, counted("corruption probe", 0), settings.probe, others, blur_axes=blur_axes)
+            probed = probe.probe(samples, captured.scores, counted("corruption probe", 0), settings.probe, others, blur_axes=blur_axes,
+                                 background=chosen.background_classes)
         except _OutOfTime as stopped:
             cut.append(stopped.stage)
     found, waved = None, None

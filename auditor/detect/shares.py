@@ -14,10 +14,13 @@ def class_share(predicted: np.ndarray, clean: np.ndarray, c: int, min_others: in
     return float((predicted[others] == c).mean())
 
 
-def largest_share(predicted: np.ndarray, clean: np.ndarray, classes: int, min_others: int) -> tuple[float, int | None]:
-    """max over classes c of `class_share`, and that class."""
+def largest_share(predicted: np.ndarray, clean: np.ndarray, classes: int, min_others: int,
+                  skip: tuple[int, ...] = ()) -> tuple[float, int | None]:
+    """max over classes c (but those in `skip`) of `class_share`, and that class."""
     best, target = 0.0, None
     for c in range(classes):
+        if c in skip:
+            continue
         share = class_share(predicted, clean, c, min_others)
         if share is not None and share > best:
             best, target = share, c
