@@ -630,12 +630,21 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
+    """The `auditor` command. A usage error (an unknown option, a value of the wrong type) is one line on stderr and exit
+    2, like every other bad input, rather than click's framed usage block."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
-    except KeyboardInterrupt:  # came before typer's own handling began (building the command)
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):  # before typer's own handling began, or while parsing the options
         _say_interrupted()
         sys.exit(EXIT_INTERRUPTED)
+    except typer.TyperException as exc:  # typer's own click: a usage error, or a bare `auditor` / `auditor scan`
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) is not None else ""
+        err.print(f"error: {' '.join(exc.format_message().split())}{where}", markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except SystemExit as exc:
         if exc.code == EXIT_INTERRUPTED:  # typer turned it into a silent exit while parsing the options
             _say_interrupted()
@@ -645,6 +654,9 @@ def main() -> None:
         # kill. Python restores the default action for handled signals while it shuts down, but
         # leaves an ignored one ignored.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if code == EXIT_INTERRUPTED:  # a command that unwound an interruption returns its code here
+        _say_interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -680,3 +680,18 @@ def test_mutated_data(data) -> None:
         hostile = members[name] if way == "npy" else _zipped(members)
     event(f"data via {way}")
     _check_run(command, model_bytes, hostile)
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (("--limit", "abc"), "error: Invalid value for '--limit' / '-n':"),
+    (("--bogus",), "error: No such option: --bogus"),
+    (("--threads",), "error: Option '--threads' requires an argument."),
+])
+def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...], line: str, tmp_path: Path) -> None:
+    """The installed command as a pipeline runs it: a mistyped option is bad input like any other, one line, not a
+    framed usage block, and nothing is written."""
+    result = builders.run_cli("scan", EXAMPLE / "model.onnx", "--data", EXAMPLE / "clean.npz", "--json", tmp_path / "r.json", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = [text for text in result.stderr.splitlines() if text.strip()]
+    assert len(lines) == 1 and lines[0].startswith(line), result.stderr
+    assert tree(tmp_path) == set()
