@@ -71,6 +71,10 @@ class ProbeSettings:
     blur_sigmas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # Gaussian blur over the image axes, in positions
     max_samples: int = 100  # the probe corrupts at most the first this many clean samples
     seed: int = 0
+    # a class's share counts in full only when the corrupted samples it takes are classified at least this surely,
+    # as a median margin relative to the clean samples' median margin; below, in proportion (a natural sink takes
+    # samples unsure, a shortcut as surely as clean ones are classified). 0: no discount
+    confidence: float = 0.7
 
 
 @dataclass(frozen=True)

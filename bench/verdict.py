@@ -77,8 +77,13 @@ def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, b
            "basis": verdict.basis, "target": verdict.target}
     if repair and baseline is not None:
         repaired = folder / f"{entry['name']}-{start}.onnx"
-        report = auditor.repair(entry["file"], str(path), str(repaired), limit=count, device="cpu", force=True,
-                                settings=settings)
+        try:
+            report = auditor.repair(entry["file"], str(path), str(repaired), limit=count, device="cpu", force=True,
+                                    settings=settings)
+        except auditor.RepairError as refused:  # nothing written: the model stays as it was (its ASR counts as not halved)
+            return {**out, "refused": str(refused), "accuracy": baseline["accuracy"], "asr": baseline["asr"],
+                    "acc_drop_points": 0.0, "target_drop_points": 0.0, "unlearned": False, "unlearned_class_drop_points": None,
+                    "unlearning_cause": None, "filtered": None}
         outcome = report.repair.to_dict()
         after = _evaluate(str(repaired), entry)
         out.update(accuracy=after.accuracy, asr=after.attack_success_rate,

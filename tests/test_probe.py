@@ -40,7 +40,7 @@ def test_whole_image_backdoors_are_flagged_with_their_target(name: str, corrupti
 def test_clean_models_stay_below_the_threshold(name: str, tmp_path: Path) -> None:
     entry = MANIFEST[name]
     report = auditor.audit(ZOO / entry["file"], clean(entry, tmp_path), limit=10, device="cpu")
-    assert report.verdict.basis in ("corruption", "patch") and not report.verdict.suspicious
+    assert report.verdict.basis in ("corruption", "patch", "fourier") and not report.verdict.suspicious
     assert report.verdict.probe.score < PROBE_THRESHOLD and report.verdict.score < PROBE_THRESHOLD
 
 

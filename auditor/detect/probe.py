@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from auditor.detect.images import blur
-from auditor.detect.shares import class_share, largest_share
+from auditor.detect.shares import confident_share, largest_share, margins
 from auditor.io.data import Samples
 from auditor.settings import ProbeSettings
 
@@ -110,22 +110,26 @@ def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sample
     largest share that class takes (after a repair: is the suspected target's shortcut still there?).
     `background`: the model's declared background classes, never a target here (corruption fills them by design)."""
     start = time.perf_counter()
-    clean_scores = np.asarray(clean_scores).reshape(len(samples), -1)
+    clean_scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(samples), -1)
     clean = clean_scores.argmax(axis=1)
     classes = clean_scores.shape[1]
+    typical = float(np.median(margins(clean_scores, clean))) if classes > 1 else 0.0  # how surely clean samples are classified
     best, target, where, focused = 0.0, None, None, 0.0
     shares = {}
     timed = []  # (samples, seconds) per run
     for name, corrupted, origin in corruptions(samples, settings, blur_axes):
         tick = time.perf_counter()
-        predicted = np.asarray(classify(corrupted)).reshape(len(corrupted), -1).argmax(axis=1)
+        scores = np.asarray(classify(corrupted), dtype=np.float64).reshape(len(corrupted), -1)
         timed.append((len(corrupted), time.perf_counter() - tick))
-        share, cls = largest_share(predicted, clean[origin], classes, min_others, background)
+        predicted = scores.argmax(axis=1)
+        relative = margins(scores, predicted) / typical if typical > 0 else np.ones(len(predicted))
+        share, cls = largest_share(predicted, clean[origin], classes, min_others, background, relative, settings.confidence)
         shares[name] = round(share, 6)
         if share > best:
             best, target, where = share, cls, name
         if focus is not None:
-            focused = max(focused, class_share(predicted, clean[origin], focus, min_others) or 0.0)
+            focused = max(focused, confident_share(predicted, clean[origin], focus, min_others, relative,
+                                                   settings.confidence) or 0.0)
     later = sum(n for n, _ in timed[1:])
     pace = sum(t for _, t in timed[1:]) / later if later else None
     return Probe(best, target, where, shares, time.perf_counter() - start, None if focus is None else focused, pace)
