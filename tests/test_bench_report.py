@@ -22,6 +22,7 @@ def _set(score, suspicious, basis, target, asr, filtered=None, cause=None):
 
 def test_shortfall_causes_counts_each_surviving_pair_once_by_its_first_cause():
     model = {"name": "m", "kind": "backdoored", "target": 2, "baseline": {"asr": 1.0}, "sets": [
+        {**_set(0.9, True, "corruption", 2, 1.0), "refused": "it would move the shortcut"},  # refused wins over all
         _set(0.2, False, "corruption", 2, 1.0),                              # under the gate
         _set(0.5, False, "corruption", 2, 1.0),                              # weak, no filter for its basis
         _set(0.5, False, "patch", 2, 1.0),                                   # weak, the filter broke the bounds

@@ -275,7 +275,8 @@ def test_the_sweep_moves_the_vits_found_patch_from_the_next_token_onto_the_trigg
     cornered = SETTINGS.override({"patch.sweep_positions": 1})
     before = auditor.audit(ZOO / entry["file"], path, limit=10, device="cpu", settings=cornered)
     found = before.verdict.patch
-    assert found.column == 16 and found.score < PATCH_THRESHOLD and before.verdict.basis != "patch"
+    assert found.column == 16 and found.score < PATCH_THRESHOLD
+    assert not (before.verdict.suspicious and before.verdict.basis == "patch")  # the patch one token off flags nothing
     assert before.settings == {"patch.sweep_positions": 1}
     after = auditor.audit(ZOO / entry["file"], path, limit=10, device="cpu").verdict
     found = after.patch
