@@ -623,6 +623,36 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     return lines
 
 
+def held_out_family_section() -> list[str]:
+    """The verdict and repair on a zoo the method was never tuned on (bench.verdict --zoo models/zoo_rgb)."""
+    data = _experiment("verdict_sets-zoo_rgb.json")
+    if data is None:
+        return []
+    models = data["models"]
+    got = _pooled(models, data["sets"])
+    aucs = got["aucs"]
+    lines = ["", "## A family never tuned on: RGB emoji (models/zoo_rgb)", "",
+             f"`{data['command']}`: 32x32 colour images rendered from Debian's Noto Color Emoji font (models/make_emoji.py "
+             "says how), a VGG-style CNN without normalisation and a small ResNet with it, clean and backdoored. Every "
+             "constant of the method was chosen on the grey-scale zoo before these models existed. Five disjoint draws "
+             f"of {data['n']} clean samples per model.", "",
+             f"Verdict: TPR {pct(got['tpr'])}, FPR {pct(got['fpr'])} at the shipped threshold, pooled over the draws; "
+             f"ROC AUC per draw {statistics.mean(aucs):.3f} [{min(aucs):.2f}-{max(aucs):.2f}]." if aucs else "", ""]
+    rows = []
+    for m in models:
+        sets = m["sets"]
+        base = m.get("baseline") or {}
+        cut = [halved(m, s) for s in sets if s.get("asr") is not None] if m["kind"] == "backdoored" else []
+        drops = [s["acc_drop_points"] for s in sets if s.get("acc_drop_points") is not None]
+        rows.append([m["name"], m["attack"] or "clean", fmt(base.get("accuracy")), fmt(base.get("asr")),
+                     " ".join(f"{s['score']:.2f}" for s in sets), f"{sum(s['suspicious'] for s in sets)}/{len(sets)}",
+                     f"{sum(s['suspicious'] and s['target'] == m['target'] for s in sets)}" if m["kind"] == "backdoored" else "–",
+                     f"{sum(cut)}/{len(cut)}" if cut else "–", fmt(median(drops)) if drops else "–"])
+    lines += table(["model", "attack", "ACC", "ASR", "verdict score per draw", "flagged", "right target", "ASR halved",
+                    "median ACC drop (pts)"], rows)
+    return lines
+
+
 def _pooled(chosen: list[dict], sets: int) -> dict:
     """Over (model, set) pairs of `chosen` (bench.verdict's models): the verdict AUC of each set,
     the flagged shares of backdoored and clean pairs, ASR halved per repaired backdoored pair (and
@@ -1234,6 +1264,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     # ---------------------------------------------------------------- per architecture
     lines += by_attack_section(results, seed_of, ns, methods)
     lines += verdict_sets_section(seed_of)
+    lines += held_out_family_section()
     lines += variants_section(seed_of)
     lines += anp_budget_section(results, seed_of)
     lines += memory_section()

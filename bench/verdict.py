@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.NAME=VALUE",
                         help="run a variant: the setting SECTION.NAME (auditor/settings.py) takes VALUE (repeatable)")
     parser.add_argument("--note", default=None, help="with --set: what the variant tries (BENCHMARKS.md lists it)")
+    parser.add_argument("--zoo", type=Path, default=None,
+                        help="another zoo folder (its manifest.json), e.g. models/zoo_rgb: a family the method was never "
+                             "tuned on; results go to bench/results/verdict_sets-<folder>.json")
     args = parser.parse_args(argv)
     if args.sets < 1 or args.n < 1:
         parser.error("--sets and --n must be positive")
@@ -157,11 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         parser.error(f"--set: {exc}")
     output = variant_path(args.overrides) if args.overrides else OUTPUT
+    if args.zoo is not None:
+        if args.overrides:
+            parser.error("--zoo measures the shipped method: no --set")
+        output = zoo.RESULTS / f"verdict_sets-{args.zoo.resolve().name}.json"
+    entries = zoo.load_entries() if args.zoo is None else zoo.load_entries(args.zoo.resolve(), include_example=False)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
     models = []
     with tempfile.TemporaryDirectory() as folder:
-        for entry in zoo.load_entries():
+        for entry in entries:
             if zoo.pool_size(entry["clean_pool"]) < args.sets * args.n:
                 continue
             before = None

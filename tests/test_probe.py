@@ -145,6 +145,20 @@ def test_largest_share_counts_only_samples_taken_from_other_classes() -> None:
     assert largest_share(np.array([1, 1]), np.array([0, 0]), 2, 2) == (1.0, 1)
 
 
+def test_a_class_that_takes_samples_unsure_is_a_sink_not_a_shortcut() -> None:
+    """The same intake (4 of 6 samples from other classes) counts in full when taken as surely as clean samples are
+    classified, in proportion when taken unsure (probe.confidence), and a declared background class never counts."""
+    clean = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    predicted = np.array([3, 3, 3, 1, 3, 2, 3, 3])
+    others, confidence = SETTINGS.verdict.min_others, SETTINGS.probe.confidence
+    sure = np.ones(8)  # every sample's margin equals the clean median margin
+    assert largest_share(predicted, clean, 4, others, (), sure, confidence) == (pytest.approx(4 / 6), 3)
+    unsure = np.full(8, confidence / 4)  # a quarter of the margin that counts in full
+    assert largest_share(predicted, clean, 4, others, (), unsure, confidence) == (pytest.approx(4 / 6 / 4), 3)
+    assert largest_share(predicted, clean, 4, others, (), unsure, 0.0) == (pytest.approx(4 / 6), 3)  # 0: no discount
+    assert largest_share(predicted, clean, 4, others, (3,), sure, confidence)[1] != 3  # declared background
+
+
 def test_the_probe_corrupts_at_most_max_samples() -> None:
     for chosen in (SETTINGS.probe, SETTINGS.override({"probe.max_samples": 7, "probe.noise_draws": 2}).probe):
         samples = Samples({"x": np.zeros((chosen.max_samples + 50, 1, 8, 8), np.float32)}, None, "t")
