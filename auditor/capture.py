@@ -225,10 +225,8 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
                 if name.endswith("_pmax"):
                     seen = halves[name][-1]
                     halves[name][-1] = value if seen is None else np.maximum(seen, value)
-                elif name.endswith(("_max", "_inmax")):
+                elif name.endswith("_max"):
                     totals[name] = np.maximum(totals[name], value) if name in totals else value
-                elif name.endswith("_inmin"):
-                    totals[name] = np.minimum(totals[name], value) if name in totals else value
                 elif name.endswith("count"):
                     totals[name] = totals.get(name, 0) + value[0]
                 else:

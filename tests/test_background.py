@@ -74,7 +74,10 @@ def test_a_declared_reject_class_is_not_taken_for_a_shortcut(tmp_path: Path) -> 
     assert undeclared.suspicious and undeclared.verdict.basis == "corruption" and undeclared.verdict.target == 10
     declared = auditor.audit(clean, data, device="cpu", settings=DECLARED)
     assert declared.verdict.assessed and not declared.suspicious
-    assert declared.verdict.probe.target != 10 and declared.settings == {"verdict.background_classes": [10]}
+    assert declared.settings == {"verdict.background_classes": [10]}
+    # the probe measured class 10 exactly as before, only as no target: every other class's share is unchanged
+    kept = auditor.audit(clean, data, device="cpu", settings=DECLARED, patch_search=False, fourier_probe=False).verdict.probe
+    assert kept.shares != undeclared.verdict.probe.shares and kept.score < undeclared.verdict.probe.score
 
 
 def test_a_backdoor_beside_a_declared_background_class_is_still_found(tmp_path: Path) -> None:

@@ -151,12 +151,13 @@ def test_a_class_that_takes_samples_unsure_is_a_sink_not_a_shortcut() -> None:
     clean = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     predicted = np.array([3, 3, 3, 1, 3, 2, 3, 3])
     others, confidence = SETTINGS.verdict.min_others, SETTINGS.probe.confidence
-    sure = np.ones(8)  # every sample's margin equals the clean median margin
+    taken = (predicted == 3) & (clean != 3)  # the 4 samples class 3 took from others: only their margins count
+    sure = np.where(taken, 1.0, 0.01)  # taken as surely as clean samples are classified; the rest hardly
     assert largest_share(predicted, clean, 4, others, (), sure, confidence) == (pytest.approx(4 / 6), 3)
-    unsure = np.full(8, confidence / 4)  # a quarter of the margin that counts in full
+    unsure = np.where(taken, confidence / 4, 5.0)  # taken at a quarter of the margin that counts in full
     assert largest_share(predicted, clean, 4, others, (), unsure, confidence) == (pytest.approx(4 / 6 / 4), 3)
     assert largest_share(predicted, clean, 4, others, (), unsure, 0.0) == (pytest.approx(4 / 6), 3)  # 0: no discount
-    assert largest_share(predicted, clean, 4, others, (3,), sure, confidence)[1] != 3  # declared background
+    assert largest_share(predicted, clean, 4, others, (3,), sure, confidence) == (0.0, None)  # declared background
 
 
 def test_the_probe_corrupts_at_most_max_samples() -> None:

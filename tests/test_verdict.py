@@ -73,6 +73,10 @@ def test_a_graph_finding_decides_whatever_the_probes_say():
     loud = decide(Settings(), None, {}, _probe(0.9), findings=(finding,))
     assert loud.score == 0.9 and loud.basis == "graph"
     assert decide(Settings(), None, {}, _probe(0.1)).findings == ()
+    # where no behavioural detector ran (token ids, clp / fp), a graph finding is still an assessed finding
+    tokens = decide(Settings(), None, {"a": np.zeros(4)}, Probe(0.0, None, None, {}, 0.0), findings=(finding,),
+                    unjudged="no float values")
+    assert tokens.suspicious and tokens.assessed and tokens.basis == "graph"
 
 
 def test_two_classes_give_no_behavioural_verdict():

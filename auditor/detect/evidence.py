@@ -60,7 +60,7 @@ class Evidence:
 
 def collect(found: Scan, settings: Settings) -> Evidence | None:
     """The evidence behind the verdict's basis, or None where there is no picture to show (an input that is not an
-    image, a verdict not assessed, a basis without a trigger: the channel scores, the head's margins, an
+    image, a verdict not assessed, a basis without a trigger: the channel scores, an
     unconfirmed graph finding). A clean verdict shows what the strongest search found: the patch when the search
     ran, else its basis's pattern or corruption."""
     verdict = found.verdict

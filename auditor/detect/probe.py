@@ -104,16 +104,19 @@ def corruptions(samples: Samples, settings: ProbeSettings, blur_axes: dict[str, 
 
 def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], settings: ProbeSettings,
           min_others: int, focus: int | None = None, blur_axes: dict[str, tuple[int, ...]] | None = None,
-          background: tuple[int, ...] = ()) -> Probe:
+          background: tuple[int, ...] = (), reference: np.ndarray | None = None) -> Probe:
     """Run every corruption of `samples` through `classify` (samples -> class scores [N, K]) and
     compare with the classes of the clean samples (`clean_scores` [N, K]). With `focus`, also the
     largest share that class takes (after a repair: is the suspected target's shortcut still there?).
-    `background`: the model's declared background classes, never a target here (corruption fills them by design)."""
+    `background`: the model's declared background classes, never a target here (corruption fills them by design).
+    `reference`: the probed model's own scores of the clean samples, when it is not the model that gave `clean_scores`
+    (a repaired model): how surely it classifies them is what its corrupted samples are measured against."""
     start = time.perf_counter()
     clean_scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(samples), -1)
     clean = clean_scores.argmax(axis=1)
     classes = clean_scores.shape[1]
-    typical = float(np.median(margins(clean_scores, clean))) if classes > 1 else 0.0  # how surely clean samples are classified
+    sure = clean_scores if reference is None else np.asarray(reference, dtype=np.float64).reshape(len(samples), -1)
+    typical = float(np.median(margins(sure, clean))) if classes > 1 else 0.0  # how surely clean samples are classified
     best, target, where, focused = 0.0, None, None, 0.0
     shares = {}
     timed = []  # (samples, seconds) per run

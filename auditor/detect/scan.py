@@ -119,7 +119,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     outside = [c for c in settings.verdict.background_classes if not 0 <= c < classes]
     if outside:
         raise ModelError(f"background class {outside[0]} is out of range for a model with {classes} classes (0 to {classes - 1}); "
-                         "fix verdict.background_classes")
+                         "fix --background-class or verdict.background_classes")
     checked = tamper.check(loaded.proto, index, samples, provider, batch, scores_output(index), settings.graph, loaded.storage)
     timings["graph"] = checked.seconds
     tick = time.perf_counter()

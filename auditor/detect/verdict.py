@@ -3,8 +3,8 @@
 A graph finding (extra nodes that act on a few raw input values, a tensor stored twice) decides
 alone: the model is suspicious, basis `graph`. Otherwise, with a float input (`sus`), the verdict
 is the corruption probe's share, or the patch search's or
-the Fourier probe's score rescaled onto the same threshold, whichever is largest. Without one, the
-Where none of these ran (a model whose input holds no float values, the baselines `clp` and `fp`, which only rank
+the Fourier probe's score rescaled onto the same threshold, whichever is largest. Where none of these
+ran (a model whose input holds no float values, the baselines `clp` and `fp`, which only rank
 channels for pruning, or a model no detector applies to) the model is not assessed: a channel score says
 how unusual a channel is, and clean models have unusual channels too, so it is shown but never a finding.
 """
@@ -85,7 +85,7 @@ def decide(settings: Settings, threshold: float | None, channel_scores: dict[str
         verdict = decide(settings, threshold, channel_scores, probe, patch, fourier)
         targets = [f.target for f in findings if f.target is not None]
         return dataclasses.replace(verdict, score=max(verdict.score, verdict.threshold), suspicious=True, basis="graph",
-                                   target=targets[0] if targets else None, layer=None, findings=findings)
+                                   target=targets[0] if targets else None, layer=None, findings=findings, not_assessed=None)
     if classes is not None and classes < chosen.min_classes and probe is not None and probe.shares:
         limit = chosen.probe_threshold if threshold is None else float(threshold)
         return Verdict(probe.score, limit, False, "corruption", None, None, probe, patch, fourier,

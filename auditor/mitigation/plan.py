@@ -300,7 +300,8 @@ def checks(found: Scan, guard: Guard, planned: RepairPlan, settings: Settings
     residual = shared = waved = None
     if verdict.basis == "corruption":
         left = probe.probe(found.samples, found.capture.scores, repaired, settings.probe, others, focus=verdict.target,
-                           blur_axes=found.blur_axes, background=settings.verdict.background_classes)
+                           blur_axes=found.blur_axes, background=settings.verdict.background_classes,
+                           reference=repaired(found.samples))
         residual = ProbeCheck(left.score, left.target, left.corruption, verdict.target, left.focus_share,
                               bool((left.focus_share or 0.0) >= verdict.threshold))
     if verdict.basis == "patch" and verdict.patch is not None:

@@ -51,7 +51,7 @@ a finite number is written as null, never as 0):
               classes, in index order (a corruption's: the first that went to the target); auditor/detect/evidence.py.
               The HTML page shows the pictures, the JSON no pixels. A clean verdict shows the strongest patch tried
               (else its basis's); null for an input that is not an image, a verdict not assessed, or a basis with no
-              trigger to show (channels, margin, an unconfirmed or storage graph finding)
+              trigger to show (channels, an unconfirmed or storage graph finding)
   (repair.branches[]: the findings cut out of the graph before the rest of the repair, as verdict.findings[];
    repair.held_back: {samples, agreement, divergence, agreement_limit, divergence_limit, passed}: the written model
    against the original on augmented clean samples the guard never fitted on; repair.replanned: null, or why an
