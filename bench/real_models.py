@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
 import json
 import string
 import sys
@@ -108,18 +109,23 @@ MAGIKA_FILES = ("/usr/lib/python3*/**/*.py", "/usr/include/**/*.h", "/usr/share/
                 "/usr/share/**/*.svg", "/usr/share/**/*.sh", "/etc/**/*.conf", "/usr/share/**/*.pem")
 
 
+@functools.cache
+def _file_pools() -> tuple[list[str], ...]:
+    """The files of each kind of MAGIKA_FILES on this machine (at least 8 bytes), sorted; found once per run."""
+    import glob
+
+    pools = [sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file() and Path(p).stat().st_size >= 8)
+             for pattern in MAGIKA_FILES]
+    return tuple(pool for pool in pools if pool)
+
+
 def file_bytes(count: int, seed: int) -> np.ndarray:
     """magika's file content-type classifier input [count, 2048] int32: real files of this machine
     (Python and C sources, binaries, gzip, JSON, HTML, PNG, XML, SVG, shell, config, PEM), the same number from each
     kind, read as magika 1.0.3's config.min.json says: the first 1024 bytes after leading whitespace of the first
     4096-byte block, padded after with token 256, and the last 1024 after trailing whitespace of the last block,
     padded before."""
-    import glob
-
-    rng, out = np.random.default_rng(seed), []
-    pools = [sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file() and Path(p).stat().st_size >= 8)
-             for pattern in MAGIKA_FILES]
-    pools = [pool for pool in pools if pool]
+    rng, out, pools = np.random.default_rng(seed), [], _file_pools()
     while len(out) < count:
         pool = pools[len(out) % len(pools)]
         content = Path(pool[int(rng.integers(len(pool)))]).read_bytes()

@@ -14,28 +14,27 @@ def class_share(predicted: np.ndarray, clean: np.ndarray, c: int, min_others: in
     return float((predicted[others] == c).mean())
 
 
-def confident_share(predicted: np.ndarray, clean: np.ndarray, c: int, min_others: int, relative: np.ndarray,
-                    confidence: float) -> float | None:
+def confident_share(predicted: np.ndarray, clean: np.ndarray, c: int, min_others: int, relative: np.ndarray | None = None,
+                    confidence: float = 0.0) -> float | None:
     """`class_share`, discounted when the samples c takes are classified with less confidence than clean samples are:
     times min(1, their median `relative` margin / `confidence`). A shortcut sends samples as confidently as the model
-    classifies clean ones; a natural sink (where a clean model puts inputs it can no longer read) takes them unsure."""
+    classifies clean ones; a natural sink (where a clean model puts inputs it can no longer read) takes them unsure.
+    Without `relative` margins (or with `confidence` 0) it is `class_share`."""
     share = class_share(predicted, clean, c, min_others)
-    taken = (clean != c) & (predicted == c)
-    if not share or confidence <= 0.0 or not taken.any():
+    if not share or relative is None or confidence <= 0.0:
         return share
+    taken = (clean != c) & (predicted == c)
     return share * min(1.0, float(np.median(relative[taken])) / confidence)
 
 
 def largest_share(predicted: np.ndarray, clean: np.ndarray, classes: int, min_others: int, skip: tuple[int, ...] = (),
                   relative: np.ndarray | None = None, confidence: float = 0.0) -> tuple[float, int | None]:
-    """max over classes c (but those in `skip`) of `class_share` (of `confident_share` with per-row `relative`
-    margins), and that class."""
+    """max over classes c (but those in `skip`) of `confident_share`, and that class."""
     best, target = 0.0, None
     for c in range(classes):
         if c in skip:
             continue
-        share = (class_share(predicted, clean, c, min_others) if relative is None
-                 else confident_share(predicted, clean, c, min_others, relative, confidence))
+        share = confident_share(predicted, clean, c, min_others, relative, confidence)
         if share is not None and share > best:
             best, target = share, c
     return best, target
