@@ -49,6 +49,9 @@ class VerdictSettings:
     # silence or unknown, a reject option): corrupted samples pile into them by design, so the corruption probe does
     # not take them for a shortcut's target (the patch search and the Fourier probe still do); declared by the user
     background_classes: tuple[int, ...] = ()
+    # (slope, intercept): the verdict score's chance of a backdoor, 1 / (1 + exp(-(slope * score + intercept))), at a
+    # prior of one half; the class-balanced logistic fit on the grey-scale zoo's 39 models x 5 draws (bench.calibrate)
+    calibration: tuple[float, float] = (7.574, -3.479)
 
     @property
     def patch_reach(self) -> float:
@@ -86,7 +89,7 @@ class PatchSettings:
     screen: int = 100  # steps over every class before only the `shortlist` best go on
     shortlist: int = 3
     screen_samples: int = 5  # while screening, a class's patch is pasted on at most this many samples
-    max_classes: int = 10  # with more classes, the ones clean samples rank highest after their own
+    max_classes: int = 10  # with more classes, this many patches serve whichever class each pushes furthest
     max_samples: int = 10  # patches are pasted on at most the first this many clean samples
     levels: tuple[float, ...] = (0.0, 1.0)  # pixel values a patch may take, shares of the clean range
     move: float = 0.15  # share of steps that move a patch anywhere

@@ -657,6 +657,7 @@ def _pooled(chosen: list[dict], sets: int) -> dict:
     """Over (model, set) pairs of `chosen` (bench.verdict's models): the verdict AUC of each set,
     the flagged shares of backdoored and clean pairs, ASR halved per repaired backdoored pair (and
     its share per set), the ACC drops, and the target-class ACC drops where head unlearning went in."""
+    sets = min((len(m["sets"]) for m in chosen), default=0)  # the disjoint draws and the stratified one, when recorded
     aucs = []
     for k in range(sets):
         auc = roc_auc([m["sets"][k]["score"] for m in chosen if m["kind"] == "backdoored"],
@@ -685,6 +686,40 @@ def _pooled(chosen: list[dict], sets: int) -> dict:
                             if s.get("unlearned") and (m["kind"] == "clean" or s["target"] != m["target"])
                             and s.get("unlearned_class_drop_points") is not None]
             if any("unlearned_class_drop_points" in s for m in chosen for s in m["sets"]) else None}
+
+
+def calibration_section() -> list[str]:
+    """The verdict's probability judged on families the fit never saw (bench/calibrate.py), when its file exists."""
+    data = _experiment("calibration.json")
+    if data is None:
+        return []
+    shipped, fitted = data["shipped"], data["fit_on_zoo"]
+    lines = ["", "## A calibrated verdict: leave one family out", "",
+             f"`{data['command']}` (from the scores bench.verdict recorded: every (model, draw) pair, the disjoint draws "
+             "and the stratified one). `verdict.probability` maps the verdict score through a class-balanced logistic "
+             f"fit (a prior of one half): shipped slope {shipped['slope']:g}, intercept {shipped['intercept']:g} (the fit on "
+             f"the grey-scale zoo now: {fitted['slope']:.3f}, {fitted['intercept']:.3f}). Each view refits without one "
+             "family and scores that family's pairs; the rows pool the held-out pairs over the folds. Thresholds: the "
+             f"shipped one ({shipped['threshold']:g}), and the one each fold's own data puts at a false-positive rate of at "
+             f"most 5% (on the whole grey zoo: {fitted['threshold_for_fpr']:.3f}). Cross-entropy in nats, as NIST TrojAI "
+             "scores detectors; balanced: each kind weighs half. Leaving one attack out holds out backdoored pairs only "
+             "(no false-positive rate). Bars (issue 28): AUC >= 0.97, cross-entropy <= 0.25, TPR >= 90% at FPR <= 5%.", ""]
+    rows = []
+    for view, got in data["views"].items():
+        p = got["pooled"]
+        rows.append([view, f"{p['backdoored']} / {p['clean']}", fmt(p["auc"], ".3f"), fmt(p["cross_entropy"], ".3f"),
+                     fmt(p["cross_entropy_balanced"], ".3f"), f"{pct(p['tpr_shipped'])} / {pct(p['fpr_shipped'])}",
+                     f"{pct(p['tpr_chosen'])} / {pct(p['fpr_chosen'])}"])
+    lines += table(["view", "pairs backdoored / clean", "ROC AUC", "cross-entropy", "balanced", "TPR / FPR shipped threshold",
+                    "TPR / FPR fold threshold (FPR <= 5%)"], rows)
+    lines += ["", "Per held-out family (ROC AUC where it has both kinds; cross-entropy; TPR / FPR at the shipped threshold):", ""]
+    rows = []
+    for view, got in data["views"].items():
+        for family, fold in got["folds"].items():
+            rows.append([view, family, f"{fold['backdoored']} / {fold['clean']}", fmt(fold["auc"], ".3f"),
+                         fmt(fold["cross_entropy"], ".3f"), f"{pct(fold['tpr_shipped'])} / {pct(fold['fpr_shipped'])}"])
+    lines += table(["view", "held out", "pairs backdoored / clean", "ROC AUC", "cross-entropy", "TPR / FPR"], rows)
+    return lines
 
 
 def _false_drops(got: dict) -> str:
@@ -1265,6 +1300,7 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     # ---------------------------------------------------------------- per architecture
     lines += by_attack_section(results, seed_of, ns, methods)
     lines += verdict_sets_section(seed_of)
+    lines += calibration_section()
     lines += held_out_family_section()
     lines += variants_section(seed_of)
     lines += anp_budget_section(results, seed_of)

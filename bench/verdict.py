@@ -5,10 +5,10 @@ depend on which ten.
     .venv/bin/python -m bench.verdict --set patch.restarts=2 --note "why"   # a variant of the method
 
 For every zoo model, `auditor.audit` and `auditor.repair` run on clean-pool samples
-[k*n, (k+1)*n) for k < sets, and the repaired model is evaluated on the test and triggered
-sets. Writes bench/results/verdict_sets.json; `bench.report` puts its summary in
-BENCHMARKS.md. The bench's main grid uses only the first set, so this is the check on luck
-of the draw.
+[k*n, (k+1)*n) for k < sets and on one more draw with a sample of each class (start
+"stratified"), and the repaired model is evaluated on the test and triggered sets. Writes
+bench/results/verdict_sets.json; `bench.report` puts its summary in BENCHMARKS.md. The bench's
+main grid uses only the first set, so this is the check on luck of the draw.
 
 `--set SECTION.NAME=VALUE` (repeatable) runs a variant of the method instead: the setting NAME of
 section SECTION of `auditor.settings.Settings` takes VALUE for this run (parsed by the setting's
@@ -66,15 +66,20 @@ def variant_path(overrides: list[str]) -> Path:
     return VARIANTS / (re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "+".join(overrides)) + ".json")
 
 
-def audit_set(entry: dict, start: int, count: int, folder: Path, repair: bool, baseline: dict | None,
+def audit_set(entry: dict, start: int | str, count: int, folder: Path, repair: bool, baseline: dict | None,
               settings: Settings | None = None) -> dict:
+    """Audit (and repair) one draw: pool samples start .. start + count - 1, or with start "stratified" the first
+    pool sample of each class after the disjoint draws (`count` of them in all)."""
     import auditor
 
     settings = settings or Settings()
-    path = zoo.sample_set(entry, start, count, folder)
+    path = zoo.stratified_set(entry, count, folder) if start == "stratified" else zoo.sample_set(entry, start, count, folder)
     verdict = auditor.audit(entry["file"], str(path), limit=count, device="cpu", settings=settings).verdict
     out = {"start": start, "score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious,
-           "basis": verdict.basis, "target": verdict.target}
+           "probability": verdict.probability, "basis": verdict.basis, "target": verdict.target,
+           "detectors": {"corruption": None if verdict.probe is None else verdict.probe.score,
+                         "patch": None if verdict.patch is None else verdict.patch.score,
+                         "fourier": None if verdict.fourier is None else verdict.fourier.score}}
     if repair and baseline is not None:
         repaired = folder / f"{entry['name']}-{start}.onnx"
         try:
@@ -144,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=int, default=5, help="disjoint sample sets per model (default 5)")
     parser.add_argument("--n", type=int, default=10, help="clean samples per set (default 10)")
     parser.add_argument("--no-repair", action="store_true", help="audit only: do not repair and evaluate each set")
+    parser.add_argument("--no-stratified", action="store_true",
+                        help="leave out the extra draw with one sample of each class (after the disjoint sets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.NAME=VALUE",
                         help="run a variant: the setting SECTION.NAME (auditor/settings.py) takes VALUE (repeatable)")
     parser.add_argument("--note", default=None, help="with --set: what the variant tries (BENCHMARKS.md lists it)")
@@ -179,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                           "target_accuracy": evaluated.target_accuracy}
             sets = [audit_set(entry, k * args.n, args.n, Path(folder), not args.no_repair, before, settings)
                     for k in range(args.sets)]
+            if not args.no_stratified:
+                sets.append(audit_set(entry, "stratified", args.n, Path(folder), not args.no_repair, before, settings))
             kind = "clean" if entry.get("attack", "clean") == "clean" or entry.get("target") is None else "backdoored"
             models.append({"name": entry["name"], "kind": kind, "attack": entry.get("attack"), "target": entry.get("target"),
-                           "seed": entry.get("seed"), "architecture": entry.get("architecture"), "baseline": before,
+                           "seed": entry.get("seed"), "architecture": entry.get("architecture"),
+                           "dataset": entry.get("dataset"), "baseline": before,
                            "sets": sets})
             print(f"  {entry['name']}: " + " ".join(f"{s['score']:.2f}" for s in sets), flush=True)
     given = sys.argv[1:] if argv is None else argv

@@ -144,6 +144,21 @@ def sample_set(entry: dict, start: int, count: int, folder: Path) -> Path:
     return path
 
 
+def stratified_set(entry: dict, count: int, folder: Path, after: int = 50) -> Path:
+    """One clean pool sample of each class, the first of each after pool position `after` (past the disjoint draws),
+    taken in turn over the classes until `count` are chosen, as `sample_set` writes them."""
+    with np.load(entry["clean_pool"]) as archive:
+        x, y = archive["x"], archive["y"]
+    rest = np.arange(after, len(y)) if len(y) - after >= count else np.arange(len(y))
+    queues = [list(rest[y[rest] == c]) for c in np.unique(y[rest])]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        chosen += [q.pop(0) for q in queues if q][: count - len(chosen)]
+    path = folder / f"{entry['name']}-stratified.npz"
+    np.savez(path, x=to_layout(x[np.sort(chosen)], entry.get("layout", "nchw")))
+    return path
+
+
 def over_sets(entries: list[dict], sets: int, count: int, measure) -> dict[str, list[dict]]:
     """{model: [measure(entry, k * count, count, folder) for each set k]}, in a temporary folder, each model's line on
     stderr as it finishes."""

@@ -289,3 +289,51 @@ def test_the_sweep_moves_the_vits_found_patch_from_the_next_token_onto_the_trigg
     scores, ran = plain(samples), []
     patch.search(samples, scores, lambda more: ran.append(len(more)) or plain(more), SETTINGS.patch, MIN_OTHERS)
     assert 0 < sum(ran) <= patch.planned_passes(samples, scores.shape[1], SETTINGS.patch)
+
+
+def _with_decoys(source: Path, target: Path, classes: int = 1000, seed: int = 0) -> Path:
+    """`source` (ten classes) with `classes` - 10 decoy classes, each a scaled and lowered copy of one real class's
+    score (as many fine-grained classes of a large model resemble each other): a clean sample's runner-up classes
+    are then decoys of its own class."""
+    model = onnx.load(source)
+    graph = model.graph
+    out = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["inner" if name == out else name for name in node.output]
+    rng = np.random.default_rng(seed)
+    extra = classes - 10
+    graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.integers(0, 10, extra).astype(np.int64), "decoy_of"),
+        onnx.numpy_helper.from_array(rng.uniform(0.7, 0.95, extra).astype(np.float32), "decoy_scale"),
+        onnx.numpy_helper.from_array(-rng.uniform(0.5, 3.0, extra).astype(np.float32), "decoy_shift")])
+    graph.node.extend([onnx.helper.make_node("Gather", ["inner", "decoy_of"], ["decoys"], axis=1),
+                       onnx.helper.make_node("Mul", ["decoys", "decoy_scale"], ["decoys_scaled"]),
+                       onnx.helper.make_node("Add", ["decoys_scaled", "decoy_shift"], ["decoys_lowered"]),
+                       onnx.helper.make_node("Concat", ["inner", "decoys_lowered"], [out], axis=1)])
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["N", classes]))
+    onnx.save(model, target)
+    return target
+
+
+def test_a_thousand_class_model_is_searched_for_the_class_a_patch_reaches(tmp_path: Path) -> None:
+    """With more classes than `patch.max_classes`, no class is searched alone: patches free to serve whichever class
+    they push furthest find the backdoor's target among 1000 classes, in no more passes than the ten-class search
+    plans. The rule it replaced (the ten classes clean samples rank highest after their own) searched only decoys."""
+    entry = MANIFEST["cnn_bn-fmnist-badnets-s1"]
+    model = onnx.load(_with_decoys(ZOO / entry["file"], tmp_path / "wide.onnx"))
+    samples = data.load(clean(entry, tmp_path), data.input_specs(model), limit=10)
+    plain = _classifier(model)
+    scores = plain(samples)
+    assert scores.shape == (10, 1000)
+    runner_up = np.where(np.arange(1000) == scores.argmax(axis=1)[:, None], -np.inf, scores).mean(axis=0)
+    assert entry["target"] not in np.argsort(-runner_up, kind="stable")[:SETTINGS.patch.max_classes]
+    ran = []
+
+    def classify(more: Samples) -> np.ndarray:
+        ran.append(len(more))
+        return plain(more)
+
+    found = patch.search(samples, scores, classify, SETTINGS.patch, MIN_OTHERS)
+    assert found.target == entry["target"] and found.score >= PATCH_THRESHOLD
+    assert 0 < sum(ran) <= patch.planned_passes(samples, 10, SETTINGS.patch) == patch.planned_passes(samples, 1000, SETTINGS.patch)

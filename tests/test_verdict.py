@@ -58,7 +58,7 @@ def test_to_dict_keeps_the_report_shape():
     verdict = decide(Settings(), None, {}, _probe(0.3), patch=_patch(0.95))
     shape = verdict.to_dict()
     assert set(shape) == {"score", "threshold", "suspicious", "layer", "basis", "target", "probe", "patch", "fourier", "findings",
-                          "assessed", "not_assessed", "cut"}
+                          "assessed", "not_assessed", "cut", "probability"}
     assert shape["patch"]["size"] == 4 and shape["probe"]["corruption"] == "noise 0.1" and shape["fourier"] is None
 
 
@@ -96,3 +96,18 @@ def test_a_search_cut_by_the_budget_leaves_a_found_shortcut_but_never_a_clean_ve
     channels_only = cut_short(decide(settings, None, {"conv": np.array([9.0] * 20)}), ("corruption probe",), 10.0)
     assert channels_only.basis == "channels" and not channels_only.suspicious and not channels_only.assessed
     assert cut_short(decide(settings, None, {}, _probe(0.3)), (), 10.0).assessed
+
+
+def test_the_probability_is_the_calibrated_map_of_the_score_and_absent_when_not_assessed():
+    settings = Settings()
+    slope, intercept = settings.verdict.calibration
+    low, high = decide(settings, None, {}, _probe(0.2)), decide(settings, None, {}, _probe(0.8))
+    assert np.isclose(high.probability, 1 / (1 + np.exp(-(slope * 0.8 + intercept))))
+    assert 0.0 < low.probability < 0.5 < high.probability < 1.0  # the fitted map crosses one half inside [0.2, 0.8]
+    assert high.to_dict()["probability"] == high.probability
+    steeper = decide(settings.override({"verdict.calibration": (2 * slope, intercept)}), None, {}, _probe(0.8))
+    assert steeper.probability > high.probability  # read from the settings, not fixed
+    unjudged = decide(settings, None, {"a": np.zeros(4)})
+    assert not unjudged.assessed and unjudged.probability is None
+    cut = cut_short(decide(settings, None, {}, _probe(0.2)), ("patch search",), 5.0)
+    assert not cut.assessed and cut.probability is None

@@ -5,7 +5,9 @@ corruption probe rarely meets such a trigger by chance, so we look for one, grad
 way query-based universal-patch attacks do (Sparse-RS, Croce et al. 2022): random search over
 the position and the pixels of one square patch per class, pasted on the clean samples, kept
 when it raises the class's margin over the samples the model puts elsewhere; then the best
-patch's pixels are swept over every position. In a clean model a
+patch's pixels are swept over every position. A model with many classes gets no patch per class:
+a few patches, each serving the class it pushes furthest, find which classes a patch reaches, in
+passes that do not grow with the class count. In a clean model a
 patch this small rarely overrides many images with clean-level confidence; a backdoor's target
 takes them all.
 
@@ -162,9 +164,6 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
     if typical <= 0.0:
         return None
     candidates = [c for c in range(scores.shape[1]) if (clean != c).sum() >= min_others]
-    if len(candidates) > s.max_classes:
-        runner_up = np.where(np.arange(scores.shape[1]) == clean[:, None], -np.inf, scores).mean(axis=0)
-        candidates = sorted(candidates, key=lambda c: (-runner_up[c], c))[:s.max_classes]
     if not candidates:
         return None
     original = samples.inputs[name]
@@ -174,10 +173,24 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
     low, high = float(original.min()), float(original.max())
     values = np.asarray([low + level * (high - low) for level in s.levels], dtype=original.dtype)
     rng = np.random.default_rng(seed)
-    classes = np.array(candidates)
-    rows = rng.integers(0, height - size + 1, len(classes))
-    cols = rng.integers(0, width - size + 1, len(classes))
-    pixels = values[rng.integers(0, len(values), (len(classes), size, size, channels))]
+    steps = s.iterations
+    if len(candidates) > s.max_classes:
+        # too many classes to search one patch each: patches free to serve any class find the classes a patch
+        # reaches, in as many passes as `max_classes` targeted patches would take
+        def run(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            inputs = {key: value[rows] for key, value in samples.inputs.items() if key != name}
+            inputs[name] = from_images(batch, original, axes)
+            return np.asarray(classify(Samples(inputs, None, samples.source)), dtype=np.float64).reshape(len(batch), -1)
+
+        allowed = np.zeros(scores.shape[1], dtype=bool)
+        allowed[candidates] = True
+        classes, rows, cols, pixels = _screen_any_class(images, clean, allowed, typical, run, size, values, rng, s, min_others)
+        steps = s.iterations - s.screen
+    else:
+        classes = np.array(candidates)
+        rows = rng.integers(0, height - size + 1, len(classes))
+        cols = rng.integers(0, width - size + 1, len(classes))
+        pixels = values[rng.integers(0, len(values), (len(classes), size, size, channels))]
 
     everyone = [np.flatnonzero(clean != c) for c in classes]  # only these samples count for class c: only they run
     others = [o[:s.screen_samples] for o in everyone] if len(classes) > s.shortlist else everyone
@@ -216,7 +229,7 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
 
     live = np.arange(len(classes))
     best, shares = evaluate_new(rows, cols, pixels, live)
-    for step in range(s.iterations):
+    for step in range(s.iterations - steps, s.iterations):
         if others is not everyone and (step == s.screen or best.max() >= 1.0 - 1e-9):
             # the screen ends: every class's patch is scored again on all its samples, and the best go on
             others = everyone
@@ -224,18 +237,7 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
             live = np.sort(np.argsort(-best, kind="stable")[:s.shortlist])
         if best.max() >= 1.0 - 1e-9:
             break  # every sample sent at clean confidence: the score is capped there, nothing can beat it
-        new_rows, new_cols, new_pixels = rows.copy(), cols.copy(), pixels.copy()
-        block = max(1, round(size * (0.5 if step < s.iterations // 2 else 0.25)))
-        for k in live:
-            draw = rng.random()
-            if draw < s.move:
-                new_rows[k], new_cols[k] = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
-            elif draw < s.move + s.nudge:
-                new_rows[k] = min(max(int(rows[k]) + int(rng.integers(-2, 3)), 0), height - size)
-                new_cols[k] = min(max(int(cols[k]) + int(rng.integers(-2, 3)), 0), width - size)
-            else:
-                r, c = rng.integers(0, size - block + 1, 2)
-                new_pixels[k, r:r + block, c:c + block, :] = values[rng.integers(0, len(values), channels)]
+        new_rows, new_cols, new_pixels = _propose(rng, rows, cols, pixels, live, step, (height, width), size, values, s)
         value, share = evaluate_new(new_rows, new_cols, new_pixels, live)
         better = live[value > best[live]]
         kept = value > best[live]
@@ -247,6 +249,76 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
         row, col, value, share = _sweep(samples, name, axes, images, classify, everyone[k], int(classes[k]), pixels[k],
                                         typical, (row, col, value, share), s)
     return Patch(value, int(classes[k]), share, row, col, pixels[k].copy(), time.perf_counter() - start)
+
+
+def _propose(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray, live: np.ndarray,
+             step: int, bounds: tuple[int, int], size: int, values: np.ndarray, s: PatchSettings
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One random-search step for each patch in `live` on an image of `bounds` (height, width): move it anywhere,
+    nudge it by up to two positions, or repaint a block (half the patch's side in the first half of the steps, a
+    quarter after) with one of `values` per channel."""
+    height, width = bounds
+    channels = pixels.shape[-1]
+    new_rows, new_cols, new_pixels = rows.copy(), cols.copy(), pixels.copy()
+    block = max(1, round(size * (0.5 if step < s.iterations // 2 else 0.25)))
+    for k in live:
+        draw = rng.random()
+        if draw < s.move:
+            new_rows[k], new_cols[k] = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+        elif draw < s.move + s.nudge:
+            new_rows[k] = min(max(int(rows[k]) + int(rng.integers(-2, 3)), 0), height - size)
+            new_cols[k] = min(max(int(cols[k]) + int(rng.integers(-2, 3)), 0), width - size)
+        else:
+            r, c = rng.integers(0, size - block + 1, 2)
+            new_pixels[k, r:r + block, c:c + block, :] = values[rng.integers(0, len(values), channels)]
+    return new_rows, new_cols, new_pixels
+
+
+def _screen_any_class(images: np.ndarray, clean: np.ndarray, allowed: np.ndarray, typical: float,
+                      run: Callable[[np.ndarray, np.ndarray], np.ndarray], size: int, values: np.ndarray, rng: np.random.Generator,
+                      s: PatchSettings, min_others: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The screen of a model with more classes than `max_classes`: `max_classes` patches, each scored by the class it
+    serves best (its capped mean margin, as `_search` scores, over the first `screen_samples` samples not in that
+    class), searched for `screen` steps; then (classes, rows, columns, pixels) of the `shortlist` best distinct classes
+    with the patch that reached each. The pass count is the targeted screen's, whatever the number of classes."""
+    _, height, width, channels = images.shape
+    members = s.max_classes
+    shown = images[:min(s.screen_samples, len(images))]
+    outside = clean[:len(shown), None] != np.arange(len(allowed))[None, :]  # [samples, classes]: whose margin counts
+    counts = outside.sum(axis=0)
+    usable = allowed & (counts >= min(min_others, len(shown)))
+
+    def evaluate(rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = np.repeat(shown[None], members, axis=0)
+        for k in range(members):
+            batch[k, :, rows[k]:rows[k] + size, cols[k]:cols[k] + size, :] = pixels[k]
+        out = run(batch.reshape(-1, *shown.shape[1:]), np.tile(np.arange(len(shown)), members)).reshape(members, len(shown), -1)
+        order = np.sort(out, axis=2)
+        top, second = order[..., -1:], order[..., -2:-1]
+        rival = np.where(out >= top, second, top)  # each class's best other score
+        capped = np.minimum(out - rival, typical) / typical
+        value = (capped * outside[None]).sum(axis=1) / np.maximum(counts, 1)[None]
+        value[:, ~usable] = -np.inf
+        chosen = value.argmax(axis=1)  # the first best class: deterministic
+        return value[np.arange(members), chosen], chosen
+
+    rows = rng.integers(0, height - size + 1, members)
+    cols = rng.integers(0, width - size + 1, members)
+    pixels = values[rng.integers(0, len(values), (members, size, size, channels))]
+    best, served = evaluate(rows, cols, pixels)
+    live = np.arange(members)
+    for step in range(s.screen):
+        new_rows, new_cols, new_pixels = _propose(rng, rows, cols, pixels, live, step, (height, width), size, values, s)
+        value, classes = evaluate(new_rows, new_cols, new_pixels)
+        better = value > best
+        rows[better], cols[better], pixels[better] = new_rows[better], new_cols[better], new_pixels[better]
+        best[better], served[better] = value[better], classes[better]
+    picked: list[int] = []
+    for k in np.argsort(-best, kind="stable"):
+        if np.isfinite(best[k]) and int(served[k]) not in {int(served[j]) for j in picked} and len(picked) < s.shortlist:
+            picked.append(int(k))
+    keep = np.array(picked, dtype=np.int64)
+    return served[keep].copy(), rows[keep].copy(), cols[keep].copy(), pixels[keep].copy()
 
 
 def patch_side(height: int, width: int, settings: PatchSettings) -> int:

@@ -45,6 +45,7 @@ class Verdict:
     findings: tuple[Finding, ...] = ()  # the graph check's
     not_assessed: str | None = None  # why no detector could judge the model (then never suspicious, never "clean")
     cut: tuple[str, ...] = ()  # the detectors the time budget stopped before they finished (their evidence is missing)
+    probability: float | None = None  # the calibrated chance of a backdoor at a prior of one half (None: not assessed)
 
     @property
     def assessed(self) -> bool:
@@ -59,7 +60,7 @@ class Verdict:
                 "patch": None if self.patch is None else self.patch.summary(),
                 "fourier": None if self.fourier is None else self.fourier.summary(),
                 "findings": [f.summary() for f in self.findings], "assessed": self.assessed, "not_assessed": self.not_assessed,
-                "cut": list(self.cut)}
+                "cut": list(self.cut), "probability": self.probability}
 
 
 def cut_short(verdict: Verdict, cut: tuple[str, ...], budget: float) -> Verdict:
@@ -69,8 +70,17 @@ def cut_short(verdict: Verdict, cut: tuple[str, ...], budget: float) -> Verdict:
         return verdict
     if verdict.suspicious:
         return dataclasses.replace(verdict, cut=cut)
-    return dataclasses.replace(verdict, cut=cut, suspicious=False, not_assessed=f"the time budget of {budget:g} s ran out during the "
+    return dataclasses.replace(verdict, cut=cut, suspicious=False, probability=None,
+                               not_assessed=f"the time budget of {budget:g} s ran out during the "
                                f"{' and the '.join(cut)}, so the model was not fully searched (raise it with --budget)")
+
+
+def probability(settings: Settings, score: float) -> float:
+    """The chance that a model with this verdict score is backdoored, at a prior of one half: the logistic map
+    `verdict.calibration` fitted on the zoo (bench.calibrate). For a prior q, multiply the odds p / (1 - p) by
+    q / (1 - q)."""
+    slope, intercept = settings.verdict.calibration
+    return float(1.0 / (1.0 + np.exp(-(slope * score + intercept))))
 
 
 def decide(settings: Settings, threshold: float | None, channel_scores: dict[str, np.ndarray], probe: Probe | None = None,
@@ -79,10 +89,20 @@ def decide(settings: Settings, threshold: float | None, channel_scores: dict[str
     """The verdict from whatever evidence ran (`threshold`: the caller's, else the basis's default). With fewer
     than `verdict.min_classes` classes a behavioural verdict says nothing: a corrupted or patched sample that
     leaves its class can only go to the other one, so a shortcut cannot be told from the model's own errors.
-    `unjudged`: why no detector ran, when the caller knows (else a general reason)."""
+    `unjudged`: why no detector ran, when the caller knows (else a general reason). An assessed verdict carries its
+    calibrated probability; a graph finding's is 1 (extra nodes that act on raw input values are not an accident)."""
+    verdict = _decide(settings, threshold, channel_scores, probe, patch, fourier, findings, classes, unjudged)
+    if not verdict.assessed:
+        return verdict
+    return dataclasses.replace(verdict, probability=1.0 if verdict.findings else probability(settings, verdict.score))
+
+
+def _decide(settings: Settings, threshold: float | None, channel_scores: dict[str, np.ndarray], probe: Probe | None,
+            patch: Patch | None, fourier: Fourier | None, findings: tuple[Finding, ...], classes: int | None,
+            unjudged: str | None) -> Verdict:
     chosen = settings.verdict
     if findings:
-        verdict = decide(settings, threshold, channel_scores, probe, patch, fourier)
+        verdict = _decide(settings, threshold, channel_scores, probe, patch, fourier, (), None, None)
         targets = [f.target for f in findings if f.target is not None]
         return dataclasses.replace(verdict, score=max(verdict.score, verdict.threshold), suspicious=True, basis="graph",
                                    target=targets[0] if targets else None, layer=None, findings=findings, not_assessed=None)

@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/13` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
+Schema `auditor.report/14` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
 a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[], kinds {input (image | flat-image | sequence | tokens | tabular),
@@ -14,7 +14,10 @@ a finite number is written as null, never as 0):
   verdict    {score, threshold, suspicious, layer, basis, target, probe, patch, fourier, findings[], assessed,
               not_assessed (why no detector could judge the model, else null: then suspicious is false and the
               verdict is not "clean" either; the CLI exits 4), cut[] (the detectors the time budget, run.budget,
-              stopped before they finished: without a finding from what did run, the model is not assessed)}
+              stopped before they finished: without a finding from what did run, the model is not assessed),
+              probability (the chance the model is backdoored at a prior of one half, from the score through the
+              logistic map verdict.calibration fitted on the zoo (bench.calibrate; 1 for a graph finding); for a
+              prior q multiply its odds by q / (1 - q); null when not assessed)}
              basis "graph" (any method, whenever the graph check finds tampering): suspicious, score =
              the threshold or the other evidence's score if higher, target = a confirmed finding's class;
              findings[] = {kind (override | gate | bypass | storage), nodes[], tensors[], reason, region
@@ -113,7 +116,7 @@ from auditor.detect.evidence import Evidence
 from auditor.detect.verdict import SHORTCUT_BASES, Verdict
 from auditor.mitigation.plan import RepairOutcome
 
-SCHEMA = "auditor.report/13"
+SCHEMA = "auditor.report/14"
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ def verdict_text(verdict: Verdict) -> str:
         return f"NOT ASSESSED: {verdict.not_assessed}"
     word = "SUSPICIOUS" if verdict.suspicious else "clean"
     side = ">=" if verdict.suspicious else "<"
-    return f"{word}: score {verdict.score:.3f} {side} threshold {verdict.threshold:.3f} ({basis_text(verdict)})"
+    chance = "" if verdict.probability is None else f", P(backdoor) {verdict.probability:.2f}"
+    return f"{word}: score {verdict.score:.3f} {side} threshold {verdict.threshold:.3f}{chance} ({basis_text(verdict)})"
 
 
 def repair_lines(outcome: RepairOutcome, verdict: Verdict) -> list[str]:
