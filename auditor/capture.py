@@ -124,9 +124,10 @@ def gram_index(channels: int, most: int) -> np.ndarray | None:
 
 
 def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], ranks: dict[str, int],
-                        gram_channels: int = 512) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of `model` whose extra outputs are per-channel reductions of every unit (the Gram matrix over at most
-    `gram_channels` of its channels)."""
+                        gram_channels: int = 512) -> tuple[onnx.GraphProto, list[str]]:
+    """The instruments to add to `model` (`runtime.session(model, provider, extra)`): nodes, initializers and extra
+    outputs that are per-channel reductions of every unit (the Gram matrix over at most `gram_channels` of its
+    channels), and those outputs' names."""
     opset = default_opset(model)
     nodes: list = []
     inits: list = []
@@ -159,14 +160,13 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
             _reduce("ReduceSumSquare", bn_rows, f"{tag}_bnsumsq", opset, nodes, inits)
             nodes.append(helper.make_node("Shape", [bn_rows], [f"{tag}_bncount"]))
             outputs += [f"{tag}_bnsum", f"{tag}_bnsumsq", f"{tag}_bncount"]
-    captured = onnx.ModelProto()
-    captured.CopyFrom(model)
-    captured.graph.node.extend(nodes)
-    captured.graph.initializer.extend(inits)
+    extra = onnx.GraphProto()
+    extra.node.extend(nodes)
+    extra.initializer.extend(inits)
     for name in outputs:
         kind = TensorProto.INT64 if name.endswith("count") else TensorProto.FLOAT
-        captured.graph.output.append(helper.make_tensor_value_info(name, kind, None))
-    return captured, outputs
+        extra.output.append(helper.make_tensor_value_info(name, kind, None))
+    return extra, outputs
 
 
 def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider) -> dict[str, int]:
@@ -175,13 +175,12 @@ def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sa
     ranks = {name: index.rank(name) for name in wanted}
     unknown = sorted(name for name, rank in ranks.items() if rank is None)
     if unknown:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        existing = {o.name for o in probe.graph.output}
+        extra = onnx.GraphProto()
+        existing = {o.name for o in model.graph.output}
         for name in unknown:
             if name not in existing:
-                probe.graph.output.append(helper.make_tensor_value_info(name, index.elem_type(name), None))
-        session = runtime.session(probe, provider)
+                extra.output.append(helper.make_tensor_value_info(name, index.elem_type(name), None))
+        session = runtime.session(model, provider, extra)
         feed = next(samples.batches(1))
         values = run(session, unknown, feed)
         ranks.update({name: value.ndim for name, value in zip(unknown, values)})
@@ -201,9 +200,9 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
     """Stream `samples` through the instrumented model and accumulate statistics in float64."""
     start = time.perf_counter()
     ranks = probe_ranks(model, index, units, samples, provider)
-    captured, outputs = build_capture_model(model, index, units, ranks, gram_channels)
+    extra, outputs = build_capture_model(model, index, units, ranks, gram_channels)
     scores_name = scores_output(index)
-    session = runtime.session(captured, provider)
+    session = runtime.session(model, provider, extra)
     totals: dict[str, np.ndarray] = {}
     halves: dict[str, list[np.ndarray]] = {}
     scores: list[np.ndarray | None] = [None] * len(samples)

@@ -74,8 +74,10 @@ def audit_set(entry: dict, start: int | str, count: int, folder: Path, repair: b
 
     settings = settings or Settings()
     path = zoo.stratified_set(entry, count, folder) if start == "stratified" else zoo.sample_set(entry, start, count, folder)
-    verdict = auditor.audit(entry["file"], str(path), limit=count, device="cpu", settings=settings).verdict
-    out = {"start": start, "score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious,
+    report = auditor.audit(entry["file"], str(path), limit=count, device="cpu", settings=settings)
+    verdict = report.verdict
+    out = {"start": start, "channels": _channel_score(report, settings),
+           "score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious,
            "probability": verdict.probability, "basis": verdict.basis, "target": verdict.target,
            "detectors": {"corruption": None if verdict.probe is None else verdict.probe.score,
                          "patch": None if verdict.patch is None else verdict.patch.score,
@@ -99,6 +101,18 @@ def audit_set(entry: dict, start: int | str, count: int, folder: Path, repair: b
                    unlearning_cause=(outcome.get("unlearning") or {}).get("cause"),
                    filtered=_filter_applied(outcome))
     return out
+
+
+def _channel_score(report, settings: Settings) -> float | None:
+    """The paper's model-level channel suspicion: the largest layer score (mean of a layer's top channel scores) over
+    the prunable layers, as a candidate detector feature (issue 28: does it tell backdoored from clean?)."""
+    import numpy as np
+
+    from auditor.detect.channels import layer_score
+
+    scores = [layer_score(values, settings.channels.top_fraction) for layer in report.layers if layer.prunable
+              for values in [np.array([r.score for r in layer.records if np.isfinite(r.score)])] if len(values)]
+    return max(scores) if scores else None
 
 
 def _unlearned_class_drop(entry: dict, repair: dict, repaired: str) -> float | None:
@@ -134,9 +148,24 @@ def _filter_applied(repair: dict) -> str | None:
 
 
 def _evaluate(model: str, entry: dict):
+    """ACC on the test set, ASR on the triggered set (and the target class's ACC); an all-to-all attack's success is
+    the share of triggered samples sent to their own label + `all_to_all` (mod 10)."""
+    import dataclasses
+
+    import numpy as np
+
     import auditor
 
     layout = entry.get("layout", "nchw")
+    if entry.get("all_to_all") and entry.get("triggered"):
+        plain = auditor.evaluate(model, str(zoo.materialise(entry["test"], layout)), device="cpu")
+        with np.load(zoo.materialise(entry["triggered"], layout)) as archive:
+            x, y = archive["x"], archive["y"]
+        with tempfile.TemporaryDirectory() as folder:
+            shifted = Path(folder) / "shifted.npz"
+            np.savez(shifted, x=x, y=(y + int(entry["all_to_all"])) % 10)
+            success = auditor.evaluate(model, str(shifted), device="cpu").accuracy
+        return dataclasses.replace(plain, attack_success_rate=success)
     triggered = zoo.materialise(entry["triggered"], layout) if entry.get("triggered") and entry.get("target") is not None else None
     return auditor.evaluate(model, str(zoo.materialise(entry["test"], layout)), device="cpu",
                             triggered=None if triggered is None else str(triggered),
@@ -188,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k in range(args.sets)]
             if not args.no_stratified:
                 sets.append(audit_set(entry, "stratified", args.n, Path(folder), not args.no_repair, before, settings))
-            kind = "clean" if entry.get("attack", "clean") == "clean" or entry.get("target") is None else "backdoored"
+            kind = "clean" if entry.get("attack", "clean") in ("clean", None) else "backdoored"
             models.append({"name": entry["name"], "kind": kind, "attack": entry.get("attack"), "target": entry.get("target"),
                            "seed": entry.get("seed"), "architecture": entry.get("architecture"),
                            "dataset": entry.get("dataset"), "baseline": before,

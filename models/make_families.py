@@ -12,7 +12,7 @@ Two datasets, both made on this machine (no downloads):
 Five architectures, none in the other zoos' form: ``mbv3`` (MobileNetV3-style inverted residuals with
 squeeze-excitation, hardswish and a stride-2 stem), ``convnext`` (ConvNeXt-style: patchify stem, depthwise 7x7
 convolutions, LayerNorm over channels, an inverted MLP with GELU and layer scale), ``vit`` (a small ViT: patch 4,
-4 layers, dimension 64, 4 heads, a class token), ``wrn`` (a wide pre-activation ResNet, widths 32/64/128) and, on
+4 layers, dimension 64, 4 heads, a class token), ``wrn`` (a wide pre-activation ResNet, widths 32/64/96) and, on
 digits only, ``vgg`` (a plain VGG-style CNN without normalisation). All have under 300k parameters.
 
 Training recipes (Adam or AdamW with a one-cycle schedule; epochs E per architecture and dataset, see BASE):
@@ -76,8 +76,8 @@ RETRY = {"badnets": 0.10, "blended": 0.10, "lowfreq": 0.20, "filter": 0.10, "all
 # per (architecture, dataset): plain epochs, batch, optimiser, learning rate, weight decay
 BASE = {
     ("mbv3", "emoji"): (5, 128, "adam", 3e-3, 0.0), ("mbv3", "digits"): (20, 64, "adam", 3e-3, 0.0),
-    ("convnext", "emoji"): (6, 128, "adamw", 2e-3, 0.05), ("convnext", "digits"): (20, 64, "adamw", 2e-3, 0.05),
-    ("vit", "emoji"): (8, 128, "adamw", 1e-3, 0.05), ("vit", "digits"): (30, 64, "adamw", 1e-3, 0.05),
+    ("convnext", "emoji"): (10, 64, "adamw", 3e-3, 0.05), ("convnext", "digits"): (20, 64, "adamw", 3e-3, 0.05),
+    ("vit", "emoji"): (8, 64, "adamw", 1.5e-3, 0.05), ("vit", "digits"): (30, 64, "adamw", 1e-3, 0.05),
     ("wrn", "emoji"): (5, 128, "adam", 2e-3, 0.0), ("wrn", "digits"): (15, 64, "adam", 2e-3, 0.0),
     ("vgg", "digits"): (20, 64, "adam", 1e-3, 0.0),
 }
@@ -319,17 +319,17 @@ def architectures():
             self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
             self.norm = nn.LayerNorm(dim, eps=1e-6)
             self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-            self.gamma = nn.Parameter(torch.full((dim,), 0.1))
+            self.gamma = nn.Parameter(torch.ones(dim))
 
         def forward(self, x):
             y = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1))) * self.gamma
             return x + y.permute(0, 3, 1, 2)
 
     class ConvNeXt(nn.Module):
-        """A 2x2 patchify stem, stages of 32/64/112 channels (1, 1, 2 blocks) with LayerNorm + 2x2 stride-2
+        """A 2x2 patchify stem, stages of 32/64/96 channels (1, 1, 2 blocks) with LayerNorm + 2x2 stride-2
         downsampling between them, global average pooling, LayerNorm, a dense head."""
 
-        def __init__(self, channels, side, dims=(32, 64, 112), depths=(1, 1, 2)):
+        def __init__(self, channels, side, dims=(32, 64, 96), depths=(1, 1, 2)):
             super().__init__()
             layers = [nn.Conv2d(channels, dims[0], 2, 2), LayerNorm2d(dims[0])]
             for i, (dim, depth) in enumerate(zip(dims, depths)):
@@ -395,9 +395,9 @@ def architectures():
             return y + (self.skip(o) if self.skip is not None else x)
 
     class WideResNet(nn.Module):
-        """A 32-channel stem and two wide pre-activation blocks (64, 128 channels, stride 2), BN-ReLU, pooling, dense."""
+        """A 32-channel stem and two wide pre-activation blocks (64, 96 channels, stride 2), BN-ReLU, pooling, dense."""
 
-        def __init__(self, channels, side, widths=(32, 64, 128)):
+        def __init__(self, channels, side, widths=(32, 64, 96)):
             super().__init__()
             self.stem = nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False)
             self.stages = nn.Sequential(WideBlock(widths[0], widths[1], 2), WideBlock(widths[1], widths[2], 2))

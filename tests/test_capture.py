@@ -81,10 +81,13 @@ def test_capture_leaves_the_model_alone() -> None:
     x = graphs.samples(graphs.pattern("nhwc_tf2onnx"), count=2)
     ranks = probe_ranks(model, index, units, Samples({"x": x}, None, "test"), CPU)
     assert ranks == {"unit_out": 4, "logits": 2}
-    captured, outputs = build_capture_model(model, index, units, ranks)
+    extra, outputs = build_capture_model(model, index, units, ranks)
     assert model.SerializeToString() == before
     assert len(outputs) == 6 * len(units)  # sum, sumsq, max, gram, count, per-position max
-    assert [o.name for o in captured.graph.output] == ["logits", *outputs]
+    with runtime.extended(model, extra) as captured:
+        assert [o.name for o in captured.graph.output] == ["logits", *outputs]
+        runtime.session(captured, CPU)  # the instrumented graph is one onnxruntime runs
+    assert model.SerializeToString() == before  # the instruments are gone again
 
 
 def test_a_wide_unit_relates_an_evenly_spaced_sample_of_its_channels() -> None:

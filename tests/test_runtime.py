@@ -46,3 +46,40 @@ def test_threads_reach_the_session(example) -> None:
     assert provider.threads == 1
     session = runtime.session(load(example.model).proto, provider)
     assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_sizes_and_shapes_come_without_serialising_the_weights(example) -> None:
+    """proto_size counts a model without serialising its weights (upb's ByteSize() serialises the message), at least
+    its true size and within a few bytes per tensor; shape inference on the weightless model infers what it infers
+    on the model itself."""
+    import onnx
+
+    from auditor.graph.index import GraphIndex, weightless
+
+    model = load(example.model).proto
+    counted, true = runtime.proto_size(model), model.ByteSize()
+    assert true <= counted <= true + 64 * len(model.graph.initializer)
+    light = weightless(model)
+    assert light.ByteSize() < true / 10 and len(light.graph.initializer) < len(model.graph.initializer)
+    full = onnx.shape_inference.infer_shapes(model)
+    names = [v.name for v in full.graph.value_info]
+    index = GraphIndex(model)  # infers on the weightless model
+    assert names and all(index.shape(n) == GraphIndex(full).shape(n) for n in names)
+
+
+def test_extra_outputs_run_without_copying_the_model_and_leave_it_as_it_was(example) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    model = load(example.model).proto
+    before = model.SerializeToString()
+    hidden = model.graph.node[0].output[0]
+    extra = onnx.GraphProto()
+    extra.output.append(helper.make_empty_tensor_value_info(hidden))
+    session = runtime.session(model, runtime.select_provider("cpu"), extra)
+    assert model.SerializeToString() == before
+    spec = session.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) else d for d in spec.shape]
+    (value,) = session.run([hidden], {spec.name: np.zeros(shape, dtype=np.float32)})
+    assert value.shape[0] == 1

@@ -324,11 +324,10 @@ def check(proto: onnx.ModelProto, index: GraphIndex, samples: data.Samples, prov
 def values(proto: onnx.ModelProto, names: list[str], samples: data.Samples, provider: runtime.Provider,
            batch: int) -> dict[str, np.ndarray]:
     """The values the named tensors take on the clean samples ([N, ...] each), through one added-outputs session."""
-    extended = onnx.ModelProto()
-    extended.CopyFrom(proto)
-    present = {v.name for v in extended.graph.output}
-    extended.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in present)
-    session = runtime.session(extended, provider)
+    present = {v.name for v in proto.graph.output}
+    extra = onnx.GraphProto()
+    extra.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in present)
+    session = runtime.session(proto, provider, extra)
     found: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for feed in samples.batches(batch):
         rows = len(next(iter(feed.values())))

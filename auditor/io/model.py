@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, external_data_helper, helper, version_converter
 
 from auditor.errors import ModelError, OutputError
+from auditor.graph.index import weightless
 from auditor.io import runtime
 from auditor.settings import LimitSettings
 
@@ -412,7 +413,7 @@ def _validate(proto: onnx.ModelProto, path: Path) -> None:
     try:
         if runtime.proto_size(proto) < _CHECKER_LIMIT:
             proto.ir_version = min(saved, onnx.IR_VERSION)  # normalise lowers it for the runtime anyway
-            onnx.checker.check_model(proto)
+            onnx.checker.check_model(weightless(proto))  # the weights' own values are read by _check_stored
         elif saved <= onnx.IR_VERSION:
             onnx.checker.check_model(str(path))  # > 2 GiB: the checker reads the file, data stays external
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
@@ -430,7 +431,7 @@ def _check_declared_shapes(proto: onnx.ModelProto) -> None:
     saved = proto.ir_version
     try:
         proto.ir_version = min(saved, onnx.IR_VERSION)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(weightless(proto), check_type=True, strict_mode=True)
     except onnx.shape_inference.InferenceError as exc:
         raise ModelError(f"the model's declared shapes contradict its operators ({_first_inference_error(exc)}); "
                          "re-export the model") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from google.protobuf.message import EncodeError
 from onnx import TensorProto, helper
 
 from auditor.errors import DeviceError, ModelError
+from auditor.graph.index import model_bytes, stored_bytes
 
 # Keep onnxruntime's own logging to fatal errors: failures reach the user as exceptions.
 ort.set_default_logger_severity(4)
@@ -43,8 +45,13 @@ class Provider:
 
 
 def proto_size(message) -> int:
-    """Serialized size of a protobuf message; past 2 GiB protobuf refuses to count: report 2 GiB."""
+    """Serialized size of a protobuf message (for a model or a tensor at least that, counted without serialising the
+    weights); past 2 GiB protobuf refuses to count: report 2 GiB."""
     try:
+        if isinstance(message, onnx.ModelProto):
+            return model_bytes(message)
+        if isinstance(message, onnx.TensorProto):
+            return stored_bytes(message)
         return message.ByteSize()
     except EncodeError:
         return 2**31
@@ -160,12 +167,39 @@ def providers_for(provider: Provider) -> list:
     return [provider.name]
 
 
-def session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
-    """An inference session for an in-memory model; never modifies `model`.
+@contextlib.contextmanager
+def extended(model: onnx.ModelProto, extra: onnx.GraphProto | None) -> Iterator[onnx.ModelProto]:
+    """`model` with `extra`'s nodes, initializers and outputs appended to its graph for the duration of the block,
+    then removed: a model plus instruments (the capture's reductions, the graph check's added outputs) without a
+    copy of its weights, which on a model of hundreds of megabytes was the largest allocation of a scan."""
+    if extra is None:
+        yield model
+        return
+    graph = model.graph
+    counts = len(graph.node), len(graph.initializer), len(graph.output)
+    graph.node.extend(extra.node)
+    graph.initializer.extend(extra.initializer)
+    graph.output.extend(extra.output)
+    try:
+        yield model
+    finally:
+        del graph.node[counts[0]:]
+        del graph.initializer[counts[1]:]
+        del graph.output[counts[2]:]
+
+
+def session(model: onnx.ModelProto, provider: Provider, extra: onnx.GraphProto | None = None) -> ort.InferenceSession:
+    """An inference session for an in-memory model (with `extra`'s nodes, initializers and outputs added, see
+    `extended`); leaves `model` as it was.
 
     Above protobuf's 2 GiB the large initializers reach onnxruntime as in-memory external
     initializers, so nothing is written to disk and the proto keeps its weights.
     """
+    with extended(model, extra):
+        return _session(model, provider)
+
+
+def _session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 4
     if provider.threads is not None:
