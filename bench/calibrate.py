@@ -3,16 +3,16 @@
     .venv/bin/python -m bench.calibrate
 
 Reads the verdicts bench.verdict recorded (bench/results/verdict_sets.json and, when there,
-verdict_sets-zoo_rgb.json: every (model, draw) pair's verdict score) and fits the map from the verdict
+verdict_sets-zoo_rgb.json and verdict_sets-zoo_families.json: every (model, draw) pair's verdict score) and fits the map from the verdict
 score to the chance the model is backdoored, p = 1 / (1 + exp(-(slope * score + intercept))), by
 class-balanced logistic regression (a prior of one half, as NIST TrojAI's test rounds hold; for a
 prior q the odds scale by q / (1 - q)). Then, holding out one architecture, one dataset and one
-attack at a time (and the RGB zoo as a whole), it refits on the rest and scores the held-out pairs:
+attack at a time (and each zoo built after the constants were chosen, as a whole), it refits on the rest and scores the held-out pairs:
 ROC AUC, cross-entropy, and the true- and false-positive rates at the shipped threshold and at the
 threshold the fold's own data puts at a false-positive rate of at most 5%. Writes
 bench/results/calibration.json; `bench.report` shows it in BENCHMARKS.md. The shipped calibration
-(`verdict.calibration` in auditor/settings.py) is the fit on the grey-scale zoo alone, so the RGB
-zoo stays a family it never saw.
+(`verdict.calibration` in auditor/settings.py) is the fit on the grey-scale zoo alone, so the later
+zoos stay families it never saw.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from auditor.settings import Settings
 from bench import zoo
 
-SOURCES = {"zoo": "verdict_sets.json", "zoo_rgb": "verdict_sets-zoo_rgb.json"}
+SOURCES = {"zoo": "verdict_sets.json", "zoo_rgb": "verdict_sets-zoo_rgb.json", "zoo_families": "verdict_sets-zoo_families.json"}
 MAX_FPR = 0.05  # the false-positive rate the verdict threshold is chosen for
 
 
@@ -156,18 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings().verdict
     shipped = settings.probe_threshold
     grey = [r for r in rows if r["source"] == "zoo"]
-    rgb = [r for r in rows if r["source"] == "zoo_rgb"]
+    unseen = [r for r in rows if r["source"] != "zoo"]
     slope, intercept = fit(np.array([r["score"] for r in grey]), np.array([r["backdoored"] for r in grey]))
     result = {"command": ".venv/bin/python -m bench.calibrate", "shipped": {"slope": settings.calibration[0],
               "intercept": settings.calibration[1], "threshold": shipped},
               "fit_on_zoo": {"slope": slope, "intercept": intercept,
                              "threshold_for_fpr": fpr_threshold(np.array([r["score"] for r in grey if not r["backdoored"]]))},
               "views": {}}
-    if rgb:
-        judged = judge(grey, rgb, shipped)
-        result["views"]["rgb zoo (fit on the grey zoo)"] = {"folds": {"emoji": {**{k: judged[k] for k in ("slope", "intercept", "threshold")},
-                                                                                **summary(judged["held_out"])}},
-                                                           "pooled": summary(judged["held_out"])}
+    if unseen:  # the zoos built after the constants were chosen, each judged by the fit on the grey zoo
+        folds = {}
+        for source in sorted({r["source"] for r in unseen}):
+            judged = judge(grey, [r for r in unseen if r["source"] == source], shipped)
+            folds[source] = {**{k: judged[k] for k in ("slope", "intercept", "threshold")}, **summary(judged["held_out"]),
+                             "held_out": judged["held_out"]}
+        pooled = [r for fold in folds.values() for r in fold.pop("held_out")]
+        result["views"]["zoos never tuned on (fit on the grey zoo)"] = {"folds": folds, "pooled": summary(pooled)}
     for key in ("architecture", "dataset", "attack"):
         result["views"][f"leave one {key} out"] = leave_one_out(rows, key, shipped)
     zoo.save_json(zoo.RESULTS / "calibration.json", result)

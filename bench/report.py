@@ -623,31 +623,52 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     return lines
 
 
-def held_out_family_section() -> list[str]:
-    """The verdict and repair on a zoo the method was never tuned on (bench.verdict --zoo models/zoo_rgb)."""
-    data = _experiment("verdict_sets-zoo_rgb.json")
+# The zoos built after the method's constants were chosen: (results file, title, how it was made).
+HELD_OUT_ZOOS = (
+    ("verdict_sets-zoo_rgb.json", "A family never tuned on: RGB emoji (models/zoo_rgb)",
+     "32x32 colour images rendered from Debian's Noto Color Emoji font (models/make_emoji.py says how), a VGG-style CNN "
+     "without normalisation and a small ResNet with it, clean and backdoored. Every constant of the method was chosen on "
+     "the grey-scale zoo before these models existed."),
+    ("verdict_sets-zoo_families.json", "Families never tuned on: new architectures, attacks and recipes (models/zoo_families)",
+     "Emoji at 32x32 and scikit-learn's 8x8 digits at 24x24 (models/make_families.py says how), architectures and attacks "
+     "none of the method's constants saw: MobileNetV3-style with squeeze-excitation, ConvNeXt-style with LayerNorm, a "
+     "32x32 ViT, a wide ResNet, a VGG-style CNN on digits; low-frequency, colour-filter, all-to-all and clean-label "
+     "attacks beside BadNets and blended; clean models trained with augmentation, label smoothing, short and long "
+     "schedules. Built and measured after every constant was fixed."),
+)
+
+
+def held_out_family_section(name: str, title: str, made: str) -> list[str]:
+    """The verdict and repair on a zoo the method was never tuned on (bench.verdict --zoo FOLDER)."""
+    data = _experiment(name)
     if data is None:
         return []
     models = data["models"]
     got = _pooled(models, data["sets"])
     aucs = got["aucs"]
-    lines = ["", "## A family never tuned on: RGB emoji (models/zoo_rgb)", "",
-             f"`{data['command']}`: 32x32 colour images rendered from Debian's Noto Color Emoji font (models/make_emoji.py "
-             "says how), a VGG-style CNN without normalisation and a small ResNet with it, clean and backdoored. Every "
-             "constant of the method was chosen on the grey-scale zoo before these models existed. Five disjoint draws "
-             f"of {data['n']} clean samples per model.", "",
+    draws = min((len(m["sets"]) for m in models), default=0)
+    lines = ["", f"## {title}", "", f"`{data['command']}`: {made} {draws} draws of {data['n']} clean samples per model "
+             f"({data['sets']} disjoint{', and one with a sample of each class' if draws > data['sets'] else ''}).", "",
              f"Verdict: TPR {pct(got['tpr'])}, FPR {pct(got['fpr'])} at the shipped threshold, pooled over the draws; "
              f"ROC AUC per draw {statistics.mean(aucs):.3f} [{min(aucs):.2f}-{max(aucs):.2f}]." if aucs else "", ""]
+    cut = got["halved"]
+    if cut:
+        drops = [s["acc_drop_points"] for m in models if m["kind"] == "backdoored" for s in m["sets"]
+                 if s.get("acc_drop_points") is not None]
+        after = [s["asr"] for m in models if m["kind"] == "backdoored" for s in m["sets"] if s.get("asr") is not None]
+        lines += [f"Repair: ASR halved on {sum(cut)}/{len(cut)} backdoored (model, draw) pairs ({pct(sum(cut) / len(cut))}); "
+                  f"mean ASR after {pct(statistics.mean(after))}; median ACC drop {fmt(median(drops))} points.", ""]
     rows = []
     for m in models:
         sets = m["sets"]
         base = m.get("baseline") or {}
         cut = [halved(m, s) for s in sets if s.get("asr") is not None] if m["kind"] == "backdoored" else []
         drops = [s["acc_drop_points"] for s in sets if s.get("acc_drop_points") is not None]
+        right = ("–" if m["kind"] != "backdoored" or m.get("target") is None
+                 else f"{sum(s['suspicious'] and s['target'] == m['target'] for s in sets)}")
         rows.append([m["name"], m["attack"] or "clean", fmt(base.get("accuracy")), fmt(base.get("asr")),
                      " ".join(f"{s['score']:.2f}" for s in sets), f"{sum(s['suspicious'] for s in sets)}/{len(sets)}",
-                     f"{sum(s['suspicious'] and s['target'] == m['target'] for s in sets)}" if m["kind"] == "backdoored" else "–",
-                     f"{sum(cut)}/{len(cut)}" if cut else "–", fmt(median(drops)) if drops else "–"])
+                     right, f"{sum(cut)}/{len(cut)}" if cut else "–", fmt(median(drops)) if drops else "–"])
     lines += table(["model", "attack", "ACC", "ASR", "verdict score per draw", "flagged", "right target", "ASR halved",
                     "median ACC drop (pts)"], rows)
     return lines
@@ -1301,7 +1322,8 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += by_attack_section(results, seed_of, ns, methods)
     lines += verdict_sets_section(seed_of)
     lines += calibration_section()
-    lines += held_out_family_section()
+    for name, title, made in HELD_OUT_ZOOS:
+        lines += held_out_family_section(name, title, made)
     lines += variants_section(seed_of)
     lines += anp_budget_section(results, seed_of)
     lines += memory_section()

@@ -185,6 +185,8 @@ def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samp
         allowed = np.zeros(scores.shape[1], dtype=bool)
         allowed[candidates] = True
         classes, rows, cols, pixels = _screen_any_class(images, clean, allowed, typical, run, size, values, rng, s, min_others)
+        if not len(classes):
+            return None  # no class had enough screened samples outside it to be scored
         steps = s.iterations - s.screen
     else:
         classes = np.array(candidates)
