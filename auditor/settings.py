@@ -50,8 +50,8 @@ class VerdictSettings:
     # not take them for a shortcut's target (the patch search and the Fourier probe still do); declared by the user
     background_classes: tuple[int, ...] = ()
     # (slope, intercept): the verdict score's chance of a backdoor, 1 / (1 + exp(-(slope * score + intercept))), at a
-    # prior of one half; the class-balanced logistic fit on the grey-scale zoo's 39 models x 5 draws (bench.calibrate)
-    calibration: tuple[float, float] = (7.574, -3.479)
+    # prior of one half; the class-balanced logistic fit on the grey-scale zoo's 39 models x 6 draws (bench.calibrate)
+    calibration: tuple[float, float] = (7.709, -3.511)
 
     @property
     def patch_reach(self) -> float:

@@ -567,10 +567,15 @@ def verdict_sets_section(seed_of: dict[str, str]) -> list[str]:
     if data is None:
         return []
     models = [m for m in data["models"] if m["name"] in seed_of]
-    lines = ["", f"## Verdict and repair over {data['sets']} disjoint sets of {data['n']} clean samples", "",
+    draws = min((len(m["sets"]) for m in models), default=0)
+    stratified = draws > data["sets"]
+    lines = ["", f"## Verdict and repair over {data['sets']} disjoint sets of {data['n']} clean samples"
+             + (" and one with a sample of each class" if stratified else ""), "",
              f"`{data['command']}` audits every model on clean-pool samples [k*{data['n']}, (k+1)*{data['n']}) for "
-             f"k < {data['sets']}; the grid above uses the first set only. AUC: one per set, mean [min-max] over the sets. "
-             "TPR / FPR at the shipped threshold, pooled over the sets. Target right: flagged backdoored (model, set) "
+             f"k < {data['sets']}" + (" and on the first pool sample of each class after position 50 (the stratified draw)"
+                                      if stratified else "")
+             + "; the grid above uses the first set only. AUC: one per set, mean [min-max] over the sets. TPR / FPR "
+             "at the shipped threshold, pooled over the sets. Target right: flagged backdoored (model, set) "
              "pairs whose suspected class is the attack's target.", ""]
     halves = {label: [m for m in models if label == "all" or seed_of[m["name"]] == label]
               for label in ("held-back", "tuning", "all")}
@@ -1322,8 +1327,8 @@ def render(summary, results, seed_of, arch_of, ns, methods, default, tuned_metho
     lines += by_attack_section(results, seed_of, ns, methods)
     lines += verdict_sets_section(seed_of)
     lines += calibration_section()
-    for name, title, made in HELD_OUT_ZOOS:
-        lines += held_out_family_section(name, title, made)
+    for results_file, title, how in HELD_OUT_ZOOS:
+        lines += held_out_family_section(results_file, title, how)
     lines += variants_section(seed_of)
     lines += anp_budget_section(results, seed_of)
     lines += memory_section()
