@@ -45,7 +45,8 @@ def pairs() -> list[dict]:
             for draw in model["sets"]:
                 rows.append({"source": source, "model": model["name"], "architecture": model["architecture"],
                              "dataset": dataset, "attack": model["attack"], "backdoored": model["kind"] == "backdoored",
-                             "draw": draw["start"], "score": float(draw["score"])})
+                             "draw": draw["start"], "score": float(draw["score"]),
+                             "channels": None if draw.get("channels") is None else float(draw["channels"])})
     return rows
 
 
@@ -145,6 +146,23 @@ def leave_one_out(rows: list[dict], key: str, shipped: float) -> dict:
             "pooled": summary(pooled)}
 
 
+def channel_detector(rows: list[dict]) -> dict:
+    """The paper's channel suspicion as a detector (issue 28): per zoo that recorded it, the ROC AUC of the model's
+    top layer score (bench.verdict's `channels`: the largest mean of a layer's top channel scores) between
+    backdoored and clean pairs, beside the verdict score's on the same pairs."""
+    out = {}
+    for source in sorted({r["source"] for r in rows}):
+        chosen = [r for r in rows if r["source"] == source and r["channels"] is not None]
+        if not chosen:
+            continue
+        kinds = np.array([r["backdoored"] for r in chosen])
+        channels = np.array([r["channels"] for r in chosen])
+        scores = np.array([r["score"] for r in chosen])
+        out[source] = {"pairs": len(chosen), "auc_channels": auc(channels[kinds], channels[~kinds]),
+                       "auc_verdict": auc(scores[kinds], scores[~kinds])}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         result["views"]["zoos never tuned on (fit on the grey zoo)"] = {"folds": folds, "pooled": summary(pooled)}
     for key in ("architecture", "dataset", "attack"):
         result["views"][f"leave one {key} out"] = leave_one_out(rows, key, shipped)
+    result["channels"] = channel_detector(rows)
     zoo.save_json(zoo.RESULTS / "calibration.json", result)
     for view, got in result["views"].items():
         pooled = got["pooled"]

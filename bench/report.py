@@ -745,6 +745,14 @@ def calibration_section() -> list[str]:
             rows.append([view, family, f"{fold['backdoored']} / {fold['clean']}", fmt(fold["auc"], ".3f"),
                          fmt(fold["cross_entropy"], ".3f"), f"{pct(fold['tpr_shipped'])} / {pct(fold['fpr_shipped'])}"])
     lines += table(["view", "held out", "pairs backdoored / clean", "ROC AUC", "cross-entropy", "TPR / FPR"], rows)
+    channels = data.get("channels") or {}
+    if channels:
+        lines += ["", "The paper's channel suspicion as a detector: ROC AUC of the model's top layer score (the largest mean "
+                  "of a layer's top 5% channel scores) between backdoored and clean (model, draw) pairs, beside the "
+                  "verdict score's on the same pairs, per zoo that recorded it:", ""]
+        lines += table(["zoo", "pairs", "AUC channel suspicion", "AUC verdict score"],
+                       [[zoo_name, str(got["pairs"]), fmt(got["auc_channels"], ".3f"), fmt(got["auc_verdict"], ".3f")]
+                        for zoo_name, got in channels.items()])
     return lines
 
 
