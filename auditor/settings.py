@@ -23,7 +23,8 @@ class CaptureSettings:
     """The pass that captures per-channel statistics, and the size of every run after it (detectors, evaluate)."""
 
     batch: int = 64  # samples per run (1 when the model fixes its batch dimension at 1)
-    batch_values: int = 1 << 22  # and at most this many input values per run: a 224 px batch of 64 held GBs of activations
+    batch_values: int = 1 << 20  # and at most this many input values per run: 6 samples at 224 px, 64 at 28 px; memory
+    # then does not grow with N (a 224 px batch of 64 held GBs of activations, one of 27 twice a batch of 10's)
     gram_channels: int = 512  # wider units: channel relations on an evenly spaced sample of this many channels (a full
     # Gram matrix of a 3072-wide layer costs twice the layer's own pass, its inverse more than the whole capture)
 
