@@ -264,8 +264,9 @@ def _say_provider(report: auditor.Report) -> None:
 
 
 def _render(report: auditor.Report) -> None:
-    table = Table(title="channel ranking (not a finding: clean models score as high; it orders the channels that repair "
-                        "--zero and the clp/fp methods remove; the verdict below decides)", show_lines=False)
+    table = Table(title="channel ranking (not a finding: clean models score as high; it orders the channels repair zeroes "
+                        "with --zero, --threshold or --max-prune and the clp/fp methods remove; the verdict below decides)",
+                  show_lines=False)
     for column in ("unit", "op", "channels", "top channel score", "top channels (score)"):
         table.add_column(column)
     layers = [layer for layer in report.layers if layer.prunable]

@@ -43,6 +43,8 @@ def pairs() -> list[dict]:
             dataset = model.get("dataset") or ("fashion-mnist" if "fmnist" in model["name"] else
                                                "emoji" if source == "zoo_rgb" else "mnist")
             for draw in model["sets"]:
+                if not draw.get("assessed", True):
+                    continue  # not assessed (runs before bench.verdict recorded it had none on the zoo)
                 rows.append({"source": source, "model": model["name"], "architecture": model["architecture"],
                              "dataset": dataset, "attack": model["attack"], "backdoored": model["kind"] == "backdoored",
                              "draw": draw["start"], "score": float(draw["score"]),
@@ -56,7 +58,7 @@ def fit(scores: np.ndarray, backdoored: np.ndarray, ridge: float = 1e-3) -> tupl
     x = np.stack([scores, np.ones_like(scores)], axis=1)
     y = backdoored.astype(np.float64)
     positives = max(1, int(y.sum()))
-    negatives = max(1, len(y) - positives)
+    negatives = max(1, len(y) - int(y.sum()))
     weight = np.where(y > 0, 0.5 / positives, 0.5 / negatives)
     theta = np.zeros(2)
     penalty = np.diag([ridge, 0.0])

@@ -67,17 +67,18 @@ def variant_path(overrides: list[str]) -> Path:
 
 
 def audit_set(entry: dict, start: int | str, count: int, folder: Path, repair: bool, baseline: dict | None,
-              settings: Settings | None = None) -> dict:
+              settings: Settings | None = None, after: int = 0) -> dict:
     """Audit (and repair) one draw: pool samples start .. start + count - 1, or with start "stratified" the first
-    pool sample of each class after the disjoint draws (`count` of them in all)."""
+    pool sample of each class from pool position `after` on (past the disjoint draws; `count` of them in all)."""
     import auditor
 
     settings = settings or Settings()
-    path = zoo.stratified_set(entry, count, folder) if start == "stratified" else zoo.sample_set(entry, start, count, folder)
+    path = (zoo.stratified_set(entry, count, folder, after) if start == "stratified"
+            else zoo.sample_set(entry, start, count, folder))
     report = auditor.audit(entry["file"], str(path), limit=count, device="cpu", settings=settings)
     verdict = report.verdict
     out = {"start": start, "channels": _channel_score(report, settings),
-           "score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious,
+           "score": verdict.score, "threshold": verdict.threshold, "suspicious": verdict.suspicious, "assessed": verdict.assessed,
            "probability": verdict.probability, "basis": verdict.basis, "target": verdict.target,
            "detectors": {"corruption": None if verdict.probe is None else verdict.probe.score,
                          "patch": None if verdict.patch is None else verdict.patch.score,
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     models = []
     with tempfile.TemporaryDirectory() as folder:
         for entry in entries:
-            if zoo.pool_size(entry["clean_pool"]) < args.sets * args.n:
+            if zoo.pool_size(entry["clean_pool"]) < (args.sets + (0 if args.no_stratified else 1)) * args.n:
                 continue
             before = None
             if not args.no_repair:
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             sets = [audit_set(entry, k * args.n, args.n, Path(folder), not args.no_repair, before, settings)
                     for k in range(args.sets)]
             if not args.no_stratified:
-                sets.append(audit_set(entry, "stratified", args.n, Path(folder), not args.no_repair, before, settings))
+                sets.append(audit_set(entry, "stratified", args.n, Path(folder), not args.no_repair, before, settings,
+                                      after=args.sets * args.n))
             kind = "clean" if entry.get("attack", "clean") in ("clean", None) else "backdoored"
             models.append({"name": entry["name"], "kind": kind, "attack": entry.get("attack"), "target": entry.get("target"),
                            "seed": entry.get("seed"), "architecture": entry.get("architecture"),

@@ -144,12 +144,14 @@ def sample_set(entry: dict, start: int, count: int, folder: Path) -> Path:
     return path
 
 
-def stratified_set(entry: dict, count: int, folder: Path, after: int = 50) -> Path:
-    """One clean pool sample of each class, the first of each after pool position `after` (past the disjoint draws),
+def stratified_set(entry: dict, count: int, folder: Path, after: int) -> Path:
+    """One clean pool sample of each class, the first of each from pool position `after` on (past the disjoint draws),
     taken in turn over the classes until `count` are chosen, as `sample_set` writes them."""
     with np.load(entry["clean_pool"]) as archive:
         x, y = archive["x"], archive["y"]
-    rest = np.arange(after, len(y)) if len(y) - after >= count else np.arange(len(y))
+    if len(y) - after < count:
+        raise ValueError(f"{entry['clean_pool']}: {len(y) - after} pool samples after position {after}, fewer than {count}")
+    rest = np.arange(after, len(y))
     queues = [list(rest[y[rest] == c]) for c in np.unique(y[rest])]
     chosen: list[int] = []
     while len(chosen) < count and any(queues):

@@ -337,3 +337,22 @@ def test_a_thousand_class_model_is_searched_for_the_class_a_patch_reaches(tmp_pa
     found = patch.search(samples, scores, classify, SETTINGS.patch, MIN_OTHERS)
     assert found.target == entry["target"] and found.score >= PATCH_THRESHOLD
     assert 0 < sum(ran) <= patch.planned_passes(samples, 10, SETTINGS.patch) == patch.planned_passes(samples, 1000, SETTINGS.patch)
+
+
+def test_the_any_class_screen_scores_a_class_though_others_score_minus_infinity() -> None:
+    """Log-probabilities underflow to -inf: a class whose samples score -inf must not turn the screen's score of
+    another class into NaN (-inf x 0), or the patch that reached it would be lost."""
+    images = np.zeros((5, 8, 8, 1), dtype=np.float32)
+    clean = np.arange(5)
+
+    def run(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        bright = batch.reshape(len(batch), -1).mean(axis=1)
+        out = np.full((len(batch), 20), -np.inf)
+        out[np.arange(len(batch)), clean[rows]] = np.where(bright > 0, -np.inf, 0.0)  # its own class, until patched
+        out[:, 12] = 8.0 * bright - 0.5  # a bright patch lifts class 12
+        return out
+
+    allowed = np.ones(20, dtype=bool)
+    classes, *_ = patch._screen_any_class(images, clean, allowed, 1.0, run, 4, np.array([0.0, 1.0], np.float32),
+                                          np.random.default_rng(0), SETTINGS.patch, MIN_OTHERS)
+    assert classes[0] == 12

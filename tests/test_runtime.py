@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from auditor.errors import DeviceError
+from auditor.errors import DeviceError, ModelError
 from auditor.io import runtime
 from auditor.io.model import load
 
@@ -61,10 +61,32 @@ def test_sizes_and_shapes_come_without_serialising_the_weights(example) -> None:
     assert true <= counted <= true + 64 * len(model.graph.initializer)
     light = weightless(model)
     assert light.ByteSize() < true / 10 and len(light.graph.initializer) < len(model.graph.initializer)
-    full = onnx.shape_inference.infer_shapes(model)
-    names = [v.name for v in full.graph.value_info]
+    full = onnx.shape_inference.infer_shapes(model)  # on the model itself, weights and all
+    inferred = {v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim] for v in full.graph.value_info}
     index = GraphIndex(model)  # infers on the weightless model
-    assert names and all(index.shape(n) == GraphIndex(full).shape(n) for n in names)
+    assert inferred and all(index.shape(name) == dims for name, dims in inferred.items())
+
+
+def test_a_weight_that_is_also_a_declared_input_keeps_its_declaration_checked(tmp_path) -> None:
+    """A weight listed as a graph input too (every weight of an IR 3 model) stays in the checked model: a declared
+    shape that contradicts the stored one is refused, as the checker refuses it on the model itself."""
+    import numpy as np
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper, numpy_helper
+
+    from auditor.errors import ModelError
+
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")  # 16 KiB: a weight weightless would move
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, [32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], [weight])
+    path = tmp_path / "lying.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7), path)
+    with pytest.raises(ModelError) as refused:
+        load(path)
+    assert "\n" not in str(refused.value)
 
 
 def test_extra_outputs_run_without_copying_the_model_and_leave_it_as_it_was(example) -> None:
@@ -83,3 +105,9 @@ def test_extra_outputs_run_without_copying_the_model_and_leave_it_as_it_was(exam
     shape = [1 if not isinstance(d, int) else d for d in spec.shape]
     (value,) = session.run([hidden], {spec.name: np.zeros(shape, dtype=np.float32)})
     assert value.shape[0] == 1
+    broken = onnx.GraphProto()
+    broken.node.append(helper.make_node("NoSuchOp", [hidden], ["nowhere"]))
+    broken.output.append(helper.make_empty_tensor_value_info("nowhere"))
+    with pytest.raises(ModelError):
+        runtime.session(model, runtime.select_provider("cpu"), broken)
+    assert model.SerializeToString() == before  # restored when onnxruntime refused the extended graph

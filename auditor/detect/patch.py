@@ -93,7 +93,8 @@ def target_share(samples: Samples, clean_labels: np.ndarray, found: Patch, class
 
 def planned_passes(samples: Samples, classes: int, settings: PatchSettings) -> int:
     """At most how many single-sample forward passes `search` runs on `samples` for a model with
-    `classes` classes (0 without an image input): every candidate class screened on
+    `classes` classes (0 without an image input): every candidate class (with more than `max_classes`, as many
+    patches free to serve any class) screened on
     `screen_samples` of its samples, then the shortlist on all of them, then the sweep. Patches already
     scored and an early stop make the real count lower."""
     where = image_input(samples)
@@ -150,7 +151,8 @@ def segment_means(values: np.ndarray, plan: list[tuple[np.ndarray, np.ndarray]])
 
 def _search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray],
             settings: PatchSettings, min_others: int, seed: int) -> Patch | None:
-    """Search one patch per candidate class through `classify` (samples -> class scores [N, K]);
+    """Search one patch per candidate class (beyond `max_classes` classes, see `_screen_any_class`) through
+    `classify` (samples -> class scores [N, K]);
     the best one, or None when the samples have no image input or too few samples."""
     start = time.perf_counter()
     s = settings
@@ -280,8 +282,8 @@ def _screen_any_class(images: np.ndarray, clean: np.ndarray, allowed: np.ndarray
                       run: Callable[[np.ndarray, np.ndarray], np.ndarray], size: int, values: np.ndarray, rng: np.random.Generator,
                       s: PatchSettings, min_others: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The screen of a model with more classes than `max_classes`: `max_classes` patches, each scored by the class it
-    serves best (its capped mean margin, as `_search` scores, over the first `screen_samples` samples not in that
-    class), searched for `screen` steps; then (classes, rows, columns, pixels) of the `shortlist` best distinct classes
+    serves best (its capped mean margin, as `_search` scores, over those of the first `screen_samples` samples not in
+    that class), searched for `screen` steps; then (classes, rows, columns, pixels) of the `shortlist` best distinct classes
     with the patch that reached each. The pass count is the targeted screen's, whatever the number of classes."""
     _, height, width, channels = images.shape
     members = s.max_classes
@@ -299,7 +301,7 @@ def _screen_any_class(images: np.ndarray, clean: np.ndarray, allowed: np.ndarray
         top, second = order[..., -1:], order[..., -2:-1]
         rival = np.where(out >= top, second, top)  # each class's best other score
         capped = np.minimum(out - rival, typical) / typical
-        value = (capped * outside[None]).sum(axis=1) / np.maximum(counts, 1)[None]
+        value = np.where(outside[None], capped, 0.0).sum(axis=1) / np.maximum(counts, 1)[None]  # -inf * 0 is NaN
         value[:, ~usable] = -np.inf
         chosen = value.argmax(axis=1)  # the first best class: deterministic
         return value[np.arange(members), chosen], chosen

@@ -86,39 +86,55 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def stored_bytes(tensor: onnx.TensorProto) -> int:
-    """At least the bytes `tensor` takes serialised, counted without serialising its values: upb's ByteSize()
-    serialises the message to count it, a full copy of a model's weights each time it is asked."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
-        return tensor.ByteSize()  # external data (a few location strings) or typed fields: counted as they are
-    rest = onnx.TensorProto()
-    for field, value in tensor.ListFields():
-        if field.name != "raw_data":
-            _copy_field(rest, field.name, value)
-    return rest.ByteSize() + _raw_bytes(tensor) + 16  # + the raw_data field's tag and length
-
-
-def _raw_bytes(tensor: onnx.TensorProto) -> int:
-    """The length of `tensor.raw_data` from its type and shape (reading the field copies it): exact for every tensor
-    that loads, since model.load refuses a tensor whose bytes contradict its shape."""
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
+def _fixed_size(tensor: onnx.TensorProto) -> int | None:
+    """Bytes per value of a tensor stored one value per whole number of bytes (floats, integers, bool), else None
+    (strings, packed 4- and 2-bit types, an undefined type): only for those does the shape give the stored size."""
+    packed = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+              if hasattr(onnx.TensorProto, n)}
+    if tensor.data_type in packed or tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
+        return None
     try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return int(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
     except (KeyError, TypeError, ValueError):
-        return len(tensor.raw_data)
-    bits = {name: width for width, names in ((4, ("INT4", "UINT4", "FLOAT4E2M1")), (2, ("INT2", "UINT2")))
-            for name in names}
-    for name, width in bits.items():
-        if tensor.data_type == getattr(onnx.TensorProto, name, None):
-            return -(-count * width // 8)
-    return count * itemsize
+        return None
+
+
+def _shape_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes a fixed-size tensor's values take by its shape (None for other types): its raw_data's length for
+    every such tensor model.load accepts, which reads each one's values against its shape (_check_stored)."""
+    itemsize = _fixed_size(tensor)
+    return None if itemsize is None else int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def _weights(model: onnx.ModelProto, min_bytes: int) -> set[str]:
+    """The main-graph initializers `weightless` takes out: stored in raw_data, of a fixed-size type, at least
+    `min_bytes` of values, and not also a graph input (whose declared type the checker compares with it)."""
+    inputs = {v.name for v in model.graph.input}
+    return {t.name for t in model.graph.initializer
+            if t.name not in inputs and t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data")
+            and (_shape_bytes(t) or 0) >= min_bytes}
+
+
+def stored_bytes(tensor: onnx.TensorProto) -> int:
+    """At least the bytes `tensor` takes serialised; for a fixed-size tensor in raw_data counted from its shape
+    without reading its values: upb's ByteSize() serialises a message to count it, and reading raw_data copies it."""
+    size = _shape_bytes(tensor)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data") or size is None:
+        return tensor.ByteSize()
+    rest = onnx.TensorProto()
+    for field in tensor.DESCRIPTOR.fields:  # every field but raw_data, read only when present
+        if field.name == "raw_data":
+            continue
+        value = getattr(tensor, field.name)
+        if (len(value) if hasattr(value, "extend") else tensor.HasField(field.name)):
+            _copy_field(rest, field.name, value)
+    return rest.ByteSize() + size + 16  # + the raw_data field's tag and length
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """At least `model.ByteSize()` (by a few bytes per large tensor), without serialising the large tensors."""
-    sizes = {t.name: stored_bytes(t) for t in model.graph.initializer}
-    heavy = {name for name, size in sizes.items() if size >= _HEAVY_BYTES}
-    return weightless(model, heavy=heavy).ByteSize() + sum(sizes[name] + 16 for name in heavy)
+    """At least `model.ByteSize()` (by a few bytes per weight), without serialising the weights."""
+    moved = _weights(model, _HEAVY_BYTES)
+    return weightless(model).ByteSize() + sum(stored_bytes(t) + 16 for t in model.graph.initializer if t.name in moved)
 
 
 def _copy_field(message, name: str, value) -> None:
@@ -131,20 +147,20 @@ def _copy_field(message, name: str, value) -> None:
         setattr(message, name, value)
 
 
-_HEAVY_BYTES = 4096  # initializers this large are weights to shape inference: their values never decide a shape
+_HEAVY_BYTES = 4096  # initializers with this many bytes of values are weights to shape inference, never a shape
 
 
-def weightless(model: onnx.ModelProto, min_bytes: int = _HEAVY_BYTES, heavy: set[str] | None = None) -> onnx.ModelProto:
-    """`model` with every main-graph initializer of at least `min_bytes` given as a graph input of its type and shape
-    instead: what the checker and shape inference need, without the weights. Both serialise the model and build
-    another copy of it (shape inference two), so on a model of hundreds of megabytes they held four or five copies of
-    its weights at once; the shapes they infer are the same, since only small constants (a Reshape's shape, a Slice's
-    bounds) carry values shapes depend on. `model` itself is not modified."""
+def weightless(model: onnx.ModelProto, min_bytes: int = _HEAVY_BYTES) -> onnx.ModelProto:
+    """`model` with its weights (`_weights`: fixed-size initializers of at least `min_bytes` of values) given as
+    graph inputs of their type and shape instead: what the checker and shape inference need. Both serialise the
+    model and build another copy of it (shape inference two), so on a model of hundreds of megabytes they held four
+    or five copies of its weights at once; the shapes they infer are the same, since only small constants (a
+    Reshape's shape, a Slice's bounds) carry values shapes depend on, and load reads every weight's values against
+    its shape itself. `model` itself is not modified."""
     graph = model.graph
-    moved = heavy if heavy is not None else {t.name for t in graph.initializer if stored_bytes(t) >= min_bytes}
+    moved = _weights(model, min_bytes)
     if not moved:
         return model
-    heavy_tensors = [t for t in graph.initializer if t.name in moved]
     light = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
@@ -152,9 +168,8 @@ def weightless(model: onnx.ModelProto, min_bytes: int = _HEAVY_BYTES, heavy: set
     for field, value in graph.ListFields():
         if field.name == "initializer":
             light.graph.initializer.extend(t for t in value if t.name not in moved)
-        elif field.name == "input":
-            light.graph.input.extend(v for v in value if v.name not in moved)
         else:
             _copy_field(light.graph, field.name, value)
-    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in heavy_tensors)
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in graph.initializer if t.name in moved)
     return light

@@ -323,6 +323,8 @@ def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:  # onnx's own location checks raise ValidationError
         raise ModelError(f"cannot read external data: {_one_line(exc)}; keep the data files beside the model, "
                          "named by plain relative locations") from exc
+    for tensor in tensors:  # now in raw_data: its values read against its type and shape, as in-file tensors are
+        _check_stored(tensor)
 
 
 def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -413,7 +415,7 @@ def _validate(proto: onnx.ModelProto, path: Path) -> None:
     try:
         if runtime.proto_size(proto) < _CHECKER_LIMIT:
             proto.ir_version = min(saved, onnx.IR_VERSION)  # normalise lowers it for the runtime anyway
-            onnx.checker.check_model(weightless(proto))  # the weights' own values are read by _check_stored
+            onnx.checker.check_model(weightless(proto))  # each weight's values were read against its shape on load
         elif saved <= onnx.IR_VERSION:
             onnx.checker.check_model(str(path))  # > 2 GiB: the checker reads the file, data stays external
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:

@@ -177,10 +177,10 @@ def extended(model: onnx.ModelProto, extra: onnx.GraphProto | None) -> Iterator[
         return
     graph = model.graph
     counts = len(graph.node), len(graph.initializer), len(graph.output)
-    graph.node.extend(extra.node)
-    graph.initializer.extend(extra.initializer)
-    graph.output.extend(extra.output)
     try:
+        graph.node.extend(extra.node)
+        graph.initializer.extend(extra.initializer)
+        graph.output.extend(extra.output)
         yield model
     finally:
         del graph.node[counts[0]:]

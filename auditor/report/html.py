@@ -322,8 +322,8 @@ def _channels(report: Report) -> str:
             f"robust z-score within its layer, on one scale from {low:.1f} to {high:.1f}. It is not a finding: clean models "
             f"have channels above {threshold:g} too (red, right of the dashed line), and as a detector it measured at "
             "chance on models it was not tuned on (ROC AUC 0.45 on the RGB zoo). The verdict above decides; the default "
-            "repair does not use it (it orders the channels `repair --zero`, `--method clp` and `--method fp` "
-            "remove).</p><table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th>"
+            "repair does not use it (it orders the channels `repair` zeroes with --zero, --threshold or --max-prune, and "
+            "those --method clp and fp remove).</p><table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th>"
             f"<th>max</th><th>above {threshold:g}</th></tr>{rows}</table></section>")
 
 

@@ -177,7 +177,8 @@ def _results(report: Report, artifact: dict) -> list[dict]:
     if report.repair is not None:
         message += f". Repaired model written to {report.repair.output}"
     results = [_result("AUD001", message, artifact, sha256, (),
-                       {"score": _round(verdict.score), "threshold": verdict.threshold, "probability": _round(verdict.probability),
+                       {"score": _round(verdict.score), "threshold": verdict.threshold,
+                        "probability": None if verdict.probability is None else _round(verdict.probability),
                         "basis": verdict.basis,
                         "target": verdict.target})]
     for finding in verdict.findings:
