@@ -1110,7 +1110,7 @@ def batch_section() -> list[str]:
 def scale_section() -> list[str]:
     """Real-size models against plain inference (bench/scale.py), when its files exist."""
     lines: list[str] = []
-    for name, title in (("scale-before.json", "before this change"), ("scale.json", "now")):
+    for name, title in (("scale-before.json", "before the memory changes of 2026-12-07"), ("scale.json", "now")):
         data = _experiment(name)
         if data is None:
             continue
@@ -1151,9 +1151,12 @@ def scale_section() -> list[str]:
                   "inference. The corruption probe (300 passes) took 6-64 s. Meeting 20x plain needs searches designed "
                   "around a pass budget. The channel statistics of wide units are no longer a cost: issue 24 reported 143 s "
                   "for a BERT-base over token ids, 84 s of them channel statistics; with the Gram matrix over 512 sampled "
-                  "channels this BERT-base scans in 12 s (not measured here before the change). The memory "
-                  "beyond plain's is the instrumented and plain sessions and the capture's per-position maxima, not the "
-                  "search batches (ResNet-18 with the Fourier probe's batch cut 8x: 1.19 to 1.08 GB)."]
+                  "channels this BERT-base scans in 12 s (not measured here before the change). Memory: the checker, shape "
+                  "inference and upb's size counting held extra copies of a large model's weights, and the instrumented "
+                  "session was made from a copy of the model; runs of 27 samples at 224 px and every corruption's copies "
+                  "at once made the peak grow with N. What is left beyond plain inference on the BERTs is onnxruntime's "
+                  "own copy of the weights per session, made from serialised bytes (about 2.5 times the weights, "
+                  "against 1.4 times when onnxruntime reads the file itself), beside the Python model."]
     return lines
 
 
