@@ -158,14 +158,16 @@ def architectures():
     return {"vgg": VGG, "resnet": ResNet}
 
 
-def export(model, path: str) -> None:
+def export(model, path: str, shape: tuple[int, int] = (3, SIDE)) -> None:
+    """TorchScript exporter, opset 17, a dynamic batch, identities stripped; `shape`: (channels, side) of the input."""
     import onnx
     import torch
 
     import zoo_lib as zl
 
+    channels, side = shape
     model.eval()
-    torch.onnx.export(model, (torch.zeros(2, 3, SIDE, SIDE),), path, dynamo=False, opset_version=17,
+    torch.onnx.export(model, (torch.zeros(2, channels, side, side),), path, dynamo=False, opset_version=17,
                       training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True)
     proto = zl._strip_identities(onnx.load(path))

@@ -534,26 +534,13 @@ def train(model, x: np.ndarray, y: np.ndarray, r: dict, seed: int, trigger=None,
 
 
 def export(model, path: str, shape: tuple[int, int]) -> None:
-    """As make_emoji.export, for any input shape: TorchScript exporter, opset 17, dynamic batch, identities stripped."""
+    """make_emoji.export for any input shape, without the exporter's constant-folding and deprecation warnings."""
     import warnings
 
-    import onnx
-    import torch
-    import zoo_lib as zl
-
-    channels, side = shape
-    model.eval()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*constant folding.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(2, channels, side, side),), path, dynamo=False, opset_version=17,
-                          training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True)
-    proto = zl._strip_identities(onnx.load(path))
-    proto.ir_version = min(proto.ir_version, 10)
-    proto.producer_name = "pytorch"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, path)
+        me.export(model, path, shape)
 
 
 def check_export(model, path: str, x: np.ndarray) -> float:
