@@ -43,7 +43,9 @@ MIN_SPEEDUP = 3.0
 CRITERION_N = 10
 SPLITS = ("tuning", "held-back")
 BENCHMARKS = zoo.ROOT / "BENCHMARKS.md"
-REGENERATE = (".venv/bin/python -m bench.verdict && .venv/bin/python -m bench.memory && "
+REGENERATE = (".venv/bin/python -m bench.verdict && .venv/bin/python -m bench.verdict --zoo models/zoo_rgb && "
+              ".venv/bin/python -m bench.verdict --zoo models/zoo_families && .venv/bin/python -m bench.calibrate && "
+              ".venv/bin/python -m bench.memory && "
               ".venv/bin/python -m bench.run --n 10,50,100,500 --methods sus,clp,fp,anp --force --no-report && "
               ".venv/bin/python -m bench.anp_budget && "
               ".venv/bin/python -m bench.run --n 10 --methods sus,anp --force --repeat 3")
