@@ -26,6 +26,7 @@ import numpy as np
 
 from auditor.settings import Settings
 from bench import zoo
+from bench.report import roc_auc
 
 SOURCES = {"zoo": "verdict_sets.json", "zoo_rgb": "verdict_sets-zoo_rgb.json", "zoo_families": "verdict_sets-zoo_families.json"}
 MAX_FPR = 0.05  # the false-positive rate the verdict threshold is chosen for
@@ -86,13 +87,6 @@ def cross_entropy(p: np.ndarray, backdoored: np.ndarray, balanced: bool) -> floa
     return float(0.5 * loss[backdoored].mean() + 0.5 * loss[~backdoored].mean())
 
 
-def auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
-    if not len(positives) or not len(negatives):
-        return None
-    wins = (positives[:, None] > negatives[None, :]).sum() + 0.5 * (positives[:, None] == negatives[None, :]).sum()
-    return float(wins / (len(positives) * len(negatives)))
-
-
 def fpr_threshold(clean_scores: np.ndarray, max_fpr: float = MAX_FPR) -> float:
     """The lowest threshold on the score at which at most `max_fpr` of `clean_scores` reach it (flagged: score >=
     threshold), just above the highest clean score that must stay under it."""
@@ -126,7 +120,7 @@ def summary(held_out: list[dict]) -> dict:
         return float(np.mean([r[key] for r, w in zip(held_out, which) if w])) if which.any() else None
 
     return {"pairs": len(held_out), "backdoored": int(kinds.sum()), "clean": int((~kinds).sum()),
-            "auc": auc(scores[kinds], scores[~kinds]),
+            "auc": roc_auc(scores[kinds].tolist(), scores[~kinds].tolist()),
             "cross_entropy": cross_entropy(p, kinds, balanced=False) if len(p) else None,
             "cross_entropy_balanced": cross_entropy(p, kinds, balanced=True) if len(p) else None,
             "tpr_shipped": rate("flagged_shipped", kinds), "fpr_shipped": rate("flagged_shipped", ~kinds),
@@ -160,8 +154,8 @@ def channel_detector(rows: list[dict]) -> dict:
         kinds = np.array([r["backdoored"] for r in chosen])
         channels = np.array([r["channels"] for r in chosen])
         scores = np.array([r["score"] for r in chosen])
-        out[source] = {"pairs": len(chosen), "auc_channels": auc(channels[kinds], channels[~kinds]),
-                       "auc_verdict": auc(scores[kinds], scores[~kinds])}
+        out[source] = {"pairs": len(chosen), "auc_channels": roc_auc(channels[kinds].tolist(), channels[~kinds].tolist()),
+                       "auc_verdict": roc_auc(scores[kinds].tolist(), scores[~kinds].tolist())}
     return out
 
 

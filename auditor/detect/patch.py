@@ -317,11 +317,11 @@ def _screen_any_class(images: np.ndarray, clean: np.ndarray, allowed: np.ndarray
         better = value > best
         rows[better], cols[better], pixels[better] = new_rows[better], new_cols[better], new_pixels[better]
         best[better], served[better] = value[better], classes[better]
-    picked: list[int] = []
+    picked: dict[int, int] = {}  # class -> the best patch that reached it, best first
     for k in np.argsort(-best, kind="stable"):
-        if np.isfinite(best[k]) and int(served[k]) not in {int(served[j]) for j in picked} and len(picked) < s.shortlist:
-            picked.append(int(k))
-    keep = np.array(picked, dtype=np.int64)
+        if np.isfinite(best[k]) and len(picked) < s.shortlist:
+            picked.setdefault(int(served[k]), int(k))
+    keep = np.array(list(picked.values()), dtype=np.int64)
     return served[keep].copy(), rows[keep].copy(), cols[keep].copy(), pixels[keep].copy()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 
 import numpy as np
@@ -86,24 +87,21 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _fixed_size(tensor: onnx.TensorProto) -> int | None:
-    """Bytes per value of a tensor stored one value per whole number of bytes (floats, integers, bool), else None
-    (strings, packed 4- and 2-bit types, an undefined type): only for those does the shape give the stored size."""
-    packed = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-              if hasattr(onnx.TensorProto, n)}
-    if tensor.data_type in packed or tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
+_PACKED = frozenset(getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                    if hasattr(onnx.TensorProto, n))
+
+
+def value_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of the tensor's values from its shape and type (its raw_data's length whenever the values fit the shape,
+    which model.load checks for every tensor it accepts); None for strings, packed sub-byte types and an undefined
+    type, whose stored size the shape does not give."""
+    if tensor.data_type in _PACKED or tensor.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
         return None
     try:
-        return int(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _shape_bytes(tensor: onnx.TensorProto) -> int | None:
-    """The bytes a fixed-size tensor's values take by its shape (None for other types): its raw_data's length for
-    every such tensor model.load accepts, which reads each one's values against its shape (_check_stored)."""
-    itemsize = _fixed_size(tensor)
-    return None if itemsize is None else int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    return math.prod(tensor.dims) * itemsize
 
 
 def _weights(model: onnx.ModelProto, min_bytes: int) -> set[str]:
@@ -112,13 +110,13 @@ def _weights(model: onnx.ModelProto, min_bytes: int) -> set[str]:
     inputs = {v.name for v in model.graph.input}
     return {t.name for t in model.graph.initializer
             if t.name not in inputs and t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data")
-            and (_shape_bytes(t) or 0) >= min_bytes}
+            and (value_bytes(t) or 0) >= min_bytes}
 
 
 def stored_bytes(tensor: onnx.TensorProto) -> int:
     """At least the bytes `tensor` takes serialised; for a fixed-size tensor in raw_data counted from its shape
     without reading its values: upb's ByteSize() serialises a message to count it, and reading raw_data copies it."""
-    size = _shape_bytes(tensor)
+    size = value_bytes(tensor)
     if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data") or size is None:
         return tensor.ByteSize()
     rest = onnx.TensorProto()

@@ -25,10 +25,10 @@ from typing import BinaryIO
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import TensorProto, external_data_helper, helper, version_converter
+from onnx import TensorProto, external_data_helper, version_converter
 
 from auditor.errors import ModelError, OutputError
-from auditor.graph.index import weightless
+from auditor.graph.index import value_bytes, weightless
 from auditor.io import runtime
 from auditor.settings import LimitSettings
 
@@ -395,18 +395,7 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     """Bytes of the tensor's raw data from its shape and type; None for strings and packed sub-byte types."""
     if any(d < 0 for d in tensor.dims):
         raise ModelError(f"tensor {tensor.name!r} has a negative dimension {tuple(tensor.dims)}")
-    try:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        return None
-    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or _packed(tensor.data_type):
-        return None
-    return math.prod(tensor.dims) * itemsize
-
-
-def _packed(data_type: int) -> bool:
-    names = ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-    return data_type in {getattr(TensorProto, n) for n in names if hasattr(TensorProto, n)}
+    return value_bytes(tensor)
 
 
 def _validate(proto: onnx.ModelProto, path: Path) -> None:
