@@ -206,16 +206,23 @@ def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...])
         seen.add(key)
 
 
+class _Run:
+    """Whether the run is done: once every output is in place, SIGINT and SIGTERM no longer unwind it (an
+    interruption would remove complete outputs, or report them as removed while they stay)."""
+    committed = False
+
+
 def _write_all(outputs: list[tuple[Optional[Path], Callable[[], str]]], written: list[Path] | None = None) -> None:
     """Each (path, text) whose path is given, atomically; `written` hears each path once it is in place. A failure
     part-way (a full disk, Ctrl-C) removes what this run wrote, these and `written` alike: a run that fails leaves no
-    output."""
+    output. The last output in place commits the run."""
     written = [] if written is None else written
     try:
         for path, text in outputs:
             if path is not None:
                 model_io.write_atomic(path, text().encode())
                 written.append(Path(path))
+        _Run.committed = True
     except BaseException:
         _remove(written)
         raise
@@ -223,6 +230,15 @@ def _write_all(outputs: list[tuple[Optional[Path], Callable[[], str]]], written:
 
 def _write_reports(report: auditor.Report, json_path, sarif_path, html_path, written: list[Path] | None = None) -> None:
     _write_all([(json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)], written)
+
+
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    """(device, inode) of the file at `path`, None when there is none: an atomic write puts a new inode in place."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _remove(paths: list[Path]) -> None:
@@ -518,15 +534,22 @@ def repair_command(
         measured = {"triggered": triggered, "target": target, "device": given["device"], "threads": given["threads"],
                     "settings": settings}
         before = None if test is None else auditor.evaluate(model, test, **measured)
-        with _progress_bars() as progress:
-            report = auditor.repair(model, given["data"], output, max_prune=max_prune, force=force, bound=bound, zero=zero,
-                                    unlearning=unlearn, notch=notch, occlude=occlude, notice=_note, settings=settings,
-                                    progress=progress, **{name: given[name] for name in _AUDIT_OPTIONS})
-        report.config = None if chosen is None else chosen.to_dict()
-        written = [Path(output)]
+        previous = _identity(output)  # what --force may replace: left alone unless this run put a model there
+        written: list[Path] = []
         try:
+            with _progress_bars() as progress:
+                report = auditor.repair(model, given["data"], output, max_prune=max_prune, force=force, bound=bound,
+                                        zero=zero, unlearning=unlearn, notch=notch, occlude=occlude, notice=_note,
+                                        settings=settings, progress=progress,
+                                        **{name: given[name] for name in _AUDIT_OPTIONS})
+            written.append(Path(output))
+            report.config = None if chosen is None else chosen.to_dict()
             _finish_repair(report, before, written, measured, reports)
         except BaseException:  # a run that fails or is interrupted leaves none of its outputs, the model included
+            if not written and _identity(output) != previous:  # interrupted between the model's write and its return
+                written.append(Path(output))
+            if written:
+                written[:0] = model_io.external_data_files(output)
             _remove(written)
             raise
         return report
@@ -596,9 +619,7 @@ def evaluate_command(
             out.print(f"accuracy on the samples of class {result.target}: {_pct(result.target_accuracy)}")
         if result.agreement is not None:
             out.print(f"agreement with reference: {_pct(result.agreement)}")
-        if json is not None:
-            import json as json_module
-            model_io.write_atomic(json, (json_module.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+        _write_all([(json, lambda: _json_module.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")])
     _guarded(work)
     raise typer.Exit(EXIT_CLEAN)
 
@@ -624,16 +645,20 @@ def _root(
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so partial outputs are removed; a second
-    SIGTERM is ignored so that the clean-up it started is not itself interrupted."""
+    """SIGTERM (CI cancelling a job) and Ctrl-C unwind the run, so partial outputs are removed; a second
+    signal is ignored so that the clean-up the first started is not itself interrupted. Once the run
+    is committed (every output in place) they are ignored: the run ends as it would have."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _Run.committed:
+        raise KeyboardInterrupt
 
 
 def main() -> None:
     """The `auditor` command. A usage error (an unknown option, a value of the wrong type) is one line on stderr and exit
     2, like every other bad input, rather than click's framed usage block."""
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):  # before typer's own handling began, or while parsing the options

@@ -524,6 +524,55 @@ def test_sigterm_after_the_model_is_written_leaves_no_output(example, tmp_path: 
     before.unchanged()
 
 
+_CANCEL_RIGHT_AFTER = """
+import os
+import signal
+
+import {module}
+
+original = {module}.{name}
+
+
+def then_cancel(*args, **kwargs):
+    result = original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return result
+
+
+{module}.{name} = then_cancel
+"""
+
+
+def test_sigterm_once_every_output_is_in_place_keeps_them(tmp_path: Path) -> None:
+    """A SIGTERM right after the last output is written (CI's own race with a job that is finishing):
+    the run is committed, so it ends as it would have, exit 0 and every output complete."""
+    model, data = example_case(tmp_path)
+    before = Guarded.take(tmp_path)
+    out, report = tmp_path / "repaired.onnx", tmp_path / "report.json"
+    result = python_cli("repair", model, "--data", data, "--limit", "10", "-o", out, "--json", report,
+                        prelude=_CANCEL_RIGHT_AFTER.format(module="cli", name="_write_all"))
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert "interrupted" not in result.stderr
+    onnx.checker.check_model(onnx.load(str(out)))
+    assert json.loads(report.read_text())["repair"]["sha256"] == sha256(out)
+    assert tree(tmp_path) == before.files | {out.name, report.name}
+    assert {p: sha256(Path(p)) for p in before.hashes} == before.hashes
+
+
+def test_sigterm_right_after_the_library_writes_the_model_leaves_none(tmp_path: Path) -> None:
+    """A SIGTERM between the library putting the repaired model in place and the CLI hearing of it:
+    exit 130 and no model, as for any earlier interruption."""
+    model, data = example_case(tmp_path)
+    before = Guarded.take(tmp_path)
+    out = tmp_path / "repaired.onnx"
+    result = python_cli("repair", model, "--data", data, "--limit", "10", "-o", out,
+                        prelude=_CANCEL_RIGHT_AFTER.format(module="auditor.io.model", name="save_model"))
+    assert result.returncode == 130, (result.returncode, result.stderr)
+    assert result.stderr.strip().splitlines() == ["interrupted: no partial output was left behind"]
+    assert not out.exists()
+    before.unchanged()
+
+
 # ---- what the console says -------------------------------------------------------------------------------
 
 def test_evaluate_prints_the_target_class_accuracy(example, tmp_path: Path) -> None:
