@@ -155,9 +155,16 @@ def _deadline(seconds: float) -> None:
         watchdog.start()
 
 
+class _Run:
+    """Whether the run is done: once every output is in place, SIGINT and SIGTERM no longer unwind it (an
+    interruption would remove complete outputs, or report them as removed while they stay)."""
+    committed = False
+
+
 def _guarded(work):
     """Run `work`, turning every failure into one line: exit code 2 for bad input or a limit reached, 3 for a
     bug in auditor (library warnings silenced: stderr carries the one line only)."""
+    _Run.committed = False  # a fresh command (tests run several in one process)
     try:
         with warnings.catch_warnings():
             if not os.environ.get("AUDITOR_DEBUG"):
@@ -204,12 +211,6 @@ def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...])
         if key in seen:
             raise auditor.OutputError(f"{path} is given for two outputs")
         seen.add(key)
-
-
-class _Run:
-    """Whether the run is done: once every output is in place, SIGINT and SIGTERM no longer unwind it (an
-    interruption would remove complete outputs, or report them as removed while they stay)."""
-    committed = False
 
 
 def _write_all(outputs: list[tuple[Optional[Path], Callable[[], str]]], written: list[Path] | None = None) -> None:
