@@ -72,7 +72,7 @@ class ProbeSettings:
     noise_levels: tuple[float, ...] = (0.1, 0.2, 0.3)  # uniform noise amplitude, share of the clean range
     noise_draws: int = 5  # noisy (and blended) copies per sample and level
     blend_levels: tuple[float, ...] = (0.1, 0.2)  # weights a of (1 - a) x + a u, u uniform noise
-    blur_sigmas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)  # Gaussian blur over the image axes, in positions
+    blur_sigmas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # Gaussian blur over the image axes, in positions
     max_samples: int = 100  # the probe corrupts at most the first this many clean samples
     seed: int = 0
     # a class's share counts in full only when the corrupted samples it takes are classified at least this surely,

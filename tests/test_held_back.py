@@ -68,12 +68,14 @@ def test_a_repair_that_fails_twice_is_refused_and_nothing_is_written(example, tm
 def test_a_repair_that_moves_the_shortcut_to_another_class_is_refused(tmp_path: Path) -> None:
     """On the scikit-learn MLP with clean samples 30-39, the bounds the guard accepts leave a model whose corrupted
     samples go to class 8 more strongly (0.667) than the original's went to any class (0.489, class 7): a repaired
-    model auditor itself would flag. No head unlearning to drop: refused, nothing written."""
+    model auditor itself would flag. No head unlearning to drop: refused, nothing written. The case needs the
+    probe's blur of sigma 3 (shipped until 2026-12-07; no zoo draw moves the shortcut without it)."""
     from zoo_samples import MANIFEST, ZOO, clean
 
     entry = MANIFEST["sk_mlp_badnets_s0"]
     before = tree(tmp_path)
     samples = clean(entry, tmp_path, start=30)
+    with_blur_3 = auditor.Settings().override({"probe.blur_sigmas": (0.5, 1.0, 1.5, 2.0, 3.0)})
     with pytest.raises(auditor.RepairError, match=r"sends 0\.667 of the corrupted samples to class 8 .*would move the shortcut"):
-        auditor.repair(ZOO / entry["file"], samples, tmp_path / "r.onnx", limit=10, device="cpu")
+        auditor.repair(ZOO / entry["file"], samples, tmp_path / "r.onnx", limit=10, device="cpu", settings=with_blur_3)
     assert tree(tmp_path) == before | {samples.name}

@@ -183,7 +183,9 @@ def test_the_found_trigger_is_shown_on_three_samples(pages, name: str, kind: str
     assert report.evidence is not None and report.evidence.kind == kind
     _evidence_counts(probed["counts"], pattern, 3)
     shares = report.verdict.probe.shares
-    assert probed["counts"]["svg.probe-chart rect.bar"] == len(shares) == 10
+    corruptions = auditor.Settings().probe
+    assert probed["counts"]["svg.probe-chart rect.bar"] == len(shares) == (
+        len(corruptions.noise_levels) + len(corruptions.blend_levels) + len(corruptions.blur_sigmas))
     assert probed["counts"]["svg.probe-chart line.threshold"] == 1
     assert probed["counts"]["img"] == pattern + 6  # nothing else: no repair on a scan
     document = json.loads(report.to_json())

@@ -64,10 +64,11 @@ def test_repair_reports_the_probe_on_the_repaired_model(tmp_path: Path) -> None:
 
 
 def test_a_correction_that_breaks_the_fidelity_bounds_is_refused_and_the_probe_says_the_shortcut_stays(tmp_path: Path) -> None:
-    """On the WaNet ResNet every unlearning strength moves the clean outputs past the fidelity
-    bounds: the repair keeps the original head, says why, and the probe still sees the shortcut."""
+    """On the WaNet ResNet with clean samples 40-49 every unlearning strength moves the clean outputs past the
+    fidelity bounds: the repair keeps the original head, says why, and the probe still sees the shortcut."""
     entry = MANIFEST["resnet-fmnist-wanet-s0"]
-    report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path), tmp_path / "resnet.onnx", limit=10, device="cpu")
+    report = auditor.repair(ZOO / entry["file"], clean(entry, tmp_path, start=40), tmp_path / "resnet.onnx", limit=10,
+                            device="cpu")
     done = report.repair.plan.unlearning
     assert report.verdict.suspicious and report.verdict.target == entry["target"]
     assert not done.applied and done.cause == "fidelity" and "fidelity" in done.reason and done.correction is None
