@@ -140,7 +140,8 @@ def _deadline(seconds: float) -> None:
     """From now, stop the command after `seconds` of wall-clock time (0: never). The alarm unwinds the run between
     onnxruntime calls; one call that never returns (a hostile Loop) is ended by a watchdog a grace period later."""
     def up(signum, frame) -> None:
-        raise _TimeUp(seconds)
+        if not (_Run.committed or _Run.cleaning):  # every output in place, or a failure's clean-up under way
+            raise _TimeUp(seconds)
 
     def hard_stop() -> None:
         err.print(f"error: stopped after {seconds:g} s, the run time limit (limits.seconds), inside onnxruntime; "
@@ -156,9 +157,11 @@ def _deadline(seconds: float) -> None:
 
 
 class _Run:
-    """Whether the run is done: once every output is in place, SIGINT and SIGTERM no longer unwind it (an
-    interruption would remove complete outputs, or report them as removed while they stay)."""
+    """Whether the run is done: once every output is in place, SIGINT, SIGTERM and the time limit no longer
+    unwind it (an interruption would remove complete outputs, or report them as removed while they stay); nor
+    while a failed run removes what it wrote (`cleaning`), so that the removal is not cut short."""
     committed = False
+    cleaning = False
 
 
 def _guarded(work):
@@ -218,13 +221,18 @@ def _write_all(outputs: list[tuple[Optional[Path], Callable[[], str]]], written:
     part-way (a full disk, Ctrl-C) removes what this run wrote, these and `written` alike: a run that fails leaves no
     output. The last output in place commits the run."""
     written = [] if written is None else written
+    placing = None  # the output being written, and what was at its path before
     try:
         for path, text in outputs:
             if path is not None:
+                placing = Path(path), _identity(Path(path))
                 model_io.write_atomic(path, text().encode())
                 written.append(Path(path))
+                placing = None
         _Run.committed = True
     except BaseException:
+        if placing is not None and _identity(placing[0]) != placing[1]:  # in place, but the write had not returned
+            written.append(placing[0])
         _remove(written)
         raise
 
@@ -243,9 +251,13 @@ def _identity(path: Path) -> Optional[tuple[int, int]]:
 
 
 def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
+    _Run.cleaning = True
+    try:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    finally:
+        _Run.cleaning = False
 
 
 def _threads_text(threads: int | None) -> str:
@@ -543,14 +555,12 @@ def repair_command(
                                         zero=zero, unlearning=unlearn, notch=notch, occlude=occlude, notice=_note,
                                         settings=settings, progress=progress,
                                         **{name: given[name] for name in _AUDIT_OPTIONS})
-            written.append(Path(output))
+            written += [Path(output), *model_io.external_data_files(output)]  # the model before its data
             report.config = None if chosen is None else chosen.to_dict()
             _finish_repair(report, before, written, measured, reports)
         except BaseException:  # a run that fails or is interrupted leaves none of its outputs, the model included
             if not written and _identity(output) != previous:  # interrupted between the model's write and its return
-                written.append(Path(output))
-            if written:
-                written[:0] = model_io.external_data_files(output)
+                written += [Path(output), *model_io.external_data_files(output)]
             _remove(written)
             raise
         return report
@@ -648,10 +658,11 @@ def _root(
 def _terminate(signum, frame) -> None:
     """SIGTERM (CI cancelling a job) and Ctrl-C unwind the run, so partial outputs are removed; a second
     signal is ignored so that the clean-up the first started is not itself interrupted. Once the run
-    is committed (every output in place) they are ignored: the run ends as it would have."""
+    is committed (every output in place) they are ignored: the run ends as it would have. From the first signal on,
+    a clean-up that takes long (a batch scan stopping its workers) can no longer be cut short by another."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not _Run.committed:
+    if not (_Run.committed or _Run.cleaning):
         raise KeyboardInterrupt
 
 
@@ -681,6 +692,7 @@ def main() -> None:
         # kill. Python restores the default action for handled signals while it shuts down, but
         # leaves an ignored one ignored.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if code == EXIT_INTERRUPTED:  # a command that unwound an interruption returns its code here
         _say_interrupted()
     sys.exit(code if isinstance(code, int) else 0)

@@ -573,6 +573,21 @@ def test_sigterm_right_after_the_library_writes_the_model_leaves_none(tmp_path: 
     before.unchanged()
 
 
+def test_sigterm_before_the_model_is_written_leaves_the_file_force_would_replace(tmp_path: Path) -> None:
+    """--force over an existing file, and a SIGTERM once the repair is planned but before the model is written:
+    exit 130, and the existing file is still there, byte for byte (only what this run put in place is removed)."""
+    model, data = example_case(tmp_path)
+    out = tmp_path / "repaired.onnx"
+    out.write_bytes(b"an earlier output")
+    before = Guarded.take(tmp_path)
+    result = python_cli("repair", model, "--data", data, "--limit", "10", "-o", out, "--force",
+                        prelude=_CANCEL_RIGHT_AFTER.format(module="auditor.mitigation.plan", name="settle"))
+    assert result.returncode == 130, (result.returncode, result.stderr)
+    assert result.stderr.strip().splitlines() == ["interrupted: no partial output was left behind"]
+    assert out.read_bytes() == b"an earlier output"
+    before.unchanged()
+
+
 # ---- what the console says -------------------------------------------------------------------------------
 
 def test_evaluate_prints_the_target_class_accuracy(example, tmp_path: Path) -> None:

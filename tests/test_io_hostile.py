@@ -182,6 +182,37 @@ def test_bad_data(case: str, command: str, tmp_path: Path) -> None:
     refuse(command, model, data, DATA_CASES[case].pattern, DATA_CASES[case].error, **options)
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed, np.save])
+def test_only_the_samples_within_the_limit_are_read(save, tmp_path: Path) -> None:
+    """A file of many samples read with a limit reads only those (a 1000-sample file scanned with --limit 10
+    costs what 10 samples do): a NaN past the limit is never seen, while the counts still come from the
+    whole file."""
+    from auditor.io import data as data_io
+
+    model, data = mlp_case(tmp_path)
+    with np.load(data) as archive:
+        x = archive["x"].astype(np.float32)
+    many = np.concatenate([x] * 10)
+    many[len(x) + 1] = np.nan
+    path = tmp_path / ("many.npy" if save is np.save else "many.npz")
+    save(path, many) if save is np.save else save(path, x=many, y=np.arange(len(many)) % 3)
+    specs = data_io.input_specs(onnx.load(str(model)))
+    read = data_io.load(path, specs, limit=len(x))
+    assert len(read) == len(x)
+    np.testing.assert_array_equal(read.inputs[specs[0].name], x)
+    if save is not np.save:
+        np.testing.assert_array_equal(read.labels, np.arange(len(x)) % 3)
+    with pytest.raises(DataError, match="contain NaN or Inf"):
+        data_io.load(path, specs)
+    with pytest.raises(DataError, match=rf"holds {len(many)} samples, fewer than the limit of {len(many) + 1}"):
+        data_io.load(path, specs, limit=len(many) + 1)
+    if save is not np.save:
+        short = tmp_path / "short-labels.npz"
+        save(short, x=many, y=np.zeros(len(many) - 1, np.int64))
+        with pytest.raises(DataError, match=rf"{len(many) - 1} labels for {len(many)} samples"):
+            data_io.load(short, specs, limit=len(x))
+
+
 @pytest.mark.parametrize("limit", [0, -3])
 def test_a_limit_below_one_is_refused(limit: int, tmp_path: Path) -> None:
     model, data = mlp_case(tmp_path)

@@ -110,35 +110,34 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
         raise DataError(f"data file is empty (0 bytes): {path}")
     if limit is not None and limit < 1:
         raise DataError(f"the sample limit must be at least 1, got {limit}")
-    arrays = _read_arrays(path, max_bytes)
-    labels = arrays.pop("y", None)
+    # only the first `limit` samples are read (a 1000-sample file scanned with --limit 10 costs what 10 do);
+    # `declared` holds every array's full length, which the checks below use
+    arrays, declared = _read_arrays(path, max_bytes, limit)
+    labels, declared_labels = arrays.pop("y", None), declared.pop("y", 0)
     names = [s.name for s in specs]
     if len(specs) == 1 and names[0] not in arrays:
         if "x" not in arrays:
             wanted = "'x'" if names[0] == "x" else f"'x' nor {names[0]!r}"
             raise DataError(f"{path.name} has no array {wanted} (found: {', '.join(sorted(arrays)) or 'none'}); "
                             "save the samples under that name")
-        arrays = {names[0]: arrays["x"]}
+        arrays, declared = {names[0]: arrays["x"]}, {names[0]: declared["x"]}
     missing = [n for n in names if n not in arrays]
     if missing:
         raise DataError(f"{path.name} lacks arrays for model inputs {missing} (found: {', '.join(sorted(arrays)) or 'none'})")
     extra = sorted(set(arrays) - set(names) - {"x"})
     if extra:
         raise DataError(f"{path.name} has arrays {extra} that match no model input {names}; remove or rename them")
+    if limit is not None and len({declared[n] for n in names}) == 1 and 0 < declared[names[0]] < limit:
+        raise DataError(f"{path.name} holds {declared[names[0]]} samples, fewer than the limit of {limit}")
     inputs = {spec.name: _conform(arrays[spec.name], spec, path.name) for spec in specs}
-    counts = {len(a) for a in inputs.values()}
+    counts = {declared[spec.name] for spec in specs}
     if len(counts) != 1:
         raise DataError(f"{path.name}: input arrays hold different numbers of samples {sorted(counts)}")
     count = counts.pop()
     if count == 0:
         raise DataError(f"{path.name} holds no samples")
     if labels is not None:
-        labels = _labels(labels, count, path.name)
-    if limit is not None:
-        if limit > count:
-            raise DataError(f"{path.name} holds {count} samples, fewer than the limit of {limit}")
-        inputs = {k: v[:limit] for k, v in inputs.items()}
-        labels = None if labels is None else labels[:limit]
+        labels = _labels(labels, declared_labels, count, path.name)
     return Samples(inputs, labels, str(path))
 
 
@@ -152,24 +151,30 @@ def _over(path: Path, declared: int, max_bytes: int) -> DataError:
                      "give fewer samples, or raise it with --set limits.data_bytes=N")
 
 
-def _read_arrays(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
-    """Arrays by name, read by our own small reader: headers checked before any data, never unpickled."""
+Arrays = tuple[dict[str, np.ndarray], dict[str, int]]  # by name: the rows read, and the rows declared
+
+
+def _read_arrays(path: Path, max_bytes: int, rows: int | None = None) -> Arrays:
+    """Arrays by name (their first `rows` rows when given) and their declared lengths, read by our own small
+    reader: headers checked before any data, never unpickled."""
     with open(path, "rb") as handle:
         head = handle.read(8)
     if head.startswith(_NPY_MAGIC):
         if path.stat().st_size > max_bytes:
             raise _over(path, path.stat().st_size, max_bytes)
         with open(path, "rb") as handle:
-            return {"x": _read_npy(handle, path.stat().st_size, path.name, "x")}
+            array, declared = _read_npy(handle, path.stat().st_size, path.name, "x", rows)
+            return {"x": array}, {"x": declared}
     if head.startswith(_ZIP_MAGICS):
-        return _read_npz(path, max_bytes)
+        return _read_npz(path, max_bytes, rows)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise DataError(f"{path.name} is a Python pickle; auditor never unpickles data: save plain numeric arrays (.npz)")
     raise DataError(f"{path.name} is not an .npz or .npy file (no numpy or zip header)")
 
 
-def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, max_bytes: int, rows: int | None = None) -> Arrays:
     arrays: dict[str, np.ndarray] = {}
+    lengths: dict[str, int] = {}
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())  # uncompressed: what reading would allocate
@@ -184,16 +189,18 @@ def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
                 if name in arrays:
                     raise DataError(f"{path.name}: array {name!r} appears twice")
                 with archive.open(info) as member:
-                    arrays[name] = _read_npy(member, info.file_size, path.name, name)
+                    arrays[name], lengths[name] = _read_npy(member, info.file_size, path.name, name, rows)
     except DataError:
         raise
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise DataError(f"cannot read {path.name} as .npz (corrupt or truncated archive: {_reason(exc)})") from exc
-    return arrays
+    return arrays, lengths
 
 
-def _read_npy(handle, size: int, source: str, name: str) -> np.ndarray:
-    """One .npy: its header must describe a plain array of exactly the bytes that follow.
+def _read_npy(handle, size: int, source: str, name: str, rows: int | None = None) -> tuple[np.ndarray, int]:
+    """One .npy, and its declared length (0 for a scalar): its header must describe a plain array of exactly
+    the bytes that follow. With `rows`, only the first `rows` rows of a C-ordered array are read: the
+    rest is never decompressed (nor checksummed), as it is never used.
 
     `handle` may be an .npz member: its reads decompress and check the CRC, so a corrupt member fails
     while its header or its payload is read, with errors of its own (zlib, lzma, bz2's OSError, EOFError,
@@ -228,13 +235,17 @@ def _read_npy(handle, size: int, source: str, name: str) -> np.ndarray:
     if needed != available:
         raise DataError(f"{source}: array {name!r} declares shape {shape} ({needed} bytes) but holds {available} bytes "
                         "(truncated or corrupt)")
+    length = shape[0] if shape else 0
+    if rows is not None and shape and not fortran and rows < length:
+        shape = (rows, *shape[1:])
+        needed = math.prod(shape) * dtype.itemsize
     try:
         payload = handle.read(needed)
     except stream_errors as exc:
         raise unreadable(exc) from exc
     if len(payload) != needed:
         raise DataError(f"{source}: array {name!r} is truncated ({len(payload)} of {needed} bytes)")
-    return np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C"), length
 
 
 def _reason(exc: BaseException) -> str:
@@ -277,11 +288,12 @@ def _conform(array: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _labels(labels: np.ndarray, count: int, source: str) -> np.ndarray:
+def _labels(labels: np.ndarray, declared: int, count: int, source: str) -> np.ndarray:
+    """The labels read (maybe the first rows only), checked: `declared` of them for `count` samples."""
     if labels.dtype.kind not in "iu" or labels.ndim != 1:
         raise DataError(f"{source}: labels 'y' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
-    if len(labels) != count:
-        raise DataError(f"{source}: {len(labels)} labels for {count} samples")
+    if declared != count:
+        raise DataError(f"{source}: {declared} labels for {count} samples")
     if (labels < 0).any():
         raise DataError(f"{source}: labels 'y' must be non-negative class indices")
     if labels.size and labels.max() > _MAX_LABEL:

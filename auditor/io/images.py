@@ -86,7 +86,7 @@ def load(folder: Path, specs: list[InputSpec], limit: int | None, max_bytes: int
         "mean": list(preprocess.mean), "std": list(preprocess.std), "channel_order": preprocess.channel_order, "layout": layout,
         "resized_to_model": list(size) if resized else None,
     }
-    return Samples({spec.name: array}, None if labels is None else _labels(labels, len(files), folder.name), str(folder), record)
+    return Samples({spec.name: array}, None if labels is None else _labels(labels, len(labels), len(files), folder.name), str(folder), record)
 
 
 def _pillow():
