@@ -6,8 +6,8 @@
 Needs torch (the `bench` extra) to build the models once (bench/scale_models.py; cached in bench/work/scale). Each
 measurement runs in a fresh process (`--one`), so its peak resident memory is its own: plain = load the model and run
 one onnxruntime pass over the samples in batches of 64; scan and repair = `auditor.audit` / `auditor.repair` with the
-default settings (the time budget included) on CPU. Per repeat, each model's plain, scan and repair run one after
-another; the median over repeats is reported.
+default settings (the time budget included) on CPU. Each N has its own file of N samples. Per repeat, each model's
+plain, scan and repair run one after another; the median over repeats is reported.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         for name in names:
             for count in counts:
-                model, data = prepare(name, max(counts))
+                model, data = prepare(name, count)  # a file of exactly N samples: plain reads no more than it runs
                 for command in commands:
                     got = measure(command, model, data, count)
                     runs.setdefault(f"{name}|{count}|{command}", []).append(got)
