@@ -637,8 +637,8 @@ def _link_into_place(fd: int, path: Path) -> None:
     except FileExistsError:
         pass
     temp = path.parent / f".auditor-{secrets.token_hex(8)}.tmp"
-    _link_fd(fd, temp)
-    try:
+    try:  # the link inside: an interruption right after it must not leave the hidden name behind
+        _link_fd(fd, temp)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
