@@ -216,29 +216,23 @@ def _outputs(paths: list[Optional[Path]], force: bool, inputs: tuple[Path, ...])
         seen.add(key)
 
 
-def _write_all(outputs: list[tuple[Optional[Path], Callable[[], str]]], written: list[Path] | None = None) -> None:
-    """Each (path, text) whose path is given, atomically; `written` hears each path once it is in place. A failure
-    part-way (a full disk, Ctrl-C) removes what this run wrote, these and `written` alike: a run that fails leaves no
-    output. The last output in place commits the run."""
-    written = [] if written is None else written
-    placing = None  # the output being written, and what was at its path before
+def _write_all(outputs: list[tuple[Optional[Path], Callable[[], str]]]) -> None:
+    """Each (path, text) whose path is given, atomically. A failure part-way (a full disk, Ctrl-C) removes every
+    output this run put in place, one whose write had not yet returned included (its path holds another file than
+    before): a run that fails leaves no output. The last output in place commits the run."""
+    given = [(Path(path), text) for path, text in outputs if path is not None]
+    before = {path: _identity(path) for path, _ in given}
     try:
-        for path, text in outputs:
-            if path is not None:
-                placing = Path(path), _identity(Path(path))
-                model_io.write_atomic(path, text().encode())
-                written.append(Path(path))
-                placing = None
+        for path, text in given:
+            model_io.write_atomic(path, text().encode())
         _Run.committed = True
     except BaseException:
-        if placing is not None and _identity(placing[0]) != placing[1]:  # in place, but the write had not returned
-            written.append(placing[0])
-        _remove(written)
+        _remove([path for path, found in before.items() if _identity(path) != found])
         raise
 
 
-def _write_reports(report: auditor.Report, json_path, sarif_path, html_path, written: list[Path] | None = None) -> None:
-    _write_all([(json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)], written)
+def _write_reports(report: auditor.Report, json_path, sarif_path, html_path) -> None:
+    _write_all([(json_path, report.to_json), (sarif_path, report.to_sarif), (html_path, report.to_html)])
 
 
 def _identity(path: Path) -> Optional[tuple[int, int]]:
@@ -548,24 +542,21 @@ def repair_command(
                     "settings": settings}
         before = None if test is None else auditor.evaluate(model, test, **measured)
         previous = _identity(output)  # what --force may replace: left alone unless this run put a model there
-        written: list[Path] = []
         try:
             with _progress_bars() as progress:
                 report = auditor.repair(model, given["data"], output, max_prune=max_prune, force=force, bound=bound,
                                         zero=zero, unlearning=unlearn, notch=notch, occlude=occlude, notice=_note,
                                         settings=settings, progress=progress,
                                         **{name: given[name] for name in _AUDIT_OPTIONS})
-            written += [Path(output), *model_io.external_data_files(output)]  # the model before its data
             report.config = None if chosen is None else chosen.to_dict()
-            _finish_repair(report, before, written, measured, reports)
+            _finish_repair(report, before, measured, reports)
         except BaseException:  # a run that fails or is interrupted leaves none of its outputs, the model included
-            if not written and _identity(output) != previous:  # interrupted between the model's write and its return
-                written += [Path(output), *model_io.external_data_files(output)]
-            _remove(written)
+            if _identity(output) != previous:  # this run put a model there (maybe before the library returned)
+                _remove([Path(output), *model_io.external_data_files(output)])  # the model before its data
             raise
         return report
 
-    def _finish_repair(report: auditor.Report, before, written: list[Path], measured: dict, reports: tuple) -> None:
+    def _finish_repair(report: auditor.Report, before, measured: dict, reports: tuple) -> None:
         _say_provider(report)
         _render(report)
         for line in repair_lines(report.repair, report.verdict):
@@ -580,7 +571,7 @@ def repair_command(
             after = auditor.evaluate(output, test, **measured)
             report.repair.evaluation = {"before": before.to_dict(), "after": after.to_dict()}
             _render_before_after(before, after)
-        _write_reports(report, *reports, written)
+        _write_reports(report, *reports)
     _guarded(work)
     raise typer.Exit(EXIT_CLEAN)
 
