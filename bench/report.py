@@ -1150,17 +1150,19 @@ def scale_section() -> list[str]:
         lines += ["", "Where the time goes: on image models the patch search and the Fourier probe plan the same number of "
                   "sample passes at 224 px as at 28 px (12,928 and 4,480 at N = 10 with 1000 classes), so they cost what a "
                   "pass costs times that: at ResNet-18's 16 ms a sample pass, 207 s and 78 s, against 0.4 s for plain "
-                  "inference. The corruption probe (300 passes) took 6-64 s. Meeting 20x plain needs searches designed "
+                  "inference. The corruption probe (290 passes) took 2-65 s. Meeting 20x plain needs searches designed "
                   "around a pass budget. The channel statistics of wide units are no longer a cost: issue 24 reported 143 s "
                   "for a BERT-base over token ids, 84 s of them channel statistics; with the Gram matrix over 512 sampled "
-                  "channels this BERT-base scans in 12 s (not measured here before the change). Memory: the checker, shape "
+                  "channels this BERT-base scans in 7 s (not measured here before the change). Memory: the checker, shape "
                   "inference and upb's size counting held extra copies of a large model's weights, and the instrumented "
                   "session was made from a copy of the model; runs of 27 samples at 224 px and every corruption's copies "
                   "at once made the peak grow with N. What is left beyond plain inference on the BERTs is onnxruntime's "
                   "own copy of the weights per session, made from serialised bytes (about 2.5 times the weights, "
-                  "against 1.4 times when onnxruntime reads the file itself), beside the Python model. The MobileNetV3 at "
-                  "N = 10 peaked at 779 MB in one run of this session and 1405 MB in the run above, with the same code; "
-                  "that spread between runs is not explained. From N = 10 to N = 1000 its peak grew 23% (1405 to 1723 MB)."]
+                  "against 1.4 times when onnxruntime reads the file itself), beside the Python model. An earlier run of "
+                  "this table had the MobileNetV3 at 1405 MB at N = 10: the bench gave every N the 1000-sample file, and "
+                  "the loader converted all of it before keeping the first N; each N now has its own file and the loader "
+                  "reads only the samples within --limit. From N = 10 to N = 1000 its peak grows 121% (779 to 1722 MB), "
+                  "against issue 24's 20%: the samples are held in memory as float32 (600 MB for 1000 at 224 px)."]
     return lines
 
 
