@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from auditor.errors import DeviceError, ModelError
+from auditor.graph.index import GraphIndex, weightless
 from auditor.io import runtime
 from auditor.io.model import load
 
@@ -52,10 +56,6 @@ def test_sizes_and_shapes_come_without_serialising_the_weights(example) -> None:
     """proto_size counts a model without serialising its weights (upb's ByteSize() serialises the message), at least
     its true size and within a few bytes per tensor; shape inference on the weightless model infers what it infers
     on the model itself."""
-    import onnx
-
-    from auditor.graph.index import GraphIndex, weightless
-
     model = load(example.model).proto
     counted, true = runtime.proto_size(model), model.ByteSize()
     assert true <= counted <= true + 64 * len(model.graph.initializer)
@@ -70,13 +70,6 @@ def test_sizes_and_shapes_come_without_serialising_the_weights(example) -> None:
 def test_a_weight_that_is_also_a_declared_input_keeps_its_declaration_checked(tmp_path) -> None:
     """A weight listed as a graph input too (every weight of an IR 3 model) stays in the checked model: a declared
     shape that contradicts the stored one is refused, as the checker refuses it on the model itself."""
-    import numpy as np
-    import onnx
-    import pytest
-    from onnx import TensorProto, helper, numpy_helper
-
-    from auditor.errors import ModelError
-
     weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")  # 16 KiB: a weight weightless would move
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
@@ -90,10 +83,6 @@ def test_a_weight_that_is_also_a_declared_input_keeps_its_declaration_checked(tm
 
 
 def test_extra_outputs_run_without_copying_the_model_and_leave_it_as_it_was(example) -> None:
-    import numpy as np
-    import onnx
-    from onnx import helper
-
     model = load(example.model).proto
     before = model.SerializeToString()
     hidden = model.graph.node[0].output[0]
