@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import onnx
 import pytest
@@ -100,3 +102,21 @@ def test_extra_outputs_run_without_copying_the_model_and_leave_it_as_it_was(exam
     with pytest.raises(ModelError):
         runtime.session(model, runtime.select_provider("cpu"), broken)
     assert model.SerializeToString() == before  # restored when onnxruntime refused the extended graph
+
+
+def test_a_large_model_runs_from_a_temporary_weights_file_that_is_gone_once_the_session_exists(example, tmp_path,
+                                                                                                   monkeypatch) -> None:
+    model = load(example.model).proto
+    assert any(len(t.raw_data) > runtime._FILE_TENSOR for t in model.graph.initializer)  # some go to the file
+    spec = runtime.session(model, runtime.select_provider("cpu")).get_inputs()[0]
+    feed = {spec.name: np.random.default_rng(0).random([3, *[d if isinstance(d, int) else 1 for d in spec.shape[1:]]],
+                                                       dtype=np.float32)}
+    through_bytes = runtime.session(model, runtime.select_provider("cpu")).run(None, feed)
+    monkeypatch.setattr(runtime, "_FILE_THRESHOLD", 0)  # the example (a few MB) takes the large-model path
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = model.SerializeToString()
+    through_file = runtime.session(model, runtime.select_provider("cpu")).run(None, feed)
+    assert model.SerializeToString() == before
+    assert list(tmp_path.iterdir()) == []
+    for ours, theirs in zip(through_file, through_bytes, strict=True):
+        np.testing.assert_array_equal(ours, theirs)

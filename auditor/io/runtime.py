@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import EncodeError
@@ -26,8 +27,9 @@ from auditor.graph.index import model_bytes, stored_bytes
 ort.set_default_logger_severity(4)
 
 _PROTOBUF_LIMIT = 1_900_000_000  # bytes; a single serialized ModelProto must stay below 2 GiB
-_SPLIT_THRESHOLD = 1 << 20  # initializers above this size bypass the protobuf for big models
-_NOT_NUMPY = {TensorProto.STRING, TensorProto.BFLOAT16, TensorProto.UNDEFINED}
+_FILE_THRESHOLD = 1 << 26  # bytes; larger models reach onnxruntime through a temporary weights file (see `_session`)
+_FILE_TENSOR = 1 << 16  # bytes; initializers above this size go to that file, smaller ones stay in the proto
+_PAGE = 4096  # offsets in the weights file are page-aligned so that onnxruntime can map the tensors in place
 
 
 @dataclass(frozen=True)
@@ -192,49 +194,60 @@ def session(model: onnx.ModelProto, provider: Provider, extra: onnx.GraphProto |
     """An inference session for an in-memory model (with `extra`'s nodes, initializers and outputs added, see
     `extended`); leaves `model` as it was.
 
-    Above protobuf's 2 GiB the large initializers reach onnxruntime as in-memory external
-    initializers, so nothing is written to disk and the proto keeps its weights.
+    The proto keeps its weights; a large model's are written to a temporary file for onnxruntime (see `_session`).
     """
     with extended(model, extra):
         return _session(model, provider)
 
 
 def _session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
+    """A session for `model`. A small model reaches onnxruntime as serialized bytes. A large one would cost its weights
+    three times over that way (the proto, the bytes, onnxruntime's parse of them), so its weights are streamed, a tensor
+    at a time, into a page-aligned file in a temporary folder, which onnxruntime maps in place, and the folder is
+    removed as soon as the session exists (the mapping outlives the names)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.enable_mem_pattern = False  # its planned block for each input shape came on top of the arena: +200 MB on a BERT-base
     if provider.threads is not None:
         options.intra_op_num_threads = provider.threads
     providers = providers_for(provider)
     try:
-        if proto_size(model) < _PROTOBUF_LIMIT:
+        size = proto_size(model)
+        if size < _FILE_THRESHOLD:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        light, values = _split_large(model)
-        options.add_external_initializers(list(values), [ort.OrtValue.ortvalue_from_numpy(v) for v in values.values()])
-        created = ort.InferenceSession(light.SerializeToString(), options, providers=providers)
-        created._auditor_initializers = values  # onnxruntime reads them in place: keep them alive with the session
-        return created
+        with tempfile.TemporaryDirectory(prefix="auditor-") as folder:
+            try:
+                light = _light_model(model, Path(folder))
+            except OSError as exc:
+                if size >= _PROTOBUF_LIMIT:
+                    raise ModelError(f"cannot write the model's weights to a temporary folder ({exc.strerror or exc}); "
+                                     "point TMPDIR at a folder with room for them") from exc
+                return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+            return ort.InferenceSession(str(light), options, providers=providers)
     except ModelError:
         raise
     except Exception as exc:  # onnxruntime raises many unrelated types
         raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from exc
 
 
-def _split_large(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """A copy of `model` whose large initializers are external stubs, and their values as arrays."""
-    values: dict[str, np.ndarray] = {}
+def _light_model(model: onnx.ModelProto, folder: Path) -> Path:
+    """Write `model` into `folder` as a small .onnx whose large initializers point into one weights file; its path."""
     placed: dict[str, tuple[str, int, int]] = {}
-    for tensor in model.graph.initializer:
-        if not tensor.HasField("raw_data") or tensor.data_type in _NOT_NUMPY:
-            continue
-        size = len(tensor.raw_data) if proto_size(tensor) > _SPLIT_THRESHOLD else 0
-        if size:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-            values[tensor.name] = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
-            placed[tensor.name] = ("in-memory", 0, size)
+    with open(folder / "weights.bin", "wb") as handle:
+        for tensor in model.graph.initializer:
+            if not tensor.HasField("raw_data") or proto_size(tensor) <= _FILE_TENSOR:
+                continue
+            raw = tensor.raw_data
+            handle.write(b"\0" * (-handle.tell() % _PAGE))
+            placed[tensor.name] = ("weights.bin", handle.tell(), len(raw))
+            handle.write(raw)
+            del raw
     light = externalised_copy(model, placed)
     if proto_size(light) >= _PROTOBUF_LIMIT:
         raise ModelError("the model exceeds 2 GiB even without its large initializers; auditor cannot run it")
-    return light, values
+    path = folder / "model.onnx"
+    path.write_bytes(light.SerializeToString())
+    return path
 
 
 def externalised_copy(model: onnx.ModelProto, placed: dict[str, tuple[str, int, int]]) -> onnx.ModelProto:
