@@ -23,8 +23,9 @@ class CaptureSettings:
     """The pass that captures per-channel statistics, and the size of every run after it (detectors, evaluate)."""
 
     batch: int = 64  # samples per run (1 when the model fixes its batch dimension at 1)
-    batch_values: int = 1 << 20  # and at most this many input values per run: 6 samples at 224 px, 64 at 28 px; memory
-    # then does not grow with N (a 224 px batch of 64 held GBs of activations, one of 27 twice a batch of 10's)
+    batch_values: int = 1 << 19  # and at most this many input values per run: 3 samples at 224 px, 64 at 28 or 32 px;
+    # memory then does not grow with N (a 224 px batch of 64 held GBs of activations, one of 27 twice a batch of 10's; the
+    # instrumented MobileNetV3 peaked at 655 MB in runs of 5 samples, 549 MB in runs of 3)
     gram_channels: int = 512  # wider units: channel relations on an evenly spaced sample of this many channels (a full
     # Gram matrix of a 3072-wide layer costs twice the layer's own pass, its inverse more than the whole capture)
 
@@ -100,7 +101,7 @@ class PatchSettings:
     sweep_positions: int = 625  # the sweep's grid: at most this many positions (25 x 25)
     sweep_screen: int = 3  # samples every position is tried on ...
     sweep_keep: int = 5  # ... before this many best positions are scored on all
-    chunk: int = 1 << 24  # input values per batch of the sweep (bounds memory on large images)
+    chunk: int = 1 << 22  # input values per batch of the sweep (bounds memory on large images: 27 at 224 px)
     unlearn_shifts: tuple[tuple[int, int], ...] = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # where unlearning pastes the patch
     occlusion_margins: tuple[int, ...] = (1, 0)  # pixels around the found patch the occlusion covers, widest first
 
@@ -114,7 +115,7 @@ class FourierSettings:
     phases: tuple[float, ...] = (0.0, 0.5 * math.pi, math.pi, 1.5 * math.pi)
     quantile: float = 0.9  # a class's typical share over the bases, against which its best share is measured
     max_samples: int = 10  # the probe perturbs at most the first this many clean samples
-    chunk: int = 1 << 24  # input values per batch of perturbed samples
+    chunk: int = 1 << 22  # input values per batch of perturbed samples (27 at 224 px; 1 << 24 cost a MobileNetV3 180 MB)
     unlearn_bases: int = 8  # with a verdict on this probe, unlearning uses the target's best this many bases
     phase_steps: int = 5  # the narrow notch refines the phase over this many steps within +-pi/4
 
