@@ -35,7 +35,7 @@ def _report(found: detection.Scan, command: str, method: str, model_path, data_p
         command=command, tool_version=__version__, method=method,
         model={"path": str(model_path), "sha256": loaded.sha256, "ir_version": loaded.proto.ir_version,
                "opset": loaded.opset, "notes": list(loaded.notes), "kinds": found.kinds.to_dict()},
-        data={"path": str(data_path), "samples": len(found.samples), "preprocessing": found.samples.preprocessing,
+        data={"path": str(data_path), "samples": len(found.capture.scores), "preprocessing": found.samples.preprocessing,
               **detection.coverage(found.capture)},
         provider={"name": provider.name, "reason": provider.reason, "threads": provider.threads},
         verdict=found.verdict, layers=layers, skipped=skipped, channel_threshold=settings.channels.threshold,
@@ -58,7 +58,7 @@ def audit(model_path: str | Path, data_path: str | Path, limit: int | None = Non
     settings = settings or Settings()
     provider = runtime.select_provider(device, threads)
     found = detection.scan(model_path, data_path, limit, method, provider, settings, threshold, patch_search, fourier_probe, notice,
-                           input_kind, output_kind, progress)
+                           input_kind, output_kind, progress, keep_samples=False)
     return _report(found, "scan", method, model_path, data_path, settings)
 
 

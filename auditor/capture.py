@@ -20,7 +20,7 @@ from auditor.graph import kinds
 from auditor.graph.index import GraphIndex
 from auditor.graph.units import Unit
 from auditor.io import runtime
-from auditor.io.data import Samples
+from auditor.io.data import SampleFile, Samples
 from auditor.io.model import default_opset
 
 
@@ -169,7 +169,8 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
     return extra, outputs
 
 
-def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider) -> dict[str, int]:
+def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples | SampleFile,
+                provider: runtime.Provider) -> dict[str, int]:
     """Ranks of the tensors we reduce: from shape inference, else from one probe sample."""
     wanted = {u.output for u in units} | {index.node(u.bn).input[0] for u in units if u.bn is not None}
     ranks = {name: index.rank(name) for name in wanted}
@@ -181,7 +182,7 @@ def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sa
             if name not in existing:
                 extra.output.append(helper.make_tensor_value_info(name, index.elem_type(name), None))
         session = runtime.session(model, provider, extra)
-        feed = next(samples.batches(1))
+        _, feed = next(samples.feeds(np.arange(1), 1))
         values = run(session, unknown, feed)
         ranks.update({name: value.ndim for name, value in zip(unknown, values)})
     return ranks
@@ -195,9 +196,10 @@ def run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarr
         raise DataError(f"onnxruntime rejected the samples: {runtime._first_line(exc)}") from exc
 
 
-def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples, provider: runtime.Provider,
-            batch: int, gram_channels: int = 512) -> Capture:
-    """Stream `samples` through the instrumented model and accumulate statistics in float64."""
+def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples | SampleFile,
+            provider: runtime.Provider, batch: int, gram_channels: int = 512) -> Capture:
+    """Stream `samples` (in memory, or read from their file a batch at a time) through the instrumented model and
+    accumulate statistics in float64."""
     start = time.perf_counter()
     ranks = probe_ranks(model, index, units, samples, provider)
     extra, outputs = build_capture_model(model, index, units, ranks, gram_channels)
@@ -214,9 +216,8 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
         for name in outputs:
             if name.endswith("_pmax"):
                 halves.setdefault(name, []).append(None)
-        for first in range(0, len(chosen), batch):
-            rows = chosen[first : first + batch]
-            values = run(session, [scores_name, *outputs], {k: v[rows] for k, v in samples.inputs.items()})
+        for rows, feed in samples.feeds(chosen, batch):
+            values = run(session, [scores_name, *outputs], feed)
             for row, value in zip(rows, np.asarray(values[0], dtype=np.float32)):
                 scores[row] = value
             for name, value in zip(outputs, values[1:]):

@@ -74,7 +74,9 @@ class ProbeSettings:
     noise_draws: int = 5  # noisy (and blended) copies per sample and level
     blend_levels: tuple[float, ...] = (0.1, 0.2)  # weights a of (1 - a) x + a u, u uniform noise
     blur_sigmas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # Gaussian blur over the image axes, in positions
-    max_samples: int = 100  # the probe corrupts at most the first this many clean samples
+    max_samples: int = 100  # the probe corrupts at most the first this many clean samples ...
+    max_values: int = 1 << 23  # ... and at most as many as keep one corruption's copies within this many input values:
+    # 100 samples at 28 or 32 px, 11 at 224 px (where 100 held 300 MB a corruption, and the probe's time grew with N)
     seed: int = 0
     # a class's share counts in full only when the corrupted samples it takes are classified at least this surely,
     # as a median margin relative to the clean samples' median margin; below, in proportion (a natural sink takes

@@ -138,11 +138,13 @@ def test_measured_when_compares_new_runs_by_setting_and_old_runs_by_their_module
     assert report.measured_when(variant, current) == ""
     older = {"overrides": ["patch.restarts=2"], "constants": {**current, "patch.restarts": 2, "patch.seed": 5}}
     assert report.measured_when(older, current) == " (measured when patch.seed=5)"
+    batched = {"constants": {**current, "patch.chunk": 1 << 24, "capture.batch_values": 1 << 20}}  # memory, not results
+    assert report.measured_when(batched, current) == ""
     # a run from before auditor.settings: its module-level names, the removed ones and the format's ignored
     legacy = {"overrides": ["api.WEAK_UNLEARN=true"],
               "constants": {"api.WEAK_UNLEARN": True, "api.ANCHOR_SLACK": 0.0, "guard.HALF_SLACK": 3.0,
                             "score.PATCH_REACH": 0.6666666666666666, "patch.OCCLUSION_RING": True,
-                            "rewrite.MASK_PREFIX": "__old_", "patch.SWEEP": True}}
+                            "rewrite.MASK_PREFIX": "__old_", "patch.SWEEP": True, "patch.CHUNK": 1 << 24}}
     assert report.measured_when(legacy, current) == (
         " (measured when api.ANCHOR_SLACK=0.0, patch.OCCLUSION_RING=True, probe.BLEND=False)")
     # every old constant shipped when the settings came in maps onto them unchanged

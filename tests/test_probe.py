@@ -220,3 +220,15 @@ def test_corrupted_copies_are_filled_one_draw_at_a_time_with_the_same_values() -
         expected = np.concatenate([np.clip(_noise(reference_rng, 0.2, array, low, high), low, high) for _ in range(5)]).astype(array.dtype)
         assert made[name].dtype == array.dtype
         np.testing.assert_array_equal(made[name], expected)
+
+
+def test_large_samples_are_probed_fewer_at_a_time_so_that_memory_does_not_grow_with_them() -> None:
+    """`max_values` bounds one corruption's copies: at 224 px the probe takes 11 samples, at 28 px its 100."""
+    chosen = SETTINGS.probe
+    assert probe.probed_count(1000, 3 * 224 * 224, chosen) == 11
+    assert probe.probed_count(1000, 28 * 28, chosen) == chosen.max_samples
+    assert probe.probed_count(4, 3 * 224 * 224, chosen) == 4
+    small = Settings().override({"probe.max_values": 7 * chosen.noise_draws * 64}).probe
+    samples = Samples({"x": np.random.default_rng(0).random((30, 1, 8, 8), dtype=np.float32)}, None, "t")
+    for name, corrupted, origin in probe.corruptions(samples, small):
+        assert origin.max() == 6 and len(corrupted) == (7 * small.noise_draws if name.startswith(("noise", "blend")) else 7), name

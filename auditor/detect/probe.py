@@ -69,18 +69,23 @@ def _copies(samples: Samples, floats: dict[str, np.ndarray], draws: int,
     return inputs
 
 
+def probed_count(count: int, sample_values: int, settings: ProbeSettings) -> int:
+    """How many of the first `count` samples (of `sample_values` input values each) the probe corrupts: `max_samples`,
+    fewer where one corruption's copies of them would hold more than `max_values` input values."""
+    return max(1, min(count, settings.max_samples, settings.max_values // max(1, sample_values * settings.noise_draws)))
+
+
 def corruptions(samples: Samples, settings: ProbeSettings, blur_axes: dict[str, tuple[int, ...]] | None = None
                 ) -> Iterator[tuple[str, Samples, np.ndarray]]:
     """(name, corrupted samples, row -> original sample) for every corruption that applies, one at
-    a time (a corruption holds `noise_draws` copies of the samples; the probe takes at most
-    `max_samples` of them, so memory stays bounded for large inputs).
+    a time (a corruption holds `noise_draws` copies of the samples; the probe takes the first `probed_count` of them, so
+    memory stays bounded for large inputs).
 
     Only float inputs are corrupted; others are repeated. Noise and blends stay in the clean range. Blur runs along
     `blur_axes[name]` when given (a sequence's time axis; () for none), else along an image's axes."""
     rng = np.random.default_rng(settings.seed)
     draws = settings.noise_draws
-    if len(samples) > settings.max_samples:
-        samples = samples.take(np.arange(settings.max_samples))
+    samples = samples.head(probed_count(len(samples), samples.sample_values, settings))
     floats = {k: v for k, v in samples.inputs.items() if v.dtype.kind == "f" and v.size}
     count = len(samples)
     if not floats:
@@ -114,10 +119,10 @@ def probe(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sample
     `reference`: the probed model's own scores of the clean samples, when it is not the model that gave `clean_scores`
     (a repaired model): how surely it classifies them is what its corrupted samples are measured against."""
     start = time.perf_counter()
-    clean_scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(samples), -1)
+    clean_scores = np.asarray(clean_scores, dtype=np.float64).reshape(len(clean_scores), -1)  # may cover more samples
     clean = clean_scores.argmax(axis=1)
     classes = clean_scores.shape[1]
-    sure = clean_scores if reference is None else np.asarray(reference, dtype=np.float64).reshape(len(samples), -1)
+    sure = clean_scores if reference is None else np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     typical = float(np.median(margins(sure, clean))) if classes > 1 else 0.0  # how surely clean samples are classified
     best, target, where, focused = 0.0, None, None, 0.0
     shares = {}

@@ -43,7 +43,7 @@ class Scan:
     loaded: model.Model
     index: GraphIndex
     units: list[Unit]
-    samples: data.Samples
+    samples: data.Samples  # every clean sample (`keep_samples`), else the first `detector_samples`
     provider: runtime.Provider
     capture: Capture
     suspicion: dict[str, channels.Suspicion]
@@ -84,9 +84,11 @@ def prunable_units(index: GraphIndex, units: list[Unit]) -> list[Unit]:
 def scan(source: str | Path | model.Model, data_path, limit: int | None, method: str, provider: runtime.Provider, settings: Settings,
          threshold: float | None = None, patch_search: bool = True, fourier_probe: bool = True,
          notice: Callable[[str], None] | None = None, input_kind: str | None = None, output_kind: str | None = None,
-         progress: Progress | None = None) -> Scan:
+         progress: Progress | None = None, keep_samples: bool = True) -> Scan:
     """Load, capture, run the detectors and decide (`threshold`: the verdict's, else its basis's default). `progress`
-    hears each stage start and its forward passes as they run."""
+    hears each stage start and its forward passes as they run. `keep_samples`: hold every clean sample in memory (a
+    repair reuses them all); else the capture reads them from their file a batch at a time and only the first ones the
+    detectors read are held (`detector_samples`), so that memory does not grow with N."""
     progress = progress or _silent
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -104,23 +106,25 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     units = find_units(index)
     prunable_units(index, units)
     batch = data.batch_size(specs, settings.capture.batch)
-    samples = data.load(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
-    batch = data.bounded_batch(batch, samples, settings.capture.batch_values)
+    every = (data.load if keep_samples else data.stream)(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
+    first = every.head(detector_samples(settings, every.head(1)))
+    samples = every if keep_samples else first
+    batch = data.bounded_batch(batch, first, settings.capture.batch_values)
     timings["load"] = time.perf_counter() - start
-    progress("capture", 0, len(samples))
-    captured = capture(loaded.proto, index, units, samples, provider, batch, settings.capture.gram_channels)
+    progress("capture", 0, len(every))
+    captured = capture(loaded.proto, index, units, every, provider, batch, settings.capture.gram_channels)
     timings["capture"] = captured.seconds
-    progress("capture", len(samples), len(samples))
+    progress("capture", len(every), len(every))
     progress("graph check", 0, 0)
-    classes = int(np.asarray(captured.scores).reshape(len(samples), -1).shape[1])
-    if samples.labels is not None and samples.labels.size and int(samples.labels.max()) >= classes:
+    classes = int(np.asarray(captured.scores).reshape(len(every), -1).shape[1])
+    if every.labels is not None and every.labels.size and int(every.labels.max()) >= classes:
         raise DataError(f"{Path(data_path).name}: label {int(samples.labels.max())} is out of range "
                         f"for a model with {classes} classes; fix the labels 'y' or drop them")
     outside = [c for c in settings.verdict.background_classes if not 0 <= c < classes]
     if outside:
         raise ModelError(f"background class {outside[0]} is out of range for a model with {classes} classes (0 to {classes - 1}); "
                          "fix --background-class or verdict.background_classes")
-    checked = tamper.check(loaded.proto, index, samples, provider, batch, scores_output(index), settings.graph, loaded.storage)
+    checked = tamper.check(loaded.proto, index, first, provider, batch, scores_output(index), settings.graph, loaded.storage)
     timings["graph"] = checked.seconds
     tick = time.perf_counter()
     signals, suspicion = {}, {}
@@ -179,6 +183,12 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     timings["total"] = time.perf_counter() - start
     return Scan(loaded, index, units, samples, provider, captured, suspicion, signals, verdict, checked, found_kinds, blur_axes,
                 batch, plain, timings)
+
+
+def detector_samples(settings: Settings, one: data.Samples) -> int:
+    """How many of the first clean samples any detector reads, for samples like `one` (the capture reads them all)."""
+    probed = probe.probed_count(settings.probe.max_samples, one.sample_values, settings.probe)
+    return max(probed, settings.patch.max_samples, settings.fourier.max_samples)
 
 
 def _forecast(samples: data.Samples, probed: probe.Probe, fourier_runs: bool, patch_runs: bool, classes: int,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import lzma
 import math
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from auditor.errors import DataError, ModelError
+from auditor.errors import DataError, InternalError, ModelError
 from auditor.settings import PreprocessSettings
 
 
@@ -39,6 +41,11 @@ class Samples:
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
+    @property
+    def sample_values(self) -> int:
+        """Input values per sample, over every input."""
+        return sum(int(np.prod(array.shape[1:], dtype=np.int64)) for array in self.inputs.values())
+
     def batches(self, size: int):
         """Yield feeds of at most `size` samples, in order."""
         for start in range(0, len(self), size):
@@ -47,6 +54,55 @@ class Samples:
     def take(self, index: np.ndarray) -> Samples:
         labels = None if self.labels is None else self.labels[index]
         return Samples({k: v[index] for k, v in self.inputs.items()}, labels, self.source, self.preprocessing)
+
+    def feeds(self, rows: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """(rows, feed) for at most `size` of `rows` at a time, in order (as `SampleFile.feeds`)."""
+        for first in range(0, len(rows), size):
+            chosen = rows[first:first + size]
+            yield chosen, {name: array[chosen] for name, array in self.inputs.items()}
+
+    def head(self, count: int) -> Samples:
+        """The first `count` samples (all of them when there are no more)."""
+        return self if count >= len(self) else self.take(np.arange(count))
+
+
+@dataclass(frozen=True)
+class SampleFile:
+    """The samples of an .npz or .npy file, left there and read a block of rows at a time, each block conformed as
+    `load` conforms the whole: a pass over N samples holds one block, not N (1000 samples of 224 px are 600 MB
+    as float32). Only the labels are held."""
+
+    path: Path
+    specs: tuple[InputSpec, ...]
+    packed: bool  # an .npz (else a single .npy)
+    members: dict[str, str]  # input name -> the array that feeds it
+    count: int
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    def feeds(self, rows: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """(rows, feed) for at most `size` of `rows` (ascending) at a time, in order; the file is read once, front to
+        back, each block from its first row to its last."""
+        with contextlib.ExitStack() as stack:
+            archive = stack.enter_context(_zip(self.path)) if self.packed else None
+            readers = {spec.name: stack.enter_context(_RowReader(self.path, archive, self.members[spec.name]))
+                       for spec in self.specs}
+            for first in range(0, len(rows), size):
+                chosen = np.asarray(rows[first:first + size])
+                yield chosen, {spec.name: _conform(readers[spec.name].rows(int(chosen[0]), int(chosen[-1]) + 1)[chosen - chosen[0]],
+                                                   spec, self.path.name) for spec in self.specs}
+
+    def head(self, count: int) -> Samples:
+        """The first `count` samples (all of them when there are no more), in memory."""
+        rows = np.arange(min(count, self.count))
+        (_, feed), = self.feeds(rows, len(rows))
+        return Samples(feed, None if self.labels is None else self.labels[rows], self.source)
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -88,8 +144,7 @@ def batch_size(specs: list[InputSpec], free: int) -> int:
 def bounded_batch(batch: int, samples: Samples, max_values: int) -> int:
     """`batch`, lowered so that one run holds at most `max_values` input values (at least one sample): a 224 px batch
     of 64 holds GBs of activations, a 28 px one a few MB."""
-    per_sample = sum(int(np.prod(array.shape[1:], dtype=np.int64)) for array in samples.inputs.values())
-    return max(1, min(batch, max_values // max(1, per_sample)))
+    return max(1, min(batch, max_values // max(1, samples.sample_values)))
 
 
 def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None, max_bytes: int = 8 << 30,
@@ -97,48 +152,92 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
     """Read samples for `specs` from an .npz (array `x` or arrays named after inputs) or .npy; arrays that
     declare more than `max_bytes` together (limits.data_bytes) are refused before any is read. A folder is
     read as image files with `preprocess` (auditor/io/images.py)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
+    path = _data_path(path, limit)
     if path.is_dir():
         from auditor.io import images  # it imports this module
 
         return images.load(path, specs, limit, max_bytes, preprocess or PreprocessSettings())
+    # only the first `limit` samples are read (a 1000-sample file scanned with --limit 10 costs what 10 do);
+    # `declared` holds every array's full length, which the checks below use
+    arrays, declared = _read_arrays(path, max_bytes, limit)
+    members, labels = _matched(path, specs, limit, arrays, declared)
+    inputs = {spec.name: _conform(arrays[members[spec.name]], spec, path.name) for spec in specs}
+    labels, _ = _count(path, specs, members, declared, labels)
+    return Samples(inputs, labels, str(path))
+
+
+def stream(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None, max_bytes: int = 8 << 30,
+           preprocess: PreprocessSettings | None = None) -> Samples | SampleFile:
+    """The samples `load` reads, checked as it checks them (every header before any data), but left in their file
+    (`SampleFile`); a folder of images, or a Fortran-ordered array (whose rows are not contiguous), is read whole."""
+    path = _data_path(path, limit)
+    if path.is_dir():
+        return load(path, specs, limit, max_bytes, preprocess)
+    arrays, declared = _read_arrays(path, max_bytes, 0)  # the headers, and no row
+    if any(len(array) for array in arrays.values() if array.ndim):  # a Fortran-ordered array came whole
+        return load(path, specs, limit, max_bytes, preprocess)
+    members, _ = _matched(path, specs, limit, arrays, declared)
+    for spec in specs:
+        _conform(arrays[members[spec.name]], spec, path.name)  # dtype and shape, on no row
+    packed = not _is_npy(path)
+    labels = None
+    if "y" in declared:
+        with contextlib.ExitStack() as stack:
+            reader = stack.enter_context(_RowReader(path, stack.enter_context(_zip(path)) if packed else None, "y"))
+            labels = reader.rows(0, min(declared["y"], limit or declared["y"]))
+    labels, count = _count(path, specs, members, declared, labels)
+    return SampleFile(path, tuple(specs), packed, members, min(count, limit or count), labels)
+
+
+def _data_path(path: str | os.PathLike[str], limit: int | None) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        return path
     if not path.is_file():
         raise DataError(f"data path is not a regular file (device, pipe or socket): {path}")
     if path.stat().st_size == 0:
         raise DataError(f"data file is empty (0 bytes): {path}")
     if limit is not None and limit < 1:
         raise DataError(f"the sample limit must be at least 1, got {limit}")
-    # only the first `limit` samples are read (a 1000-sample file scanned with --limit 10 costs what 10 do);
-    # `declared` holds every array's full length, which the checks below use
-    arrays, declared = _read_arrays(path, max_bytes, limit)
-    labels, declared_labels = arrays.pop("y", None), declared.pop("y", 0)
+    return path
+
+
+def _matched(path: Path, specs: list[InputSpec], limit: int | None, arrays: dict[str, np.ndarray],
+             declared: dict[str, int]) -> tuple[dict[str, str], np.ndarray | None]:
+    """Which array feeds each input (one input may take 'x'), and the labels 'y' as read (None without)."""
+    named = {k for k in arrays if k != "y"}
     names = [s.name for s in specs]
-    if len(specs) == 1 and names[0] not in arrays:
-        if "x" not in arrays:
+    members = {n: n for n in names}
+    if len(specs) == 1 and names[0] not in named:
+        if "x" not in named:
             wanted = "'x'" if names[0] == "x" else f"'x' nor {names[0]!r}"
-            raise DataError(f"{path.name} has no array {wanted} (found: {', '.join(sorted(arrays)) or 'none'}); "
+            raise DataError(f"{path.name} has no array {wanted} (found: {', '.join(sorted(named)) or 'none'}); "
                             "save the samples under that name")
-        arrays, declared = {names[0]: arrays["x"]}, {names[0]: declared["x"]}
-    missing = [n for n in names if n not in arrays]
+        members = {names[0]: "x"}
+    missing = [n for n in names if members[n] not in named]
     if missing:
-        raise DataError(f"{path.name} lacks arrays for model inputs {missing} (found: {', '.join(sorted(arrays)) or 'none'})")
-    extra = sorted(set(arrays) - set(names) - {"x"})
+        raise DataError(f"{path.name} lacks arrays for model inputs {missing} (found: {', '.join(sorted(named)) or 'none'})")
+    extra = sorted(named - set(members.values()) - set(names) - {"x"})
     if extra:
         raise DataError(f"{path.name} has arrays {extra} that match no model input {names}; remove or rename them")
-    if limit is not None and len({declared[n] for n in names}) == 1 and 0 < declared[names[0]] < limit:
-        raise DataError(f"{path.name} holds {declared[names[0]]} samples, fewer than the limit of {limit}")
-    inputs = {spec.name: _conform(arrays[spec.name], spec, path.name) for spec in specs}
-    counts = {declared[spec.name] for spec in specs}
+    lengths = {declared[members[n]] for n in names}
+    if limit is not None and len(lengths) == 1 and 0 < declared[members[names[0]]] < limit:
+        raise DataError(f"{path.name} holds {declared[members[names[0]]]} samples, fewer than the limit of {limit}")
+    return members, arrays.get("y")
+
+
+def _count(path: Path, specs: list[InputSpec], members: dict[str, str], declared: dict[str, int],
+           labels: np.ndarray | None) -> tuple[np.ndarray | None, int]:
+    """The labels checked, and the number of samples every input declares (the same for all, at least one)."""
+    counts = {declared[members[spec.name]] for spec in specs}
     if len(counts) != 1:
         raise DataError(f"{path.name}: input arrays hold different numbers of samples {sorted(counts)}")
     count = counts.pop()
     if count == 0:
         raise DataError(f"{path.name} holds no samples")
-    if labels is not None:
-        labels = _labels(labels, declared_labels, count, path.name)
-    return Samples(inputs, labels, str(path))
+    return (None if labels is None else _labels(labels, declared.get("y", 0), count, path.name)), count
 
 
 _MAX_LABEL = 2**31 - 1
@@ -205,31 +304,7 @@ def _read_npy(handle, size: int, source: str, name: str, rows: int | None = None
     `handle` may be an .npz member: its reads decompress and check the CRC, so a corrupt member fails
     while its header or its payload is read, with errors of its own (zlib, lzma, bz2's OSError, EOFError,
     BadZipFile), named here as what they are rather than as a bad header."""
-    stream_errors = (zlib.error, lzma.LZMAError, EOFError, zipfile.BadZipFile, OSError)
-
-    def unreadable(exc: BaseException) -> DataError:
-        return DataError(f"{source}: array {name!r} is corrupt: its stored bytes do not decompress or fail their checksum "
-                         f"({_reason(exc)}); re-save the samples with numpy.savez")
-
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise DataError(f"{source}: array {name!r} uses .npy format {version}, expected 1.0 or 2.0")
-    except DataError:
-        raise
-    except stream_errors as exc:
-        raise unreadable(exc) from exc
-    except Exception as exc:  # numpy parses the header with tokenize and ast: TokenError, MemoryError, ...
-        raise DataError(f"{source}: array {name!r} has a corrupt .npy header ({_reason(exc)})") from exc
-    if dtype.hasobject:
-        raise DataError(f"{source}: array {name!r} holds Python objects (pickle); auditor never unpickles data: "
-                        "save plain numeric arrays")
-    if any(d < 0 for d in shape):
-        raise DataError(f"{source}: array {name!r} declares a negative shape {shape}")
+    shape, fortran, dtype = _header(handle, source, name)
     needed = math.prod(shape) * dtype.itemsize
     available = size - handle.tell()
     if needed != available:
@@ -241,11 +316,102 @@ def _read_npy(handle, size: int, source: str, name: str, rows: int | None = None
         needed = math.prod(shape) * dtype.itemsize
     try:
         payload = handle.read(needed)
-    except stream_errors as exc:
-        raise unreadable(exc) from exc
+    except _STREAM_ERRORS as exc:
+        raise _unreadable(source, name, exc) from exc
     if len(payload) != needed:
         raise DataError(f"{source}: array {name!r} is truncated ({len(payload)} of {needed} bytes)")
     return np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C"), length
+
+
+_STREAM_ERRORS = (zlib.error, lzma.LZMAError, EOFError, zipfile.BadZipFile, OSError)
+
+
+def _unreadable(source: str, name: str, exc: BaseException) -> DataError:
+    return DataError(f"{source}: array {name!r} is corrupt: its stored bytes do not decompress or fail their checksum "
+                     f"({_reason(exc)}); re-save the samples with numpy.savez")
+
+
+def _header(handle, source: str, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """An .npy header read from `handle`: (shape, Fortran order, dtype) of a plain numeric array."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise DataError(f"{source}: array {name!r} uses .npy format {version}, expected 1.0 or 2.0")
+    except DataError:
+        raise
+    except _STREAM_ERRORS as exc:
+        raise _unreadable(source, name, exc) from exc
+    except Exception as exc:  # numpy parses the header with tokenize and ast: TokenError, MemoryError, ...
+        raise DataError(f"{source}: array {name!r} has a corrupt .npy header ({_reason(exc)})") from exc
+    if dtype.hasobject:
+        raise DataError(f"{source}: array {name!r} holds Python objects (pickle); auditor never unpickles data: "
+                        "save plain numeric arrays")
+    if any(d < 0 for d in shape):
+        raise DataError(f"{source}: array {name!r} declares a negative shape {shape}")
+    return shape, fortran, dtype
+
+
+def _is_npy(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+
+
+@contextlib.contextmanager
+def _zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise DataError(f"cannot read {path.name} as .npz (corrupt or truncated archive: {_reason(exc)})") from exc
+    with archive:
+        yield archive
+
+
+class _RowReader:
+    """The rows of one C-ordered array (a whole .npy file, or the member `name` of an open .npz), read front to back;
+    headers and sizes were checked when the file was opened (`stream`)."""
+
+    _SKIP = 1 << 24  # bytes discarded per read when skipping rows
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile | None, name: str) -> None:
+        self._path, self._archive, self._name = path, archive, name
+
+    def __enter__(self) -> _RowReader:
+        try:
+            self._handle = open(self._path, "rb") if self._archive is None else self._archive.open(f"{self._name}.npy")
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{self._path.name}: array {self._name!r} cannot be read again ({_reason(exc)}); "
+                            "was the file changed during the run?") from exc
+        shape, _, self._dtype = _header(self._handle, self._path.name, self._name)
+        self._shape = tuple(shape[1:])
+        self._row = math.prod(self._shape) * self._dtype.itemsize
+        self._at = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1; `start` at or after the end of the last read."""
+        if start < self._at:
+            raise InternalError(f"rows of {self._name!r} asked out of order ({start} after {self._at})")
+        try:
+            skip = (start - self._at) * self._row
+            while skip > 0:
+                skipped = len(self._handle.read(min(skip, self._SKIP)))
+                if not skipped:
+                    break
+                skip -= skipped
+            payload = self._handle.read((stop - start) * self._row)
+        except _STREAM_ERRORS as exc:
+            raise _unreadable(self._path.name, self._name, exc) from exc
+        if skip > 0 or len(payload) != (stop - start) * self._row:
+            raise DataError(f"{self._path.name}: array {self._name!r} is truncated (was the file changed during the run?)")
+        self._at = stop
+        return np.frombuffer(payload, dtype=self._dtype).reshape((stop - start, *self._shape))
 
 
 def _reason(exc: BaseException) -> str:
