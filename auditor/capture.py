@@ -182,8 +182,7 @@ def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sa
             if name not in existing:
                 extra.output.append(helper.make_tensor_value_info(name, index.elem_type(name), None))
         session = runtime.session(model, provider, extra)
-        _, feed = next(samples.feeds(np.arange(1), 1))
-        values = run(session, unknown, feed)
+        values = run(session, unknown, samples.head(1).inputs)
         ranks.update({name: value.ndim for name, value in zip(unknown, values)})
     return ranks
 

@@ -36,7 +36,7 @@ class Evaluation:
         return asdict(self)
 
 
-def predict(index: GraphIndex, samples: data.Samples, provider: runtime.Provider, batch: int) -> tuple[np.ndarray, int]:
+def predict(index: GraphIndex, samples: data.Samples | data.SampleFile, provider: runtime.Provider, batch: int) -> tuple[np.ndarray, int]:
     """Arg-max class of the model's class scores for every sample, and the number of classes."""
     scores = classifier(index.model, index, provider, batch)(samples)
     return scores.argmax(axis=1), scores.shape[1]
@@ -62,8 +62,8 @@ def evaluate(
     index = GraphIndex(loaded.proto)
     specs = data.input_specs(loaded.proto)
     batch = data.batch_size(specs, settings.run.evaluate_batch)
-    test = data.load(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
-    batch = data.bounded_batch(batch, test, settings.capture.batch_values)
+    test = data.stream(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
+    batch = data.bounded_batch(batch, test.head(1), settings.capture.batch_values)
     predicted, classes = predict(index, test, provider, batch)
     if target is not None and not 0 <= target < classes:
         raise DataError(f"target {target} is not a class of the model (0..{classes - 1})")
@@ -75,7 +75,7 @@ def evaluate(
             target_accuracy = float((predicted[of_target] == target).mean())
     asr, triggered_count, triggered_accuracy = None, None, None
     if triggered is not None:
-        attacked = data.load(triggered, specs, limit, settings.limits.data_bytes, settings.preprocess)
+        attacked = data.stream(triggered, specs, limit, settings.limits.data_bytes, settings.preprocess)
         labels = predict(index, attacked, provider, batch)[0]
         hit = labels == target
         if attacked.labels is not None:
@@ -92,8 +92,8 @@ def evaluate(
         reference_model = model.load(reference)
         reference_index = GraphIndex(reference_model.proto)
         reference_specs = data.input_specs(reference_model.proto)
-        reference_test = data.load(data_path, reference_specs, limit, settings.limits.data_bytes, settings.preprocess)
-        reference_batch = data.bounded_batch(data.batch_size(reference_specs, settings.run.evaluate_batch), reference_test,
+        reference_test = data.stream(data_path, reference_specs, limit, settings.limits.data_bytes, settings.preprocess)
+        reference_batch = data.bounded_batch(data.batch_size(reference_specs, settings.run.evaluate_batch), reference_test.head(1),
                                              settings.capture.batch_values)
         agreement = float((predict(reference_index, reference_test, provider, reference_batch)[0] == predicted).mean())
     return Evaluation(

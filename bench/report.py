@@ -1121,7 +1121,7 @@ def scale_section() -> list[str]:
         if data is None:
             continue
         rows_by = {(r["model"], r["n"], r["command"]): r for r in data["rows"]}
-        rows, short = [], []
+        rows, short, growths = [], [], []
         for (model, n, command), row in sorted(rows_by.items()):
             if command == "plain" or "seconds" not in row:
                 continue
@@ -1140,6 +1140,24 @@ def scale_section() -> list[str]:
                 short.append(f"{model} N={n} {command}: {ratio:.0f}x plain (target {limit}x)")
             if plain.get("peak_mb") and row["peak_mb"] > 2 * plain["peak_mb"] + 300:
                 short.append(f"{model} N={n} {command}: {row['peak_mb']:.0f} MB peak, over 2 x {plain['peak_mb']:.0f} + 300")
+        for (model, command) in sorted({(m, c) for m, _, c in rows_by if c != "plain"}):
+            counts = sorted(n for m, n, c in rows_by if (m, c) == (model, command) and "seconds" in rows_by[(m, n, c)])
+            if len(counts) < 2:
+                continue
+            small, large = rows_by[(model, counts[0], command)], rows_by[(model, counts[-1], command)]
+            plains = rows_by.get((model, counts[0], "plain"), {}), rows_by.get((model, counts[-1], "plain"), {})
+            if not all(p.get("seconds") for p in plains):
+                continue
+            growth = large["peak_mb"] / small["peak_mb"] - 1
+            slower, extra = large["seconds"] - small["seconds"], plains[1]["seconds"] - plains[0]["seconds"]
+            lines_growth = (f"{model} {command} from N={counts[0]} to N={counts[-1]}: peak {small['peak_mb']:.0f} -> "
+                            f"{large['peak_mb']:.0f} MB ({growth:+.0%}), time {slower:+.0f} s against {extra:+.1f} s more plain")
+            growths.append(lines_growth)
+            if growth > 0.2:
+                short.append(f"{model} {command}: peak grows {growth:.0%} from N={counts[0]} to N={counts[-1]} (bound 20%)")
+            if slower > 2 * extra:
+                short.append(f"{model} {command}: time grows {slower:.0f} s from N={counts[0]} to N={counts[-1]}, more than twice "
+                             f"the extra plain passes' {extra:.1f} s")
         if not lines:
             lines += ["", "## Real-size models", "",
                       "Random-weight models built in torch by bench/scale_models.py (ResNet-18/50, a MobileNetV3-style net with "
@@ -1148,6 +1166,8 @@ def scale_section() -> list[str]:
                       "one onnxruntime pass over the same samples. Each number from a fresh process; peak = resident memory."]
         lines += ["", f"### {title}: `{data['command']}` ({data['cores']} cores)", "",
                   *table(["model", "N", "command", "plain s", "s", "x plain", "peak MB plain / this", "where the time goes", "outcome"], rows)]
+        if growths:
+            lines += ["", "Growth with N: " + "; ".join(growths) + "."]
         if short:
             lines += ["", "Short of issue 24's bounds: " + "; ".join(short) + "."]
     if lines:

@@ -39,6 +39,8 @@ def test_every_block_holds_what_load_reads(example, save, tmp_path: Path) -> Non
         rows = np.arange(30)[np.arange(30) % 2 == half]
         for chosen, feed in streamed.feeds(rows, 4):
             np.testing.assert_array_equal(feed[name], whole.inputs[name][chosen])
+    for ours, theirs in zip(streamed.batches(8), whole.batches(8), strict=True):  # `evaluate`'s pass
+        np.testing.assert_array_equal(ours[name], theirs[name])
     head = streamed.head(7)
     np.testing.assert_array_equal(head.inputs[name], whole.inputs[name][:7])
     if save is not np.save:
@@ -82,7 +84,7 @@ def test_a_scan_from_the_file_finds_what_a_scan_from_memory_finds(example) -> No
     """Beyond the first samples the detectors read, the scan holds none: the capture reads the file a block at a time.
     Its statistics and its verdict are the in-memory scan's, bit for bit."""
     provider, settings = runtime.select_provider("cpu"), Settings()
-    first = detection.detector_samples(settings, data.load(example.test, _specs(example), limit=1))
+    first = detection.detector_samples(settings, data.load(example.test, _specs(example), limit=1).sample_values)
     count = first + 60
     held = detection.scan(example.model, example.test, count, "sus", provider, settings, keep_samples=True)
     read = detection.scan(example.model, example.test, count, "sus", provider, settings, keep_samples=False)

@@ -18,11 +18,11 @@ import numpy as np
 
 from auditor.detect import fourier, patch, probe, tamper
 from auditor.detect.images import image_input, to_images
+from auditor.detect.scan import Scan, detector_samples
 from auditor.io.data import Samples
 from auditor.settings import Settings
 
 if TYPE_CHECKING:
-    from auditor.detect.scan import Scan
     from auditor.detect.tamper import Finding
 
 KINDS = ("patch", "fourier", "corruption", "graph")
@@ -66,7 +66,7 @@ def collect(found: Scan, settings: Settings) -> Evidence | None:
     verdict = found.verdict
     if found.kinds.input not in ("image", "flat-image") or not verdict.assessed:
         return None
-    samples = found.samples.take(np.arange(min(len(found.samples), settings.probe.max_samples)))
+    samples = found.samples.head(detector_samples(settings, found.samples.sample_values))  # alike in scan and repair
     where = image_input(samples)
     if where is None:
         return None

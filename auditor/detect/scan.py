@@ -107,7 +107,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     prunable_units(index, units)
     batch = data.batch_size(specs, settings.capture.batch)
     every = (data.load if keep_samples else data.stream)(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
-    first = every.head(detector_samples(settings, every.head(1)))
+    first = every.head(detector_samples(settings, every.head(1).sample_values))
     samples = every if keep_samples else first
     batch = data.bounded_batch(batch, first, settings.capture.batch_values)
     timings["load"] = time.perf_counter() - start
@@ -118,7 +118,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     progress("graph check", 0, 0)
     classes = int(np.asarray(captured.scores).reshape(len(every), -1).shape[1])
     if every.labels is not None and every.labels.size and int(every.labels.max()) >= classes:
-        raise DataError(f"{Path(data_path).name}: label {int(samples.labels.max())} is out of range "
+        raise DataError(f"{Path(data_path).name}: label {int(every.labels.max())} is out of range "
                         f"for a model with {classes} classes; fix the labels 'y' or drop them")
     outside = [c for c in settings.verdict.background_classes if not 0 <= c < classes]
     if outside:
@@ -185,9 +185,10 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
                 batch, plain, timings)
 
 
-def detector_samples(settings: Settings, one: data.Samples) -> int:
-    """How many of the first clean samples any detector reads, for samples like `one` (the capture reads them all)."""
-    probed = probe.probed_count(settings.probe.max_samples, one.sample_values, settings.probe)
+def detector_samples(settings: Settings, sample_values: int) -> int:
+    """How many of the first clean samples (of `sample_values` input values each) any detector or the report's
+    evidence reads (the capture reads them all)."""
+    probed = probe.probed_count(settings.probe.max_samples, sample_values, settings.probe)
     return max(probed, settings.patch.max_samples, settings.fourier.max_samples)
 
 

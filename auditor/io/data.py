@@ -87,19 +87,29 @@ class SampleFile:
         return str(self.path)
 
     def feeds(self, rows: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """(rows, feed) for at most `size` of `rows` (ascending) at a time, in order; the file is read once, front to
-        back, each block from its first row to its last."""
+        """(rows, feed) for at most `size` of `rows` (strictly ascending, within the samples) at a time, in order; the
+        file is read once, front to back, each block from its first row to its last."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows[0] < 0 or rows[-1] >= self.count or (np.diff(rows) <= 0).any()):
+            raise InternalError(f"rows of {self.path.name} asked out of order or out of range")
         with contextlib.ExitStack() as stack:
             archive = stack.enter_context(_zip(self.path)) if self.packed else None
             readers = {spec.name: stack.enter_context(_RowReader(self.path, archive, self.members[spec.name]))
                        for spec in self.specs}
             for first in range(0, len(rows), size):
-                chosen = np.asarray(rows[first:first + size])
+                chosen = rows[first:first + size]
                 yield chosen, {spec.name: _conform(readers[spec.name].rows(int(chosen[0]), int(chosen[-1]) + 1)[chosen - chosen[0]],
                                                    spec, self.path.name) for spec in self.specs}
 
+    def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of at most `size` samples, in order (as `Samples.batches`)."""
+        for _, feed in self.feeds(np.arange(self.count), size):
+            yield feed
+
     def head(self, count: int) -> Samples:
         """The first `count` samples (all of them when there are no more), in memory."""
+        if count < 1:
+            raise InternalError("the first samples of a file asked for none")
         rows = np.arange(min(count, self.count))
         (_, feed), = self.feeds(rows, len(rows))
         return Samples(feed, None if self.labels is None else self.labels[rows], self.source)
@@ -168,20 +178,22 @@ def load(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None
 
 def stream(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | None = None, max_bytes: int = 8 << 30,
            preprocess: PreprocessSettings | None = None) -> Samples | SampleFile:
-    """The samples `load` reads, checked as it checks them (every header before any data), but left in their file
-    (`SampleFile`); a folder of images, or a Fortran-ordered array (whose rows are not contiguous), is read whole."""
+    """The samples `load` reads, left in their file (`SampleFile`): every header is checked here, as `load` checks it,
+    and the values of each block of rows as it is read; a folder of images, or a Fortran-ordered array (whose rows
+    are not contiguous), is read whole."""
     path = _data_path(path, limit)
     if path.is_dir():
         return load(path, specs, limit, max_bytes, preprocess)
     arrays, declared = _read_arrays(path, max_bytes, 0)  # the headers, and no row
     if any(len(array) for array in arrays.values() if array.ndim):  # a Fortran-ordered array came whole
+        del arrays
         return load(path, specs, limit, max_bytes, preprocess)
     members, _ = _matched(path, specs, limit, arrays, declared)
     for spec in specs:
         _conform(arrays[members[spec.name]], spec, path.name)  # dtype and shape, on no row
     packed = not _is_npy(path)
-    labels = None
-    if "y" in declared:
+    labels = arrays.get("y")
+    if labels is not None and labels.ndim:  # the rows within the limit (a scalar came whole, for `_labels` to refuse)
         with contextlib.ExitStack() as stack:
             reader = stack.enter_context(_RowReader(path, stack.enter_context(_zip(path)) if packed else None, "y"))
             labels = reader.rows(0, min(declared["y"], limit or declared["y"]))
@@ -385,7 +397,11 @@ class _RowReader:
         except (OSError, KeyError, zipfile.BadZipFile) as exc:
             raise DataError(f"{self._path.name}: array {self._name!r} cannot be read again ({_reason(exc)}); "
                             "was the file changed during the run?") from exc
-        shape, _, self._dtype = _header(self._handle, self._path.name, self._name)
+        try:
+            shape, _, self._dtype = _header(self._handle, self._path.name, self._name)
+        except BaseException:
+            self._handle.close()
+            raise
         self._shape = tuple(shape[1:])
         self._row = math.prod(self._shape) * self._dtype.itemsize
         self._at = 0

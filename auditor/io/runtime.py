@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,8 @@ ort.set_default_logger_severity(4)
 _PROTOBUF_LIMIT = 1_900_000_000  # bytes; a single serialized ModelProto must stay below 2 GiB
 _FILE_THRESHOLD = 1 << 26  # bytes; larger models reach onnxruntime through a temporary weights file (see `_session`)
 _FILE_TENSOR = 1 << 16  # bytes; initializers above this size go to that file, smaller ones stay in the proto
-_PAGE = 4096  # offsets in the weights file are page-aligned so that onnxruntime can map the tensors in place
+_PAGE = 1 << 16  # offsets in the weights file: aligned to the largest mapping granularity (Windows'), so that
+# onnxruntime can map the tensors in place
 
 
 @dataclass(frozen=True)
@@ -203,8 +206,8 @@ def session(model: onnx.ModelProto, provider: Provider, extra: onnx.GraphProto |
 def _session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
     """A session for `model`. A small model reaches onnxruntime as serialized bytes. A large one would cost its weights
     three times over that way (the proto, the bytes, onnxruntime's parse of them), so its weights are streamed, a tensor
-    at a time, into a page-aligned file in a temporary folder, which onnxruntime maps in place, and the folder is
-    removed as soon as the session exists (the mapping outlives the names)."""
+    at a time, into an aligned file in a temporary folder, which onnxruntime maps in place, and the folder is removed
+    as soon as the session exists (the mapping outlives the names; on Windows, with the session)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.enable_mem_pattern = False  # its planned block for each input shape came on top of the arena: +200 MB on a BERT-base
@@ -215,19 +218,38 @@ def _session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession
         size = proto_size(model)
         if size < _FILE_THRESHOLD:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        with tempfile.TemporaryDirectory(prefix="auditor-") as folder:
-            try:
-                light = _light_model(model, Path(folder))
-            except OSError as exc:
-                if size >= _PROTOBUF_LIMIT:
-                    raise ModelError(f"cannot write the model's weights to a temporary folder ({exc.strerror or exc}); "
-                                     "point TMPDIR at a folder with room for them") from exc
-                return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-            return ort.InferenceSession(str(light), options, providers=providers)
+        folder = None
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="auditor-"))
+            light = _light_model(model, folder)
+        except OSError as exc:
+            _remove(folder)
+            if size >= _PROTOBUF_LIMIT:
+                raise ModelError(f"cannot write the model's weights to a temporary folder ({exc.strerror or exc}); "
+                                 "point TMPDIR at a folder with room for them") from exc
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        except BaseException:
+            _remove(folder)
+            raise
+        try:
+            created = ort.InferenceSession(str(light), options, providers=providers)
+        except BaseException:
+            _remove(folder)
+            raise
+        if os.name == "nt":  # a mapped file cannot be deleted there: the folder goes when the session does
+            weakref.finalize(created, _remove, folder)
+        else:
+            _remove(folder)
+        return created
     except ModelError:
         raise
     except Exception as exc:  # onnxruntime raises many unrelated types
         raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from exc
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _light_model(model: onnx.ModelProto, folder: Path) -> Path:
