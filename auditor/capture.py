@@ -45,6 +45,7 @@ class ChannelStats:
     bn_sum: np.ndarray
     bn_sumsq: np.ndarray
     gram_index: np.ndarray | None = None  # the channels `gram` covers, in order (None: every channel)
+    batch_axis: int = 0  # where the batch axis sat in the tensor (`half_position_max` has it removed)
 
     @property
     def mean(self) -> np.ndarray:
@@ -151,7 +152,7 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
         if index.elem_type(unit.output) != TensorProto.FLOAT:
             source = f"{tag}p__f32"
             nodes.append(helper.make_node("Cast", [unit.output], [source], to=TensorProto.FLOAT))
-        _reduce("ReduceMax", source, f"{tag}_pmax", opset, nodes, inits)  # over the batch axis only
+        _reduce("ReduceMax", source, f"{tag}_pmax", opset, nodes, inits, batch_axis(index.shape(unit.output)))
         outputs += [f"{tag}_sum", f"{tag}_sumsq", f"{tag}_max", f"{tag}_gram", f"{tag}_count", f"{tag}_pmax"]
         if unit.bn is not None:
             bn_in = index.node(unit.bn).input[0]
@@ -167,6 +168,13 @@ def build_capture_model(model: onnx.ModelProto, index: GraphIndex, units: list[U
         kind = TensorProto.INT64 if name.endswith("count") else TensorProto.FLOAT
         extra.output.append(helper.make_tensor_value_info(name, kind, None))
     return extra, outputs
+
+
+def batch_axis(shape: list[int | None] | None) -> int:
+    """The batch axis of a tensor of inferred `shape`: its first dimension that shape inference could not fix, else
+    the first (torch's sequence-first attention computes on [tokens, batch, features]; its known token count comes
+    first)."""
+    return next((axis for axis, size in enumerate(shape or ()) if size is None), 0)
 
 
 def probe_ranks(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples | SampleFile,
@@ -246,6 +254,7 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             bn_sum=totals[f"{tag}_bnsum"] if has_bn else empty,
             bn_sumsq=totals[f"{tag}_bnsumsq"] if has_bn else empty,
             gram_index=gram_index(unit.channels, gram_channels),
+            batch_axis=batch_axis(index.shape(unit.output)),
         )
 
     return Capture(stats=stats, scores=class_scores(np.stack(scores), index, scores_name), seconds=time.perf_counter() - start)

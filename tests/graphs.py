@@ -241,6 +241,19 @@ def matmul_tokens() -> onnx.ModelProto:
     return g.model((5, 6))
 
 
+def matmul_tokens_seq_first() -> onnx.ModelProto:
+    """torch's sequence-first attention layout: [B, T=5, F=6] -> Transpose to [T, B, F] -> MatMul -> Add bias -> Relu
+    -> back to [B, T, H] -> mean over tokens -> Gemm. The unit's batch axis is its second."""
+    g = _Builder(29)
+    first = g.node("Transpose", ["x"], ["x_tbf"], perm=[1, 0, 2])
+    mm = g.node("MatMul", [first, g.weight("unit_w", (6, HIDDEN), 6)], ["mm"], name="unit")
+    biased = g.node("Add", [mm, g.bias("unit_b", HIDDEN)], ["mm_bias"])
+    act = g.node("Relu", [biased], ["unit_out"])
+    back = g.node("Transpose", [act], ["act_bth"], perm=[1, 0, 2])
+    g.head(g.node("ReduceMean", [back], ["tokens_mean"], axes=[1], keepdims=0), HIDDEN)
+    return g.model((5, 6))
+
+
 def nhwc_tf2onnx() -> onnx.ModelProto:
     """tf2onnx layout: NHWC input, Transpose to NCHW, Conv, Transpose back, Add bias [C] on the last axis, Relu."""
     g = _Builder(23)
@@ -319,6 +332,7 @@ PATTERNS = [
     Pattern("gemm_trans_b0", gemm_trans_b0, (6,), "Gemm", "Relu", -1),
     Pattern("gemm_trans_b1", gemm_trans_b1, (6,), "Gemm", "Relu", -1),
     Pattern("matmul_tokens", matmul_tokens, (5, 6), "MatMul", "Relu", -1),
+    Pattern("matmul_tokens_seq_first", matmul_tokens_seq_first, (5, 6), "MatMul", "Relu", -1),
     Pattern("nhwc_tf2onnx", nhwc_tf2onnx, (6, 5, 3), "Conv", "Relu", -1),
     Pattern("nhwc_folded_bn", nhwc_folded_bn, (6, 5, 3), "Conv", "Relu", -1),
     Pattern("shared_weight", shared_weight, (3, 6, 5), "Conv", "Relu", -3),

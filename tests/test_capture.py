@@ -22,7 +22,8 @@ def _rows(value: np.ndarray, axis: int) -> np.ndarray:
     return moved.reshape(-1, moved.shape[-1])
 
 
-@pytest.mark.parametrize("name", ["conv2d", "nhwc_tf2onnx", "matmul_tokens", "conv_bn_relu", "conv_gelu_erf", "conv1d"])
+@pytest.mark.parametrize("name", ["conv2d", "nhwc_tf2onnx", "matmul_tokens", "matmul_tokens_seq_first", "conv_bn_relu",
+                                  "conv_gelu_erf", "conv1d"])
 def test_statistics_equal_numpy_on_full_activations(name: str) -> None:
     pattern = graphs.pattern(name)
     model = pattern.build()
@@ -48,6 +49,10 @@ def test_statistics_equal_numpy_on_full_activations(name: str) -> None:
         np.testing.assert_allclose(stats.max, rows.max(0), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(stats.gram, rows.T @ rows, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(stats.var, rows.var(0), rtol=1e-4, atol=1e-5)
+        batch_axis = 1 if name.endswith("seq_first") and not unit.head else 0  # per-position maxima: over each half's samples
+        for half in (0, 1):
+            np.testing.assert_array_equal(stats.half_position_max[half],
+                                          np.take(values[unit.output], np.arange(half, SAMPLES, 2), batch_axis).max(batch_axis))
         if unit.bn is None:
             assert stats.bn_count == 0 and stats.bn_sum.size == 0
         else:

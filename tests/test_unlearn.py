@@ -222,6 +222,8 @@ def test_unlearning_runs_on_every_unit_pattern_and_precision(name: str, half: bo
     pattern = graphs.pattern(name)
     if half and name == "constant_node_bias":
         pytest.skip("graphs.to_float16 converts initializers only; this bias is a Constant node")
+    if half and name == "matmul_tokens_seq_first":
+        pytest.skip("onnxruntime 1.31 crashes (SIGSEGV) making a session of this float16 graph itself, before auditor adds anything")
     model = pattern.build() if not half else graphs.to_float16(pattern.build())
     path = tmp_path / "model.onnx"
     onnx.save_model(model, str(path))

@@ -133,6 +133,8 @@ def bounds_for(stats: dict[str, ChannelStats], units: list[Unit], factor: float 
             radius, floor = position
             nearby = dilate(position_max, radius, unit.axis)
             bound = np.minimum(bound, np.maximum(nearby, floor * bound))
+            if stats[unit.name].batch_axis:  # [tokens, batch, features]: the bound broadcasts over the batch there
+                bound = np.expand_dims(bound, stats[unit.name].batch_axis)
         out[unit.name] = bound.astype(np.float32)
     return out
 
