@@ -125,7 +125,7 @@ def bounds_for(stats: dict[str, ChannelStats], units: list[Unit], factor: float 
     out = {}
     for unit in units:
         per_half = stats[unit.name].half_position_max
-        position_max = (per_half if fit is None else per_half[fit : fit + 1]).max(axis=0)
+        position_max = (per_half if fit is None else per_half[fit : fit + 1]).max(axis=0).astype(np.float64)
         bound = np.full(mask_shape(unit), np.inf)
         if factor is not None:
             bound = _scaled(channel_max(position_max, unit.axis), factor).reshape(mask_shape(unit))
