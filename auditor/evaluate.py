@@ -63,7 +63,7 @@ def evaluate(
     specs = data.input_specs(loaded.proto)
     batch = data.batch_size(specs, settings.run.evaluate_batch)
     test = data.stream(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
-    batch = data.bounded_batch(batch, test.head(1), settings.capture.batch_values)
+    batch = data.bounded_batch(batch, test, settings.capture.batch_values)
     predicted, classes = predict(index, test, provider, batch)
     if target is not None and not 0 <= target < classes:
         raise DataError(f"target {target} is not a class of the model (0..{classes - 1})")
@@ -93,7 +93,7 @@ def evaluate(
         reference_index = GraphIndex(reference_model.proto)
         reference_specs = data.input_specs(reference_model.proto)
         reference_test = data.stream(data_path, reference_specs, limit, settings.limits.data_bytes, settings.preprocess)
-        reference_batch = data.bounded_batch(data.batch_size(reference_specs, settings.run.evaluate_batch), reference_test.head(1),
+        reference_batch = data.bounded_batch(data.batch_size(reference_specs, settings.run.evaluate_batch), reference_test,
                                              settings.capture.batch_values)
         agreement = float((predict(reference_index, reference_test, provider, reference_batch)[0] == predicted).mean())
     return Evaluation(

@@ -107,7 +107,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     prunable_units(index, units)
     batch = data.batch_size(specs, settings.capture.batch)
     every = (data.load if keep_samples else data.stream)(data_path, specs, limit, settings.limits.data_bytes, settings.preprocess)
-    first = every.head(detector_samples(settings, every.head(1).sample_values))
+    first = every.head(detector_samples(settings, every.sample_values))
     samples = every if keep_samples else first
     batch = data.bounded_batch(batch, first, settings.capture.batch_values)
     timings["load"] = time.perf_counter() - start

@@ -78,6 +78,7 @@ class SampleFile:
     members: dict[str, str]  # input name -> the array that feeds it
     count: int
     labels: np.ndarray | None
+    sample_values: int  # input values per sample, over every input (as `Samples.sample_values`), from the headers
 
     def __len__(self) -> int:
         return self.count
@@ -151,7 +152,7 @@ def batch_size(specs: list[InputSpec], free: int) -> int:
                      "export it with a dynamic batch dimension (or a batch of 1) to audit it")
 
 
-def bounded_batch(batch: int, samples: Samples, max_values: int) -> int:
+def bounded_batch(batch: int, samples: Samples | SampleFile, max_values: int) -> int:
     """`batch`, lowered so that one run holds at most `max_values` input values (at least one sample): a 224 px batch
     of 64 holds GBs of activations, a 28 px one a few MB."""
     return max(1, min(batch, max_values // max(1, samples.sample_values)))
@@ -198,7 +199,8 @@ def stream(path: str | os.PathLike[str], specs: list[InputSpec], limit: int | No
             reader = stack.enter_context(_RowReader(path, stack.enter_context(_zip(path)) if packed else None, "y"))
             labels = reader.rows(0, min(declared["y"], limit or declared["y"]))
     labels, count = _count(path, specs, members, declared, labels)
-    return SampleFile(path, tuple(specs), packed, members, min(count, limit or count), labels)
+    values = sum(math.prod(arrays[members[spec.name]].shape[1:]) for spec in specs)
+    return SampleFile(path, tuple(specs), packed, members, min(count, limit or count), labels, values)
 
 
 def _data_path(path: str | os.PathLike[str], limit: int | None) -> Path:

@@ -218,29 +218,24 @@ def _session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession
         size = proto_size(model)
         if size < _FILE_THRESHOLD:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        folder = None
+        folder, kept = None, False
         try:
-            folder = Path(tempfile.mkdtemp(prefix="auditor-"))
-            light = _light_model(model, folder)
-        except OSError as exc:
-            _remove(folder)
-            if size >= _PROTOBUF_LIMIT:
-                raise ModelError(f"cannot write the model's weights to a temporary folder ({exc.strerror or exc}); "
-                                 "point TMPDIR at a folder with room for them") from exc
-            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        except BaseException:
-            _remove(folder)
-            raise
-        try:
+            try:
+                folder = Path(tempfile.mkdtemp(prefix="auditor-"))
+                light = _light_model(model, folder)
+            except OSError as exc:
+                if size >= _PROTOBUF_LIMIT:
+                    raise ModelError(f"cannot write the model's weights to a temporary folder ({exc.strerror or exc}); "
+                                     "point TMPDIR at a folder with room for them") from exc
+                return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
             created = ort.InferenceSession(str(light), options, providers=providers)
-        except BaseException:
-            _remove(folder)
-            raise
-        if os.name == "nt":  # a mapped file cannot be deleted there: the folder goes when the session does
-            weakref.finalize(created, _remove, folder)
-        else:
-            _remove(folder)
-        return created
+            if os.name == "nt":  # a mapped file cannot be deleted there: the folder goes when the session does
+                weakref.finalize(created, _remove, folder)
+                kept = True
+            return created
+        finally:
+            if not kept:
+                _remove(folder)
     except ModelError:
         raise
     except Exception as exc:  # onnxruntime raises many unrelated types
