@@ -45,7 +45,8 @@ def test_a_sig_backdoor_is_flagged_with_its_target_and_frequency(tmp_path: Path)
     found = verdict.fourier
     assert found.score >= FOURIER_THRESHOLD and found.target == entry["target"]
     assert found.frequency == (0, int(entry["trigger"]["freq"]))  # the trigger's own sinusoid
-    assert verdict.score == pytest.approx(found.score * SETTINGS.verdict.fourier_reach)  # rescaled onto the probe's threshold
+    rescaled = min(SETTINGS.verdict.fourier_reach, found.score * SETTINGS.verdict.fourier_scale)  # onto the probe's threshold
+    assert verdict.score == pytest.approx(rescaled)
     assert report.to_dict()["verdict"]["fourier"]["frequency"] == [0, int(entry["trigger"]["freq"])]
 
 

@@ -44,7 +44,9 @@ def test_bad_values_are_refused(key, value):
 def test_derived_values_follow_the_settings_they_come_from():
     moved = Settings().override({"verdict.probe_threshold": 0.45})
     assert moved.verdict.patch_reach == pytest.approx(0.45 / 0.9)
-    assert moved.verdict.fourier_reach == pytest.approx(0.45 / 0.7)
+    assert moved.verdict.fourier_scale == pytest.approx(0.45 / 0.35)
+    assert moved.verdict.fourier_reach == 1.0  # capped where a share is
+    assert Settings().override({"verdict.fourier_threshold": 0.9}).verdict.fourier_reach == pytest.approx(0.6 / 0.9)
     assert Settings().override({"unlearn.penalty": 0.01}).unlearn.ladder == ((1.0, 0.01), (0.3, 0.01), (0.1, 0.01))
 
 

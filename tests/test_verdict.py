@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from auditor.detect.fourier import Fourier
 from auditor.detect.patch import Patch
@@ -36,9 +37,19 @@ def test_patch_wins_rescaled_onto_the_probe_threshold():
 
 
 def test_fourier_wins_only_when_larger():
-    lifted = Fourier(0.5, 2, 0.6, (0, 3), 0.0, 0.1, (0,), 0.0)
-    assert decide(Settings(), None, {}, _probe(0.5), fourier=lifted).basis == "corruption"  # 0.5 * 0.6 / 0.7 < 0.5
-    assert decide(Settings(), None, {}, _probe(0.2), fourier=lifted).basis == "fourier"
+    lifted = Fourier(0.2, 2, 0.6, (0, 3), 0.0, 0.1, (0,), 0.0)
+    assert decide(Settings(), None, {}, _probe(0.5), fourier=lifted).basis == "corruption"  # 0.2 * 0.6 / 0.35 < 0.5
+    verdict = decide(Settings(), None, {}, _probe(0.2), fourier=lifted)
+    assert verdict.basis == "fourier" and verdict.score == pytest.approx(0.2 * 0.6 / 0.35)
+
+
+def test_a_fourier_score_is_capped_where_a_share_is():
+    """Rescaled by 0.6 / 0.35, a separation above 0.35 x 1 / 0.6 would pass 1: it stops at 1, a share's largest, so
+    a probe share of 1 already says all the Fourier probe could (and the scan skips it)."""
+    whole = Fourier(1.0, 2, 1.0, (0, 3), 0.0, 0.1, (0,), 0.0)
+    assert Settings().verdict.fourier_reach == 1.0
+    assert decide(Settings(), None, {}, _probe(0.2), fourier=whole).score == 1.0
+    assert decide(Settings(), None, {}, _probe(1.0), fourier=whole).basis == "corruption"
 
 
 def test_without_a_detector_the_channels_are_shown_and_the_model_is_not_assessed():

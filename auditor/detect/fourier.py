@@ -8,13 +8,17 @@ samples and ask which share of the samples each basis sends to each class.
 
 Clean models have natural sinks too: a class that takes many perturbed samples under many bases
 (Fashion-MNIST's "bag"). A backdoor's target is taken under a few bases that resemble its
-trigger, so the score is a lift: for each class, its largest share at one basis minus its
-90th-percentile share over all bases; the class with the largest lift is the suspected target.
-Forward passes only, no randomness.
+trigger, so each class gets a lift: its largest share at one basis minus its 90th-percentile
+share over all bases; the class with the largest lift is the suspected target. Some clean models
+are fragile to smooth patterns as such (a wide ResNet on upscaled 8x8 digits sends every sample
+to one class or another under a few bases): then several classes are lifted, where a trigger
+lifts one. The score compares the model with itself: the target's lift minus the runner-up
+class's. Forward passes only, no randomness.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +36,7 @@ from auditor.settings import FourierSettings
 class Fourier:
     """The largest lift one class gets from one Fourier basis image, and where."""
 
-    score: float  # share at the best basis minus the class's `quantile` share over the bases
+    score: float  # the target's lift minus the runner-up class's lift (`separation`)
     target: int | None
     share: float  # the share of the samples not in the target that the best basis sends there
     frequency: tuple[int, int]  # (u, v) of the best basis
@@ -40,10 +44,14 @@ class Fourier:
     amplitude: float  # of the clean value range
     bases: tuple[int, ...]  # indices (into `bases`) of the target's best bases at `amplitude`, best first
     seconds: float
+    lift: float = 0.0  # the target's own lift: its share at the best basis minus its `quantile` share over the bases
+    runner_up: int | None = None  # the class with the next largest lift
+    runner_up_lift: float = 0.0
 
     def summary(self) -> dict:
         return {"score": round(self.score, 6), "target": self.target, "share": round(self.share, 6),
-                "frequency": list(self.frequency), "phase": round(self.phase, 6), "amplitude": self.amplitude}
+                "frequency": list(self.frequency), "phase": round(self.phase, 6), "amplitude": self.amplitude,
+                "lift": round(self.lift, 6), "runner_up": self.runner_up, "runner_up_lift": round(self.runner_up_lift, 6)}
 
 
 def frequencies(fmax: int, phases: tuple[float, ...]) -> list[tuple[int, int, float]]:
@@ -77,6 +85,15 @@ def lift(shares: np.ndarray, quantile: float) -> float:
     return float(shares.max() - np.quantile(shares, quantile))
 
 
+def separation(lifts: dict[int, float]) -> tuple[int, float, int | None, float]:
+    """(target, its lift, runner-up, its lift) of per-class lifts: the first largest lift wins (deterministic); with
+    one class the runner-up is None at 0. The score is the target's lift minus the runner-up's."""
+    ranked = sorted(lifts.items(), key=lambda item: -item[1])  # stable: ties keep class order
+    target, top = ranked[0]
+    runner_up, second = ranked[1] if len(ranked) > 1 else (None, 0.0)
+    return target, top, runner_up, second
+
+
 def perturbed(images: np.ndarray, basis: np.ndarray, amplitude: float, low: float, high: float) -> np.ndarray:
     """[B * N, H, W, C]: every sample [N, H, W, C] plus every basis [B, H, W] (on every channel), clipped."""
     moved = images[None] + (amplitude * (high - low) * basis)[:, None, :, :, None]
@@ -102,8 +119,9 @@ def planned_passes(samples: Samples, settings: FourierSettings) -> int:
 
 def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Samples], np.ndarray], settings: FourierSettings,
            min_others: int) -> Fourier | None:
-    """Run every basis at every amplitude through `classify` (samples -> class scores [N, K]); the
-    class with the largest lift, or None when the samples have no image input or too few samples."""
+    """Run every basis at every amplitude through `classify` (samples -> class scores [N, K]); the class with the
+    largest lift and its lift's margin over the runner-up's, or None when the samples have no image input or too few
+    samples."""
     start = time.perf_counter()
     chosen = first_images(samples, clean_scores, settings.max_samples)
     if chosen is None:
@@ -129,17 +147,15 @@ def search(samples: Samples, clean_scores: np.ndarray, classify: Callable[[Sampl
             scores = np.asarray(classify(with_images(samples, name, axes, moved)))
             predicted.append(scores.reshape(len(moved), -1).argmax(axis=1).reshape(-1, count))
         labels = np.concatenate(predicted)  # [B, N]
-        for c in candidates:
-            shares = class_shares(labels, clean, c)
-            lifted = lift(shares, settings.quantile)
-            if best is None or lifted > best.score:
-                order = np.argsort(-shares, kind="stable")
-                u, v, phase = keys[int(order[0])]
-                best = Fourier(lifted, int(c), float(shares[order[0]]), (u, v), float(phase), amplitude,
-                               tuple(int(b) for b in order[:settings.unlearn_bases]), 0.0)
+        shares = {c: class_shares(labels, clean, c) for c in candidates}
+        target, top, runner_up, second = separation({c: lift(shares[c], settings.quantile) for c in candidates})
+        if best is None or top - second > best.score:
+            order = np.argsort(-shares[target], kind="stable")
+            u, v, phase = keys[int(order[0])]
+            best = Fourier(top - second, int(target), float(shares[target][order[0]]), (u, v), float(phase), amplitude,
+                           tuple(int(b) for b in order[:settings.unlearn_bases]), 0.0, top, runner_up, second)
     assert best is not None
-    return Fourier(best.score, best.target, best.share, best.frequency, best.phase, best.amplitude, best.bases,
-                   time.perf_counter() - start)
+    return dataclasses.replace(best, seconds=time.perf_counter() - start)
 
 
 def variants(samples: Samples, found: Fourier, settings: FourierSettings) -> Iterator[tuple[str, Samples, np.ndarray]]:
