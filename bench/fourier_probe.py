@@ -44,8 +44,9 @@ OUTPUT = zoo.RESULTS / "fourier_probe.json"
 
 
 def statistic(labels: np.ndarray, clean: np.ndarray, classes: int) -> tuple[float, int]:
-    """The shipped lift (auditor.detect.fourier) of the best class with enough samples elsewhere, and
-    that class (`labels` [B, N]: the class of every sample under every basis)."""
+    """The lift (auditor.detect.fourier) of the best class with enough samples elsewhere, and that class (`labels`
+    [B, N]: the class of every sample under every basis): the probe's score when this experiment chose the bases and
+    the amplitude. Since 2026-12-07 the shipped score subtracts the runner-up class's lift (bench.fourier_runner_up)."""
     best, target = 0.0, 0
     for c in range(classes):
         if (clean != c).sum() >= SHIPPED.verdict.min_others:

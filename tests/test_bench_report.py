@@ -150,7 +150,9 @@ def test_measured_when_compares_new_runs_by_setting_and_old_runs_by_their_module
     # every old constant shipped when the settings came in maps onto them unchanged
     shipped_then = {"api.ANCHOR_SLACK": 8.0, "api.FILTER_GATE": 0.4, "api.REQUIRE_ANCHOR": True, "patch.SWEEP": True,
                     "probe.BLEND": True, "score.FOURIER_REACH": 0.8571428571428572, "evaluate.BATCH": 256}
-    assert report.measured_when({"constants": shipped_then}, current) == ""
+    then = {**current, "verdict.fourier_threshold": 0.7}  # the Fourier probe's threshold before its score changed
+    assert report.measured_when({"constants": shipped_then}, then) == ""
+    assert report.measured_when({"constants": shipped_then}, current) == " (measured when score.FOURIER_REACH=0.8571428571428572)"
     assert set(report.LEGACY_NAMES.values()) <= set(current)
 
 

@@ -136,3 +136,31 @@ def test_searches_that_cannot_change_the_verdict_are_skipped(tmp_path: Path) -> 
     assert verdict.fourier is None and verdict.patch is None
     assert verdict.basis == "corruption" and verdict.score == verdict.probe.score
     assert report.timings["fourier"] == report.timings["patch"] == 0.0
+
+
+def test_separation_ranks_the_classes_by_lift() -> None:
+    assert fourier.separation({0: 0.2, 3: 0.9, 5: 0.6}) == (3, 0.9, 5, 0.6)
+    assert fourier.separation({4: 0.5, 1: 0.5}) == (4, 0.5, 1, 0.5)  # a tie: the first listed, separation 0
+    assert fourier.separation({2: 0.7}) == (2, 0.7, None, 0.0)
+
+
+def test_a_model_fragile_to_smooth_patterns_is_not_a_fourier_finding() -> None:
+    """The families zoo's clean wide ResNet on upscaled 8x8 digits sends most samples to one class under a few bases
+    and to another class under others: the lift alone (0.7, the old threshold) flagged it; the separation from the
+    runner-up class does not."""
+    from auditor.capture import classifier
+    from auditor.graph.index import GraphIndex
+    from auditor.io import model, runtime
+
+    families = ZOO.parent / "zoo_families"
+    loaded = model.load(families / "wrn-digits-clean-plain-s0.onnx")
+    classify = classifier(loaded.proto, GraphIndex(loaded.proto), runtime.select_provider("cpu"), 256)
+    with np.load(families / "data" / "digits-clean.npz") as archive:
+        x = archive["x"][:10]
+    samples = Samples({loaded.proto.graph.input[0].name: (x / 255.0).astype(np.float32) if x.dtype == np.uint8 else x},
+                      None, "digits")
+    found = fourier.search(samples, classify(samples), classify, SETTINGS.fourier, SETTINGS.verdict.min_others)
+    assert found.lift >= 0.7 and found.runner_up is not None and found.runner_up != found.target
+    assert found.runner_up_lift >= 0.5
+    assert found.score == pytest.approx(found.lift - found.runner_up_lift) and found.score < FOURIER_THRESHOLD
+    assert found.summary()["runner_up"] == found.runner_up

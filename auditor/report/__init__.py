@@ -1,6 +1,6 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/14` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
+Schema `auditor.report/15` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
 a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[], kinds {input (image | flat-image | sequence | tokens | tabular),
@@ -35,11 +35,12 @@ a finite number is written as null, never as 0):
              (no image input, --no-patch-search, or skipped: the other tests' score already
              reached 0.667, the most the patch search could give);
              basis "fourier" (sus with an image input, when it scores higher): score = the Fourier
-             probe's lift x 0.6 / 0.7 (auditor/fourier.py), target = that class;
-             fourier = {score (the lift: share at the best basis minus the class's 90th-percentile
-             share over the bases), target, share, frequency [u, v], phase, amplitude} or null
-             (no image input, --no-fourier-probe, or skipped: the probe's share already reached
-             0.857, the most the Fourier probe could give);
+             probe's score x 0.6 / 0.35, at most 1 (auditor/fourier.py), target = that class;
+             fourier = {score (schema 15: the target's lift minus the runner-up class's lift), target,
+             share, frequency [u, v], phase, amplitude, lift (a class's share at its best basis minus its
+             90th-percentile share over the bases: the target's), runner_up, runner_up_lift} or null
+             (no image input, --no-fourier-probe, or skipped: the probe's share already reached 1,
+             the most the Fourier probe could give);
              basis "channels" (clp, fp, or an input with no float values): score = the most suspicious
              layer's mean of its top 5% channel scores, target null; never suspicious: the
              model is not assessed (a channel score is not a finding);
@@ -116,7 +117,7 @@ from auditor.detect.evidence import Evidence
 from auditor.detect.verdict import SHORTCUT_BASES, Verdict
 from auditor.mitigation.plan import RepairOutcome
 
-SCHEMA = "auditor.report/14"
+SCHEMA = "auditor.report/15"
 
 
 @dataclass(frozen=True)
