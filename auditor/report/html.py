@@ -142,8 +142,8 @@ def _detectors(report: Report) -> str:
     if v.fourier is not None:
         f = v.fourier
         rows.append(("Fourier probe", f"best pattern: frequency ({f.frequency[0]}, {f.frequency[1]}) sends {f.share:.0%} of "
-                                      f"the other samples to class {f.target} (its lift {f.lift:.3f} over the runner-up class "
-                                      f"{f.runner_up}'s {f.runner_up_lift:.3f}: {f.score:.3f})"))
+                                      f"the other samples to class {f.target} (score {f.score:.3f}: its lift {f.lift:.3f} less the "
+                                      f"runner-up class {f.runner_up}'s {f.runner_up_lift:.3f})"))
     else:
         rows.append(("Fourier probe", _not_run(report)))
     count = len(v.findings)
