@@ -54,8 +54,9 @@ class VerdictSettings:
     # not take them for a shortcut's target (the patch search and the Fourier probe still do); declared by the user
     background_classes: tuple[int, ...] = ()
     # (slope, intercept): the verdict score's chance of a backdoor, 1 / (1 + exp(-(slope * score + intercept))), at a
-    # prior of one half; the class-balanced logistic fit on the grey-scale zoo's 39 models x 6 draws (bench.calibrate)
-    calibration: tuple[float, float] = (7.709, -3.511)
+    # prior of one half; the class-balanced logistic fit on the grey-scale zoo's 38 models x 6 draws (bench.calibrate),
+    # refitted when the Fourier probe's score changed (2026-12-07; before: (7.709, -3.511))
+    calibration: tuple[float, float] = (6.985, -3.228)
 
     @property
     def patch_reach(self) -> float:

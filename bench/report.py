@@ -801,6 +801,9 @@ LEGACY_NAMES: dict[str, str] = {
 # Constants that set how many samples a run holds: memory and speed, never a result (tests/test_batch.py,
 # tests/test_patch.py); a run measured under other values of them is measured under the method of now.
 BATCHING = {"capture.batch", "capture.batch_values", "fourier.chunk", "patch.chunk"}
+# The map from a verdict score to its probability: no verdict, repair or table depends on the shipped one (bench.calibrate
+# refits it from the recorded scores), so a run recorded under another map is measured under the method of now too.
+PROBABILITY_ONLY = {"verdict.calibration"}
 # Old constants whose variants were removed -> what the method does now in their stead (always).
 LEGACY_NOW: dict[str, object] = {
     "api.REQUIRE_ANCHOR": True, "api.WEAK_UNLEARN": False, "api.SURROGATES_OF_VERDICT": False,
@@ -834,7 +837,7 @@ def measured_when(data: dict, current: dict[str, object]) -> str:
     constants = data.get("constants") or {}
     now = _legacy_view(current) if _legacy(data) else current
     old = [f"{k}={v}" for k, v in constants.items()
-           if k in now and now[k] != v and k not in own and LEGACY_NAMES.get(k, k) not in BATCHING]
+           if k in now and now[k] != v and k not in own and LEGACY_NAMES.get(k, k) not in BATCHING | PROBABILITY_ONLY]
     # a constant the run did not have yet ran as its value before it came in
     old += [f"{k}={v}" for k, v in BEFORE.items() if k not in constants and k not in own and k in now and now[k] != v]
     return f" (measured when {', '.join(old)})" if old else ""

@@ -138,7 +138,8 @@ def test_measured_when_compares_new_runs_by_setting_and_old_runs_by_their_module
     assert report.measured_when(variant, current) == ""
     older = {"overrides": ["patch.restarts=2"], "constants": {**current, "patch.restarts": 2, "patch.seed": 5}}
     assert report.measured_when(older, current) == " (measured when patch.seed=5)"
-    batched = {"constants": {**current, "patch.chunk": 1 << 24, "capture.batch_values": 1 << 20}}  # memory, not results
+    batched = {"constants": {**current, "patch.chunk": 1 << 24, "capture.batch_values": 1 << 20,  # memory, not results
+                             "verdict.calibration": [7.709, -3.511]}}  # the probability map: refitted by bench.calibrate
     assert report.measured_when(batched, current) == ""
     # a run from before auditor.settings: its module-level names, the removed ones and the format's ignored
     legacy = {"overrides": ["api.WEAK_UNLEARN=true"],
