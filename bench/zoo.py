@@ -4,6 +4,7 @@ files rewritten in each model's input layout under bench/work/."""
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -112,11 +113,15 @@ def save_json(path: Path, result: dict) -> None:
 
 
 def materialise(source: str, layout: str, first: int | None = None) -> Path:
-    """`source` rewritten in `layout` (first `first` samples only when given), cached in bench/work/data."""
-    stem = Path(source).stem
-    if Path(source).parent == EXAMPLE:
+    """`source` rewritten in `layout` (first `first` samples only when given), cached in bench/work/data under a name
+    that says which file it came from: two zoos' files of one name (the RGB and the families zoo each have an
+    emoji-test.npz) once shared a cache entry, and whichever zoo ran second was evaluated on the other's test set."""
+    where = Path(source).resolve()
+    stem = where.stem
+    if where.parent == EXAMPLE:
         stem = f"example-{stem}"
-    name = f"{stem}-{layout}" + ("" if first is None else f"-n{first}") + ".npz"
+    origin = hashlib.sha256(str(where).encode()).hexdigest()[:8]
+    name = f"{stem}-{origin}-{layout}" + ("" if first is None else f"-n{first}") + ".npz"
     target = WORK / "data" / name
     if target.exists() and target.stat().st_mtime >= Path(source).stat().st_mtime:
         return target

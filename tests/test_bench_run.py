@@ -38,3 +38,19 @@ def test_a_failing_method_is_recorded_not_raised(tmp_path):
     records = run.run_methods(entry, ["sus"], missing, tmp_path, 10, {"accuracy": 1.0, "asr": 1.0}, missing, None)
     assert records["sus"]["status"] == "error"
     assert "missing.npz" in records["sus"]["reason"]
+
+
+def test_files_of_one_name_from_two_zoos_keep_their_own_cache(tmp_path, monkeypatch):
+    """The RGB and the families zoo each hold a data/emoji-test.npz; each model must be evaluated on its own."""
+    import numpy as np
+
+    monkeypatch.setattr(zoo, "WORK", tmp_path / "work")
+    made = []
+    for k, folder in enumerate(("zoo_a", "zoo_b")):
+        (tmp_path / folder / "data").mkdir(parents=True)
+        np.savez(source := tmp_path / folder / "data" / "emoji-test.npz", x=np.full((2, 3, 4, 4), k, np.uint8), y=[k, k])
+        made.append(zoo.materialise(str(source), "nhwc"))
+    assert made[0] != made[1]
+    for k, path in enumerate(made):
+        with np.load(path) as archive:
+            assert archive["x"].shape == (2, 4, 4, 3) and (archive["x"] == k).all() and list(archive["y"]) == [k, k]
