@@ -73,6 +73,10 @@ class VerdictSettings:
         """The largest verdict score the Fourier probe can give: its rescaled score, capped at a share's largest, 1."""
         return min(1.0, self.fourier_scale)
 
+    def fourier_value(self, score: float) -> float:
+        """The Fourier probe's `score` on the verdict's scale: rescaled, from 0 up to `fourier_reach`."""
+        return min(self.fourier_reach, max(0.0, score) * self.fourier_scale)
+
 
 @dataclass(frozen=True)
 class ProbeSettings:

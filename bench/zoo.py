@@ -117,11 +117,8 @@ def materialise(source: str, layout: str, first: int | None = None) -> Path:
     that says which file it came from: two zoos' files of one name (the RGB and the families zoo each have an
     emoji-test.npz) once shared a cache entry, and whichever zoo ran second was evaluated on the other's test set."""
     where = Path(source).resolve()
-    stem = where.stem
-    if where.parent == EXAMPLE:
-        stem = f"example-{stem}"
     origin = hashlib.sha256(str(where).encode()).hexdigest()[:8]
-    name = f"{stem}-{origin}-{layout}" + ("" if first is None else f"-n{first}") + ".npz"
+    name = f"{where.stem}-{origin}-{layout}" + ("" if first is None else f"-n{first}") + ".npz"
     target = WORK / "data" / name
     if target.exists() and target.stat().st_mtime >= Path(source).stat().st_mtime:
         return target

@@ -166,7 +166,7 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
                 classify = counted("Fourier probe", fourier.planned_passes(samples, settings.fourier))
                 waved = fourier.search(samples, captured.scores, classify, settings.fourier, others)
                 if waved is not None:
-                    reached = max(reached, min(chosen.fourier_reach, waved.score * chosen.fourier_scale))
+                    reached = max(reached, chosen.fourier_value(waved.score))
             if patch_search and reached < chosen.patch_reach:
                 classify = counted("patch search", patch.planned_passes(samples, classes, settings.patch))
                 found = patch.search(samples, captured.scores, classify, settings.patch, others)
