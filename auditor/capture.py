@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from auditor.errors import DataError, ModelError
@@ -283,4 +284,9 @@ def classifier(model: onnx.ModelProto, index: GraphIndex, provider: runtime.Prov
     """samples -> class scores [N, K] through a plain session on the model: for the many forward
     passes of the patch search and the Fourier probe, which the instrumented session would slow
     several times over."""
-    return _classify(runtime.session(model, provider), index, scores_output(index), batch)
+    return classify_with(runtime.session(model, provider), index, batch)
+
+
+def classify_with(session: ort.InferenceSession, index: GraphIndex, batch: int) -> Callable[[Samples], np.ndarray]:
+    """samples -> class scores [N, K] through an existing plain `session` on the model `index` reads."""
+    return _classify(session, index, scores_output(index), batch)

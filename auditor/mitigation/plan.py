@@ -11,13 +11,14 @@ correction. `verify` checks the written graph computes what the guard measured.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
-from auditor.capture import class_scores, run, scores_output
-from auditor.capture import classifier as _classifier
+from auditor.capture import class_scores, classify_with, run, scores_output
 from auditor.detect import fourier, patch, probe, tamper
 from auditor.detect.channels import Suspicion
 from auditor.detect.scan import Scan
@@ -35,7 +36,7 @@ from auditor.graph.passes.provenance import stamp
 from auditor.graph.units import Unit, head_affine
 from auditor.io import data, model, runtime
 from auditor.mitigation.filters import FilterOutcome, Notch, plan_notch, plan_occlusion, window_text
-from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Edits, Fidelity, Guard, augment, distribution, divergences, filtered
+from auditor.mitigation.guard import NO_BOUNDS, BoundPlan, Edits, Fidelity, Guard, augmented_copies, distribution, divergences
 from auditor.mitigation.unlearn import UnlearnOutcome, plan_unlearning
 from auditor.settings import Settings
 
@@ -240,63 +241,60 @@ def build(found: Scan, planned: RepairPlan, meta: dict[str, str], branches: Bran
     """The repaired model: one pass per step of the plan. Input filters end up first of all (each
     puts its nodes in front of every reader of the input), then the clamp, then the network."""
     prunable = [u for u in found.units if u.prunable]
-    steps = [zero_and_cap(found.loaded.proto, prunable, planned.zeroed, planned.bounds.bounds.channels)]
-    steps.append(clamp_inputs(steps[-1].model, planned.bounds.bounds.inputs))
-    on_inputs = [1]  # the steps whose changes name graph inputs, not units
+    # each pass returns a copy of the model: only the latest is kept (with every pass's changes), not one per pass
+    done: list[tuple[dict[str, str], bool]] = []  # (changes, whether they name graph inputs rather than units)
+
+    def then(step: PassResult, on_inputs: bool = False) -> onnx.ModelProto:
+        done.append((step.changes, on_inputs))
+        return step.model
+
+    current = then(zero_and_cap(found.loaded.proto, prunable, planned.zeroed, planned.bounds.bounds.channels))
+    current = then(clamp_inputs(current, planned.bounds.bounds.inputs), on_inputs=True)
     unlearned = planned.unlearning
     if unlearned is not None and unlearned.applied:
         fitted = unlearned.correction
-        features = reads(steps[-1].model, found.index.node(planned.head.node))
-        steps.append(correct_head(steps[-1].model, planned.head, features, fitted.matrix, fitted.bias))
+        features = reads(current, found.index.node(planned.head.node))
+        current = then(correct_head(current, planned.head, features, fitted.matrix, fitted.bias))
     for outcome in (planned.notch, planned.occlusion):
         if outcome is None or not outcome.applied:
             continue
         chosen = outcome.filter
         if isinstance(chosen, Notch):
-            steps.append(notch_input(steps[-1].model, chosen.input, chosen.axes, chosen.basis))
+            current = then(notch_input(current, chosen.input, chosen.axes, chosen.basis), on_inputs=True)
         else:
-            steps.append(occlude_input(steps[-1].model, chosen.input, chosen.keep, chosen.fill))
-        on_inputs.append(len(steps) - 1)
-    steps.append(stamp(steps[-1].model, meta))
+            current = then(occlude_input(current, chosen.input, chosen.keep, chosen.fill), on_inputs=True)
+    current = stamp(current, meta).model
     changes: dict[str, str] = {} if branches is None else dict(branches.changes)
-    for position, step in enumerate(steps[:-1]):
-        for name, what in step.changes.items():
-            key = f"input:{name}" if position in on_inputs else name
+    for step_changes, on_inputs in done:
+        for name, what in step_changes.items():
+            key = f"input:{name}" if on_inputs else name
             # on a graph input the filter runs before the clamp: word them in that order
             changes[key] = f"{what}+{changes[key]}" if key in changes else what
-    return PassResult(steps[-1].model, changes)
+    return PassResult(current, changes)
 
 
-def verify(repaired: onnx.ModelProto, found: Scan, guard: Guard, planned: RepairPlan) -> None:
-    """Postconditions: the checker passes, onnxruntime loads it, and it computes exactly what
-    the guard measured (the original with the plan's masks, caps, filter and correction fed)."""
+def verify(repaired: onnx.ModelProto, session: ort.InferenceSession, found: Scan, measured: np.ndarray) -> None:
+    """Postconditions: the checker passes, onnxruntime loads it (`session`, made on it), and it computes exactly what
+    the guard `measured` ([samples, -1] scores of the original with the plan's masks, caps, filter and correction fed)."""
     if runtime.proto_size(repaired) < 2**31 - 1:
         try:
             onnx.checker.check_model(repaired)
         except onnx.checker.ValidationError as exc:
             raise InternalError(f"the repaired model does not pass onnx.checker: {exc}") from exc
-    session = runtime.session(repaired, found.provider)
     name = scores_output(found.index)
-    edits = planned.edits
-    masks = guard.feeds(edits)
-    for feed, seen in zip(found.samples.batches(found.batch), filtered(found.samples, edits).batches(found.batch)):
-        (got,) = run(session, [name], feed)
-        (want,) = run(guard.session, [name], {**seen, **masks})
-        scale = max(1.0, float(np.abs(want).max()))
-        # a few units in the last place of the scores' type: float16 graphs round differently when rewritten
-        tolerance = max(1e-4, 4 * float(np.finfo(np.asarray(want).dtype).eps)) if np.asarray(want).dtype.kind == "f" else 1e-4
-        if not np.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
-            raise InternalError("the repaired model differs from what the fidelity guard measured")
+    got = np.concatenate([np.asarray(run(session, [name], feed)[0]).reshape(len(next(iter(feed.values()))), -1)
+                          for feed in found.samples.batches(found.batch)])
+    scale = max(1.0, float(np.abs(measured).max()))
+    # a few units in the last place of the scores' type: float16 graphs round differently when rewritten
+    tolerance = max(1e-4, 4 * float(np.finfo(measured.dtype).eps)) if measured.dtype.kind == "f" else 1e-4
+    if got.shape != measured.shape or not np.allclose(got, measured, rtol=tolerance, atol=tolerance * scale):
+        raise InternalError("the repaired model differs from what the fidelity guard measured")
 
 
-def checks(found: Scan, guard: Guard, planned: RepairPlan, settings: Settings
+def checks(found: Scan, repaired: Callable[[data.Samples], np.ndarray], settings: Settings
            ) -> tuple[ProbeCheck | None, ShareCheck | None, ShareCheck | None]:
-    """The verdict's own evidence, run again on the repaired model (through the guard)."""
-    verdict, others, edits = found.verdict, settings.verdict.min_others, planned.edits
-
-    def repaired(samples: data.Samples) -> np.ndarray:
-        return guard.classify(samples, edits)
-
+    """The verdict's own evidence, run again on the repaired model (`repaired`: samples -> its class scores)."""
+    verdict, others = found.verdict, settings.verdict.min_others
     residual = shared = waved = None
     if verdict.basis == "corruption":
         left = probe.probe(found.samples, found.capture.scores, repaired, settings.probe, others, focus=verdict.target,
@@ -335,21 +333,26 @@ class HeldBack:
                 f"(at least {self.agreement_limit:.3f}) with divergence {self.divergence:.4f} (at most {self.divergence_limit:.4f})")
 
 
-def held_back(found: Scan, repaired: onnx.ModelProto, planned: RepairPlan, settings: Settings, seed: int) -> HeldBack:
-    """Agreement and divergence of the written model on held-back samples (augmented copies drawn with `seed`);
-    `passed` False when either breaks its limit by more than `repair.held_back_z` standard errors."""
-    chosen = augment(found.samples, settings.guard, seed=seed)
-    if len(chosen) > len(found.samples):  # the originals are the guard's own: only fresh copies are held back
-        chosen = chosen.take(np.arange(len(found.samples), len(chosen)))
-    before = distribution(found.classify(chosen))
-    index = GraphIndex(repaired)
-    after = distribution(np.asarray(_classifier(repaired, index, found.provider, found.batch)(chosen)).reshape(len(chosen), -1))
+def held_back(found: Scan, repaired: onnx.ModelProto, session: ort.InferenceSession, planned: RepairPlan, settings: Settings,
+              seed: int) -> HeldBack:
+    """Agreement and divergence of the written model (`session`, made on `repaired`) on held-back samples (augmented
+    copies drawn with `seed`, one copy at a time); `passed` False when either breaks its limit by more than
+    `repair.held_back_z` standard errors."""
+    written = classify_with(session, GraphIndex(repaired), found.batch)
+    before, after = [], []
+    for copy in augmented_copies(found.samples, settings.guard, seed=seed):  # the originals are the guard's own ...
+        before.append(distribution(found.classify(copy)))
+        after.append(distribution(np.asarray(written(copy)).reshape(len(copy), -1)))
+    if not before:  # ... unless there are too many samples for any copy
+        before.append(distribution(found.classify(found.samples)))
+        after.append(distribution(np.asarray(written(found.samples)).reshape(len(found.samples), -1)))
+    before, after = np.concatenate(before), np.concatenate(after)
     label = before.argmax(axis=1)
     unlearned = planned.unlearning
     removing = (unlearned is not None and unlearned.applied) or planned.edits.prefilter is not None
     spare = found.verdict.target if removing else None
     if spare is not None:  # copies the original already sends down the shortcut are what the repair removes, not damage
-        origin = np.arange(len(chosen)) % len(found.samples)
+        origin = np.arange(len(label)) % len(found.samples)
         kept_rows = ~((label == spare) & (found.capture.labels[origin] != spare))
         before, after, label = before[kept_rows], after[kept_rows], label[kept_rows]
     per_row = divergences(before, after, label, spare)
@@ -393,8 +396,13 @@ def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str
         planned, guard = plan(found, choices, limits)
         meta = provenance(planned, version, found.loaded.sha256, choices.method, branches)
         built = build(found, planned, meta, branches)
-        verify(built.model, found, guard, planned)
-        kept = held_back(found, built.model, planned, settings, settings.repair.held_back_seed + attempt)
+        measured = guard.raw_scores(found.samples, planned.edits)
+        # the written model is checked through its own session, and the guard (a session, its samples, its model) goes
+        # first: at 224 px each is about 100 MB
+        del guard
+        session = runtime.session(built.model, found.provider)
+        verify(built.model, session, found, measured)
+        kept = held_back(found, built.model, session, planned, settings, settings.repair.held_back_seed + attempt)
         attempt += 1
         if not kept.passed:
             text = f"{kept.text()} (the guard's samples showed {planned.fidelity.agreement:.3f} and {planned.fidelity.divergence:.4f})"
@@ -403,8 +411,11 @@ def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str
                                   "clean samples (of every class), or loosen repair.floor / repair.max_divergence knowingly")
             why.append(f"{text}: planned again within tighter limits")
             limits = tightened(limits, planned.fidelity, kept)
+            del session  # before the next plan's guard
             continue
-        residual = checks(found, guard, planned, limits) if choices.method == "sus" else (None, None, None)
+        repaired = classify_with(session, GraphIndex(built.model), found.batch)
+        residual = checks(found, repaired, limits) if choices.method == "sus" else (None, None, None)
+        del session, repaired
         moved = _moved(found.verdict, residual[0], settings.repair.moved_margin)
         if moved is None:
             return Settled(planned, built, meta, limits, kept, residual, "; ".join(why) or None)
