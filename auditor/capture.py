@@ -65,6 +65,7 @@ class Capture:
     stats: dict[str, ChannelStats]
     scores: np.ndarray
     seconds: float
+    measured: int = 0  # how many of the first samples the statistics come from (the scores may cover more)
 
     @property
     def labels(self) -> np.ndarray:
@@ -205,18 +206,19 @@ def run(session, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarr
 
 
 def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], samples: Samples | SampleFile,
-            provider: runtime.Provider, batch: int, gram_channels: int = 512) -> Capture:
-    """Stream `samples` (in memory, or read from their file a batch at a time) through the instrumented model and
-    accumulate statistics in float64."""
+            provider: runtime.Provider, batch: int, gram_channels: int = 512, count: int | None = None) -> Capture:
+    """Stream the first `count` (default: all) of `samples` (in memory, or read from their file a batch at a time)
+    through the instrumented model and accumulate statistics in float64."""
     start = time.perf_counter()
+    count = len(samples) if count is None else min(count, len(samples))
     ranks = probe_ranks(model, index, units, samples, provider)
     extra, outputs = build_capture_model(model, index, units, ranks, gram_channels)
     scores_name = scores_output(index)
     session = runtime.session(model, provider, extra)
     totals: dict[str, np.ndarray] = {}
     halves: dict[str, list[np.ndarray]] = {}
-    scores: list[np.ndarray | None] = [None] * len(samples)
-    order = np.arange(len(samples))
+    scores: list[np.ndarray | None] = [None] * count
+    order = np.arange(count)
     for half in (0, 1):  # each batch holds one half only, so per-half maxima come from in-graph reductions
         chosen = order[order % 2 == half]
         if not len(chosen):
@@ -259,7 +261,8 @@ def capture(model: onnx.ModelProto, index: GraphIndex, units: list[Unit], sample
             batch_axis=batch_axis(index.shape(unit.output)),
         )
 
-    return Capture(stats=stats, scores=class_scores(np.stack(scores), index, scores_name), seconds=time.perf_counter() - start)
+    return Capture(stats=stats, scores=class_scores(np.stack(scores), index, scores_name), seconds=time.perf_counter() - start,
+                   measured=count)
 
 
 def class_scores(raw: np.ndarray, index: GraphIndex, scores_name: str) -> np.ndarray:

@@ -26,6 +26,10 @@ class CaptureSettings:
     batch_values: int = 1 << 19  # and at most this many input values per run: 3 samples at 224 px, 64 at 28 or 32 px;
     # memory then does not grow with N (a 224 px batch of 64 held GBs of activations, one of 27 twice a batch of 10's; the
     # instrumented MobileNetV3 peaked at 655 MB in runs of 5 samples, 549 MB in runs of 3)
+    # `scan` measures channel statistics on at most this many of the first samples (the detectors read no more) and
+    # gives the rest a plain pass for their classes: the instrumented pass costs several plain ones, and at N = 1000 it
+    # was most of a MobileNetV3 scan's growth in time (`repair` measures every sample: its bounds are clean maxima)
+    scan_statistics: int = 100
     gram_channels: int = 512  # wider units: channel relations on an evenly spaced sample of this many channels (a full
     # Gram matrix of a 3072-wide layer costs twice the layer's own pass, its inverse more than the whole capture)
 

@@ -1121,7 +1121,9 @@ def scale_section() -> list[str]:
     lines: list[str] = []
     for name, title in (("scale-before.json", "before the memory changes of 2026-12-07"),
                         ("scale-earlier.json", "after the first of them (shape inference, the loader, capture runs)"),
-                        ("scale.json", "after the weights file, smaller runs and samples read from their file")):
+                        ("scale.json", "after the weights file, smaller runs and samples read from their file"),
+                        ("scale-repair.json", "repair after its memory changes of 2026-12-08 (one session at a time, held-back "
+                                              "copies one at a time)")):
         data = _experiment(name)
         if data is None:
             continue

@@ -115,7 +115,7 @@ def test_scan_flags_the_example_by_its_patch(example):
     is a natural sink below the threshold. The patch search finds the trigger's class and place."""
     report = auditor.audit(example.model, example.clean, limit=10)
     data = json.loads(report.to_json())
-    assert data["schema"] == "auditor.report/15"
+    assert data["schema"] == "auditor.report/16"
     assert data["settings"] == {}  # the shipped method
     verdict, shipped = data["verdict"], Settings().verdict
     assert verdict["basis"] == "patch" and verdict["suspicious"] and verdict["target"] == example.target

@@ -189,7 +189,7 @@ def test_the_found_trigger_is_shown_on_three_samples(pages, name: str, kind: str
     assert probed["counts"]["svg.probe-chart line.threshold"] == 1
     assert probed["counts"]["img"] == pattern + 6  # nothing else: no repair on a scan
     document = json.loads(report.to_json())
-    assert document["schema"] == "auditor.report/15"
+    assert document["schema"] == "auditor.report/16"
     assert document["evidence"] == {"kind": kind, "caption": report.evidence.caption,
                                     "examples": [{"sample": e.sample, "before": e.before, "after": e.after}
                                                  for e in report.evidence.examples]}

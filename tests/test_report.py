@@ -32,7 +32,7 @@ def _documented() -> str:
 def test_every_json_key_is_in_the_documented_schema(repaired):
     made, _ = repaired
     shape = json.loads(made.to_json())
-    assert shape["schema"] == report_module.SCHEMA == "auditor.report/15"
+    assert shape["schema"] == report_module.SCHEMA == "auditor.report/16"
     doc = _documented()
     for key in shape:
         assert re.search(rf"\b{key}\b", doc), f"top-level key {key} is not documented"

@@ -86,6 +86,7 @@ def test_a_scan_from_the_file_finds_what_a_scan_from_memory_finds(example) -> No
     provider, settings = runtime.select_provider("cpu"), Settings()
     first = detection.detector_samples(settings, data.load(example.test, _specs(example), limit=1).sample_values)
     count = first + 60
+    settings = settings.override({"capture.scan_statistics": count})  # every sample measured, as `repair` measures
     held = detection.scan(example.model, example.test, count, "sus", provider, settings, keep_samples=True)
     read = detection.scan(example.model, example.test, count, "sus", provider, settings, keep_samples=False)
     assert len(held.samples) == count and len(read.samples) == first == settings.probe.max_samples
@@ -95,3 +96,23 @@ def test_a_scan_from_the_file_finds_what_a_scan_from_memory_finds(example) -> No
             np.testing.assert_array_equal(getattr(stats, field), getattr(read.capture.stats[unit], field))
     assert (held.verdict.score, held.verdict.basis, held.verdict.target) == (read.verdict.score, read.verdict.basis, read.verdict.target)
     assert held.verdict.probe.shares == read.verdict.probe.shares
+
+
+def test_a_scan_measures_statistics_on_the_first_samples_and_classifies_the_rest(example) -> None:
+    """`scan` captures channel statistics on the first capture.scan_statistics samples only: they are the statistics
+    of a scan of exactly those samples, while every sample still gets its class (through the plain session)."""
+    provider, settings = runtime.select_provider("cpu"), Settings()
+    measured = settings.capture.scan_statistics
+    count = measured + 37
+    read = detection.scan(example.model, example.test, count, "sus", provider, settings, keep_samples=False)
+    only = detection.scan(example.model, example.test, measured, "sus", provider, settings, keep_samples=False)
+    everything = detection.scan(example.model, example.test, count, "sus", provider, settings, keep_samples=True)
+    assert read.capture.measured == measured and everything.capture.measured == count
+    assert len(read.capture.scores) == count
+    for unit, stats in only.capture.stats.items():
+        for field in ("sum", "sumsq", "max", "gram", "half_position_max"):
+            np.testing.assert_array_equal(getattr(stats, field), getattr(read.capture.stats[unit], field))
+    assert read.capture.stats[unit].count < everything.capture.stats[unit].count
+    np.testing.assert_array_equal(read.capture.scores[:measured], only.capture.scores)
+    np.testing.assert_allclose(read.capture.scores, everything.capture.scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(read.capture.labels, everything.capture.labels)

@@ -7,6 +7,7 @@ raise the verdict's score, the Fourier probe and the patch search, all through a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -112,7 +113,16 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     batch = data.bounded_batch(batch, first, settings.capture.batch_values)
     timings["load"] = time.perf_counter() - start
     progress("capture", 0, len(every))
-    captured = capture(loaded.proto, index, units, every, provider, batch, settings.capture.gram_channels)
+    # The probe's, the searches' and the notch's many passes need no instruments: a plain session
+    # (the instrumented one runs the probe three to four times slower), made on first use.
+    plain = _lazy_classifier(loaded.proto, index, provider, batch)
+    measured = len(every) if keep_samples else min(len(every), max(settings.capture.scan_statistics, len(first)))
+    captured = capture(loaded.proto, index, units, every, provider, batch, settings.capture.gram_channels, measured)
+    if measured < len(every):  # the other samples' classes, through the plain session
+        tick = time.perf_counter()
+        rest = [plain(data.Samples(feed, None, every.source)) for _, feed in every.feeds(np.arange(measured, len(every)), batch)]
+        captured = dataclasses.replace(captured, scores=np.concatenate([captured.scores, *rest]),
+                                       seconds=captured.seconds + time.perf_counter() - tick)
     timings["capture"] = captured.seconds
     progress("capture", len(every), len(every))
     progress("graph check", 0, 0)
@@ -131,9 +141,6 @@ def scan(source: str | Path | model.Model, data_path, limit: int | None, method:
     for unit in units:
         signals[unit.name] = channels.compute(index, unit, captured.stats[unit.name])
         suspicion[unit.name] = channels.suspicion(signals[unit.name], method)
-    # The probe's, the searches' and the notch's many passes need no instruments: a plain session
-    # (the instrumented one runs the probe three to four times slower), made on first use.
-    plain = _lazy_classifier(loaded.proto, index, provider, batch)
     chosen, others = settings.verdict, settings.verdict.min_others
     budget = settings.run.budget
     deadline = time.perf_counter() + budget if budget > 0 else float("inf")

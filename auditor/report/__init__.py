@@ -1,12 +1,14 @@
 """The audit report: one object, rendered as JSON (versioned schema), SARIF and HTML.
 
-Schema `auditor.report/15` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
+Schema `auditor.report/16` (JSON, keys sorted, floats rounded to 6 decimals; a value that is not
 a finite number is written as null, never as 0):
   schema, tool_version, command ("scan" | "repair"), method
   model      {path, sha256, ir_version, opset, notes[], kinds {input (image | flat-image | sequence | tokens | tabular),
               output (scores | probabilities | binary), input_reason, output_reason}: what the model was read as
               (auditor/graph/kinds.py); a binary model's one output is read as two classes [1 - p, p]}
-  data       {path, samples, classes (the model's), predicted_classes (classes the model gives the samples),
+  data       {path, samples, statistics_samples (how many of the first samples the channel statistics come from:
+              `scan` measures at most capture.scan_statistics, `repair` every one), classes (the model's),
+              predicted_classes (classes the model gives the samples),
               missing_classes[] (the classes it gives none of them: unlearning cannot protect those),
               preprocessing (null for .npz/.npy; a folder of images: {files, resize, crop, scale, mean[], std[], channel_order,
               layout (nchw | nhwc | nhw | flat), resized_to_model ([H, W] when images were resized to the model's size, else null)})}
@@ -117,7 +119,7 @@ from auditor.detect.evidence import Evidence
 from auditor.detect.verdict import SHORTCUT_BASES, Verdict
 from auditor.mitigation.plan import RepairOutcome
 
-SCHEMA = "auditor.report/15"
+SCHEMA = "auditor.report/16"
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class Report:
     tool_version: str
     method: str
     model: dict  # {path, sha256, ir_version, opset, notes}
-    data: dict  # {path, samples, classes, predicted_classes, missing_classes}
+    data: dict  # {path, samples, statistics_samples, classes, predicted_classes, missing_classes}
     provider: dict  # {name, reason, threads}
     verdict: Verdict
     layers: list[LayerRecord]

@@ -305,6 +305,14 @@ def _findings(report: Report) -> str:
             f"<th>input region</th><th>on the clean samples</th><th>repair can cut it out</th></tr>{cells}</table></section>")
 
 
+def _measured(report: Report) -> str:
+    """Which samples the channel statistics come from, when not all of them."""
+    measured, samples = report.data.get("statistics_samples"), report.data["samples"]
+    if measured is None or measured >= samples:
+        return ""
+    return f" The statistics come from the first {measured} of the {samples} clean samples (capture.scan_statistics)."
+
+
 def _channels(report: Report) -> str:
     layers = [(layer, [r.score for r in layer.records if np.isfinite(r.score)]) for layer in report.layers]
     layers = [(layer, scores) for layer, scores in layers if scores]
@@ -324,7 +332,7 @@ def _channels(report: Report) -> str:
             f"have channels above {threshold:g} too (red, right of the dashed line), and as a detector it measured at "
             "chance on models it was not tuned on (ROC AUC 0.45 on the RGB zoo). The verdict above decides; the default "
             "repair does not use it (it orders the channels `repair` zeroes with --zero, --threshold or --max-prune, and "
-            "those --method clp and fp remove).</p><table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th>"
+            f"those --method clp and fp remove).{_measured(report)}</p><table><tr><th>unit</th><th>op</th><th>channels</th><th></th><th>scores</th>"
             f"<th>max</th><th>above {threshold:g}</th></tr>{rows}</table></section>")
 
 
