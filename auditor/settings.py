@@ -145,6 +145,9 @@ class GuardSettings:
     batch: int = 256  # guard samples per run
     augmented_per_sample: int = 15
     max_guard_samples: int = 2000
+    # and at most this many input values (128 MB of float32): at 224 px, 15 copies of 100 samples held 960 MB; this
+    # keeps 15 copies of 10 such samples, one of 100 and none of 1000 (at 28 or 32 px max_guard_samples binds first)
+    max_guard_values: int = 1 << 25
     block: int = 8  # ranked channels tried together when zeroing
     patience: int = 4  # consecutive fully rejected blocks that end the zeroing walk
     bound_factors: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)  # x each channel's clean maximum

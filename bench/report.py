@@ -1122,8 +1122,8 @@ def scale_section() -> list[str]:
     for name, title in (("scale-before.json", "before the memory changes of 2026-12-07"),
                         ("scale-earlier.json", "after the first of them (shape inference, the loader, capture runs)"),
                         ("scale.json", "after the weights file, smaller runs and samples read from their file"),
-                        ("scale-repair.json", "repair after its memory changes of 2026-12-08 (one session at a time, held-back "
-                                              "copies one at a time)")):
+                        ("scale-2026-12-08.json", "after the repair's sessions one at a time and scan's statistics on the "
+                                                  "first 100 samples (2026-12-08)")):
         data = _experiment(name)
         if data is None:
             continue
@@ -1182,9 +1182,11 @@ def scale_section() -> list[str]:
                   "sample passes at 224 px as at 28 px (12,928 and 4,480 at N = 10 with 1000 classes), so they cost what a "
                   "pass costs times that: at ResNet-18's 16 ms a sample pass, minutes against 0.4 s for plain inference. "
                   "Meeting 20x plain needs searches designed around a pass budget; no backdoored model at 224 px exists "
-                  "here to show what a smaller search would miss. From N = 10 to N = 1000 the time grows by the "
-                  "instrumented capture over every sample, several times a plain pass (the reductions and the Gram "
-                  "matrices run beside every unit and keep onnxruntime from fusing it). Memory, as changed on 2026-12-07 "
+                  "here to show what a smaller search would miss. Until 2026-12-08 the time grew from N = 10 to N = 1000 "
+                  "by the instrumented capture over every sample, several times a plain pass (the reductions and the Gram "
+                  "matrices run beside every unit and keep onnxruntime from fusing it); `scan` now measures channel "
+                  "statistics on the first 100 samples (capture.scan_statistics) and gives the rest a plain pass, and "
+                  "`repair` holds one onnxruntime session at a time (docs/EXPERIMENTS.md). Memory, as changed on 2026-12-07 "
                   "(docs/EXPERIMENTS.md, 'Running at real sizes'): a model over 64 MB reaches onnxruntime through a "
                   "temporary weights file it maps, not as serialized bytes (the BERTs' peaks fell by about 500 MB); runs "
                   "of 3 samples at 224 px and searches' batches of 27; `scan` reads the samples from their file a block "

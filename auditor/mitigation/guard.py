@@ -208,7 +208,8 @@ def augmented_copies(samples: Samples, settings: GuardSettings, seed: int = 0) -
     at 224 px, 150 copies of 10 samples are 90 MB."""
     rng = np.random.default_rng(seed)
     count = len(samples)
-    copies = max(0, min(settings.augmented_per_sample, settings.max_guard_samples // max(count, 1) - 1))
+    most = min(settings.max_guard_samples, settings.max_guard_values // max(1, samples.sample_values))
+    copies = max(0, min(settings.augmented_per_sample, most // max(count, 1) - 1))
     partner = [rng.permutation(count) for _ in range(copies)]
     floats = {name: array for name, array in samples.inputs.items() if array.dtype.kind == "f"}
     scales = {name: float(array.std()) or 1.0 for name, array in floats.items()}
