@@ -290,3 +290,17 @@ def test_evidence_reads_every_image_layout(name: str, tmp_path: Path) -> None:
         assert np.array_equal(e.image_before[..., 0], x[e.sample, 0])  # uint8 samples over [0, 1]: the same bytes back
         clean = session.run(None, {session.get_inputs()[0].name: inputs[e.sample:e.sample + 1]})[0]
         assert int(clean.argmax()) == e.before
+
+
+def test_a_scan_says_how_many_samples_its_channel_statistics_come_from(example) -> None:
+    """Past capture.scan_statistics samples a scan measures channel statistics on the first ones only: the report and the
+    page say so; on as many samples as that, they say nothing."""
+    settings = auditor.Settings().override({"capture.scan_statistics": 20, "probe.max_samples": 10})
+    many = auditor.audit(example.model, example.test, limit=30, device="cpu", patch_search=False, fourier_probe=False,
+                         settings=settings)
+    assert (many.data["samples"], many.data["statistics_samples"]) == (30, 20)
+    assert json.loads(many.to_json())["data"]["statistics_samples"] == 20
+    assert "the first 20 of the 30 clean samples" in many.to_html()
+    few = auditor.audit(example.model, example.test, limit=20, device="cpu", patch_search=False, fourier_probe=False,
+                        settings=settings)
+    assert few.data["statistics_samples"] == 20 and "clean samples (capture.scan_statistics)" not in few.to_html()

@@ -193,27 +193,23 @@ def extended(model: onnx.ModelProto, extra: onnx.GraphProto | None) -> Iterator[
         del graph.output[counts[2]:]
 
 
-def session(model: onnx.ModelProto, provider: Provider, extra: onnx.GraphProto | None = None,
-            arena: bool = True) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, provider: Provider, extra: onnx.GraphProto | None = None) -> ort.InferenceSession:
     """An inference session for an in-memory model (with `extra`'s nodes, initializers and outputs added, see
-    `extended`); leaves `model` as it was. `arena`: keep onnxruntime's CPU memory arena, which holds the largest
-    batch's activations for the session's life (at 224 px about 100 MB) and makes each further run about a third
-    faster: off for a session that runs a few batches beside sessions that stay.
+    `extended`); leaves `model` as it was.
 
     The proto keeps its weights; a large model's are written to a temporary file for onnxruntime (see `_session`).
     """
     with extended(model, extra):
-        return _session(model, provider, arena)
+        return _session(model, provider)
 
 
-def _session(model: onnx.ModelProto, provider: Provider, arena: bool = True) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto, provider: Provider) -> ort.InferenceSession:
     """A session for `model`. A small model reaches onnxruntime as serialized bytes. A large one would cost its weights
     three times over that way (the proto, the bytes, onnxruntime's parse of them), so its weights are streamed, a tensor
     at a time, into an aligned file in a temporary folder, which onnxruntime maps in place, and the folder is removed
     as soon as the session exists (the mapping outlives the names; on Windows, with the session)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    options.enable_cpu_mem_arena = arena
     options.enable_mem_pattern = False  # its planned block for each input shape came on top of the arena: +200 MB on a BERT-base
     if provider.threads is not None:
         options.intra_op_num_threads = provider.threads
