@@ -96,6 +96,7 @@ def repair(model_path: str | Path, data_path: str | Path, output: str | Path, li
         progress("repair", 0, 0)
     choices = mitigation.RepairChoices(method, threshold, max_prune, bound, zero, notch, occlude, unlearning)
     settled = mitigation.settle(found, choices, settings, __version__, branches)
+    del found  # the scan's model, sessions and samples go before the repaired model is serialized (a BERT-base: 1 GB)
     sha256 = model.save_model(settled.built.model, output)
     report.repair = mitigation.RepairOutcome(str(output), sha256, settled.planned, settled.built.changes, settled.limits,
                                              *settled.residual, settled.meta, branches=() if branches is None else branches.removed,

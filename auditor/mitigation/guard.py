@@ -254,22 +254,23 @@ class Guard:
         self.provider = provider
         # without `masks` nothing can be zeroed, and each run saves a Mul per unit (the ResNet's runs ~10%)
         self.masks = masks
-        self.masked = instrument(index.model, units, bound=True, clamp=self.clamp, masks=masks).model
+        # the instrumented copy lives until its session exists: on a BERT-base it is 400 MB of weights
+        masked = instrument(index.model, units, bound=True, clamp=self.clamp, masks=masks).model
         self.head = head
-        self.head_input = None if head is None else reads(self.masked, index.node(head.node))
+        self.head_input = None if head is None else reads(masked, index.node(head.node))
         self.affine = None if head is None else head_affine(index, head)  # (W [K, F], b [K]) of the head
         self.zero_correction: dict[str, np.ndarray] = {}
         if self.head_input is not None:
             # onnxruntime fetches graph outputs only; the head's input is also what head unlearning fits on
             elem = weight_types(index.model).get(head.weight, TensorProto.FLOAT)
-            if self.head_input not in {o.name for o in self.masked.graph.output}:
-                self.masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
+            if self.head_input not in {o.name for o in masked.graph.output}:
+                masked.graph.output.append(helper.make_tensor_value_info(self.head_input, elem, None))
             # the head correction is fed, so trying one costs a run, not a new session
-            self.masked = correct_head(self.masked, head, self.head_input, inputs=HEAD_INPUTS).model
+            masked = correct_head(masked, head, self.head_input, inputs=HEAD_INPUTS).model
             classes, features = self.affine[0].shape
             dtype = helper.tensor_dtype_to_np_dtype(elem)
             self.zero_correction = {HEAD_INPUTS[0]: np.zeros((features, classes), dtype), HEAD_INPUTS[1]: np.zeros(classes, dtype)}
-        self.session = runtime.session(self.masked, provider)
+        self.session = runtime.session(masked, provider)
         self.output = scores_output(index)
         self.evaluations = 0
         self.reference = distribution(self.scores(NO_EDITS))
