@@ -333,12 +333,11 @@ class HeldBack:
                 f"(at least {self.agreement_limit:.3f}) with divergence {self.divergence:.4f} (at most {self.divergence_limit:.4f})")
 
 
-def held_back(found: Scan, repaired: onnx.ModelProto, session: ort.InferenceSession, planned: RepairPlan, settings: Settings,
+def held_back(found: Scan, written: Callable[[data.Samples], np.ndarray], planned: RepairPlan, settings: Settings,
               seed: int) -> HeldBack:
-    """Agreement and divergence of the written model (`session`, made on `repaired`) on held-back samples (augmented
-    copies drawn with `seed`, one copy at a time); `passed` False when either breaks its limit by more than
+    """Agreement and divergence of the written model (`written`: samples -> its class scores) on held-back samples
+    (augmented copies drawn with `seed`, one copy at a time); `passed` False when either breaks its limit by more than
     `repair.held_back_z` standard errors."""
-    written = classify_with(session, GraphIndex(repaired), found.batch)
     before, after = [], []
     for copy in augmented_copies(found.samples, settings.guard, seed=seed):  # the originals are the guard's own ...
         before.append(distribution(found.classify(copy)))
@@ -402,7 +401,8 @@ def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str
         del guard
         session = runtime.session(built.model, found.provider)
         verify(built.model, session, found, measured)
-        kept = held_back(found, built.model, session, planned, settings, settings.repair.held_back_seed + attempt)
+        written = classify_with(session, GraphIndex(built.model), found.batch)
+        kept = held_back(found, written, planned, settings, settings.repair.held_back_seed + attempt)
         attempt += 1
         if not kept.passed:
             text = f"{kept.text()} (the guard's samples showed {planned.fidelity.agreement:.3f} and {planned.fidelity.divergence:.4f})"
@@ -411,11 +411,10 @@ def settle(found: Scan, choices: RepairChoices, settings: Settings, version: str
                                   "clean samples (of every class), or loosen repair.floor / repair.max_divergence knowingly")
             why.append(f"{text}: planned again within tighter limits")
             limits = tightened(limits, planned.fidelity, kept)
-            del session  # before the next plan's guard
+            del session, written  # before the next plan's guard
             continue
-        repaired = classify_with(session, GraphIndex(built.model), found.batch)
-        residual = checks(found, repaired, limits) if choices.method == "sus" else (None, None, None)
-        del session, repaired
+        residual = checks(found, written, limits) if choices.method == "sus" else (None, None, None)
+        del session, written
         moved = _moved(found.verdict, residual[0], settings.repair.moved_margin)
         if moved is None:
             return Settled(planned, built, meta, limits, kept, residual, "; ".join(why) or None)
