@@ -1122,7 +1122,7 @@ def scale_section() -> list[str]:
     for name, title in (("scale-before.json", "before the memory changes of 2026-12-07"),
                         ("scale-earlier.json", "after the first of them (shape inference, the loader, capture runs)"),
                         ("scale.json", "after the weights file, smaller runs and samples read from their file"),
-                        ("scale-2026-12-08.json", "after the repair's sessions one at a time and scan's statistics on the "
+                        ("scale-2026-12-08.json", "after the repair's own sessions one at a time and scan's statistics on the "
                                                   "first 100 samples (2026-12-08)")):
         data = _experiment(name)
         if data is None:
@@ -1186,7 +1186,7 @@ def scale_section() -> list[str]:
                   "by the instrumented capture over every sample, several times a plain pass (the reductions and the Gram "
                   "matrices run beside every unit and keep onnxruntime from fusing it); `scan` now measures channel "
                   "statistics on the first 100 samples (capture.scan_statistics) and gives the rest a plain pass, and "
-                  "`repair` holds one onnxruntime session at a time (docs/EXPERIMENTS.md). Memory, as changed on 2026-12-07 "
+                  "`repair` holds one session of its own at a time beside the scan's (docs/EXPERIMENTS.md). Memory, as changed on 2026-12-07 "
                   "(docs/EXPERIMENTS.md, 'Running at real sizes'): a model over 64 MB reaches onnxruntime through a "
                   "temporary weights file it maps, not as serialized bytes (the BERTs' peaks fell by about 500 MB); runs "
                   "of 3 samples at 224 px and searches' batches of 27; `scan` reads the samples from their file a block "
