@@ -65,7 +65,7 @@ class Capture:
     stats: dict[str, ChannelStats]
     scores: np.ndarray
     seconds: float
-    measured: int = 0  # how many of the first samples the statistics come from (the scores may cover more)
+    measured: int  # how many of the first samples the statistics come from (the scores may cover more)
 
     @property
     def labels(self) -> np.ndarray:

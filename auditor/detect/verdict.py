@@ -116,8 +116,9 @@ def _decide(settings: Settings, threshold: float | None, channel_scores: dict[st
         value, basis, target = probe.score, "corruption", probe.target
         if patch is not None and max(0.0, patch.score) * chosen.patch_reach > value:
             value, basis, target = max(0.0, patch.score) * chosen.patch_reach, "patch", patch.target
-        if fourier is not None and chosen.fourier_value(fourier.score) > value:
-            value, basis, target = chosen.fourier_value(fourier.score), "fourier", fourier.target
+        waved = 0.0 if fourier is None else chosen.fourier_value(fourier.score)
+        if fourier is not None and waved > value:
+            value, basis, target = waved, "fourier", fourier.target
         return Verdict(value, limit, bool(value >= limit), basis, target, None, probe, patch, fourier)
     limit = settings.channels.threshold if threshold is None else float(threshold)
     best_layer, best = None, float("-inf")

@@ -301,7 +301,8 @@ class Guard:
         at once held hundreds of megabytes."""
         masks = self.feeds(edits)
         out = []
-        for _, feed in samples.feeds(np.arange(len(samples)) if rows is None else rows, self.batch):
+        feeds = samples.batches(self.batch) if rows is None else (feed for _, feed in samples.feeds(rows, self.batch))
+        for feed in feeds:
             seen = filtered(Samples(feed, None, samples.source), edits)
             (values,) = run(self.session, [name], {**seen.inputs, **masks})
             out.append(np.asarray(values).reshape(len(next(iter(feed.values()))), -1))

@@ -10,6 +10,7 @@ correction. `verify` checks the written graph computes what the guard measured.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -338,13 +339,13 @@ def held_back(found: Scan, written: Callable[[data.Samples], np.ndarray], planne
     """Agreement and divergence of the written model (`written`: samples -> its class scores) on held-back samples
     (augmented copies drawn with `seed`, one copy at a time); `passed` False when either breaks its limit by more than
     `repair.held_back_z` standard errors."""
+    copies = augmented_copies(found.samples, settings.guard, seed=seed)  # the originals are the guard's own ...
+    first = next(copies, None)
+    chosen = (found.samples,) if first is None else itertools.chain((first,), copies)  # ... unless no copy fits
     before, after = [], []
-    for copy in augmented_copies(found.samples, settings.guard, seed=seed):  # the originals are the guard's own ...
+    for copy in chosen:
         before.append(distribution(found.classify(copy)))
-        after.append(distribution(np.asarray(written(copy)).reshape(len(copy), -1)))
-    if not before:  # ... unless there are too many samples for any copy
-        before.append(distribution(found.classify(found.samples)))
-        after.append(distribution(np.asarray(written(found.samples)).reshape(len(found.samples), -1)))
+        after.append(distribution(written(copy)))
     before, after = np.concatenate(before), np.concatenate(after)
     label = before.argmax(axis=1)
     unlearned = planned.unlearning
